@@ -1,0 +1,42 @@
+"""codecloop SDK: evaluate additive video signatures on real libx264 through a codecloop server.
+
+>>> import codecloop
+>>> with codecloop.Client("127.0.0.1:50051") as client:
+...     f = client.fitness(population, epsilon=4 / 255)   # (P,) float64, bigger is better
+"""
+
+from codecloop.client import Client
+from codecloop.errors import (
+    CodecLoopError,
+    CodecLoopLimitError,
+    CodecLoopServerError,
+    CodecLoopUnavailableError,
+    CodecLoopValueError,
+)
+from codecloop.poison import poison
+from codecloop.types import (
+    CandidateResult,
+    Codec,
+    CodecStats,
+    DatasetCarriers,
+    EvaluateResult,
+    TranscodeResult,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CandidateResult",
+    "Client",
+    "Codec",
+    "CodecLoopError",
+    "CodecLoopLimitError",
+    "CodecLoopServerError",
+    "CodecLoopUnavailableError",
+    "CodecLoopValueError",
+    "CodecStats",
+    "DatasetCarriers",
+    "EvaluateResult",
+    "TranscodeResult",
+    "poison",
+]

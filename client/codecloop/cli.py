@@ -1,0 +1,154 @@
+"""``codecloop`` command line: ``serve``, ``evaluate``, ``info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from fractions import Fraction
+
+import numpy as np
+
+
+def _epsilon(text: str) -> float:
+    """'4/255' or '0.0157' -> float."""
+    try:
+        return float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"epsilon: {text!r} is not a number or fraction like 4/255") from None
+
+
+def _dataset_arg(text: str) -> tuple[str, str]:
+    name, sep, folder = text.partition("=")
+    if not sep or not name or not folder:
+        raise argparse.ArgumentTypeError(f"--dataset takes NAME=FOLDER, got {text!r}")
+    return name, folder
+
+
+def random_signature(kind: str, shape: tuple[int, int, int], seed: int) -> np.ndarray:
+    """A random +-1 signature (1, H, W, 3): ``pixel`` i.i.d. or ``blockN`` constant N x N blocks."""
+    _, h, w = shape
+    block = 1 if kind == "pixel" else int(kind.removeprefix("block"))
+    rng = np.random.default_rng(seed)
+    small = rng.choice([-1.0, 1.0], size=(1, -(-h // block), -(-w // block), 3)).astype(np.float32)
+    return np.repeat(np.repeat(small, block, axis=1), block, axis=2)[:, :h, :w]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="codecloop", description="Real-codec (libx264) evaluation of video signatures.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the gRPC server")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=50051)
+    s.add_argument("--workers", type=int, default=None, help="codec worker processes (default: CPU cores)")
+    s.add_argument("--dataset", type=_dataset_arg, action="append", default=[], metavar="NAME=FOLDER")
+    s.add_argument("--clip-shape", type=int, nargs=3, default=(16, 112, 112), metavar=("T", "H", "W"))
+    s.add_argument("--clean-cache-mib", type=int, default=2048)
+    s.add_argument("--log-level", default="INFO")
+
+    e = sub.add_parser("evaluate", help="evaluate a signature and print the detection table")
+    e.add_argument("--target", default="127.0.0.1:50051")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--signature", help=".npy of (T, H, W, 3) or a population (P, T, H, W, 3), values in [-1, 1]")
+    src.add_argument("--random", choices=["pixel", "block4", "block8", "block16"], help="a random +-1 signature")
+    e.add_argument("--seed", type=int, default=0, help="seed of --random")
+    e.add_argument("--epsilon", type=_epsilon, default=4 / 255)
+    e.add_argument("--crf", type=float, action="append", help="repeat for several codec settings (default 28)")
+    e.add_argument("--preset", default="medium")
+    e.add_argument("--gop", type=int, default=250)
+    e.add_argument("--fps", type=int, default=25)
+    e.add_argument("--scorer", default="blind")
+    e.add_argument("--dataset", default="embedded")
+    e.add_argument("--split", default="train")
+    e.add_argument("--clips", type=int, default=32)
+    e.add_argument("--clip-seed", type=int, default=0)
+    rule = e.add_mutually_exclusive_group()
+    rule.add_argument("--threshold", type=float)
+    rule.add_argument("--target-fpr", type=float)
+    e.add_argument("--per-clip", action="store_true", help="print every clip's scores")
+    e.add_argument("--json", help="also write the full result as JSON to this path")
+
+    i = sub.add_parser("info", help="print the server's versions, datasets, scorers and limits")
+    i.add_argument("--target", default="127.0.0.1:50051")
+    return p
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from codecloop_server import ServerConfig, serve
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        datasets=dict(args.dataset),
+        clip_shape=tuple(args.clip_shape),
+        clean_cache_bytes=args.clean_cache_mib << 20,
+    )
+    asyncio.run(serve(config))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from codecloop import Client, Codec, DatasetCarriers
+
+    with Client(args.target) as client:
+        carriers = DatasetCarriers(dataset=args.dataset, split=args.split, num_clips=args.clips, seed=args.clip_seed)
+        if args.signature:
+            sig = np.load(args.signature)
+            population = sig[None] if sig.ndim == 4 else sig
+        else:
+            shape = next(tuple(d.clip_shape) for d in client.info().datasets if d.name == args.dataset)
+            population = random_signature(args.random, shape, args.seed)[None]
+        codecs = [Codec(crf=c, preset=args.preset, gop=args.gop, fps=args.fps) for c in (args.crf or [28.0])]
+        result = client.evaluate(
+            population,
+            epsilon=args.epsilon,
+            carriers=carriers,
+            codecs=codecs,
+            scorer=args.scorer,
+            threshold=args.threshold,
+            target_fpr=args.target_fpr,
+            per_clip_scores=args.per_clip or bool(args.json),
+        )
+    print(result.table())
+    if args.per_clip:
+        for i, cand in enumerate(result.candidates):
+            for s in cand.codecs:
+                print(f"candidate {i} {s.codec.label()} clean:    " + " ".join(f"{v:.3f}" for v in s.clean_scores))
+                print(f"candidate {i} {s.codec.label()} poisoned: " + " ".join(f"{v:.3f}" for v in s.poisoned_scores))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(asdict(result), f, indent=1, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToJson
+
+    from codecloop import Client
+
+    with Client(args.target) as client:
+        print(MessageToJson(client.info()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from codecloop.errors import CodecLoopError
+
+    try:
+        return {"serve": _serve, "evaluate": _evaluate, "info": _info}[args.command](args)
+    except CodecLoopError as err:
+        print(f"codecloop: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

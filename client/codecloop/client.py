@@ -1,0 +1,309 @@
+"""The Python SDK: a batched real-codec fitness function over gRPC."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import Future
+from typing import Any, Sequence
+
+import grpc
+import numpy as np
+
+from codecloop.errors import (
+    CodecLoopError,
+    CodecLoopLimitError,
+    CodecLoopServerError,
+    CodecLoopUnavailableError,
+    CodecLoopValueError,
+)
+from codecloop.tensors import from_tensor, to_tensor
+from codecloop.types import (
+    CandidateResult,
+    Codec,
+    CodecStats,
+    DatasetCarriers,
+    EvaluateResult,
+    TranscodeResult,
+)
+from codecloop.v1 import codecloop_pb2 as pb
+from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+_SERVICE = "codecloop.v1.CodecLoop"
+
+Carriers = DatasetCarriers | np.ndarray | None
+
+
+def _service_config(max_attempts: int) -> str:
+    """gRPC's own retry policy: UNAVAILABLE is retried with exponential backoff."""
+    return json.dumps(
+        {
+            "methodConfig": [
+                {
+                    "name": [{"service": _SERVICE}],
+                    "retryPolicy": {
+                        "maxAttempts": max_attempts,
+                        "initialBackoff": "0.2s",
+                        "maxBackoff": "5s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ]
+        }
+    )
+
+
+def _raise_from(err: grpc.RpcError) -> CodecLoopError:
+    code, details = err.code(), err.details() or ""
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return CodecLoopValueError(details)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return CodecLoopLimitError(details)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return CodecLoopUnavailableError(details)
+    return CodecLoopServerError(f"{code.name}: {details}", code.name)
+
+
+def as_batch(signatures: Any) -> list[np.ndarray]:
+    """A population as a list of float32 (T or 1, H, W, 3) arrays.
+
+    Accepts a (P, T, H, W, 3) array or torch tensor, or a sequence of (T, H, W, 3) arrays/tensors.
+    A single 4-D array is refused rather than guessed: pass ``sig[None]``.
+    """
+    if hasattr(signatures, "detach"):  # torch.Tensor, without importing torch
+        signatures = signatures.detach().cpu().numpy()
+    if isinstance(signatures, np.ndarray):
+        if signatures.ndim != 5:
+            raise CodecLoopValueError(
+                f"signatures: expected a batch (P, T, H, W, 3), got shape {signatures.shape}; "
+                "wrap one signature as sig[None]"
+            )
+        batch = list(signatures)
+    else:
+        batch = [np.asarray(s.detach().cpu().numpy() if hasattr(s, "detach") else s) for s in signatures]
+    for i, s in enumerate(batch):
+        if s.ndim != 4:
+            raise CodecLoopValueError(f"signatures[{i}]: expected (T, H, W, 3), got shape {s.shape}")
+    return [np.ascontiguousarray(s, dtype=np.float32) for s in batch]
+
+
+class Client:
+    """Connection to a codecloop server.
+
+    Args:
+        target: gRPC target, e.g. ``"127.0.0.1:50051"``.
+        timeout: default deadline of every call, seconds.
+        max_message_bytes: send/receive limit; populations larger than this are split across calls.
+        max_attempts: gRPC retry attempts on UNAVAILABLE (exponential backoff from 0.2 s to 5 s).
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float = 600.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_attempts: int = 5,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.max_message_bytes = max_message_bytes
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", _service_config(max_attempts)),
+            # retries replay the request from a buffer; it must hold a whole request to retry at all
+            ("grpc.per_rpc_retry_buffer_size", max_message_bytes),
+            ("grpc.retry_buffer_size", 4 * max_message_bytes),
+        ]
+        self._channel = grpc.insecure_channel(target, options=options)
+        self._stub = pb_grpc.CodecLoopStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until the channel connects (the server is up), or raise CodecLoopUnavailableError."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise CodecLoopUnavailableError(f"no codecloop server at {self.target} after {timeout} s") from None
+
+    def _call(self, method, request, timeout: float | None):
+        try:
+            return method(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as err:
+            raise _raise_from(err) from None
+
+    def info(self, timeout: float | None = None) -> pb.ServerInfo:
+        """Versions, datasets, codecs, presets, scorers and limits of the server."""
+        return self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout)
+
+    def evaluate(
+        self,
+        signatures: Any,
+        *,
+        epsilon: float = 4 / 255,
+        carriers: Carriers = None,
+        codecs: Codec | Sequence[Codec] | None = None,
+        scorer: str = "blind",
+        scorer_params: dict[str, float] | None = None,
+        threshold: float | None = None,
+        target_fpr: float | None = None,
+        per_clip_scores: bool = False,
+        dtype: str = "float32",
+        timeout: float | None = None,
+    ) -> EvaluateResult:
+        """Evaluate a population of signatures on the real codec; one result per candidate, in order.
+
+        Args:
+            signatures: (P, T, H, W, 3) float array / torch tensor, or a sequence of (T, H, W, 3);
+                RGB in [-1, 1]; T = 1 repeats over time.
+            epsilon: L-inf budget in [0, 1] units (4/255 = four uint8 levels).
+            carriers: :class:`DatasetCarriers` (default: embedded train split, 32 clips, seed 0) or
+                inline uint8 clips (N, T, H, W, 3).
+            codecs: one or more :class:`Codec`; default libx264 CRF 28 medium.
+            scorer, scorer_params: detector name and parameters (``info().scorers``).
+            threshold / target_fpr: the decision rule (at most one); default target_fpr = 0.01.
+            per_clip_scores: also return every clip's clean and poisoned score.
+            dtype: wire type of the signatures: float32, float16 or int8 (with a scale).
+            timeout: deadline in seconds for the whole call (default: the client's).
+        """
+        batch = as_batch(signatures)
+        if not batch:
+            raise CodecLoopValueError("signatures: the population is empty")
+        if threshold is not None and target_fpr is not None:
+            raise CodecLoopValueError("threshold, target_fpr: give at most one decision rule")
+        if dtype not in ("float32", "float16", "int8"):
+            raise CodecLoopValueError(f"dtype: {dtype!r} is not one of float32, float16, int8")
+        template = pb.EvaluateRequest(
+            epsilon=epsilon,
+            carriers=_carriers_proto(carriers),
+            codecs=[c.to_proto() for c in _codec_list(codecs)],
+            scorer=pb.Scorer(name=scorer, params=scorer_params or {}),
+            decision=pb.DecisionRule(threshold=threshold)
+            if threshold is not None
+            else pb.DecisionRule(target_fpr=0.01 if target_fpr is None else target_fpr),
+            per_clip_scores=per_clip_scores,
+        )
+        tensors = [to_tensor(s, dtype) for s in batch]
+        chunks = self._chunks(template, tensors)
+        futures: list[Future] = []
+        for chunk in chunks:
+            req = pb.EvaluateRequest()
+            req.CopyFrom(template)
+            req.candidates.extend(chunk)
+            futures.append(self._stub.EvaluateSignature.future(req, timeout=timeout or self.timeout))
+        try:
+            responses = [f.result() for f in futures]
+        except grpc.RpcError as err:
+            for f in futures:
+                f.cancel()
+            raise _raise_from(err) from None
+        first = responses[0]
+        candidates = tuple(
+            CandidateResult(fitness=r.fitness, codecs=tuple(CodecStats.from_proto(c) for c in r.codecs))
+            for resp in responses
+            for r in resp.results
+        )
+        if len(candidates) != len(batch):
+            raise CodecLoopServerError(f"server returned {len(candidates)} results for {len(batch)} candidates")
+        return EvaluateResult(
+            candidates=candidates,
+            scorer=first.scorer,
+            epsilon=first.epsilon,
+            num_clips=first.num_clips,
+            clip_ids=tuple(first.clip_ids),
+        )
+
+    def fitness(self, signatures: Any, **kwargs: Any) -> np.ndarray:
+        """Batched fitness: (P,) float64, one per candidate, in order. **Bigger is better.**
+
+        fitness = poisoned mean score - clean mean score after the real codec, on the worst codec
+        setting requested. pycma and nevergrad minimize, so tell them the negation::
+
+            es.tell(X, list(-client.fitness(batch)))
+
+        Keyword arguments are those of :meth:`evaluate`.
+        """
+        return self.evaluate(signatures, **kwargs).fitness
+
+    def transcode(
+        self,
+        signature: Any = None,
+        *,
+        epsilon: float = 4 / 255,
+        carriers: Carriers = None,
+        codec: Codec | None = None,
+        include_input: bool = False,
+        timeout: float | None = None,
+    ) -> TranscodeResult:
+        """The carriers (poisoned with ``signature`` when given) after the real codec.
+
+        Returns uint8 (N, T, H, W, 3) decoded RGB clips, the encoder's input when ``include_input``,
+        and the encoded size of each clip in bytes.
+        """
+        req = pb.TranscodeRequest(
+            carriers=_carriers_proto(carriers),
+            epsilon=epsilon,
+            codec=(codec or Codec()).to_proto(),
+            include_input=include_input,
+        )
+        if signature is not None:
+            sig = as_batch([signature])[0]
+            req.signature.CopyFrom(to_tensor(sig, "float32"))
+        resp = self._call(self._stub.Transcode, req, timeout)
+        return TranscodeResult(
+            decoded=from_tensor(resp.decoded, "decoded"),
+            inputs=from_tensor(resp.input, "input") if include_input else None,
+            encoded_bytes=np.array(resp.encoded_bytes, dtype=np.int64),
+            clip_ids=tuple(resp.clip_ids),
+            codec=Codec.from_proto(resp.codec),
+        )
+
+    def _chunks(self, template: pb.EvaluateRequest, tensors: list[pb.Tensor]) -> list[list[pb.Tensor]]:
+        """Split candidates so every request stays under the message limit (with 1 MiB headroom)."""
+        budget = self.max_message_bytes - template.ByteSize() - (1 << 20)
+        chunks: list[list[pb.Tensor]] = [[]]
+        used = 0
+        for i, t in enumerate(tensors):
+            size = t.ByteSize() + 16  # field tag and length prefix
+            if size > budget:
+                raise CodecLoopLimitError(
+                    f"signatures[{i}]: {size} bytes on the wire exceed the message limit "
+                    f"{self.max_message_bytes} (try dtype='float16' or 'int8')"
+                )
+            if used + size > budget:
+                chunks.append([])
+                used = 0
+            chunks[-1].append(t)
+            used += size
+        return chunks
+
+
+def _carriers_proto(carriers: Carriers) -> pb.Carriers:
+    if carriers is None:
+        return DatasetCarriers().to_proto()
+    if isinstance(carriers, DatasetCarriers):
+        return carriers.to_proto()
+    clips = np.asarray(carriers)
+    if clips.dtype != np.uint8:
+        raise CodecLoopValueError(f"carriers: inline clips must be uint8 (N, T, H, W, 3), got {clips.dtype}")
+    return pb.Carriers(clips=to_tensor(clips, "uint8"))
+
+
+def _codec_list(codecs: Codec | Sequence[Codec] | None) -> list[Codec]:
+    if codecs is None:
+        return [Codec()]
+    if isinstance(codecs, Codec):
+        return [codecs]
+    return list(codecs)

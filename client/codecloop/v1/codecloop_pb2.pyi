@@ -1,0 +1,283 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DTYPE_UNSPECIFIED: _ClassVar[DType]
+    FLOAT32: _ClassVar[DType]
+    FLOAT16: _ClassVar[DType]
+    INT8: _ClassVar[DType]
+    UINT8: _ClassVar[DType]
+DTYPE_UNSPECIFIED: DType
+FLOAT32: DType
+FLOAT16: DType
+INT8: DType
+UINT8: DType
+
+class Tensor(_message.Message):
+    __slots__ = ("shape", "dtype", "data", "scale")
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: DType
+    data: bytes
+    scale: float
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., data: _Optional[bytes] = ..., scale: _Optional[float] = ...) -> None: ...
+
+class DatasetCarriers(_message.Message):
+    __slots__ = ("dataset", "split", "num_clips", "seed")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLIPS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    split: str
+    num_clips: int
+    seed: int
+    def __init__(self, dataset: _Optional[str] = ..., split: _Optional[str] = ..., num_clips: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class Carriers(_message.Message):
+    __slots__ = ("dataset", "clips")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    CLIPS_FIELD_NUMBER: _ClassVar[int]
+    dataset: DatasetCarriers
+    clips: Tensor
+    def __init__(self, dataset: _Optional[_Union[DatasetCarriers, _Mapping]] = ..., clips: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class CodecSettings(_message.Message):
+    __slots__ = ("codec", "crf", "preset", "pix_fmt", "gop", "fps")
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    CRF_FIELD_NUMBER: _ClassVar[int]
+    PRESET_FIELD_NUMBER: _ClassVar[int]
+    PIX_FMT_FIELD_NUMBER: _ClassVar[int]
+    GOP_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    codec: str
+    crf: float
+    preset: str
+    pix_fmt: str
+    gop: int
+    fps: int
+    def __init__(self, codec: _Optional[str] = ..., crf: _Optional[float] = ..., preset: _Optional[str] = ..., pix_fmt: _Optional[str] = ..., gop: _Optional[int] = ..., fps: _Optional[int] = ...) -> None: ...
+
+class Scorer(_message.Message):
+    __slots__ = ("name", "params")
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    params: _containers.ScalarMap[str, float]
+    def __init__(self, name: _Optional[str] = ..., params: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class DecisionRule(_message.Message):
+    __slots__ = ("threshold", "target_fpr")
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FPR_FIELD_NUMBER: _ClassVar[int]
+    threshold: float
+    target_fpr: float
+    def __init__(self, threshold: _Optional[float] = ..., target_fpr: _Optional[float] = ...) -> None: ...
+
+class EvaluateRequest(_message.Message):
+    __slots__ = ("candidates", "epsilon", "carriers", "codecs", "scorer", "decision", "per_clip_scores")
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    CARRIERS_FIELD_NUMBER: _ClassVar[int]
+    CODECS_FIELD_NUMBER: _ClassVar[int]
+    SCORER_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    PER_CLIP_SCORES_FIELD_NUMBER: _ClassVar[int]
+    candidates: _containers.RepeatedCompositeFieldContainer[Tensor]
+    epsilon: float
+    carriers: Carriers
+    codecs: _containers.RepeatedCompositeFieldContainer[CodecSettings]
+    scorer: Scorer
+    decision: DecisionRule
+    per_clip_scores: bool
+    def __init__(self, candidates: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., epsilon: _Optional[float] = ..., carriers: _Optional[_Union[Carriers, _Mapping]] = ..., codecs: _Optional[_Iterable[_Union[CodecSettings, _Mapping]]] = ..., scorer: _Optional[_Union[Scorer, _Mapping]] = ..., decision: _Optional[_Union[DecisionRule, _Mapping]] = ..., per_clip_scores: _Optional[bool] = ...) -> None: ...
+
+class CodecResult(_message.Message):
+    __slots__ = ("codec", "clean_mean", "clean_std", "poisoned_mean", "poisoned_std", "separation", "threshold", "tpr", "fpr", "auc", "p_value", "p_value_test", "psnr_db", "clean_bytes_mean", "poisoned_bytes_mean", "clean_scores", "poisoned_scores")
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    CLEAN_MEAN_FIELD_NUMBER: _ClassVar[int]
+    CLEAN_STD_FIELD_NUMBER: _ClassVar[int]
+    POISONED_MEAN_FIELD_NUMBER: _ClassVar[int]
+    POISONED_STD_FIELD_NUMBER: _ClassVar[int]
+    SEPARATION_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TPR_FIELD_NUMBER: _ClassVar[int]
+    FPR_FIELD_NUMBER: _ClassVar[int]
+    AUC_FIELD_NUMBER: _ClassVar[int]
+    P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    P_VALUE_TEST_FIELD_NUMBER: _ClassVar[int]
+    PSNR_DB_FIELD_NUMBER: _ClassVar[int]
+    CLEAN_BYTES_MEAN_FIELD_NUMBER: _ClassVar[int]
+    POISONED_BYTES_MEAN_FIELD_NUMBER: _ClassVar[int]
+    CLEAN_SCORES_FIELD_NUMBER: _ClassVar[int]
+    POISONED_SCORES_FIELD_NUMBER: _ClassVar[int]
+    codec: CodecSettings
+    clean_mean: float
+    clean_std: float
+    poisoned_mean: float
+    poisoned_std: float
+    separation: float
+    threshold: float
+    tpr: float
+    fpr: float
+    auc: float
+    p_value: float
+    p_value_test: str
+    psnr_db: float
+    clean_bytes_mean: float
+    poisoned_bytes_mean: float
+    clean_scores: _containers.RepeatedScalarFieldContainer[float]
+    poisoned_scores: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, codec: _Optional[_Union[CodecSettings, _Mapping]] = ..., clean_mean: _Optional[float] = ..., clean_std: _Optional[float] = ..., poisoned_mean: _Optional[float] = ..., poisoned_std: _Optional[float] = ..., separation: _Optional[float] = ..., threshold: _Optional[float] = ..., tpr: _Optional[float] = ..., fpr: _Optional[float] = ..., auc: _Optional[float] = ..., p_value: _Optional[float] = ..., p_value_test: _Optional[str] = ..., psnr_db: _Optional[float] = ..., clean_bytes_mean: _Optional[float] = ..., poisoned_bytes_mean: _Optional[float] = ..., clean_scores: _Optional[_Iterable[float]] = ..., poisoned_scores: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class CandidateResult(_message.Message):
+    __slots__ = ("fitness", "codecs")
+    FITNESS_FIELD_NUMBER: _ClassVar[int]
+    CODECS_FIELD_NUMBER: _ClassVar[int]
+    fitness: float
+    codecs: _containers.RepeatedCompositeFieldContainer[CodecResult]
+    def __init__(self, fitness: _Optional[float] = ..., codecs: _Optional[_Iterable[_Union[CodecResult, _Mapping]]] = ...) -> None: ...
+
+class EvaluateResponse(_message.Message):
+    __slots__ = ("results", "scorer", "epsilon", "num_clips", "clip_ids")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    SCORER_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLIPS_FIELD_NUMBER: _ClassVar[int]
+    CLIP_IDS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[CandidateResult]
+    scorer: str
+    epsilon: float
+    num_clips: int
+    clip_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, results: _Optional[_Iterable[_Union[CandidateResult, _Mapping]]] = ..., scorer: _Optional[str] = ..., epsilon: _Optional[float] = ..., num_clips: _Optional[int] = ..., clip_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class TranscodeRequest(_message.Message):
+    __slots__ = ("carriers", "signature", "epsilon", "codec", "include_input")
+    CARRIERS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_INPUT_FIELD_NUMBER: _ClassVar[int]
+    carriers: Carriers
+    signature: Tensor
+    epsilon: float
+    codec: CodecSettings
+    include_input: bool
+    def __init__(self, carriers: _Optional[_Union[Carriers, _Mapping]] = ..., signature: _Optional[_Union[Tensor, _Mapping]] = ..., epsilon: _Optional[float] = ..., codec: _Optional[_Union[CodecSettings, _Mapping]] = ..., include_input: _Optional[bool] = ...) -> None: ...
+
+class TranscodeResponse(_message.Message):
+    __slots__ = ("decoded", "input", "encoded_bytes", "clip_ids", "codec")
+    DECODED_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    ENCODED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CLIP_IDS_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    decoded: Tensor
+    input: Tensor
+    encoded_bytes: _containers.RepeatedScalarFieldContainer[int]
+    clip_ids: _containers.RepeatedScalarFieldContainer[int]
+    codec: CodecSettings
+    def __init__(self, decoded: _Optional[_Union[Tensor, _Mapping]] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., encoded_bytes: _Optional[_Iterable[int]] = ..., clip_ids: _Optional[_Iterable[int]] = ..., codec: _Optional[_Union[CodecSettings, _Mapping]] = ...) -> None: ...
+
+class GetServerInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DatasetInfo(_message.Message):
+    __slots__ = ("name", "split_clips", "clip_shape", "digest", "description")
+    class SplitClipsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_CLIPS_FIELD_NUMBER: _ClassVar[int]
+    CLIP_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    split_clips: _containers.ScalarMap[str, int]
+    clip_shape: _containers.RepeatedScalarFieldContainer[int]
+    digest: str
+    description: str
+    def __init__(self, name: _Optional[str] = ..., split_clips: _Optional[_Mapping[str, int]] = ..., clip_shape: _Optional[_Iterable[int]] = ..., digest: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
+class ScorerInfo(_message.Message):
+    __slots__ = ("name", "description", "default_params")
+    class DefaultParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    default_params: _containers.ScalarMap[str, float]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., default_params: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class Limits(_message.Message):
+    __slots__ = ("max_candidates", "max_clips", "max_clip_pixels", "max_work_pixels", "max_codecs", "max_message_bytes")
+    MAX_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    MAX_CLIPS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CLIP_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_WORK_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CODECS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    max_candidates: int
+    max_clips: int
+    max_clip_pixels: int
+    max_work_pixels: int
+    max_codecs: int
+    max_message_bytes: int
+    def __init__(self, max_candidates: _Optional[int] = ..., max_clips: _Optional[int] = ..., max_clip_pixels: _Optional[int] = ..., max_work_pixels: _Optional[int] = ..., max_codecs: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+
+class ServerInfo(_message.Message):
+    __slots__ = ("versions", "datasets", "codecs", "presets", "pix_fmts", "scorers", "limits", "workers")
+    class VersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    CODECS_FIELD_NUMBER: _ClassVar[int]
+    PRESETS_FIELD_NUMBER: _ClassVar[int]
+    PIX_FMTS_FIELD_NUMBER: _ClassVar[int]
+    SCORERS_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.ScalarMap[str, str]
+    datasets: _containers.RepeatedCompositeFieldContainer[DatasetInfo]
+    codecs: _containers.RepeatedScalarFieldContainer[str]
+    presets: _containers.RepeatedScalarFieldContainer[str]
+    pix_fmts: _containers.RepeatedScalarFieldContainer[str]
+    scorers: _containers.RepeatedCompositeFieldContainer[ScorerInfo]
+    limits: Limits
+    workers: int
+    def __init__(self, versions: _Optional[_Mapping[str, str]] = ..., datasets: _Optional[_Iterable[_Union[DatasetInfo, _Mapping]]] = ..., codecs: _Optional[_Iterable[str]] = ..., presets: _Optional[_Iterable[str]] = ..., pix_fmts: _Optional[_Iterable[str]] = ..., scorers: _Optional[_Iterable[_Union[ScorerInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., workers: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,163 @@
+"""Request parsing: protobuf messages -> validated engine jobs, with every default resolved here.
+
+Every check raises CodecLoopValueError (-> INVALID_ARGUMENT) or CodecLoopLimitError
+(-> RESOURCE_EXHAUSTED) naming the field and the allowed range. Nothing is clipped or dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from codecloop.errors import CodecLoopLimitError, CodecLoopValueError
+from codecloop.tensors import from_tensor
+from codecloop.v1 import codecloop_pb2 as pb
+from codecloop_server import scorers, stats
+from codecloop_server.codec import CodecSettings
+from codecloop_server.corpus import EMBEDDED_NAME, Dataset
+from codecloop_server.engine import CarrierSet, EvaluateJob
+from codecloop_server.tasks import ScorerKey
+
+DEFAULT_EPSILON = 4 / 255
+DEFAULT_NUM_CLIPS = 32
+DEFAULT_SPLIT = "train"
+DEFAULT_TARGET_FPR = 0.01
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request hard limits (published by GetServerInfo)."""
+
+    max_candidates: int = 256
+    max_clips: int = 512
+    max_clip_pixels: int = 64 * 512 * 512  # T * H * W of one clip
+    max_work_pixels: int = 1 << 31  # candidates * clips * codecs * T * H * W
+    max_codecs: int = 8
+    max_message_bytes: int = 64 << 20  # gRPC send and receive limit, both directions
+
+    def to_proto(self) -> pb.Limits:
+        return pb.Limits(**self.__dict__)
+
+
+def _field(msg, name: str, default):
+    """The value of an ``optional`` field, or ``default`` when absent (0 is a value, not absence)."""
+    return getattr(msg, name) if msg.HasField(name) else default
+
+
+def codec_settings(msg: pb.CodecSettings, field: str = "codecs") -> CodecSettings:
+    try:
+        return CodecSettings(
+            codec=_field(msg, "codec", "libx264"),
+            crf=_field(msg, "crf", 28.0),
+            preset=_field(msg, "preset", "medium"),
+            pix_fmt=_field(msg, "pix_fmt", "yuv420p"),
+            gop=_field(msg, "gop", 250),
+            fps=_field(msg, "fps", 25),
+        )
+    except CodecLoopValueError as err:  # "codec.crf: ..." -> "codecs[1].crf: ..."
+        raise CodecLoopValueError(str(err).replace("codec.", f"{field}.", 1)) from None
+
+
+def codec_to_proto(c: CodecSettings) -> pb.CodecSettings:
+    return pb.CodecSettings(codec=c.codec, crf=c.crf, preset=c.preset, pix_fmt=c.pix_fmt, gop=c.gop, fps=c.fps)
+
+
+def epsilon(msg, field: str = "epsilon") -> float:
+    eps = _field(msg, "epsilon", DEFAULT_EPSILON)
+    if not (math.isfinite(eps) and 0 < eps <= 1):
+        raise CodecLoopValueError(f"{field}: {eps} is outside the allowed range (0, 1]")
+    return eps
+
+
+def scorer_key(msg: pb.Scorer) -> ScorerKey:
+    impl = scorers.get(_field(msg, "name", "blind"))
+    return impl.name, impl.resolve_params(dict(msg.params))
+
+
+def decision(msg: pb.DecisionRule) -> stats.Decision:
+    which = msg.WhichOneof("rule")
+    if which == "threshold":
+        if not math.isfinite(msg.threshold):
+            raise CodecLoopValueError(f"decision.threshold: {msg.threshold} must be finite")
+        return stats.Decision(threshold=msg.threshold)
+    fpr = msg.target_fpr if which == "target_fpr" else DEFAULT_TARGET_FPR
+    if not (0 <= fpr < 1):
+        raise CodecLoopValueError(f"decision.target_fpr: {fpr} is outside the allowed range [0, 1)")
+    return stats.Decision(target_fpr=fpr)
+
+
+def carriers(msg: pb.Carriers, datasets: dict[str, Dataset], limits: Limits) -> CarrierSet:
+    if msg.WhichOneof("source") == "clips":
+        clips = from_tensor(msg.clips, "carriers.clips", allowed=(pb.UINT8,))
+        if clips.ndim != 5 or clips.shape[-1] != 3:
+            raise CodecLoopValueError(f"carriers.clips.shape: {list(clips.shape)} must be (N, T, H, W, 3)")
+        n, t, h, w, _ = clips.shape
+        if h % 2 or w % 2 or h < 16 or w < 16:
+            raise CodecLoopValueError(f"carriers.clips.shape: H x W = {h}x{w} must be even and at least 16x16 (yuv420p)")
+        _check_clips(n, t * h * w, limits)
+        keys = tuple(("inline", hashlib.sha256(c.tobytes()).hexdigest()) for c in clips)
+        return CarrierSet(clips=clips, keys=keys)
+    sel = msg.dataset
+    name = _field(sel, "dataset", EMBEDDED_NAME)
+    if name not in datasets:
+        raise CodecLoopValueError(f"carriers.dataset: unknown dataset {name!r}; allowed: {sorted(datasets)}")
+    ds = datasets[name]
+    num = _field(sel, "num_clips", DEFAULT_NUM_CLIPS)
+    _check_clips(num, int(np.prod(ds.clip_shape)), limits)
+    ids = ds.select(_field(sel, "split", DEFAULT_SPLIT), num, _field(sel, "seed", 0))
+    return CarrierSet(
+        clips=ds.clips[ids], keys=tuple(("dataset", ds.name, ds.digest, int(i)) for i in ids), clip_ids=tuple(map(int, ids))
+    )
+
+
+def _check_clips(n: int, clip_pixels: int, limits: Limits) -> None:
+    if n > limits.max_clips:
+        raise CodecLoopLimitError(f"carriers.num_clips: {n} exceeds the server limit max_clips = {limits.max_clips}")
+    if clip_pixels > limits.max_clip_pixels:
+        raise CodecLoopLimitError(
+            f"carriers: T*H*W = {clip_pixels} per clip exceeds the server limit max_clip_pixels = {limits.max_clip_pixels}"
+        )
+
+
+def signature(msg: pb.Tensor, field: str, clip_shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 signature (T or 1, H, W, 3), finite, in [-1, 1], matching the carriers' (T, H, W)."""
+    sig = from_tensor(msg, field, allowed=(pb.FLOAT32, pb.FLOAT16, pb.INT8))
+    t, h, w = clip_shape
+    if sig.ndim != 4 or sig.shape[0] not in (1, t) or sig.shape[1:] != (h, w, 3):
+        raise CodecLoopValueError(f"{field}.shape: {list(sig.shape)} must be ({t} or 1, {h}, {w}, 3) to match the carriers")
+    if not np.isfinite(sig).all():
+        raise CodecLoopValueError(f"{field}: contains NaN or Inf; values must be finite in [-1, 1]")
+    lo, hi = float(sig.min()), float(sig.max())
+    if lo < -1 or hi > 1:
+        raise CodecLoopValueError(f"{field}: values span [{lo:g}, {hi:g}], outside the allowed range [-1, 1]")
+    return sig
+
+
+def evaluate_job(req: pb.EvaluateRequest, datasets: dict[str, Dataset], limits: Limits) -> EvaluateJob:
+    n_cand = len(req.candidates)
+    if n_cand == 0:
+        raise CodecLoopValueError(f"candidates: the population is empty; send 1 to {limits.max_candidates} signatures")
+    if n_cand > limits.max_candidates:
+        raise CodecLoopLimitError(f"candidates: {n_cand} exceeds the server limit max_candidates = {limits.max_candidates}")
+    if len(req.codecs) > limits.max_codecs:
+        raise CodecLoopLimitError(f"codecs: {len(req.codecs)} settings exceed the server limit max_codecs = {limits.max_codecs}")
+    eps = epsilon(req)
+    codecs = tuple(codec_settings(c, f"codecs[{i}]") for i, c in enumerate(req.codecs)) or (CodecSettings(),)
+    if len(set(codecs)) != len(codecs):
+        raise CodecLoopValueError("codecs: the same codec settings appear twice; each must be distinct")
+    scorer = scorer_key(req.scorer)
+    rule = decision(req.decision)
+    carrier_set = carriers(req.carriers, datasets, limits)
+    n, t, h, w, _ = carrier_set.clips.shape
+    work = n_cand * n * len(codecs) * t * h * w
+    if work > limits.max_work_pixels:
+        raise CodecLoopLimitError(
+            f"candidates x clips x codecs x T*H*W = {work} exceeds the server limit max_work_pixels = {limits.max_work_pixels}"
+        )
+    sigs = tuple(signature(c, f"candidates[{i}]", (t, h, w)) for i, c in enumerate(req.candidates))
+    return EvaluateJob(
+        candidates=sigs, epsilon=eps, carriers=carrier_set, codecs=codecs, scorer=scorer, decision=rule, per_clip=req.per_clip_scores
+    )

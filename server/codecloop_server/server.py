@@ -1,0 +1,107 @@
+"""Building, starting and stopping the gRPC server (health checking and reflection included)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from codecloop.v1 import codecloop_pb2 as pb
+from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
+from codecloop_server import codec, corpus
+from codecloop_server.engine import Engine
+from codecloop_server.requests import Limits
+from codecloop_server.service import CodecLoopServicer
+
+log = logging.getLogger("codecloop.server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CodecLoop"].full_name
+
+
+@dataclass
+class ServerConfig:
+    """Everything ``codecloop serve`` configures.
+
+    Attributes:
+        host, port: where to listen; port 0 picks a free port (see ``RunningServer.port``).
+        workers: codec worker processes; None = one per CPU core.
+        datasets: extra folder datasets, name -> folder (the embedded corpus is always present).
+        clip_shape: (T, H, W) of every dataset's clips.
+        clean_cache_bytes: bound of the clean-clip cache in bytes.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    workers: int | None = None
+    datasets: dict[str, str] = field(default_factory=dict)
+    clip_shape: tuple[int, int, int] = corpus.DEFAULT_CLIP_SHAPE
+    clean_cache_bytes: int = 2 << 30
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    engine: Engine
+    health: health.aio.HealthServicer
+    port: int
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        """Graceful stop: NOT_SERVING, refuse new calls, let in-flight ones finish for ``grace`` s."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
+
+
+def load_datasets(config: ServerConfig) -> dict[str, corpus.Dataset]:
+    datasets = {corpus.EMBEDDED_NAME: corpus.embedded_corpus(config.clip_shape)}
+    for name, folder in config.datasets.items():
+        if name in datasets:
+            raise ValueError(f"dataset name {name!r} is already taken")
+        datasets[name] = corpus.folder_dataset(name, folder, config.clip_shape)
+    return datasets
+
+
+async def start(config: ServerConfig) -> RunningServer:
+    """Load datasets, start and warm the workers, then serve; health turns SERVING last."""
+    loop = asyncio.get_running_loop()
+    options = [
+        ("grpc.max_receive_message_length", config.limits.max_message_bytes),
+        ("grpc.max_send_message_length", config.limits.max_message_bytes),
+    ]
+    server = grpc.aio.server(options=options)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise OSError(f"could not bind {config.host}:{config.port}")
+    datasets = await loop.run_in_executor(None, load_datasets, config)
+    engine = Engine(config.workers, config.clean_cache_bytes)
+    await loop.run_in_executor(None, engine.warm_up)
+    versions = await loop.run_in_executor(None, codec.versions)
+    pb_grpc.add_CodecLoopServicer_to_server(CodecLoopServicer(engine, datasets, config.limits, versions), server)
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("codecloop serving on %s:%d with %d workers", config.host, port, engine.workers)
+    return RunningServer(server=server, engine=engine, health=health_servicer, port=port)
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run until cancelled (Ctrl-C / SIGTERM), then stop gracefully."""
+    import signal
+
+    running = await start(config)
+    print(f"codecloop listening on {config.host}:{running.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await running.stop()

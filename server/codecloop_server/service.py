@@ -1,0 +1,124 @@
+"""The thin gRPC servicer: parse -> engine -> response. Errors map to status codes in one place."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import AsyncIterator
+
+import grpc
+
+from codecloop import __version__
+from codecloop.errors import CodecLoopLimitError, CodecLoopValueError
+from codecloop.tensors import to_tensor
+from codecloop.v1 import codecloop_pb2 as pb
+from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
+from codecloop_server import requests, scorers
+from codecloop_server.codec import CODECS, PIX_FMTS, PRESETS
+from codecloop_server.corpus import Dataset
+from codecloop_server.engine import CandidateOutcome, Engine
+
+log = logging.getLogger("codecloop.server")
+
+
+def _status_for(err: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The one mapping from exceptions to gRPC status codes."""
+    if isinstance(err, CodecLoopValueError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(err)
+    if isinstance(err, CodecLoopLimitError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(err)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}: {err}"
+
+
+@contextlib.asynccontextmanager
+async def _errors(context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except (CodecLoopValueError, CodecLoopLimitError) as err:
+        code, message = _status_for(err)
+        log.info("%s rejected: %s", method, message)
+        await context.abort(code, message)
+    except Exception as err:  # anything else is our bug: report it, keep serving
+        code, message = _status_for(err)
+        log.exception("%s failed", method)
+        await context.abort(code, message)
+
+
+class CodecLoopServicer(pb_grpc.CodecLoopServicer):
+    def __init__(self, engine: Engine, datasets: dict[str, Dataset], limits: requests.Limits, versions: dict[str, str]):
+        self.engine = engine
+        self.datasets = datasets
+        self.limits = limits
+        self.versions = {"codecloop": __version__, **versions}
+
+    async def EvaluateSignature(self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext) -> pb.EvaluateResponse:
+        async with _errors(context, "EvaluateSignature"):
+            job = requests.evaluate_job(request, self.datasets, self.limits)
+            outcomes = await self.engine.evaluate(job)
+            return pb.EvaluateResponse(
+                results=[_candidate_proto(o, job.per_clip) for o in outcomes],
+                scorer=job.scorer[0],
+                epsilon=job.epsilon,
+                num_clips=len(job.carriers.clips),
+                clip_ids=job.carriers.clip_ids,
+            )
+
+    async def Transcode(self, request: pb.TranscodeRequest, context: grpc.aio.ServicerContext) -> pb.TranscodeResponse:
+        async with _errors(context, "Transcode"):
+            carriers = requests.carriers(request.carriers, self.datasets, self.limits)
+            codec = requests.codec_settings(request.codec, "codec")
+            eps = requests.epsilon(request)
+            sig = None
+            if request.HasField("signature"):
+                sig = requests.signature(request.signature, "signature", carriers.clips.shape[1:4])
+            out = await self.engine.transcode(carriers, sig, eps, codec)
+            return pb.TranscodeResponse(
+                decoded=to_tensor(out.decoded, "uint8"),
+                input=to_tensor(out.inputs, "uint8") if request.include_input else None,
+                encoded_bytes=out.encoded_bytes,
+                clip_ids=carriers.clip_ids,
+                codec=requests.codec_to_proto(codec),
+            )
+
+    async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
+        return pb.ServerInfo(
+            versions=self.versions,
+            datasets=[
+                pb.DatasetInfo(
+                    name=d.name,
+                    split_clips={k: len(v) for k, v in d.splits.items()},
+                    clip_shape=d.clip_shape,
+                    digest=d.digest,
+                    description=d.description,
+                )
+                for d in self.datasets.values()
+            ],
+            codecs=CODECS,
+            presets=PRESETS,
+            pix_fmts=PIX_FMTS,
+            scorers=[
+                pb.ScorerInfo(name=s.name, description=s.description, default_params={k: v[0] for k, v in s.param_ranges.items()})
+                for s in scorers.SCORERS.values()
+            ],
+            limits=self.limits.to_proto(),
+            workers=self.engine.workers,
+        )
+
+
+def _candidate_proto(o: CandidateOutcome, per_clip: bool) -> pb.CandidateResult:
+    return pb.CandidateResult(
+        fitness=o.fitness,
+        codecs=[
+            pb.CodecResult(
+                codec=requests.codec_to_proto(c.codec),
+                psnr_db=c.psnr_db if math.isfinite(c.psnr_db) else math.inf,
+                clean_bytes_mean=c.clean_bytes_mean,
+                poisoned_bytes_mean=c.poisoned_bytes_mean,
+                clean_scores=c.clean_scores.tolist() if per_clip else [],
+                poisoned_scores=c.poisoned_scores.tolist() if per_clip else [],
+                **c.stats,
+            )
+            for c in o.codecs
+        ],
+    )
