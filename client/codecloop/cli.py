@@ -44,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=50051)
     s.add_argument("--workers", type=int, default=None, help="codec worker processes (default: CPU cores)")
     s.add_argument("--dataset", type=_dataset_arg, action="append", default=[], metavar="NAME=FOLDER")
-    s.add_argument("--clip-shape", type=int, nargs=3, default=(16, 112, 112), metavar=("T", "H", "W"))
+    s.add_argument(
+        "--clip-shape", type=int, nargs=3, default=None, metavar=("T", "H", "W"),
+        help="clip shape of the datasets (default 16 112 112; a folder of (N,T,H,W,3) .npy keeps its own)",
+    )  # fmt: skip
     s.add_argument("--clean-cache-mib", type=int, default=2048)
     s.add_argument("--log-level", default="INFO")
 
@@ -86,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         datasets=dict(args.dataset),
-        clip_shape=tuple(args.clip_shape),
+        clip_shape=tuple(args.clip_shape) if args.clip_shape else None,
         clean_cache_bytes=args.clean_cache_mib << 20,
     )
     asyncio.run(serve(config))

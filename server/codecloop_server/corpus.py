@@ -224,14 +224,26 @@ def _video_clips(path: Path, t: int, h: int, w: int) -> list[np.ndarray]:
     return _frames_to_clips(frames, t, h, w)
 
 
-def folder_dataset(name: str, folder: str | Path, clip_shape: tuple[int, int, int] = DEFAULT_CLIP_SHAPE) -> Dataset:
-    """Load every video / ``.npy`` / ``.npz`` file of ``folder`` (not recursive) as clips."""
-    t, h, w = clip_shape
-    if h % 2 or w % 2:
-        raise CodecLoopValueError(f"dataset {name}: H and W must be even for yuv420p, got {h}x{w}")
+def _first_clip_array_shape(folder: Path) -> tuple[int, int, int] | None:
+    for path in sorted(folder.glob("*.npy")):
+        arr = np.load(path, mmap_mode="r")
+        if arr.ndim == 5:
+            return tuple(arr.shape[1:4])  # type: ignore[return-value]
+    return None
+
+
+def folder_dataset(name: str, folder: str | Path, clip_shape: tuple[int, int, int] | None = None) -> Dataset:
+    """Load every video / ``.npy`` / ``.npz`` file of ``folder`` (not recursive) as clips.
+
+    ``clip_shape`` (T, H, W) defaults to the clip shape of the first (N, T, H, W, 3) ``.npy`` in the
+    folder, else to ``DEFAULT_CLIP_SHAPE``.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise CodecLoopValueError(f"dataset {name}: {folder} is not a directory")
+    t, h, w = clip_shape or _first_clip_array_shape(folder) or DEFAULT_CLIP_SHAPE
+    if h % 2 or w % 2:
+        raise CodecLoopValueError(f"dataset {name}: H and W must be even for yuv420p, got {h}x{w}")
     sources: list[list[np.ndarray]] = []
     for path in sorted(folder.iterdir()):
         suffix = path.suffix.lower()

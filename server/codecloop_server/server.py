@@ -29,7 +29,8 @@ class ServerConfig:
         host, port: where to listen; port 0 picks a free port (see ``RunningServer.port``).
         workers: codec worker processes; None = one per CPU core.
         datasets: extra folder datasets, name -> folder (the embedded corpus is always present).
-        clip_shape: (T, H, W) of every dataset's clips.
+        clip_shape: (T, H, W) of the embedded corpus's and the folder datasets' clips; None: (16, 112, 112)
+            for the embedded corpus, and for a folder the shape of its first (N, T, H, W, 3) .npy.
         clean_cache_bytes: bound of the clean-clip cache in bytes.
     """
 
@@ -37,7 +38,7 @@ class ServerConfig:
     port: int = 50051
     workers: int | None = None
     datasets: dict[str, str] = field(default_factory=dict)
-    clip_shape: tuple[int, int, int] = corpus.DEFAULT_CLIP_SHAPE
+    clip_shape: tuple[int, int, int] | None = None
     clean_cache_bytes: int = 2 << 30
     limits: Limits = field(default_factory=Limits)
 
@@ -57,7 +58,7 @@ class RunningServer:
 
 
 def load_datasets(config: ServerConfig) -> dict[str, corpus.Dataset]:
-    datasets = {corpus.EMBEDDED_NAME: corpus.embedded_corpus(config.clip_shape)}
+    datasets = {corpus.EMBEDDED_NAME: corpus.embedded_corpus(config.clip_shape or corpus.DEFAULT_CLIP_SHAPE)}
     for name, folder in config.datasets.items():
         if name in datasets:
             raise ValueError(f"dataset name {name!r} is already taken")

@@ -1,0 +1,75 @@
+"""Shared fixtures: a real ``codecloop serve`` process on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import codecloop
+
+
+def _start_server(extra: list[str]) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "codecloop.cli", "serve", "--host", "127.0.0.1", "--port", "0", "--workers", "2", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 300  # first run generates the embedded corpus (about 15 s)
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.search(r"listening on ([\d.]+):(\d+)", line)
+        if m:
+            return proc, f"{m.group(1)}:{m.group(2)}"
+    proc.kill()
+    raise RuntimeError("server did not start:\n" + "".join(lines))
+
+
+@pytest.fixture(scope="session")
+def server_target(tmp_path_factory) -> str:
+    """Target of a server with the embedded corpus plus a folder dataset ``tiny`` (one .npy)."""
+    folder = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(7)
+    np.save(folder / "clips.npy", rng.integers(0, 256, (4, 8, 32, 48, 3), dtype=np.uint8))
+    proc, target = _start_server(["--dataset", f"tiny={folder}"])
+    yield target
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture()
+def client(server_target: str):
+    with codecloop.Client(server_target, timeout=300) as c:
+        yield c
+
+
+def block_signature(seed: int, block: int = 8, shape: tuple[int, int, int] = (1, 112, 112)) -> np.ndarray:
+    """A random +-1 signature of constant block x block squares, float32 (T, H, W, 3)."""
+    from codecloop.cli import random_signature
+
+    sig = random_signature(f"block{block}" if block > 1 else "pixel", shape, seed)
+    return np.repeat(sig, shape[0], axis=0) if shape[0] > 1 else sig
+
+
+def ffmpeg_or_skip() -> str:
+    """Path of the ffmpeg CLI; in CI (CI=true) its absence is a failure, not a skip."""
+    path = shutil.which("ffmpeg")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("ffmpeg CLI missing in CI: .ci/run must apt-get install ffmpeg")
+        pytest.skip("ffmpeg CLI not installed")
+    return path

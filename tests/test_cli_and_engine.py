@@ -1,0 +1,80 @@
+"""The console script, the README's pycma loop, and the engine's clean-side cache."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from codecloop import DatasetCarriers
+from codecloop_server import requests
+from codecloop_server.codec import CodecSettings
+from codecloop_server.corpus import embedded_corpus
+from codecloop_server.engine import Engine
+from codecloop_server.stats import Decision
+from tests.conftest import block_signature
+
+
+def run_cli(*args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "codecloop.cli", *args], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_cli_evaluate_prints_seed_table(server_target, tmp_path):
+    out = run_cli("evaluate", "--target", server_target, "--random", "block8", "--clips", "4", "--epsilon", "4/255",
+                  "--crf", "28", "--crf", "35", "--json", str(tmp_path / "r.json"))  # fmt: skip
+    assert "clean μ±σ" in out and "poisoned μ±σ" in out and "TPR" in out
+    assert "libx264 crf=28 medium" in out and "libx264 crf=35 medium" in out
+    assert "Wilcoxon" in out and (tmp_path / "r.json").stat().st_size > 0
+    np.save(tmp_path / "sig.npy", block_signature(3))
+    out = run_cli("evaluate", "--target", server_target, "--signature", str(tmp_path / "sig.npy"), "--clips", "4")
+    assert "scorer=blind" in out and "clips=4" in out
+
+
+def test_cli_reports_bad_input_cleanly(server_target):
+    out = subprocess.run(
+        [sys.executable, "-m", "codecloop.cli", "evaluate", "--target", server_target, "--random", "pixel", "--crf", "60"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2 and "codecs[0].crf: 60" in out.stderr
+
+
+def test_readme_pycma_loop(client):
+    """The README's example: pycma minimizes, so it is told -fitness."""
+    cma = pytest.importorskip("cma")
+    es = cma.CMAEvolutionStrategy(np.zeros(4 * 4 * 3), 0.5, {"popsize": 4, "seed": 1, "verbose": -9})
+    carriers = DatasetCarriers(num_clips=4)
+    for _ in range(2):
+        thetas = es.ask()
+        # a 4x4 RGB pattern, upsampled to 112x112 and squashed into [-1, 1]
+        batch = np.stack([np.tanh(np.kron(t.reshape(4, 4, 3), np.ones((28, 28, 1))))[None] for t in thetas])
+        fitness = client.fitness(batch.astype(np.float32), epsilon=4 / 255, carriers=carriers)
+        es.tell(thetas, list(-fitness))
+    assert es.countiter == 2 and np.isfinite(es.result.fbest)
+
+
+def test_clean_work_is_done_once_per_clip():
+    ds = embedded_corpus()
+    carriers = requests.carriers(DatasetCarriers(num_clips=3).to_proto(), {"embedded": ds}, requests.Limits())
+    job = requests.EvaluateJob(
+        candidates=(block_signature(1), block_signature(2)),
+        epsilon=4 / 255,
+        carriers=carriers,
+        codecs=(CodecSettings(preset="ultrafast"),),
+        scorer=("blind", (("kernel", 3.0),)),
+        decision=Decision(target_fpr=0.0),
+    )
+    engine = Engine(workers=1)
+    try:
+        first = asyncio.run(engine.evaluate(job))
+        assert (engine.clean_cache.misses, engine.clean_cache.hits) == (3, 0)  # 3 clips, 2 candidates
+        second = asyncio.run(engine.evaluate(job))
+        assert (engine.clean_cache.misses, engine.clean_cache.hits) == (3, 3)
+        assert [o.fitness for o in first] == [o.fitness for o in second]
+        assert engine.clean_cache.size_bytes == 3 * 16 * 112 * 112 * 3 * 4
+    finally:
+        engine.close()

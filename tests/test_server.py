@@ -1,0 +1,131 @@
+"""End to end against a real server process on a loopback port."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import codecloop
+from codecloop import Codec, DatasetCarriers
+from codecloop.poison import poison
+from codecloop_server.codec import CodecSettings
+from codecloop_server.tasks import transcode_rgb
+from tests.conftest import block_signature
+
+SMALL = DatasetCarriers(num_clips=6, seed=3)
+
+
+def test_fitness_defaults_alone(client):
+    """fitness(signatures, epsilon=...) works with every other field defaulted (32 clips, CRF 28)."""
+    pop = np.stack([block_signature(0), np.zeros((1, 112, 112, 3), np.float32)])
+    fit = client.fitness(pop, epsilon=4 / 255)
+    assert fit.shape == (2,) and fit.dtype == np.float64
+    assert fit[0] > 0.01  # an 8x8-block +-1 pattern at 4/255 survives CRF 28
+    assert fit[1] == 0.0  # a zero signature changes nothing: poisoned == clean exactly
+    res = client.evaluate(pop[:1], epsilon=4 / 255)
+    assert res.num_clips == 32 and len(res.clip_ids) == 32
+    s = res.candidates[0].codecs[0]
+    assert s.codec == Codec(crf=28, preset="medium", gop=250, fps=25)
+    assert np.isclose(s.separation, s.poisoned_mean - s.clean_mean)
+    assert res.candidates[0].fitness == pytest.approx(fit[0])  # clean side cached: same numbers
+
+
+def test_results_in_order_and_reproducible(client):
+    sigs = [block_signature(s, block=b) for s, b in [(1, 16), (2, 1), (3, 4)]]
+    a = client.evaluate(np.stack(sigs), carriers=SMALL, per_clip_scores=True)
+    b = client.evaluate(np.stack(sigs[::-1]), carriers=SMALL, per_clip_scores=True)
+    np.testing.assert_array_equal(a.fitness, b.fitness[::-1])
+    for ca, cb in zip(a.candidates, b.candidates[::-1]):
+        np.testing.assert_array_equal(ca.codecs[0].poisoned_scores, cb.codecs[0].poisoned_scores)
+        np.testing.assert_array_equal(ca.codecs[0].clean_scores, cb.codecs[0].clean_scores)
+
+
+def test_statistics_are_consistent(client):
+    res = client.evaluate(block_signature(5)[None], carriers=SMALL, per_clip_scores=True, target_fpr=0.0)
+    s = res.candidates[0].codecs[0]
+    assert s.threshold == pytest.approx(s.clean_scores.max())  # FPR 0: the highest clean score
+    assert s.fpr == 0.0
+    assert s.tpr == pytest.approx(np.mean(s.poisoned_scores > s.threshold))
+    assert s.clean_mean == pytest.approx(s.clean_scores.mean())
+    assert s.poisoned_std == pytest.approx(s.poisoned_scores.std(ddof=1))
+    assert 0 <= s.auc <= 1 and 0 < s.p_value <= 1
+    assert 30 < s.psnr_db < 60 and s.clean_bytes_mean > 0 and s.poisoned_bytes_mean > 0
+    explicit = client.evaluate(block_signature(5)[None], carriers=SMALL, threshold=1.0).candidates[0].codecs[0]
+    assert explicit.threshold == 1.0 and explicit.tpr == 0.0
+
+
+def test_worst_codec_decides_fitness(client):
+    codecs = [Codec(crf=18), Codec(crf=40, preset="ultrafast")]
+    res = client.evaluate(block_signature(6)[None], carriers=SMALL, codecs=codecs)
+    seps = [c.separation for c in res.candidates[0].codecs]
+    assert [c.codec.crf for c in res.candidates[0].codecs] == [18, 40]
+    assert res.candidates[0].fitness == min(seps)
+    assert seps[0] > seps[1]  # harder compression destroys more of the signature
+
+
+def test_informed_scorer_and_lossless(client):
+    res = client.evaluate(block_signature(7)[None], carriers=SMALL, codecs=Codec(crf=0), scorer="informed")
+    s = res.candidates[0].codecs[0]
+    assert s.clean_mean == 0.0  # x_clean - x_clean = 0 by construction
+    assert s.poisoned_mean > 0.9  # lossless: the signature comes back (minus clipping at 0/255)
+
+
+def test_wire_dtypes_agree(client):
+    sig = block_signature(8)[None]
+    f32 = client.fitness(sig, carriers=SMALL)
+    assert client.fitness(sig, carriers=SMALL, dtype="float16") == pytest.approx(f32)  # +-1 is exact in fp16
+    assert client.fitness(sig, carriers=SMALL, dtype="int8") == pytest.approx(f32)
+
+
+def test_torch_tensors_accepted(client):
+    torch = pytest.importorskip("torch")
+    sig = block_signature(9)[None]
+    assert client.fitness(torch.from_numpy(sig), carriers=SMALL) == pytest.approx(client.fitness(sig, carriers=SMALL))
+
+
+def test_population_is_chunked_under_message_limit(server_target):
+    """A population bigger than the message limit is split across requests, results unchanged."""
+    pop = np.stack([block_signature(s, shape=(16, 112, 112)) for s in range(5)])  # 2.4 MiB each
+    with codecloop.Client(server_target) as whole, codecloop.Client(server_target, max_message_bytes=6 << 20) as small:
+        assert len(small._chunks(codecloop.client.pb.EvaluateRequest(), [codecloop.tensors.to_tensor(p) for p in pop])) == 3
+        np.testing.assert_array_equal(small.fitness(pop, carriers=SMALL), whole.fitness(pop, carriers=SMALL))
+
+
+def test_transcode_matches_local_pipeline(client):
+    sig = block_signature(10)
+    out = client.transcode(sig, epsilon=3 / 255, carriers=SMALL, codec=Codec(crf=23, preset="fast"), include_input=True)
+    assert out.decoded.shape == (6, 16, 112, 112, 3) and out.decoded.dtype == np.uint8
+    assert len(out.clip_ids) == 6 and out.codec.crf == 23
+    clean = client.transcode(None, carriers=SMALL, codec=Codec(crf=23, preset="fast"), include_input=True)
+    np.testing.assert_array_equal(out.inputs, poison(clean.inputs, sig, 3 / 255))
+    local, nbytes = transcode_rgb(out.inputs[2], CodecSettings(crf=23, preset="fast"))
+    np.testing.assert_array_equal(out.decoded[2], local)
+    assert out.encoded_bytes[2] == nbytes
+
+
+def test_inline_clips_and_folder_dataset(client):
+    """The ``tiny`` folder dataset (one .npy, split by clip) scores exactly like the same clips inline."""
+    clips = np.random.default_rng(7).integers(0, 256, (4, 8, 32, 48, 3), dtype=np.uint8)  # as conftest saved
+    sig = np.sign(np.random.default_rng(1).standard_normal((1, 32, 48, 3))).astype(np.float32)
+    kw = dict(per_clip_scores=True, codecs=Codec(preset="ultrafast"))
+    inline = client.evaluate(sig[None], carriers=clips[:3], **kw)
+    assert inline.num_clips == 3 and inline.clip_ids == ()
+    folder = client.evaluate(sig[None], carriers=DatasetCarriers("tiny", "train", 3), **kw)
+    assert folder.clip_ids == (0, 1, 2)  # fewer than 4 sources: clip 3 is the holdout
+    a, b = inline.candidates[0].codecs[0], folder.candidates[0].codecs[0]
+    np.testing.assert_array_equal(a.poisoned_scores, b.poisoned_scores)
+    np.testing.assert_array_equal(a.clean_scores, b.clean_scores)
+    info = client.info()
+    tiny = next(d for d in info.datasets if d.name == "tiny")
+    assert list(tiny.clip_shape) == [8, 32, 48] and dict(tiny.split_clips) == {"train": 3, "holdout": 1}
+
+
+def test_server_info(client):
+    info = client.info()
+    assert info.versions["codecloop"] == codecloop.__version__
+    assert info.versions["x264"].startswith("core ")
+    assert "medium" in info.presets and list(info.codecs) == ["libx264"]
+    assert {s.name for s in info.scorers} >= {"blind", "informed"}
+    emb = next(d for d in info.datasets if d.name == "embedded")
+    assert dict(emb.split_clips) == {"train": 240, "holdout": 72} and list(emb.clip_shape) == [16, 112, 112]
+    assert info.limits.max_message_bytes == 64 << 20 and info.workers == 2

@@ -1,0 +1,139 @@
+"""Unit tests of the pure pieces: tensors, poisoning, statistics, scorers, corpus, registry."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats as sps
+
+from codecloop.errors import CodecLoopValueError
+from codecloop.poison import poison
+from codecloop.tensors import from_tensor, to_tensor
+from codecloop_server import scorers
+from codecloop_server.corpus import Dataset, folder_dataset, split_by_source
+from codecloop_server.stats import Decision, calibrate_threshold, detection_stats, psnr_db
+
+
+@pytest.mark.parametrize("dtype,tol", [("float32", 0), ("float16", 1e-3), ("int8", 1 / 127)])
+def test_tensor_roundtrip(dtype, tol):
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 4, 3)).astype(np.float32)
+    y = from_tensor(to_tensor(x, dtype), "t")
+    assert y.dtype == np.float32 and y.shape == x.shape
+    assert np.max(np.abs(x - y)) <= tol
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    shape=st.lists(st.integers(-3, 1 << 40), min_size=0, max_size=6),
+    dtype=st.integers(-1, 6),
+    data=st.binary(max_size=64),
+    scale=st.floats(allow_nan=True, allow_infinity=True, width=32),
+)
+def test_from_tensor_never_crashes(shape, dtype, data, scale):
+    """Garbage tensors decode or raise CodecLoopValueError; nothing else, and no huge allocation."""
+    from codecloop.v1 import codecloop_pb2 as pb
+
+    msg = pb.Tensor(shape=shape, dtype=dtype if dtype in pb.DType.values() else 0, data=data, scale=scale)
+    try:
+        out = from_tensor(msg, "t")
+    except CodecLoopValueError as err:
+        assert str(err).startswith("t.")
+    else:
+        assert out.size == math.prod(shape)
+
+
+def test_poison_rule():
+    clean = np.array([[[[0, 128, 255]]]], np.uint8)
+    sig = np.array([[[[-1.0, 0.5, 1.0]]]], np.float32)
+    out = poison(clean, sig, 4 / 255)
+    np.testing.assert_array_equal(out, [[[[0, 130, 255]]]])  # clipped at 0 and 255, 128 + 2
+    # T = 1 broadcasts over time and a batch of clips
+    clips = np.full((2, 3, 1, 1, 3), 100, np.uint8)
+    np.testing.assert_array_equal(poison(clips, sig, 4 / 255)[..., 0], 96)
+
+
+def test_calibrated_threshold_and_rates():
+    clean = np.array([0.1, 0.5, 0.2, 0.3])
+    assert calibrate_threshold(clean, 0.0) == 0.5
+    assert calibrate_threshold(clean, 0.25) == 0.3  # one clean clip may exceed it
+    poisoned = np.array([0.6, 0.4, 0.7, 0.1])
+    s = detection_stats(clean, poisoned, Decision(target_fpr=0.0))
+    assert s["threshold"] == 0.5 and s["tpr"] == 0.5 and s["fpr"] == 0.0
+    assert s["separation"] == pytest.approx(poisoned.mean() - clean.mean())
+    # AUC by definition: P(p > c) + P(p == c)/2 over all 16 pairs
+    pairs = [(p > c) + 0.5 * (p == c) for p in poisoned for c in clean]
+    assert s["auc"] == pytest.approx(np.mean(pairs))
+    assert s["p_value"] == pytest.approx(sps.wilcoxon(poisoned - clean, alternative="greater").pvalue)
+    assert detection_stats(clean, clean, Decision(threshold=0.25))["p_value"] == 1.0
+
+
+def test_psnr():
+    assert psnr_db(0, 10) == math.inf
+    assert psnr_db(10 * 1.0, 10) == pytest.approx(20 * math.log10(255))
+
+
+def test_blind_scorer_finds_signature_and_ignores_content():
+    rng = np.random.default_rng(0)
+    sig = np.sign(rng.standard_normal((1, 32, 32, 3))).astype(np.float32)
+    clips = rng.integers(60, 190, (4, 2, 32, 32, 3), dtype=np.uint8)
+    blind = scorers.get("blind")
+    params = blind.resolve_params({})
+    clean = blind.score(blind.features(clips, params), sig, None, params)
+    marked = blind.score(blind.features(poison(clips, sig, 8 / 255), params), sig, None, params)
+    assert np.all(marked > clean + 0.1)
+    # the score is invariant to a brightness offset of the clip (a residual ignores the mean)
+    brighter = blind.score(blind.features(clips + np.uint8(10), params), sig, None, params)
+    np.testing.assert_allclose(brighter, clean, atol=1e-6)  # float32 features
+
+
+def test_ncc_is_one_for_itself_and_zero_for_constant():
+    w = np.random.default_rng(1).standard_normal((2, 4, 4, 3)).astype(np.float32)
+    assert scorers.ncc(np.stack([w, 3 * w + 1, np.ones_like(w)]), w) == pytest.approx([1, 1, 0])
+
+
+def test_registry_refuses_name_collision():
+    with pytest.raises(ValueError, match="already registered"):
+        scorers.register(scorers.BlindScorer())
+
+
+def test_split_rule():
+    four = split_by_source(np.repeat(np.arange(8), 2), 8)
+    assert four["holdout"].tolist() == [6, 7, 14, 15]  # sources 3 and 7
+    few = split_by_source(np.zeros(6, int), 1)
+    assert few["holdout"].tolist() == [3]
+
+
+def test_dataset_select_is_deterministic():
+    ds = Dataset("d", np.zeros((10, 1, 2, 2, 3), np.uint8), {"train": np.arange(10)})
+    a, b = ds.select("train", 4, seed=5), ds.select("train", 4, seed=5)
+    assert a.tolist() == b.tolist() and len(set(a)) == 4 and a.tolist() == sorted(a)
+    assert ds.select("train", 10, seed=9).tolist() == list(range(10))
+    with pytest.raises(CodecLoopValueError, match=r"carriers.num_clips: 11.*\[1, 10\]"):
+        ds.select("train", 11, 0)
+
+
+def test_folder_dataset_reads_videos_and_arrays(tmp_path):
+    import av
+
+    # a 20-frame 64x48 mp4 written with PyAV: centre-cropped to 1:1 and resized to 32x32, 2 clips of 8
+    with av.open(str(tmp_path / "a.mp4"), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for k in range(20):
+            frame = np.zeros((48, 64, 3), np.uint8)
+            frame[:, (3 * k) % 48 : (3 * k) % 48 + 8] = 255
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode(None))
+    np.save(tmp_path / "b.npy", np.zeros((3, 8, 32, 32, 3), np.uint8))
+    np.savez(tmp_path / "c.npz", x=np.zeros((16, 32, 32, 3), np.uint8))
+    (tmp_path / "notes.txt").write_text("ignored")
+    ds = folder_dataset("f", tmp_path)
+    assert ds.clip_shape == (8, 32, 32)  # from b.npy
+    assert len(ds.clips) == 2 + 3 + 2
+    assert ds.clips.dtype == np.uint8 and ds.clips[:2].max() > 200  # the video's white bar survived
+    with pytest.raises(CodecLoopValueError, match="is not a directory"):
+        folder_dataset("g", tmp_path / "missing")
