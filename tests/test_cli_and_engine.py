@@ -78,3 +78,38 @@ def test_clean_work_is_done_once_per_clip():
         assert engine.clean_cache.size_bytes == 3 * 16 * 112 * 112 * 3 * 4
     finally:
         engine.close()
+
+
+def test_sdk_retries_unavailable():
+    """The SDK's gRPC retry policy re-sends a call that got UNAVAILABLE (real gRPC, loopback)."""
+    from concurrent import futures
+
+    import grpc
+
+    import codecloop
+    from codecloop.v1 import codecloop_pb2 as pb
+    from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
+
+    calls = []
+
+    class Flaky(pb_grpc.CodecLoopServicer):
+        def GetServerInfo(self, request, context):
+            calls.append(1)
+            if len(calls) < 3:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+            return pb.ServerInfo(workers=7)
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    pb_grpc.add_CodecLoopServicer_to_server(Flaky(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with codecloop.Client(f"127.0.0.1:{port}", timeout=30) as client:
+            assert client.info().workers == 7
+        assert len(calls) == 3
+        calls.clear()
+        with codecloop.Client(f"127.0.0.1:{port}", timeout=30, max_attempts=2) as client:
+            with pytest.raises(codecloop.CodecLoopUnavailableError, match="warming up"):
+                client.info()
+    finally:
+        server.stop(None)

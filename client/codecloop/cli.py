@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     rule.add_argument("--target-fpr", type=float)
     e.add_argument("--per-clip", action="store_true", help="print every clip's scores")
     e.add_argument("--json", help="also write the full result as JSON to this path")
+    e.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for the server to come up")
 
     i = sub.add_parser("info", help="print the server's versions, datasets, scorers and limits")
     i.add_argument("--target", default="127.0.0.1:50051")
@@ -102,6 +103,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from codecloop import Client, Codec, DatasetCarriers
 
     with Client(args.target) as client:
+        if args.wait > 0:
+            client.wait_ready(args.wait)
         carriers = DatasetCarriers(dataset=args.dataset, split=args.split, num_clips=args.clips, seed=args.clip_seed)
         if args.signature:
             sig = np.load(args.signature)
