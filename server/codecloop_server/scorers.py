@@ -79,20 +79,30 @@ class Scorer(ABC):
 
 
 def ncc(a: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Normalized correlation of each clip a[i] (a: (N, T, H, W, 3)) with w, broadcast to a[i]'s shape.
+    """Normalized correlation of each clip a[i] (a: (N, T, H, W, 3)) with w ((T or 1, H, W, 3)).
 
     Sums run in float64 with numpy's pairwise summation, not BLAS: BLAS kernels differ between CPUs,
-    and a score must be the same on every machine.
+    and a score must be the same on every machine. Because w - mean(w) sums to zero, the numerator
+    needs no centring of a; for a T = 1 signature a is summed over time first (T times less work).
     """
-    w = np.broadcast_to(w, a.shape[1:]).astype(np.float64)
-    w -= w.mean()
-    w_norm = np.sqrt((w * w).sum())
+    wc = w.astype(np.float64)
+    count = a[0].size
+    w_mean = wc.mean()
+    wc -= w_mean
+    # ||w broadcast over T - its mean||^2: the broadcast repeats wc T/Tw times
+    w_norm = np.sqrt((wc * wc).sum() * (a.shape[1] // w.shape[0]))
     out = np.zeros(len(a))
     for i, clip in enumerate(a):
-        x = clip.astype(np.float64)
-        x -= x.mean()
-        den = np.sqrt((x * x).sum()) * w_norm
-        out[i] = (x * w).sum() / den if den > 0 else 0.0
+        if w.shape[0] == 1:
+            num = (clip.sum(axis=0, dtype=np.float64) * wc[0]).sum()
+        else:
+            num = (clip * wc).sum()
+        total = clip.sum(dtype=np.float64)
+        sq = np.square(clip, dtype=np.float64).sum()
+        var = sq - total * total / count
+        # a constant clip leaves only rounding in var: treat it as zero like an exactly flat one
+        den = np.sqrt(var) * w_norm if var > 1e-12 * sq else 0.0
+        out[i] = num / den if den > 0 else 0.0
     return out
 
 
