@@ -58,24 +58,32 @@ def test_readme_pycma_loop(client):
 
 
 def test_clean_work_is_done_once_per_clip():
+    """P candidates on N clips cost P x N encodes once warm; a repeat costs none (result cache)."""
     ds = embedded_corpus()
-    carriers = requests.carriers(DatasetCarriers(num_clips=3).to_proto(), {"embedded": ds}, requests.Limits())
-    job = requests.EvaluateJob(
-        candidates=(block_signature(1), block_signature(2)),
-        epsilon=4 / 255,
-        carriers=carriers,
-        codecs=(CodecSettings(preset="ultrafast"),),
-        scorer=("blind", (("kernel", 3.0),)),
-        decision=Decision(target_fpr=0.0),
-    )
     engine = Engine(workers=1)
     try:
-        first = asyncio.run(engine.evaluate(job))
-        assert (engine.clean_cache.misses, engine.clean_cache.hits) == (3, 0)  # 3 clips, 2 candidates
-        second = asyncio.run(engine.evaluate(job))
+        engine.add_dataset(ds)
+
+        def job(seeds):
+            req = DatasetCarriers(num_clips=3).to_proto()
+            return requests.EvaluateJob(
+                candidates=tuple(block_signature(s) for s in seeds),
+                epsilon=4 / 255,
+                carriers=requests.carriers(req, {"embedded": ds}, requests.Limits()),
+                codecs=(CodecSettings(preset="ultrafast"),),
+                scorer=("blind", (("kernel", 3.0),)),
+                decision=Decision(target_fpr=0.0),
+            )
+
+        first = asyncio.run(engine.evaluate(job([1, 2])))
+        assert engine.counters == {"clean_encodes": 3, "poisoned_encodes": 6}
+        asyncio.run(engine.evaluate(job([3, 4])))  # new candidates, same clips: no clean encode
+        assert engine.counters == {"clean_encodes": 3, "poisoned_encodes": 12}
         assert (engine.clean_cache.misses, engine.clean_cache.hits) == (3, 3)
-        assert [o.fitness for o in first] == [o.fitness for o in second]
-        assert engine.clean_cache.size_bytes == 3 * 16 * 112 * 112 * 3 * 4
+        again = asyncio.run(engine.evaluate(job([2, 1])))  # seen before: answered from the result cache
+        assert engine.counters == {"clean_encodes": 3, "poisoned_encodes": 12}
+        assert [o.fitness for o in again] == [o.fitness for o in first[::-1]]
+        assert engine.clean_cache.size_bytes == 3 * 16 * 112 * 112 * 3 * 2  # int16 residuals
     finally:
         engine.close()
 

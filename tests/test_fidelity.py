@@ -96,3 +96,22 @@ def test_settings_validation_names_field():
         CodecSettings(crf=52)
     with pytest.raises(CodecLoopValueError, match="codec.preset"):
         CodecSettings(preset="turbo")
+
+
+def test_rgb_pipeline_matches_ffmpeg_cli_end_to_end(tmp_path):
+    """rgb24 in, rgb24 out: the server's fused path equals the CLI doing conversion, encode and decode."""
+    from codecloop_server.codec import transcode_rgb
+
+    clip = natural_clip(t=10)
+    settings = CodecSettings(crf=30, preset="fast")
+    (tmp_path / "in.rgb").write_bytes(clip.tobytes())
+    _ffmpeg("-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "96x64", "-r", "25", "-i", str(tmp_path / "in.rgb"),
+            *settings.ffmpeg_args(), "-f", "h264", str(tmp_path / "cli.h264"))  # fmt: skip
+    _ffmpeg("-threads", "1", "-i", str(tmp_path / "cli.h264"), "-f", "rawvideo", "-pix_fmt", "rgb24",
+            str(tmp_path / "cli.rgb"))  # fmt: skip
+    cli = np.fromfile(tmp_path / "cli.rgb", np.uint8).reshape(clip.shape)
+    fused, nbytes = transcode_rgb(clip, settings)
+    np.testing.assert_array_equal(fused, cli)
+    staged, staged_bytes = transcode_yuv(rgb_to_yuv420p(clip), settings)
+    np.testing.assert_array_equal(fused, yuv420p_to_rgb(staged))
+    assert nbytes == staged_bytes

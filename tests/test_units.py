@@ -82,17 +82,42 @@ def test_blind_scorer_finds_signature_and_ignores_content():
     clips = rng.integers(60, 190, (4, 2, 32, 32, 3), dtype=np.uint8)
     blind = scorers.get("blind")
     params = blind.resolve_params({})
-    clean = blind.score(blind.features(clips, params), sig, None, params)
-    marked = blind.score(blind.features(poison(clips, sig, 8 / 255), params), sig, None, params)
+    tmpl = blind.template(sig, params)
+    clean = blind.score(blind.features(clips, params), tmpl, None)
+    marked = blind.score(blind.features(poison(clips, sig, 8 / 255), params), tmpl, None)
     assert np.all(marked > clean + 0.1)
     # the score is invariant to a brightness offset of the clip (a residual ignores the mean)
-    brighter = blind.score(blind.features(clips + np.uint8(10), params), sig, None, params)
-    np.testing.assert_allclose(brighter, clean, atol=1e-6)  # float32 features
+    brighter = blind.score(blind.features(clips + np.uint8(10), params), tmpl, None)
+    np.testing.assert_array_equal(brighter, clean)  # integer residuals: exactly
+
+
+def test_blind_scorer_matches_float_formula():
+    """The integer implementation equals the documented float formula (scipy box filter, float64 ncc)."""
+    from scipy.ndimage import uniform_filter
+
+    rng = np.random.default_rng(2)
+    clips = rng.integers(0, 256, (3, 4, 24, 20, 3), dtype=np.uint8)
+    for sig_t, k in [(1, 3), (4, 5), (1, 13)]:
+        sig = rng.uniform(-1, 1, (sig_t, 24, 20, 3)).astype(np.float32)
+        blind = scorers.get("blind")
+        params = blind.resolve_params({"kernel": k})
+        got = blind.score(blind.features(clips, params), blind.template(sig, params), None)
+        x = clips.astype(np.float64)
+        res = x - uniform_filter(x, size=(1, 1, k, k, 1), mode="reflect")
+        w = np.broadcast_to(sig - uniform_filter(sig.astype(np.float64), size=(1, k, k, 1), mode="reflect"), res.shape[1:])
+        want = [scorers_ncc_reference(r, w) for r in res]
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def scorers_ncc_reference(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
 
 
 def test_ncc_is_one_for_itself_and_zero_for_constant():
-    w = np.random.default_rng(1).standard_normal((2, 4, 4, 3)).astype(np.float32)
-    assert scorers.ncc(np.stack([w, 3 * w + 1, np.ones_like(w)]), w) == pytest.approx([1, 1, 0])
+    w = np.random.default_rng(1).integers(-50, 50, (2, 4, 4, 3)).astype(np.int16)
+    tmpl = w.astype(np.float64) - w.mean()
+    assert scorers.ncc(np.stack([w, 3 * w + 1, np.ones_like(w)]), tmpl) == pytest.approx([1, 1, 0])
 
 
 def test_registry_refuses_name_collision():

@@ -20,7 +20,12 @@ def poison(clean: np.ndarray, signature: np.ndarray, epsilon: float) -> np.ndarr
     Returns:
         uint8 array with the shape of ``clean``.
     """
-    x = clean.astype(np.float32) * np.float32(1.0 / 255.0)
+    x = clean.astype(np.float32)
+    x *= np.float32(1.0 / 255.0)
     x += np.float32(epsilon) * signature.astype(np.float32, copy=False)
+    # in place from here: same float32 operations in the same order, no temporaries
     np.clip(x, 0.0, 1.0, out=x)
-    return np.floor(x * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
+    x *= np.float32(255.0)
+    x += np.float32(0.5)
+    np.floor(x, out=x)
+    return x.astype(np.uint8)

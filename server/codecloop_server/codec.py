@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Iterable
 
 import av
 import numpy as np
@@ -134,6 +135,40 @@ def yuv420p_to_rgb(frames: np.ndarray) -> np.ndarray:
     return np.stack(out)
 
 
+def _encoder(settings: CodecSettings, width: int, height: int) -> av.CodecContext:
+    ctx = av.CodecContext.create(settings.codec, "w")
+    ctx.width = width
+    ctx.height = height
+    ctx.pix_fmt = settings.pix_fmt
+    ctx.time_base = Fraction(1, settings.fps)
+    ctx.framerate = Fraction(settings.fps, 1)
+    ctx.gop_size = settings.gop
+    ctx.thread_count = 1
+    ctx.options = {"crf": settings.crf_text, "preset": settings.preset}
+    return ctx
+
+
+def _encode_frames(frames: Iterable[av.VideoFrame], settings: CodecSettings, width: int, height: int) -> bytes:
+    ctx = _encoder(settings, width, height)
+    chunks: list[bytes] = []
+    for i, frame in enumerate(frames):
+        frame.pts = i
+        chunks.extend(bytes(p) for p in ctx.encode(frame))
+    chunks.extend(bytes(p) for p in ctx.encode(None))  # explicit flush: B-frames and lookahead
+    return b"".join(chunks)
+
+
+def _decode_frames(bitstream: bytes) -> list[av.VideoFrame]:
+    ctx = av.CodecContext.create("h264", "r")
+    ctx.thread_count = 1
+    out = []
+    # parse(None) flushes the parser: without it the last access unit stays buffered.
+    for packet in [*ctx.parse(bitstream), *ctx.parse(None)]:
+        out.extend(ctx.decode(packet))
+    out.extend(ctx.decode(None))
+    return out
+
+
 def encode_yuv420p(frames: np.ndarray, settings: CodecSettings) -> bytes:
     """Encode yuv420p frames with a fresh libx264 encoder; return the Annex-B H.264 bitstream.
 
@@ -141,35 +176,13 @@ def encode_yuv420p(frames: np.ndarray, settings: CodecSettings) -> bytes:
         frames: uint8 (T, H * 3 // 2, W) planar yuv420p (see :func:`rgb_to_yuv420p`).
         settings: the codec configuration.
     """
-    t, h32, w = frames.shape
-    ctx = av.CodecContext.create(settings.codec, "w")
-    ctx.width = w
-    ctx.height = h32 * 2 // 3
-    ctx.pix_fmt = settings.pix_fmt
-    ctx.time_base = Fraction(1, settings.fps)
-    ctx.framerate = Fraction(settings.fps, 1)
-    ctx.gop_size = settings.gop
-    ctx.thread_count = 1
-    ctx.options = {"crf": settings.crf_text, "preset": settings.preset}
-    chunks: list[bytes] = []
-    for i in range(t):
-        frame = av.VideoFrame.from_ndarray(frames[i], format="yuv420p")
-        frame.pts = i
-        chunks.extend(bytes(p) for p in ctx.encode(frame))
-    chunks.extend(bytes(p) for p in ctx.encode(None))  # explicit flush: B-frames and lookahead
-    return b"".join(chunks)
+    _, h32, w = frames.shape
+    return _encode_frames((av.VideoFrame.from_ndarray(f, format="yuv420p") for f in frames), settings, w, h32 * 2 // 3)
 
 
 def decode_h264(bitstream: bytes) -> np.ndarray:
     """Decode an Annex-B H.264 bitstream with FFmpeg's h264 decoder to (T, H * 3 // 2, W) uint8."""
-    ctx = av.CodecContext.create("h264", "r")
-    ctx.thread_count = 1
-    out = []
-    # parse(None) flushes the parser: without it the last access unit stays buffered.
-    for packet in [*ctx.parse(bitstream), *ctx.parse(None)]:
-        out.extend(f.to_ndarray() for f in ctx.decode(packet))
-    out.extend(f.to_ndarray() for f in ctx.decode(None))
-    return np.stack(out)
+    return np.stack([f.to_ndarray() for f in _decode_frames(bitstream)])
 
 
 def transcode_yuv(frames: np.ndarray, settings: CodecSettings) -> tuple[np.ndarray, int]:
@@ -179,6 +192,28 @@ def transcode_yuv(frames: np.ndarray, settings: CodecSettings) -> tuple[np.ndarr
     if decoded.shape != frames.shape:
         raise RuntimeError(f"decoder returned {decoded.shape}, expected {frames.shape}")
     return decoded, len(bitstream)
+
+
+def transcode_rgb(clip: np.ndarray, settings: CodecSettings) -> tuple[np.ndarray, int]:
+    """uint8 (T, H, W, 3) RGB -> yuv420p -> libx264 -> h264 -> RGB: (decoded (T, H, W, 3), encoded bytes).
+
+    Exactly ``yuv420p_to_rgb(decode_h264(encode_yuv420p(rgb_to_yuv420p(clip))))`` (tested), but
+    the swscale output frames go straight into the encoder and out of the decoder, skipping four
+    numpy <-> frame copies per frame.
+    """
+    t, h, w, _ = clip.shape
+    r = _reformatter()
+    yuv = (
+        r.reformat(av.VideoFrame.from_ndarray(f, format="rgb24"), format="yuv420p", interpolation=Interpolation.BICUBIC)
+        for f in clip
+    )
+    bitstream = _encode_frames(yuv, settings, w, h)
+    decoded = [
+        r.reformat(f, format="rgb24", interpolation=Interpolation.BICUBIC).to_ndarray() for f in _decode_frames(bitstream)
+    ]
+    if len(decoded) != t:
+        raise RuntimeError(f"decoder returned {len(decoded)} frames, expected {t}")
+    return np.stack(decoded), len(bitstream)
 
 
 def versions() -> dict[str, str]:

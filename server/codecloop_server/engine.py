@@ -1,35 +1,54 @@
 """The scheduler: turns a validated job into clip-level tasks on a pool of codec worker processes.
 
 Transport-free: the gRPC layer (service.py) parses requests into the job types here and maps the
-errors. Clean work (the carrier through the codec, and the scorer's features of it) is computed
-once per (clip, codec settings, scorer) and shared by every candidate, request and client through
-:class:`CleanCache`; a population of P candidates on N clips costs P x N encodes once warm.
+errors. Frames never travel with a task: dataset clips live in shared memory for the server's
+lifetime, a request's signatures and inline clips for the request's, and a task carries references.
+
+Work is done once:
+* clean work (each carrier clip through each codec setting, and the scorer's features of it) is
+  cached in :class:`CleanCache` and shared by every candidate, request and client, so a warm
+  generation of P candidates on N clips costs P x N encodes, not (P + 1) x N;
+* every (signature, epsilon, clip, codec, scorer) result is kept in a bounded content-addressed
+  cache, so a repeated evaluation is answered without encoding.
+
+Tasks are queued in candidate order, so candidates finish (and stream out) roughly in order.
+Cancelling a request (client cancel, deadline) cancels its queued tasks; only the tasks already
+running in workers (at most one per worker, plus one queued each) finish.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import multiprocessing
 import os
-from collections import OrderedDict
-from concurrent.futures import Executor, ProcessPoolExecutor
+from collections import Counter, OrderedDict
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable
+from typing import Any, AsyncIterator, Awaitable, Callable, Hashable
 
 import numpy as np
 
-from codecloop_server import stats, tasks
+from codecloop_server import scorers, stats, tasks
 from codecloop_server.codec import CodecSettings
-from codecloop_server.tasks import CleanClip, PoisonedScore, ScorerKey
+from codecloop_server.corpus import Dataset
+from codecloop_server.shm import SharedArray
+from codecloop_server.tasks import ClipRef, PoisonedScore, ScorerKey
 
 
 @dataclass(frozen=True)
 class CarrierSet:
-    """Resolved carriers: uint8 clips (N, T, H, W, 3), a cache identity per clip, dataset indices."""
+    """Resolved carriers: either ``clip_ids`` of ``dataset`` or ``inline`` uint8 (N, T, H, W, 3)."""
 
-    clips: np.ndarray
-    keys: tuple[Hashable, ...]
+    keys: tuple[Hashable, ...]  # a cache identity per clip
+    clip_shape: tuple[int, int, int]  # (T, H, W)
+    dataset: str | None = None
     clip_ids: tuple[int, ...] = ()
+    inline: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
 
 @dataclass(frozen=True)
@@ -67,140 +86,302 @@ class TranscodeOutcome:
     encoded_bytes: tuple[int, ...]
 
 
+@dataclass
+class CleanEntry:
+    """A clean clip after one codec setting: scorer features in shared memory, encoded size."""
+
+    features: SharedArray
+    encoded_bytes: int
+    pins: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.nbytes
+
+
 class CleanCache:
-    """LRU of clean clips by bytes; concurrent requests for one key share one computation."""
+    """LRU of clean entries, bounded by bytes. Entries in use by a request are pinned (never
+    evicted under it); concurrent requests for one key share one computation."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[Hashable, asyncio.Future[CleanClip]] = OrderedDict()
-        self._bytes = 0
+        self._entries: OrderedDict[Hashable, asyncio.Future[CleanEntry]] = OrderedDict()
+        self.size_bytes = 0
         self.hits = 0
         self.misses = 0
 
-    async def get(self, key: Hashable, compute: Callable[[], asyncio.Future[CleanClip]]) -> CleanClip:
+    async def acquire(self, key: Hashable, compute: Callable[[], Awaitable[CleanEntry]]) -> CleanEntry:
         fut = self._entries.get(key)
-        if fut is not None and not (fut.done() and (fut.cancelled() or fut.exception())):
+        if fut is not None:
             self.hits += 1
             self._entries.move_to_end(key)
-            # shield: one waiter being cancelled must not cancel the computation others wait on
-            return await asyncio.shield(fut)
-        self.misses += 1
-        fut = compute()
-        self._entries[key] = fut
+        else:
+            self.misses += 1
+            fut = self._entries[key] = asyncio.ensure_future(self._fill(key, compute))
+        # shield: one waiter being cancelled must not cancel the computation others wait on
+        entry = await asyncio.shield(fut)
+        entry.pins += 1
+        return entry
+
+    async def _fill(self, key: Hashable, compute: Callable[[], Awaitable[CleanEntry]]) -> CleanEntry:
         try:
-            value = await asyncio.shield(fut)
+            entry = await compute()
         except BaseException:
-            if self._entries.get(key) is fut and fut.done():
-                del self._entries[key]  # failed or cancelled: the next caller computes it again
+            self._entries.pop(key, None)  # failed or cancelled: the next caller computes it again
             raise
-        self._bytes += value.nbytes
+        self.size_bytes += entry.nbytes
+        return entry
+
+    def release(self, entry: CleanEntry) -> None:
+        entry.pins -= 1
         self._evict()
-        return value
 
     def _evict(self) -> None:
-        while self._bytes > self.max_bytes and len(self._entries) > 1:
-            key, fut = next(iter(self._entries.items()))
-            if not fut.done():
-                break
-            del self._entries[key]
-            if not fut.cancelled() and fut.exception() is None:
-                self._bytes -= fut.result().nbytes
+        for key in list(self._entries):
+            if self.size_bytes <= self.max_bytes:
+                return
+            fut = self._entries[key]
+            if fut.done() and fut.result().pins == 0:
+                del self._entries[key]
+                self.size_bytes -= fut.result().nbytes
+                fut.result().features.release()
 
-    @property
-    def size_bytes(self) -> int:
-        return self._bytes
+    def clear(self) -> None:
+        for fut in self._entries.values():
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                fut.result().features.release()
+        self._entries.clear()
+        self.size_bytes = 0
+
+
+class ResultCache:
+    """Content-addressed results: (signature digest, epsilon, clip, codec, scorer) -> PoisonedScore."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[Hashable, PoisonedScore] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable) -> PoisonedScore | None:
+        hit = self._entries.get(key)
+        if hit is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+            self._entries.move_to_end(key)
+        return hit
+
+    def put(self, key: Hashable, value: PoisonedScore) -> None:
+        self._entries[key] = value
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+def signature_digest(sig: np.ndarray) -> str:
+    """Content address of a float32 signature (shape and bytes)."""
+    h = hashlib.sha256(repr(sig.shape).encode())
+    h.update(np.ascontiguousarray(sig, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+ProgressFn = Callable[[int, int], None]  # (clip tasks done, total)
+CandidateFn = Callable[[int, CandidateOutcome], None]
 
 
 class Engine:
-    """Runs jobs on ``workers`` codec processes (spawned: no forked gRPC threads)."""
+    """Runs jobs on ``workers`` codec processes (spawned: no forked gRPC threads).
 
-    def __init__(self, workers: int | None = None, clean_cache_bytes: int = 2 << 30) -> None:
+    Memory bound (resident): dataset clips (N x T x H x W x 3 bytes each, once, shared) +
+    ``clean_cache_bytes`` (+ the clean entries pinned by running requests) + per request its
+    signatures (twice: float32 and the float64 template) and inline clips + per worker one clip's
+    working set (about 30 x T x H x W x 3 bytes) + ``result_cache_entries`` x ~300 bytes.
+    """
+
+    def __init__(
+        self, workers: int | None = None, clean_cache_bytes: int = 2 << 30, result_cache_entries: int = 200_000
+    ) -> None:
         self.workers = workers or os.cpu_count() or 1
-        self._pool: Executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        # One thread per worker: parallelism is across clips. Spawned workers inherit these before
+        # numpy loads, so no BLAS/OpenMP thread pool oversubscribes the cores.
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = "1"
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         self.clean_cache = CleanCache(clean_cache_bytes)
+        self.result_cache = ResultCache(result_cache_entries)
+        self.counters: Counter[str] = Counter()  # clean_encodes, poisoned_encodes, transcode_encodes
+        self._datasets: dict[str, tuple[Dataset, SharedArray]] = {}
+
+    def add_dataset(self, ds: Dataset) -> Dataset:
+        """Move the dataset's clips into shared memory (``ds.clips`` becomes a view of it)."""
+        shared = SharedArray(ds.clips, persistent=True)
+        ds.clips = shared.array
+        self._datasets[ds.name] = (ds, shared)
+        return ds
 
     def warm_up(self) -> None:
         """Start every worker and run one real encode in each, so the first request pays no imports."""
-        clip = np.zeros((2, 16, 16, 3), np.uint8)
-        futures = [self._pool.submit(tasks.transcode_task, clip, None, 0.0, CodecSettings()) for _ in range(self.workers)]
-        for f in futures:
-            f.result()
+        pids: set[int] = set()
+        for _ in range(10):
+            if len(pids) == self.workers:
+                break
+            pids.update(f.result() for f in [self._pool.submit(tasks.warm_task) for _ in range(self.workers)])
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self.clean_cache.clear()
+        for _, shared in self._datasets.values():
+            shared.release()
+        self._datasets.clear()
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def _clean(self, carriers: CarrierSet, codec: CodecSettings, scorer: ScorerKey) -> list[CleanClip]:
-        return await asyncio.gather(
-            *(
-                self.clean_cache.get((key, codec, scorer), lambda c=clip: self._run(tasks.clean_task, c, codec, scorer))
-                for key, clip in zip(carriers.keys, carriers.clips)
-            )
-        )
-
-    async def evaluate(self, job: EvaluateJob) -> list[CandidateOutcome]:
-        """One outcome per candidate, in order. Cancelling this coroutine drops its queued tasks."""
-        clean = await asyncio.gather(*(self._clean(job.carriers, c, job.scorer) for c in job.codecs))
-        pending = [
-            [
-                asyncio.gather(
-                    *(
-                        self._run(tasks.poisoned_task, clip, cc, sig, job.epsilon, codec, job.scorer)
-                        for clip, cc in zip(job.carriers.clips, clean_clips)
-                    )
-                )
-                for codec, clean_clips in zip(job.codecs, clean)
-            ]
-            for sig in job.candidates
-        ]
-        scores: list[list[list[PoisonedScore]]] = []
+    @contextlib.asynccontextmanager
+    async def _clip_refs(self, carriers: CarrierSet) -> AsyncIterator[list[ClipRef]]:
+        if carriers.inline is None:
+            source = self._datasets[carriers.dataset][1].ref
+            yield [ClipRef(source, i) for i in carriers.clip_ids]
+            return
+        shared = SharedArray(carriers.inline)
         try:
-            for per_codec in pending:
-                scores.append([await g for g in per_codec])
+            yield [ClipRef(shared.ref, i) for i in range(len(carriers))]
         finally:
-            for per_codec in pending:
-                for g in per_codec:
-                    g.cancel()
-        values_per_clip = job.carriers.clips[0].size
-        outcomes = []
-        for per_codec in scores:
-            codecs = tuple(
-                _codec_outcome(codec, results, [c.encoded_bytes for c in clean_clips], job.decision, values_per_clip)
-                for codec, results, clean_clips in zip(job.codecs, per_codec, clean)
-            )
-            outcomes.append(CandidateOutcome(fitness=min(c.stats["separation"] for c in codecs), codecs=codecs))
-        return outcomes
+            shared.release()
+
+    async def _clean_entry(self, ref: ClipRef, codec: CodecSettings, scorer: ScorerKey) -> CleanEntry:
+        features, nbytes = await self._run(tasks.clean_task, ref, codec, scorer)
+        self.counters["clean_encodes"] += 1
+        return CleanEntry(SharedArray(features), nbytes)
+
+    async def _score(self, key: Hashable, run: Callable[[], asyncio.Future[PoisonedScore]]) -> PoisonedScore:
+        hit = self.result_cache.get(key)
+        if hit is not None:
+            return hit
+        value = await run()
+        self.counters["poisoned_encodes"] += 1
+        self.result_cache.put(key, value)
+        return value
+
+    async def evaluate(
+        self, job: EvaluateJob, on_candidate: CandidateFn | None = None, on_progress: ProgressFn | None = None
+    ) -> list[CandidateOutcome]:
+        """One outcome per candidate, in order. Cancelling this coroutine drops its queued tasks."""
+        impl = scorers.get(job.scorer[0])
+        total = len(job.candidates) * len(job.codecs) * len(job.carriers)
+        done = 0
+
+        def tick(_: object) -> None:
+            nonlocal done
+            done += 1
+            if on_progress is not None:
+                on_progress(done, total)
+
+        pinned: list[CleanEntry] = []
+        shared: list[SharedArray] = []
+        pending: list[asyncio.Future[CandidateOutcome]] = []
+        async with self._clip_refs(job.carriers) as refs:
+            try:
+                for codec in job.codecs:
+                    acquired = await asyncio.gather(
+                        *(
+                            self.clean_cache.acquire((key, codec, job.scorer), lambda r=ref, c=codec: self._clean_entry(r, c, job.scorer))
+                            for key, ref in zip(job.carriers.keys, refs)
+                        ),
+                        return_exceptions=True,
+                    )
+                    pinned.extend(e for e in acquired if isinstance(e, CleanEntry))
+                    for e in acquired:
+                        if isinstance(e, BaseException):
+                            raise e
+                n = len(refs)
+                clean = [pinned[i * n : (i + 1) * n] for i in range(len(job.codecs))]
+                for sig in job.candidates:
+                    shared += [SharedArray(sig), SharedArray(impl.template(sig, job.scorer[1]))]
+
+                async def candidate(index: int) -> CandidateOutcome:
+                    sig_ref, tmpl_ref = shared[2 * index].ref, shared[2 * index + 1].ref
+                    digest = signature_digest(job.candidates[index])
+                    per_codec = []
+                    for codec, entries in zip(job.codecs, clean):
+                        futures = []
+                        for key, ref, entry in zip(job.carriers.keys, refs, entries):
+                            args = (ref, entry.features.ref, sig_ref, tmpl_ref, job.epsilon, codec, job.scorer)
+                            fut = asyncio.ensure_future(
+                                self._score(
+                                    (digest, job.epsilon, key, codec, job.scorer),
+                                    lambda a=args: self._run(tasks.poisoned_task, *a),
+                                )
+                            )
+                            fut.add_done_callback(tick)
+                            futures.append(fut)
+                        per_codec.append(futures)
+                    results = [await asyncio.gather(*f) for f in per_codec]
+                    outcome = _candidate_outcome(job, results, clean)
+                    if on_candidate is not None:
+                        on_candidate(index, outcome)
+                    return outcome
+
+                pending = [asyncio.ensure_future(candidate(i)) for i in range(len(job.candidates))]
+                return list(await asyncio.gather(*pending))
+            finally:
+                for p in pending:
+                    p.cancel()
+                if pending:
+                    await asyncio.gather(*pending, return_exceptions=True)
+                for entry in pinned:
+                    self.clean_cache.release(entry)
+                for s in shared:
+                    s.release()
 
     async def transcode(
         self, carriers: CarrierSet, signature: np.ndarray | None, epsilon: float, codec: CodecSettings
     ) -> TranscodeOutcome:
-        results = await asyncio.gather(
-            *(self._run(tasks.transcode_task, clip, signature, epsilon, codec) for clip in carriers.clips)
-        )
+        sig = SharedArray(signature) if signature is not None else None
+        try:
+            async with self._clip_refs(carriers) as refs:
+                results = await asyncio.gather(
+                    *(self._run(tasks.transcode_task, ref, sig.ref if sig else None, epsilon, codec) for ref in refs)
+                )
+        finally:
+            if sig is not None:
+                sig.release()
+        self.counters["transcode_encodes"] += len(results)
         return TranscodeOutcome(
             inputs=np.stack([r[0] for r in results]),
             decoded=np.stack([r[1] for r in results]),
             encoded_bytes=tuple(r[2] for r in results),
         )
 
+    def load(self) -> dict[str, float]:
+        """Counters and cache state for GetServerInfo."""
+        return {
+            **{k: float(v) for k, v in self.counters.items()},
+            "clean_cache_bytes": float(self.clean_cache.size_bytes),
+            "clean_cache_hits": float(self.clean_cache.hits),
+            "clean_cache_misses": float(self.clean_cache.misses),
+            "result_cache_hits": float(self.result_cache.hits),
+            "result_cache_misses": float(self.result_cache.misses),
+        }
 
-def _codec_outcome(
-    codec: CodecSettings,
-    results: list[PoisonedScore],
-    clean_bytes: list[int],
-    decision: stats.Decision,
-    values_per_clip: int,
-) -> CodecOutcome:
-    poisoned = np.array([r.poisoned for r in results])
-    clean = np.array([r.clean for r in results])
-    return CodecOutcome(
-        codec=codec,
-        stats=stats.detection_stats(clean, poisoned, decision),
-        psnr_db=stats.psnr_db(sum(r.squared_error for r in results), values_per_clip * len(results)),
-        clean_bytes_mean=float(np.mean(clean_bytes)),
-        poisoned_bytes_mean=float(np.mean([r.encoded_bytes for r in results])),
-        clean_scores=clean,
-        poisoned_scores=poisoned,
-    )
+
+def _candidate_outcome(
+    job: EvaluateJob, results: list[list[PoisonedScore]], clean: list[list[CleanEntry]]
+) -> CandidateOutcome:
+    values_per_clip = int(np.prod(job.carriers.clip_shape)) * 3
+    codecs = []
+    for codec, per_clip, entries in zip(job.codecs, results, clean):
+        poisoned = np.array([r.poisoned for r in per_clip])
+        clean_scores = np.array([r.clean for r in per_clip])
+        codecs.append(
+            CodecOutcome(
+                codec=codec,
+                stats=stats.detection_stats(clean_scores, poisoned, job.decision),
+                psnr_db=stats.psnr_db(sum(r.squared_error for r in per_clip), values_per_clip * len(per_clip)),
+                clean_bytes_mean=float(np.mean([e.encoded_bytes for e in entries])),
+                poisoned_bytes_mean=float(np.mean([r.encoded_bytes for r in per_clip])),
+                clean_scores=clean_scores,
+                poisoned_scores=poisoned,
+            )
+        )
+    return CandidateOutcome(fitness=min(c.stats["separation"] for c in codecs), codecs=tuple(codecs))

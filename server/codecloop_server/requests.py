@@ -99,7 +99,7 @@ def carriers(msg: pb.Carriers, datasets: dict[str, Dataset], limits: Limits) -> 
             raise CodecLoopValueError(f"carriers.clips.shape: H x W = {h}x{w} must be even and at least 16x16 (yuv420p)")
         _check_clips(n, t * h * w, limits)
         keys = tuple(("inline", hashlib.sha256(c.tobytes()).hexdigest()) for c in clips)
-        return CarrierSet(clips=clips, keys=keys)
+        return CarrierSet(keys=keys, clip_shape=(t, h, w), inline=clips)
     sel = msg.dataset
     name = _field(sel, "dataset", EMBEDDED_NAME)
     if name not in datasets:
@@ -107,10 +107,9 @@ def carriers(msg: pb.Carriers, datasets: dict[str, Dataset], limits: Limits) -> 
     ds = datasets[name]
     num = _field(sel, "num_clips", DEFAULT_NUM_CLIPS)
     _check_clips(num, int(np.prod(ds.clip_shape)), limits)
-    ids = ds.select(_field(sel, "split", DEFAULT_SPLIT), num, _field(sel, "seed", 0))
-    return CarrierSet(
-        clips=ds.clips[ids], keys=tuple(("dataset", ds.name, ds.digest, int(i)) for i in ids), clip_ids=tuple(map(int, ids))
-    )
+    ids = tuple(map(int, ds.select(_field(sel, "split", DEFAULT_SPLIT), num, _field(sel, "seed", 0))))
+    keys = tuple(("dataset", ds.name, ds.digest, i) for i in ids)
+    return CarrierSet(keys=keys, clip_shape=ds.clip_shape, dataset=ds.name, clip_ids=ids)
 
 
 def _check_clips(n: int, clip_pixels: int, limits: Limits) -> None:
@@ -151,8 +150,8 @@ def evaluate_job(req: pb.EvaluateRequest, datasets: dict[str, Dataset], limits: 
     scorer = scorer_key(req.scorer)
     rule = decision(req.decision)
     carrier_set = carriers(req.carriers, datasets, limits)
-    n, t, h, w, _ = carrier_set.clips.shape
-    work = n_cand * n * len(codecs) * t * h * w
+    t, h, w = carrier_set.clip_shape
+    work = n_cand * len(carrier_set) * len(codecs) * t * h * w
     if work > limits.max_work_pixels:
         raise CodecLoopLimitError(
             f"candidates x clips x codecs x T*H*W = {work} exceeds the server limit max_work_pixels = {limits.max_work_pixels}"

@@ -1,20 +1,27 @@
 """Detectors that score decoded clips against a signature, and their registry.
 
-A scorer works in two steps so the server can cache the clean side:
+A scorer works in three steps so that the server can cache the clean side and share work:
 
 * ``features(clips, params)``: a per-clip, signature-independent transform of decoded uint8 clips
-  (N, T, H, W, 3) into float32 (N, T, H, W, 3). Clean features are computed once per
-  (carrier clip, codec settings, scorer, params) and reused by every candidate and request.
-* ``score(features, signature, reference, params)``: one float per clip.
+  (N, T, H, W, 3) into an integer array of the same shape. Clean features are computed once per
+  (carrier clip, codec settings, scorer, params) and reused by every candidate, request and client.
+* ``template(signature, params)``: the float64 (T or 1, H, W, 3) pattern the features are
+  correlated with, computed once per candidate.
+* ``score(features, template, reference)``: one float per clip.
 
-Formulas (x: a decoded clip as float in [0, 1]; w: the signature in [-1, 1], repeated over T when
-T = 1; ncc(a, b) = <a - mean a, b - mean b> / (||a - mean a|| ||b - mean b||), 0 when a norm is 0;
-box_k: the k x k spatial mean filter per frame and channel, reflecting at the borders):
+Formulas (x: a decoded clip, uint8; w: the signature in [-1, 1], repeated over T when T = 1;
+ncc(a, b) = <a - mean a, b - mean b> / (||a - mean a|| ||b - mean b||) over the whole
+(T, H, W, 3) clip, 0 when a norm is 0; box_k: the k x k spatial mean filter per frame and channel,
+borders mirrored with the edge pixel repeated, scipy's ``mode="reflect"``):
 
-* ``blind``   s = ncc(x - box_k(x), w - box_k(w)). No access to the clean clip: the noise residual of
-  the clip against the signature's own residual. Parameter ``kernel`` = k, odd, 3..15, default 3.
+* ``blind``    s = ncc(x - box_k(x), w - box_k(w)). No access to the clean clip: the noise residual
+  of the clip against the signature's own residual. Parameter ``kernel`` = k, odd, 3..15, default 3.
 * ``informed`` s = ncc(x - x_clean, w), where x_clean is the decoded clean clip (same carrier, same
   codec settings). On a clean clip x - x_clean = 0, so its clean score is 0 by construction.
+
+The clip side is integer arithmetic (k^2 x - boxsum_k(x) is exact), its sums are exact, and the
+correlation with the template is a float64 numpy sum (not BLAS, whose kernels vary by CPU), so a
+score is the same on every machine.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from scipy.ndimage import uniform_filter
 
 from codecloop.errors import CodecLoopValueError
 
+Params = tuple[tuple[str, float], ...]
+
 
 class Scorer(ABC):
     """Base class; subclasses fill the ``_internal_*`` hooks, validation happens here once."""
@@ -37,7 +46,7 @@ class Scorer(ABC):
     param_ranges: ClassVar[Mapping[str, tuple[float, float, float]]] = {}
     uses_reference: ClassVar[bool] = False
 
-    def resolve_params(self, params: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
+    def resolve_params(self, params: Mapping[str, float]) -> Params:
         """Validate ``params`` against ``param_ranges``; return every parameter, defaults filled, sorted."""
         for key, value in params.items():
             if key not in self.param_ranges:
@@ -52,19 +61,21 @@ class Scorer(ABC):
         self._internal_check(resolved)
         return tuple(sorted(resolved.items()))
 
-    def features(self, clips: np.ndarray, params: tuple[tuple[str, float], ...]) -> np.ndarray:
-        """uint8 (N, T, H, W, 3) decoded clips -> float32 (N, T, H, W, 3) signature-free features."""
-        return self._internal_features(clips.astype(np.float32) * np.float32(1 / 255), dict(params))
+    def features(self, clips: np.ndarray, params: Params) -> np.ndarray:
+        """uint8 (N, T, H, W, 3) decoded clips -> integer (N, T, H, W, 3) signature-free features."""
+        return self._internal_features(clips, dict(params))
 
-    def score(
-        self,
-        features: np.ndarray,
-        signature: np.ndarray,
-        reference: np.ndarray | None,
-        params: tuple[tuple[str, float], ...],
-    ) -> np.ndarray:
-        """Scores (N,) float64 of N clips' features against one (T or 1, H, W, 3) signature."""
-        return self._internal_score(features, signature, reference, dict(params))
+    def template(self, signature: np.ndarray, params: Params) -> np.ndarray:
+        """float32 (T or 1, H, W, 3) signature -> float64 zero-mean template of the same shape."""
+        t = self._internal_template(signature.astype(np.float64), dict(params))
+        return t - t.mean()
+
+    def score(self, features: np.ndarray, template: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
+        """Scores (N,) float64 of N clips' features (with the clean clips' features as reference)."""
+        if self.uses_reference:
+            assert reference is not None, f"scorer {self.name} needs the clean clips' features"
+            features = features.astype(np.int16) - reference.astype(np.int16)
+        return ncc(features, template)
 
     def _internal_check(self, params: dict[str, float]) -> None:
         """Extra validation beyond the ranges (e.g. an odd kernel)."""
@@ -73,43 +84,44 @@ class Scorer(ABC):
     def _internal_features(self, clips: np.ndarray, params: dict[str, float]) -> np.ndarray: ...
 
     @abstractmethod
-    def _internal_score(
-        self, features: np.ndarray, signature: np.ndarray, reference: np.ndarray | None, params: dict[str, float]
-    ) -> np.ndarray: ...
+    def _internal_template(self, signature: np.ndarray, params: dict[str, float]) -> np.ndarray: ...
 
 
-def ncc(a: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Normalized correlation of each clip a[i] (a: (N, T, H, W, 3)) with w ((T or 1, H, W, 3)).
+def ncc(a: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """ncc of each integer clip a[i] (a: (N, T, H, W, 3)) with a zero-mean template (T or 1, H, W, 3).
 
-    Sums run in float64 with numpy's pairwise summation, not BLAS: BLAS kernels differ between CPUs,
-    and a score must be the same on every machine. Because w - mean(w) sums to zero, the numerator
-    needs no centring of a; for a T = 1 signature a is summed over time first (T times less work).
+    The template sums to zero, so <a - mean a, template> = <a, template>: no centring of a. For a
+    T = 1 template a is summed over time first (exact in int64), T times less float work.
     """
-    wc = w.astype(np.float64)
+    reps = a.shape[1] // template.shape[0]
+    t_norm = np.sqrt((template * template).sum() * reps)
     count = a[0].size
-    w_mean = wc.mean()
-    wc -= w_mean
-    # ||w broadcast over T - its mean||^2: the broadcast repeats wc T/Tw times
-    w_norm = np.sqrt((wc * wc).sum() * (a.shape[1] // w.shape[0]))
     out = np.zeros(len(a))
     for i, clip in enumerate(a):
-        if w.shape[0] == 1:
-            num = (clip.sum(axis=0, dtype=np.float64) * wc[0]).sum()
+        if template.shape[0] == 1:
+            num = (clip.sum(axis=0, dtype=np.int64) * template[0]).sum()
         else:
-            num = (clip * wc).sum()
-        total = clip.sum(dtype=np.float64)
-        sq = np.square(clip, dtype=np.float64).sum()
-        var = sq - total * total / count
-        # a constant clip leaves only rounding in var: treat it as zero like an exactly flat one
-        den = np.sqrt(var) * w_norm if var > 1e-12 * sq else 0.0
+            num = (clip * template).sum()
+        flat = clip.reshape(-1)
+        total = int(flat.sum(dtype=np.int64))
+        # exact integer sum of squares; einsum, not `flat @ flat`: BLAS would start threads per worker
+        var = int(np.einsum("i,i->", flat, flat, dtype=np.int64)) - total * total / count
+        den = np.sqrt(var) * t_norm if var > 1e-9 else 0.0
         out[i] = num / den if den > 0 else 0.0
     return out
 
 
-def _residual(x: np.ndarray, k: int) -> np.ndarray:
-    """x - box_k(x) over the H, W axes of (..., H, W, C)."""
-    size = (1,) * (x.ndim - 3) + (k, k, 1)
-    return x - uniform_filter(x, size=size, mode="reflect")
+def box_residual(x: np.ndarray, k: int) -> np.ndarray:
+    """k^2 x - boxsum_k(x) over the H, W axes of uint8 (..., H, W, C), exactly, in int16 or int32."""
+    dtype = np.int16 if k * k * 255 <= np.iinfo(np.int16).max else np.int32
+    p = k // 2
+    pad = [(0, 0)] * (x.ndim - 3) + [(p, p), (p, p), (0, 0)]
+    xp = np.pad(x.astype(dtype), pad, mode="symmetric")
+    h, w = x.shape[-3], x.shape[-2]
+    rows = sum(xp[..., i : i + h, :, :] for i in range(k))
+    box = sum(rows[..., j : j + w, :] for j in range(k))
+    centre = xp[..., p : p + h, p : p + w, :]
+    return (k * k) * centre - box
 
 
 class BlindScorer(Scorer):
@@ -123,10 +135,11 @@ class BlindScorer(Scorer):
             raise CodecLoopValueError(f"scorer.params['kernel']: {k} must be an odd integer in [3, 15]")
 
     def _internal_features(self, clips: np.ndarray, params: dict[str, float]) -> np.ndarray:
-        return _residual(clips, int(params["kernel"]))
+        return box_residual(clips, int(params["kernel"]))
 
-    def _internal_score(self, features, signature, reference, params):
-        return ncc(features, _residual(signature.astype(np.float32), int(params["kernel"])))
+    def _internal_template(self, signature: np.ndarray, params: dict[str, float]) -> np.ndarray:
+        k = int(params["kernel"])
+        return signature - uniform_filter(signature, size=(1, k, k, 1), mode="reflect")
 
 
 class InformedScorer(Scorer):
@@ -137,9 +150,8 @@ class InformedScorer(Scorer):
     def _internal_features(self, clips: np.ndarray, params: dict[str, float]) -> np.ndarray:
         return clips
 
-    def _internal_score(self, features, signature, reference, params):
-        assert reference is not None, "informed scorer needs the decoded clean clips"
-        return ncc(features - reference, signature)
+    def _internal_template(self, signature: np.ndarray, params: dict[str, float]) -> np.ndarray:
+        return signature
 
 
 SCORERS: dict[str, Scorer] = {}

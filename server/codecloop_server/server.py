@@ -84,6 +84,8 @@ async def start(config: ServerConfig) -> RunningServer:
         raise OSError(f"could not bind {config.host}:{config.port}")
     datasets = await loop.run_in_executor(None, load_datasets, config)
     engine = Engine(config.workers, config.clean_cache_bytes)
+    for ds in datasets.values():
+        engine.add_dataset(ds)
     await loop.run_in_executor(None, engine.warm_up)
     versions = await loop.run_in_executor(None, codec.versions)
     pb_grpc.add_CodecLoopServicer_to_server(CodecLoopServicer(engine, datasets, config.limits, versions), server)

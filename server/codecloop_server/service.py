@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -60,9 +61,44 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
                 results=[_candidate_proto(o, job.per_clip) for o in outcomes],
                 scorer=job.scorer[0],
                 epsilon=job.epsilon,
-                num_clips=len(job.carriers.clips),
+                num_clips=len(job.carriers),
                 clip_ids=job.carriers.clip_ids,
             )
+
+    async def EvaluateSignatureStream(
+        self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.EvaluateEvent]:
+        async with _errors(context, "EvaluateSignatureStream"):
+            job = requests.evaluate_job(request, self.datasets, self.limits)
+            total = len(job.candidates) * len(job.codecs) * len(job.carriers)
+            yield pb.EvaluateEvent(
+                started=pb.EvaluateEvent.Started(
+                    num_candidates=len(job.candidates),
+                    scorer=job.scorer[0],
+                    epsilon=job.epsilon,
+                    num_clips=len(job.carriers),
+                    clip_ids=job.carriers.clip_ids,
+                    clip_tasks=total,
+                )
+            )
+            queue: asyncio.Queue[pb.EvaluateEvent | None] = asyncio.Queue()
+            every = max(1, total // 100)  # at most ~100 progress events per request
+
+            def on_progress(done: int, total: int) -> None:
+                if done % every == 0 or done == total:
+                    queue.put_nowait(pb.EvaluateEvent(progress=pb.EvaluateEvent.Progress(clip_tasks_done=done, clip_tasks=total)))
+
+            def on_candidate(index: int, outcome: CandidateOutcome) -> None:
+                queue.put_nowait(pb.EvaluateEvent(result=pb.EvaluateEvent.Result(index=index, result=_candidate_proto(outcome, job.per_clip))))
+
+            task = asyncio.ensure_future(self.engine.evaluate(job, on_candidate, on_progress))
+            task.add_done_callback(lambda _: queue.put_nowait(None))
+            try:
+                while (event := await queue.get()) is not None:
+                    yield event
+                await task  # raises the job's error, if any
+            finally:
+                task.cancel()
 
     async def Transcode(self, request: pb.TranscodeRequest, context: grpc.aio.ServicerContext) -> pb.TranscodeResponse:
         async with _errors(context, "Transcode"):
@@ -71,7 +107,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
             eps = requests.epsilon(request)
             sig = None
             if request.HasField("signature"):
-                sig = requests.signature(request.signature, "signature", carriers.clips.shape[1:4])
+                sig = requests.signature(request.signature, "signature", carriers.clip_shape)
             out = await self.engine.transcode(carriers, sig, eps, codec)
             return pb.TranscodeResponse(
                 decoded=to_tensor(out.decoded, "uint8"),
@@ -103,6 +139,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
             ],
             limits=self.limits.to_proto(),
             workers=self.engine.workers,
+            load=self.engine.load(),
         )
 
 

@@ -1,7 +1,8 @@
-"""The clip-level work units that codec worker processes run: pure functions, ndarray in and out.
+"""The clip-level work units that codec worker processes run: pure functions of their arguments.
 
 One task is one carrier clip through one codec setting: poison (for candidates), RGB -> yuv420p,
-real libx264 encode, h264 decode, yuv420p -> RGB, scorer features and score.
+real libx264 encode, h264 decode, yuv420p -> RGB, scorer features and scores. Frames, signatures
+and clean features arrive as shared-memory references (shm.ArrayRef), results are a few numbers.
 """
 
 from __future__ import annotations
@@ -11,22 +12,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from codecloop.poison import poison
-from codecloop_server import scorers
-from codecloop_server.codec import CodecSettings, rgb_to_yuv420p, transcode_yuv, yuv420p_to_rgb
+from codecloop_server import scorers, shm
+from codecloop_server.codec import CodecSettings, transcode_rgb
+from codecloop_server.scorers import Params
 
-ScorerKey = tuple[str, tuple[tuple[str, float], ...]]  # (scorer name, resolved params)
+ScorerKey = tuple[str, Params]  # (scorer name, resolved params)
 
 
 @dataclass(frozen=True)
-class CleanClip:
-    """A carrier clip after the codec, as the cache keeps it."""
+class ClipRef:
+    """Clip ``index`` of the (N, T, H, W, 3) uint8 array behind ``source``."""
 
-    features: np.ndarray  # float32 (T, H, W, 3): the scorer's signature-free features
-    encoded_bytes: int
+    source: shm.ArrayRef
+    index: int
 
-    @property
-    def nbytes(self) -> int:
-        return self.features.nbytes
+    def load(self) -> np.ndarray:
+        return shm.read(self.source)[self.index]
 
 
 @dataclass(frozen=True)
@@ -34,47 +35,60 @@ class PoisonedScore:
     poisoned: float  # score of the poisoned clip after the codec
     clean: float  # score of the clean clip after the codec, against the same signature
     encoded_bytes: int
-    squared_error: float  # sum over the clip of (poisoned_u8 - clean_u8)^2, before the codec
+    squared_error: int  # sum over the clip of (poisoned_u8 - clean_u8)^2, before the codec
 
 
-def transcode_rgb(clip: np.ndarray, settings: CodecSettings) -> tuple[np.ndarray, int]:
-    """uint8 (T, H, W, 3) RGB through the real codec -> (decoded uint8 (T, H, W, 3), encoded bytes)."""
-    decoded, nbytes = transcode_yuv(rgb_to_yuv420p(clip), settings)
-    return yuv420p_to_rgb(decoded), nbytes
-
-
-def clean_task(clip: np.ndarray, settings: CodecSettings, scorer: ScorerKey) -> CleanClip:
-    decoded, nbytes = transcode_rgb(clip, settings)
-    return CleanClip(features=scorers.get(scorer[0]).features(decoded[None], scorer[1])[0], encoded_bytes=nbytes)
+def clean_task(clip: ClipRef, settings: CodecSettings, scorer: ScorerKey) -> tuple[np.ndarray, int]:
+    """The clean clip's scorer features after the codec (integer (T, H, W, 3)) and its encoded size."""
+    decoded, nbytes = transcode_rgb(clip.load(), settings)
+    return scorers.get(scorer[0]).features(decoded[None], scorer[1])[0], nbytes
 
 
 def poisoned_task(
-    clip: np.ndarray,
-    clean: CleanClip,
-    signature: np.ndarray,
+    clip: ClipRef,
+    clean_features: shm.ArrayRef,
+    signature: shm.ArrayRef,
+    template: shm.ArrayRef,
     epsilon: float,
     settings: CodecSettings,
     scorer: ScorerKey,
 ) -> PoisonedScore:
-    """Score one candidate on one clip; the clean side comes from the cache."""
+    """Score one candidate on one clip; the clean side comes from the server's cache."""
     impl = scorers.get(scorer[0])
-    marked = poison(clip, signature, epsilon)
+    clean = clip.load()
+    marked = poison(clean, shm.read(signature), epsilon)
     decoded, nbytes = transcode_rgb(marked, settings)
     features = impl.features(decoded[None], scorer[1])
-    reference = clean.features[None] if impl.uses_reference else None
-    diff = marked.astype(np.int32) - clip.astype(np.int32)
+    clean_f = shm.read(clean_features)[None]
+    tmpl = shm.read(template)
+    reference = clean_f if impl.uses_reference else None
+    diff = np.subtract(marked, clean, dtype=np.int16).reshape(-1)
     return PoisonedScore(
-        poisoned=float(impl.score(features, signature, reference, scorer[1])[0]),
-        clean=float(impl.score(clean.features[None], signature, reference, scorer[1])[0]),
+        poisoned=float(impl.score(features, tmpl, reference)[0]),
+        clean=float(impl.score(clean_f, tmpl, reference)[0]),
         encoded_bytes=nbytes,
-        squared_error=float((diff * diff).sum()),
+        squared_error=int(np.einsum("i,i->", diff, diff, dtype=np.int64)),
     )
 
 
 def transcode_task(
-    clip: np.ndarray, signature: np.ndarray | None, epsilon: float, settings: CodecSettings
+    clip: ClipRef, signature: shm.ArrayRef | None, epsilon: float, settings: CodecSettings
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(encoder input uint8, decoded uint8, encoded bytes) for one clip, clean when signature is None."""
-    marked = clip if signature is None else poison(clip, signature, epsilon)
+    clean = clip.load()
+    marked = clean if signature is None else poison(clean, shm.read(signature), epsilon)
     decoded, nbytes = transcode_rgb(marked, settings)
     return marked, decoded, nbytes
+
+
+def warm_task() -> int:
+    """Import everything and run one tiny real encode, so a worker's first task pays no start-up.
+
+    Holds the worker for 0.2 s so that a batch of these lands on distinct workers.
+    """
+    import os
+    import time
+
+    transcode_rgb(np.zeros((2, 16, 16, 3), np.uint8), CodecSettings(preset="ultrafast"))
+    time.sleep(0.2)
+    return os.getpid()

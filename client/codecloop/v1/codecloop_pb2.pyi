@@ -169,6 +169,45 @@ class EvaluateResponse(_message.Message):
     clip_ids: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, results: _Optional[_Iterable[_Union[CandidateResult, _Mapping]]] = ..., scorer: _Optional[str] = ..., epsilon: _Optional[float] = ..., num_clips: _Optional[int] = ..., clip_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class EvaluateEvent(_message.Message):
+    __slots__ = ("started", "progress", "result")
+    class Started(_message.Message):
+        __slots__ = ("num_candidates", "scorer", "epsilon", "num_clips", "clip_ids", "clip_tasks")
+        NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+        SCORER_FIELD_NUMBER: _ClassVar[int]
+        EPSILON_FIELD_NUMBER: _ClassVar[int]
+        NUM_CLIPS_FIELD_NUMBER: _ClassVar[int]
+        CLIP_IDS_FIELD_NUMBER: _ClassVar[int]
+        CLIP_TASKS_FIELD_NUMBER: _ClassVar[int]
+        num_candidates: int
+        scorer: str
+        epsilon: float
+        num_clips: int
+        clip_ids: _containers.RepeatedScalarFieldContainer[int]
+        clip_tasks: int
+        def __init__(self, num_candidates: _Optional[int] = ..., scorer: _Optional[str] = ..., epsilon: _Optional[float] = ..., num_clips: _Optional[int] = ..., clip_ids: _Optional[_Iterable[int]] = ..., clip_tasks: _Optional[int] = ...) -> None: ...
+    class Progress(_message.Message):
+        __slots__ = ("clip_tasks_done", "clip_tasks")
+        CLIP_TASKS_DONE_FIELD_NUMBER: _ClassVar[int]
+        CLIP_TASKS_FIELD_NUMBER: _ClassVar[int]
+        clip_tasks_done: int
+        clip_tasks: int
+        def __init__(self, clip_tasks_done: _Optional[int] = ..., clip_tasks: _Optional[int] = ...) -> None: ...
+    class Result(_message.Message):
+        __slots__ = ("index", "result")
+        INDEX_FIELD_NUMBER: _ClassVar[int]
+        RESULT_FIELD_NUMBER: _ClassVar[int]
+        index: int
+        result: CandidateResult
+        def __init__(self, index: _Optional[int] = ..., result: _Optional[_Union[CandidateResult, _Mapping]] = ...) -> None: ...
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    started: EvaluateEvent.Started
+    progress: EvaluateEvent.Progress
+    result: EvaluateEvent.Result
+    def __init__(self, started: _Optional[_Union[EvaluateEvent.Started, _Mapping]] = ..., progress: _Optional[_Union[EvaluateEvent.Progress, _Mapping]] = ..., result: _Optional[_Union[EvaluateEvent.Result, _Mapping]] = ...) -> None: ...
+
 class TranscodeRequest(_message.Message):
     __slots__ = ("carriers", "signature", "epsilon", "codec", "include_input")
     CARRIERS_FIELD_NUMBER: _ClassVar[int]
@@ -256,7 +295,7 @@ class Limits(_message.Message):
     def __init__(self, max_candidates: _Optional[int] = ..., max_clips: _Optional[int] = ..., max_clip_pixels: _Optional[int] = ..., max_work_pixels: _Optional[int] = ..., max_codecs: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("versions", "datasets", "codecs", "presets", "pix_fmts", "scorers", "limits", "workers")
+    __slots__ = ("versions", "datasets", "codecs", "presets", "pix_fmts", "scorers", "limits", "workers", "load")
     class VersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -264,6 +303,13 @@ class ServerInfo(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class LoadEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     CODECS_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +318,7 @@ class ServerInfo(_message.Message):
     SCORERS_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
     versions: _containers.ScalarMap[str, str]
     datasets: _containers.RepeatedCompositeFieldContainer[DatasetInfo]
     codecs: _containers.RepeatedScalarFieldContainer[str]
@@ -280,4 +327,5 @@ class ServerInfo(_message.Message):
     scorers: _containers.RepeatedCompositeFieldContainer[ScorerInfo]
     limits: Limits
     workers: int
-    def __init__(self, versions: _Optional[_Mapping[str, str]] = ..., datasets: _Optional[_Iterable[_Union[DatasetInfo, _Mapping]]] = ..., codecs: _Optional[_Iterable[str]] = ..., presets: _Optional[_Iterable[str]] = ..., pix_fmts: _Optional[_Iterable[str]] = ..., scorers: _Optional[_Iterable[_Union[ScorerInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., workers: _Optional[int] = ...) -> None: ...
+    load: _containers.ScalarMap[str, float]
+    def __init__(self, versions: _Optional[_Mapping[str, str]] = ..., datasets: _Optional[_Iterable[_Union[DatasetInfo, _Mapping]]] = ..., codecs: _Optional[_Iterable[str]] = ..., presets: _Optional[_Iterable[str]] = ..., pix_fmts: _Optional[_Iterable[str]] = ..., scorers: _Optional[_Iterable[_Union[ScorerInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., workers: _Optional[int] = ..., load: _Optional[_Mapping[str, float]] = ...) -> None: ...

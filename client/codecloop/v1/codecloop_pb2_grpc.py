@@ -39,6 +39,11 @@ class CodecLoopStub:
                 request_serializer=codecloop_dot_v1_dot_codecloop__pb2.EvaluateRequest.SerializeToString,
                 response_deserializer=codecloop_dot_v1_dot_codecloop__pb2.EvaluateResponse.FromString,
                 _registered_method=True)
+        self.EvaluateSignatureStream = channel.unary_stream(
+                '/codecloop.v1.CodecLoop/EvaluateSignatureStream',
+                request_serializer=codecloop_dot_v1_dot_codecloop__pb2.EvaluateRequest.SerializeToString,
+                response_deserializer=codecloop_dot_v1_dot_codecloop__pb2.EvaluateEvent.FromString,
+                _registered_method=True)
         self.Transcode = channel.unary_unary(
                 '/codecloop.v1.CodecLoop/Transcode',
                 request_serializer=codecloop_dot_v1_dot_codecloop__pb2.TranscodeRequest.SerializeToString,
@@ -56,6 +61,14 @@ class CodecLoopServicer:
 
     def EvaluateSignature(self, request, context):
         """Score a whole population of candidate signatures on real H.264: one result per candidate, in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvaluateSignatureStream(self, request, context):
+        """The same evaluation, streamed: a Started event, then Progress events and each candidate's
+        result as soon as all of its clips are done (in completion order, with its index).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -82,6 +95,11 @@ def add_CodecLoopServicer_to_server(servicer, server):
                     servicer.EvaluateSignature,
                     request_deserializer=codecloop_dot_v1_dot_codecloop__pb2.EvaluateRequest.FromString,
                     response_serializer=codecloop_dot_v1_dot_codecloop__pb2.EvaluateResponse.SerializeToString,
+            ),
+            'EvaluateSignatureStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.EvaluateSignatureStream,
+                    request_deserializer=codecloop_dot_v1_dot_codecloop__pb2.EvaluateRequest.FromString,
+                    response_serializer=codecloop_dot_v1_dot_codecloop__pb2.EvaluateEvent.SerializeToString,
             ),
             'Transcode': grpc.unary_unary_rpc_method_handler(
                     servicer.Transcode,
@@ -121,6 +139,33 @@ class CodecLoop:
             '/codecloop.v1.CodecLoop/EvaluateSignature',
             codecloop_dot_v1_dot_codecloop__pb2.EvaluateRequest.SerializeToString,
             codecloop_dot_v1_dot_codecloop__pb2.EvaluateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateSignatureStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/codecloop.v1.CodecLoop/EvaluateSignatureStream',
+            codecloop_dot_v1_dot_codecloop__pb2.EvaluateRequest.SerializeToString,
+            codecloop_dot_v1_dot_codecloop__pb2.EvaluateEvent.FromString,
             options,
             channel_credentials,
             insecure,
