@@ -129,3 +129,73 @@ def test_server_info(client):
     emb = next(d for d in info.datasets if d.name == "embedded")
     assert dict(emb.split_clips) == {"train": 240, "holdout": 72} and list(emb.clip_shape) == [16, 112, 112]
     assert info.limits.max_message_bytes == 64 << 20 and info.workers == 2
+
+
+def test_stream_yields_every_candidate_and_matches_evaluate(client):
+    sigs = np.stack([block_signature(s) for s in (20, 21, 22)])
+    events = list(client.evaluate_stream(sigs, carriers=SMALL))
+    done = [e for e in events if isinstance(e, codecloop.CandidateDone)]
+    progress = [e for e in events if isinstance(e, codecloop.Progress)]
+    assert sorted(e.index for e in done) == [0, 1, 2]
+    assert progress[-1].done == progress[-1].total == 3 * 6
+    assert [p.done for p in progress] == sorted(p.done for p in progress)
+    batch = client.evaluate(sigs, carriers=SMALL)
+    for e in done:
+        assert e.result.fitness == batch.candidates[e.index].fitness
+
+
+def test_stream_spans_chunks(server_target):
+    pop = np.stack([block_signature(s, shape=(16, 112, 112)) for s in range(30, 33)])
+    with codecloop.Client(server_target, max_message_bytes=6 << 20) as small:
+        events = list(small.evaluate_stream(pop, carriers=DatasetCarriers(num_clips=2)))
+    assert sorted(e.index for e in events if isinstance(e, codecloop.CandidateDone)) == [0, 1, 2]
+    last = [e for e in events if isinstance(e, codecloop.Progress)][-1]
+    assert last.done == last.total == 6
+
+
+def test_results_identical_to_single_process_path(client):
+    """What the server's worker pool returns equals the task functions run right here."""
+    from codecloop_server import scorers, shm, tasks
+    from codecloop_server.corpus import embedded_corpus
+
+    sig = block_signature(40)
+    res = client.evaluate(sig[None], carriers=SMALL, per_clip_scores=True)
+    ds = embedded_corpus()
+    settings, key = CodecSettings(), ("blind", (("kernel", 3.0),))
+    clips = shm.SharedArray(ds.clips[list(res.clip_ids)])
+    sig_sh, tmpl_sh = shm.SharedArray(sig), shm.SharedArray(scorers.get("blind").template(sig, key[1]))
+    try:
+        for i in range(len(res.clip_ids)):
+            ref = tasks.ClipRef(clips.ref, i)
+            features, _ = tasks.clean_task(ref, settings, key)
+            feat_sh = shm.SharedArray(features)
+            local = tasks.poisoned_task(ref, feat_sh.ref, sig_sh.ref, tmpl_sh.ref, 4 / 255, settings, key)
+            feat_sh.release()
+            assert local.poisoned == res.candidates[0].codecs[0].poisoned_scores[i]
+            assert local.clean == res.candidates[0].codecs[0].clean_scores[i]
+    finally:
+        for s in (clips, sig_sh, tmpl_sh):
+            s.release()
+
+
+def test_deadline_drops_queued_work(client):
+    """A request whose deadline passes stops costing encodes: its queued clip tasks are dropped."""
+    before = client.info().load["poisoned_encodes"]
+    pop = np.stack([block_signature(s, block=4) for s in range(100, 164)])  # 64 x 64 = 4096 clip tasks
+    with pytest.raises(codecloop.CodecLoopServerError, match="DEADLINE_EXCEEDED"):
+        client.evaluate(pop, carriers=DatasetCarriers(num_clips=64), codecs=Codec(preset="ultrafast"), timeout=1.0)
+    small = client.evaluate(block_signature(99)[None], carriers=DatasetCarriers(num_clips=2))
+    assert len(small.candidates) == 1
+    spent = client.info().load["poisoned_encodes"] - before
+    assert spent < 1000, f"{spent} encodes ran for a request cancelled after 1 s"
+
+
+def test_leaving_a_stream_early_cancels_it(client):
+    before = client.info().load["poisoned_encodes"]
+    pop = np.stack([block_signature(s, block=4) for s in range(200, 264)])
+    stream = client.evaluate_stream(pop, carriers=DatasetCarriers(num_clips=64), codecs=Codec(preset="ultrafast"))
+    first = next(e for e in stream if isinstance(e, codecloop.Progress))
+    stream.close()  # leaves the generator: the call is cancelled
+    assert first.total == 64 * 64
+    client.evaluate(block_signature(98)[None], carriers=DatasetCarriers(num_clips=2))
+    assert client.info().load["poisoned_encodes"] - before < 1000

@@ -15,17 +15,20 @@ from codecloop.errors import (
 )
 from codecloop.poison import poison
 from codecloop.types import (
+    CandidateDone,
     CandidateResult,
     Codec,
     CodecStats,
     DatasetCarriers,
     EvaluateResult,
+    Progress,
     TranscodeResult,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CandidateDone",
     "CandidateResult",
     "Client",
     "Codec",
@@ -37,6 +40,7 @@ __all__ = [
     "CodecStats",
     "DatasetCarriers",
     "EvaluateResult",
+    "Progress",
     "TranscodeResult",
     "poison",
 ]

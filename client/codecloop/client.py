@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import Future
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import grpc
 import numpy as np
@@ -18,11 +18,14 @@ from codecloop.errors import (
 )
 from codecloop.tensors import from_tensor, to_tensor
 from codecloop.types import (
+    CandidateDone,
     CandidateResult,
     Codec,
     CodecStats,
     DatasetCarriers,
     EvaluateResult,
+    Progress,
+    StreamEvent,
     TranscodeResult,
 )
 from codecloop.v1 import codecloop_pb2 as pb
@@ -178,6 +181,90 @@ class Client:
             dtype: wire type of the signatures: float32, float16 or int8 (with a scale).
             timeout: deadline in seconds for the whole call (default: the client's).
         """
+        requests = self._evaluate_requests(signatures, epsilon, carriers, codecs, scorer, scorer_params, threshold, target_fpr, per_clip_scores, dtype)
+        futures: list[Future] = [
+            self._stub.EvaluateSignature.future(req, timeout=timeout or self.timeout) for req in requests
+        ]
+        try:
+            responses = [f.result() for f in futures]
+        except grpc.RpcError as err:
+            for f in futures:
+                f.cancel()
+            raise _raise_from(err) from None
+        first = responses[0]
+        candidates = tuple(_candidate(r) for resp in responses for r in resp.results)
+        expected = sum(len(r.candidates) for r in requests)
+        if len(candidates) != expected:
+            raise CodecLoopServerError(f"server returned {len(candidates)} results for {expected} candidates")
+        return EvaluateResult(
+            candidates=candidates,
+            scorer=first.scorer,
+            epsilon=first.epsilon,
+            num_clips=first.num_clips,
+            clip_ids=tuple(first.clip_ids),
+        )
+
+    def evaluate_stream(
+        self,
+        signatures: Any,
+        *,
+        epsilon: float = 4 / 255,
+        carriers: Carriers = None,
+        codecs: Codec | Sequence[Codec] | None = None,
+        scorer: str = "blind",
+        scorer_params: dict[str, float] | None = None,
+        threshold: float | None = None,
+        target_fpr: float | None = None,
+        per_clip_scores: bool = False,
+        dtype: str = "float32",
+        timeout: float | None = None,
+    ) -> Iterator[StreamEvent]:
+        """Like :meth:`evaluate` (same arguments), but yields events as the server produces them.
+
+        Yields :class:`Progress` (clip tasks done / total, over the whole population) and
+        :class:`CandidateDone` (``index`` in the population, its :class:`CandidateResult`) as soon as
+        each candidate's clips are all done, in completion order. Leaving the loop early cancels
+        the server-side work.
+        """
+        requests = self._evaluate_requests(
+            signatures, epsilon, carriers, codecs, scorer, scorer_params, threshold, target_fpr, per_clip_scores, dtype
+        )
+        population = sum(len(r.candidates) for r in requests)
+        offset = 0  # candidates in earlier chunks
+        done_before = 0  # clip tasks of earlier chunks
+        for req in requests:
+            call = self._stub.EvaluateSignatureStream(req, timeout=timeout or self.timeout)
+            try:
+                for event in call:
+                    kind = event.WhichOneof("event")
+                    if kind == "started":
+                        per_candidate = event.started.clip_tasks // event.started.num_candidates
+                        chunk_tasks = event.started.clip_tasks
+                    elif kind == "progress":
+                        yield Progress(done_before + event.progress.clip_tasks_done, per_candidate * population)
+                    elif kind == "result":
+                        yield CandidateDone(offset + event.result.index, _candidate(event.result.result))
+            except grpc.RpcError as err:
+                raise _raise_from(err) from None
+            finally:
+                call.cancel()  # a no-op once complete; stops the server's work when the caller left early
+            offset += len(req.candidates)
+            done_before += chunk_tasks
+
+    def _evaluate_requests(
+        self,
+        signatures: Any,
+        epsilon: float,
+        carriers: Carriers,
+        codecs: Codec | Sequence[Codec] | None,
+        scorer: str,
+        scorer_params: dict[str, float] | None,
+        threshold: float | None,
+        target_fpr: float | None,
+        per_clip_scores: bool,
+        dtype: str,
+    ) -> list[pb.EvaluateRequest]:
+        """Validate once, then one request per chunk of the population (under the message limit)."""
         batch = as_batch(signatures)
         if not batch:
             raise CodecLoopValueError("signatures: the population is empty")
@@ -195,35 +282,13 @@ class Client:
             else pb.DecisionRule(target_fpr=0.01 if target_fpr is None else target_fpr),
             per_clip_scores=per_clip_scores,
         )
-        tensors = [to_tensor(s, dtype) for s in batch]
-        chunks = self._chunks(template, tensors)
-        futures: list[Future] = []
-        for chunk in chunks:
+        requests = []
+        for chunk in self._chunks(template, [to_tensor(s, dtype) for s in batch]):
             req = pb.EvaluateRequest()
             req.CopyFrom(template)
             req.candidates.extend(chunk)
-            futures.append(self._stub.EvaluateSignature.future(req, timeout=timeout or self.timeout))
-        try:
-            responses = [f.result() for f in futures]
-        except grpc.RpcError as err:
-            for f in futures:
-                f.cancel()
-            raise _raise_from(err) from None
-        first = responses[0]
-        candidates = tuple(
-            CandidateResult(fitness=r.fitness, codecs=tuple(CodecStats.from_proto(c) for c in r.codecs))
-            for resp in responses
-            for r in resp.results
-        )
-        if len(candidates) != len(batch):
-            raise CodecLoopServerError(f"server returned {len(candidates)} results for {len(batch)} candidates")
-        return EvaluateResult(
-            candidates=candidates,
-            scorer=first.scorer,
-            epsilon=first.epsilon,
-            num_clips=first.num_clips,
-            clip_ids=tuple(first.clip_ids),
-        )
+            requests.append(req)
+        return requests
 
     def fitness(self, signatures: Any, **kwargs: Any) -> np.ndarray:
         """Batched fitness: (P,) float64, one per candidate, in order. **Bigger is better.**
@@ -288,6 +353,10 @@ class Client:
             chunks[-1].append(t)
             used += size
         return chunks
+
+
+def _candidate(msg: pb.CandidateResult) -> CandidateResult:
+    return CandidateResult(fitness=msg.fitness, codecs=tuple(CodecStats.from_proto(c) for c in msg.codecs))
 
 
 def _carriers_proto(carriers: Carriers) -> pb.Carriers:

@@ -131,3 +131,22 @@ class TranscodeResult:
     encoded_bytes: np.ndarray  # (N,) int64
     clip_ids: tuple[int, ...]
     codec: Codec
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Streaming: ``done`` of ``total`` clip tasks (candidates x codecs x clips) are finished."""
+
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class CandidateDone:
+    """Streaming: candidate ``index`` (its position in the population) is complete."""
+
+    index: int
+    result: CandidateResult
+
+
+StreamEvent = Progress | CandidateDone
