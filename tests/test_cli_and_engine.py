@@ -83,7 +83,7 @@ def test_clean_work_is_done_once_per_clip():
         again = asyncio.run(engine.evaluate(job([2, 1])))  # seen before: answered from the result cache
         assert engine.counters == {"clean_encodes": 3, "poisoned_encodes": 12}
         assert [o.fitness for o in again] == [o.fitness for o in first[::-1]]
-        assert engine.clean_cache.size_bytes == 3 * 16 * 112 * 112 * 3 * 2  # int16 residuals
+        assert engine.clean_cache.size_bytes == 3 * (16 * 112 * 112 * 3 * 2 + 112 * 112 * 3 * 8)  # int16 residuals + time sums
     finally:
         engine.close()
 

@@ -167,10 +167,23 @@ def test_results_identical_to_single_process_path(client):
     try:
         for i in range(len(res.clip_ids)):
             ref = tasks.ClipRef(clips.ref, i)
-            features, _ = tasks.clean_task(ref, settings, key)
-            feat_sh = shm.SharedArray(features)
-            local = tasks.poisoned_task(ref, feat_sh.ref, sig_sh.ref, tmpl_sh.ref, 4 / 255, settings, key)
+            features, st, _ = tasks.clean_task(ref, settings, key)
+            feat_sh, sum_sh = shm.SharedArray(features), shm.SharedArray(st.time_sum)
+            clean_ref = tasks.CleanRef(feat_sh.ref, sum_sh.ref, st.total, st.squares)
+            local = tasks.poisoned_task(ref, clean_ref, sig_sh.ref, tmpl_sh.ref, 4 / 255, settings, key)
             feat_sh.release()
+            sum_sh.release()
+            # and the documented formula, straight: ncc of the residuals, in float64
+            from scipy.ndimage import uniform_filter
+
+            from codecloop.poison import poison
+
+            marked = poison(ds.clips[res.clip_ids[i]], sig, 4 / 255)
+            x = tasks.transcode_rgb(marked, settings)[0].astype(np.float64)
+            r = x - uniform_filter(x, size=(1, 3, 3, 1), mode="reflect")
+            w = np.broadcast_to(sig - uniform_filter(sig.astype(np.float64), size=(1, 3, 3, 1), mode="reflect"), r.shape)
+            r, w = r - r.mean(), w - w.mean()
+            assert local.poisoned == pytest.approx((r * w).sum() / np.sqrt((r * r).sum() * (w * w).sum()), rel=1e-9)
             assert local.poisoned == res.candidates[0].codecs[0].poisoned_scores[i]
             assert local.clean == res.candidates[0].codecs[0].clean_scores[i]
     finally:

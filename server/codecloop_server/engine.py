@@ -34,7 +34,7 @@ from codecloop_server import scorers, stats, tasks
 from codecloop_server.codec import CodecSettings
 from codecloop_server.corpus import Dataset
 from codecloop_server.shm import SharedArray
-from codecloop_server.tasks import ClipRef, PoisonedScore, ScorerKey
+from codecloop_server.tasks import CleanRef, ClipRef, PoisonedScore, ScorerKey
 
 
 @dataclass(frozen=True)
@@ -88,15 +88,21 @@ class TranscodeOutcome:
 
 @dataclass
 class CleanEntry:
-    """A clean clip after one codec setting: scorer features in shared memory, encoded size."""
+    """A clean clip after one codec setting: scorer features and their stats in shared memory."""
 
     features: SharedArray
+    time_sum: SharedArray
+    ref: CleanRef
     encoded_bytes: int
     pins: int = 0
 
     @property
     def nbytes(self) -> int:
-        return self.features.nbytes
+        return self.features.nbytes + self.time_sum.nbytes
+
+    def release(self) -> None:
+        self.features.release()
+        self.time_sum.release()
 
 
 class CleanCache:
@@ -144,12 +150,12 @@ class CleanCache:
             if fut.done() and fut.result().pins == 0:
                 del self._entries[key]
                 self.size_bytes -= fut.result().nbytes
-                fut.result().features.release()
+                fut.result().release()
 
     def clear(self) -> None:
         for fut in self._entries.values():
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                fut.result().features.release()
+                fut.result().release()
         self._entries.clear()
         self.size_bytes = 0
 
@@ -250,9 +256,11 @@ class Engine:
             shared.release()
 
     async def _clean_entry(self, ref: ClipRef, codec: CodecSettings, scorer: ScorerKey) -> CleanEntry:
-        features, nbytes = await self._run(tasks.clean_task, ref, codec, scorer)
+        features, clip_stats, nbytes = await self._run(tasks.clean_task, ref, codec, scorer)
         self.counters["clean_encodes"] += 1
-        return CleanEntry(SharedArray(features), nbytes)
+        shared, time_sum = SharedArray(features), SharedArray(clip_stats.time_sum)
+        clean_ref = CleanRef(shared.ref, time_sum.ref, clip_stats.total, clip_stats.squares)
+        return CleanEntry(shared, time_sum, clean_ref, nbytes)
 
     async def _score(self, key: Hashable, run: Callable[[], asyncio.Future[PoisonedScore]]) -> PoisonedScore:
         hit = self.result_cache.get(key)
@@ -306,7 +314,7 @@ class Engine:
                     for codec, entries in zip(job.codecs, clean):
                         futures = []
                         for key, ref, entry in zip(job.carriers.keys, refs, entries):
-                            args = (ref, entry.features.ref, sig_ref, tmpl_ref, job.epsilon, codec, job.scorer)
+                            args = (ref, entry.ref, sig_ref, tmpl_ref, job.epsilon, codec, job.scorer)
                             fut = asyncio.ensure_future(
                                 self._score(
                                     (digest, job.epsilon, key, codec, job.scorer),

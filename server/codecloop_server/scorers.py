@@ -27,6 +27,7 @@ score is the same on every machine.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import ClassVar, Mapping
 
 import numpy as np
@@ -87,28 +88,45 @@ class Scorer(ABC):
     def _internal_template(self, signature: np.ndarray, params: dict[str, float]) -> np.ndarray: ...
 
 
-def ncc(a: np.ndarray, template: np.ndarray) -> np.ndarray:
-    """ncc of each integer clip a[i] (a: (N, T, H, W, 3)) with a zero-mean template (T or 1, H, W, 3).
+@dataclass(frozen=True)
+class ClipStats:
+    """What ncc needs of one integer clip (T, H, W, 3), all exact: its sum over time, total, sum of squares."""
+
+    time_sum: np.ndarray  # int64 (H, W, 3)
+    total: int
+    squares: int
+    count: int  # T * H * W * 3
+
+
+def clip_stats(clip: np.ndarray) -> ClipStats:
+    time_sum = clip.sum(axis=0, dtype=np.int64)
+    flat = clip.reshape(-1)
+    # exact integer sum of squares; einsum, not `flat @ flat`: BLAS would start threads per worker
+    squares = int(np.einsum("i,i->", flat, flat, dtype=np.int64))
+    return ClipStats(time_sum, int(time_sum.sum()), squares, flat.size)
+
+
+def ncc_from_stats(stats: ClipStats, template: np.ndarray, clip: np.ndarray | None = None) -> float:
+    """ncc of a clip with a zero-mean template (T or 1, H, W, 3); ``clip`` is needed only when T > 1.
 
     The template sums to zero, so <a - mean a, template> = <a, template>: no centring of a. For a
-    T = 1 template a is summed over time first (exact in int64), T times less float work.
+    T = 1 template the numerator is <sum over time of a, template>: T times less float work.
     """
-    reps = a.shape[1] // template.shape[0]
+    reps = stats.count // template.size
     t_norm = np.sqrt((template * template).sum() * reps)
-    count = a[0].size
-    out = np.zeros(len(a))
-    for i, clip in enumerate(a):
-        if template.shape[0] == 1:
-            num = (clip.sum(axis=0, dtype=np.int64) * template[0]).sum()
-        else:
-            num = (clip * template).sum()
-        flat = clip.reshape(-1)
-        total = int(flat.sum(dtype=np.int64))
-        # exact integer sum of squares; einsum, not `flat @ flat`: BLAS would start threads per worker
-        var = int(np.einsum("i,i->", flat, flat, dtype=np.int64)) - total * total / count
-        den = np.sqrt(var) * t_norm if var > 1e-9 else 0.0
-        out[i] = num / den if den > 0 else 0.0
-    return out
+    if template.shape[0] == 1:
+        num = (stats.time_sum * template[0]).sum()
+    else:
+        assert clip is not None, "a time-varying template needs the whole clip"
+        num = (clip * template).sum()
+    var = stats.squares - stats.total * stats.total / stats.count
+    den = np.sqrt(var) * t_norm if var > 1e-9 else 0.0
+    return float(num / den) if den > 0 else 0.0
+
+
+def ncc(a: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """ncc of each integer clip a[i] (a: (N, T, H, W, 3)) with a zero-mean template (T or 1, H, W, 3)."""
+    return np.array([ncc_from_stats(clip_stats(clip), template, clip) for clip in a])
 
 
 def box_residual(x: np.ndarray, k: int) -> np.ndarray:

@@ -38,34 +38,57 @@ class PoisonedScore:
     squared_error: int  # sum over the clip of (poisoned_u8 - clean_u8)^2, before the codec
 
 
-def clean_task(clip: ClipRef, settings: CodecSettings, scorer: ScorerKey) -> tuple[np.ndarray, int]:
-    """The clean clip's scorer features after the codec (integer (T, H, W, 3)) and its encoded size."""
+@dataclass(frozen=True)
+class CleanRef:
+    """A cached clean clip, as a task sees it: features and their time sum in shared memory."""
+
+    features: shm.ArrayRef  # integer (T, H, W, 3)
+    time_sum: shm.ArrayRef  # int64 (H, W, 3)
+    total: int
+    squares: int
+
+    def stats(self) -> scorers.ClipStats:
+        count = int(np.prod(self.features.shape))
+        return scorers.ClipStats(shm.read(self.time_sum), self.total, self.squares, count)
+
+
+def clean_task(clip: ClipRef, settings: CodecSettings, scorer: ScorerKey) -> tuple[np.ndarray, scorers.ClipStats, int]:
+    """The clean clip after the codec: scorer features (integer (T, H, W, 3)), their stats, encoded size."""
     decoded, nbytes = transcode_rgb(clip.load(), settings)
-    return scorers.get(scorer[0]).features(decoded[None], scorer[1])[0], nbytes
+    features = scorers.get(scorer[0]).features(decoded[None], scorer[1])[0]
+    return features, scorers.clip_stats(features), nbytes
 
 
 def poisoned_task(
     clip: ClipRef,
-    clean_features: shm.ArrayRef,
+    clean: CleanRef,
     signature: shm.ArrayRef,
     template: shm.ArrayRef,
     epsilon: float,
     settings: CodecSettings,
     scorer: ScorerKey,
 ) -> PoisonedScore:
-    """Score one candidate on one clip; the clean side comes from the server's cache."""
+    """Score one candidate on one clip; the clean side comes from the server's cache.
+
+    Only the poisoned clip's features are computed here; the clean score is the cached clean stats
+    against this candidate's template (for a reference-based scorer it is 0 by construction).
+    """
     impl = scorers.get(scorer[0])
-    clean = clip.load()
-    marked = poison(clean, shm.read(signature), epsilon)
+    original = clip.load()
+    marked = poison(original, shm.read(signature), epsilon)
     decoded, nbytes = transcode_rgb(marked, settings)
-    features = impl.features(decoded[None], scorer[1])
-    clean_f = shm.read(clean_features)[None]
+    features = impl.features(decoded[None], scorer[1])[0]
     tmpl = shm.read(template)
-    reference = clean_f if impl.uses_reference else None
-    diff = np.subtract(marked, clean, dtype=np.int16).reshape(-1)
+    time_varying = tmpl.shape[0] > 1
+    if impl.uses_reference:
+        features = features.astype(np.int16) - shm.read(clean.features).astype(np.int16)
+        clean_score = 0.0
+    else:
+        clean_score = scorers.ncc_from_stats(clean.stats(), tmpl, shm.read(clean.features) if time_varying else None)
+    diff = np.subtract(marked, original, dtype=np.int16).reshape(-1)
     return PoisonedScore(
-        poisoned=float(impl.score(features, tmpl, reference)[0]),
-        clean=float(impl.score(clean_f, tmpl, reference)[0]),
+        poisoned=scorers.ncc_from_stats(scorers.clip_stats(features), tmpl, features),
+        clean=clean_score,
         encoded_bytes=nbytes,
         squared_error=int(np.einsum("i,i->", diff, diff, dtype=np.int64)),
     )

@@ -1,0 +1,263 @@
+"""Engine benchmark: the codec limit, the server over gRPC, and the naive ffmpeg-CLI loop, in one run.
+
+    python benchmarks/engine_bench.py            # full (about 6 minutes on 2 cores)
+    python benchmarks/engine_bench.py --quick    # 112x112 only, smaller tables
+
+Prints clips/s for each path, the ratios server/LIMIT and server/naive, the server's peak RSS,
+how cost grows with P (candidates) and N (clips), cancellation latency, and a per-stage cost
+breakdown of one clip task. Medians over repeats; ratios are taken within this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+import codecloop
+from codecloop import Codec, DatasetCarriers
+
+N_DEFAULT, P_DEFAULT = 64, 16
+
+
+def signatures(p: int, seed: int, hw: int) -> np.ndarray:
+    """p random 4x4-block +-1 signatures (1, hw, hw, 3); fresh seeds defeat the result cache."""
+    rng = np.random.default_rng(seed)
+    small = rng.choice([-1.0, 1.0], size=(p, 1, hw // 4, hw // 4, 3)).astype(np.float32)
+    return np.repeat(np.repeat(small, 4, axis=2), 4, axis=3)
+
+
+# --- (a) LIMIT: PyAV CodecContext, frames already yuv420p in and out --------------------------------
+
+
+def _limit_worker(args: tuple[np.ndarray, str, float]) -> int:
+    import av
+
+    clips, preset, crf = args
+    n = 0
+    for yuv in clips:
+        h, w = yuv.shape[1] * 2 // 3, yuv.shape[2]
+        enc = av.CodecContext.create("libx264", "w")
+        enc.width, enc.height, enc.pix_fmt = w, h, "yuv420p"
+        enc.time_base, enc.framerate, enc.gop_size, enc.thread_count = Fraction(1, 25), Fraction(25), 250, 1
+        enc.options = {"crf": f"{crf:g}", "preset": preset}
+        dec = av.CodecContext.create("h264", "r")
+        dec.thread_count = 1
+        packets = []
+        for i, f in enumerate(yuv):
+            frame = av.VideoFrame.from_ndarray(f, format="yuv420p")
+            frame.pts = i
+            packets += enc.encode(frame)
+        packets += enc.encode(None)
+        out = [fr.to_ndarray() for p in packets for fr in dec.decode(p)] + [fr.to_ndarray() for fr in dec.decode(None)]
+        assert len(out) == len(yuv)
+        n += 1
+    return n
+
+
+def limit_clips_per_s(yuv_clips: np.ndarray, preset: str, workers: int, repeats: int = 3) -> float:
+    chunks = [yuv_clips[i::workers] for i in range(workers)]
+    with mp.get_context("spawn").Pool(workers) as pool:
+        pool.map(_limit_worker, [(c[:2], preset, 28.0) for c in chunks])  # warm the processes
+        rates = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            n = sum(pool.map(_limit_worker, [(c, preset, 28.0) for c in chunks]))
+            rates.append(n / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
+# --- (b) the server over gRPC ------------------------------------------------------------------------
+
+
+class Server:
+    def __init__(self, workers: int, clip_shape: tuple[int, int, int]) -> None:
+        cmd = [sys.executable, "-m", "codecloop.cli", "serve", "--port", "0", "--workers", str(workers),
+               "--clip-shape", *map(str, clip_shape), "--log-level", "WARNING"]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in self.proc.stdout:
+            m = re.search(r"listening on ([\d.]+):(\d+)", line)
+            if m:
+                self.target = f"{m.group(1)}:{m.group(2)}"
+                break
+        else:
+            raise RuntimeError("server did not start")
+        self.client = codecloop.Client(self.target, timeout=3600)
+
+    def peak_rss_mib(self) -> tuple[float, float]:
+        """(server process VmHWM, sum of VmHWM over it and its workers) in MiB."""
+
+        def hwm(pid: int) -> float:
+            text = Path(f"/proc/{pid}/status").read_text()
+            return int(re.search(r"VmHWM:\s+(\d+)", text).group(1)) / 1024
+
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        main = hwm(self.proc.pid)
+        return main, main + sum(hwm(int(c)) for c in children if Path(f"/proc/{c}").exists())
+
+    def close(self) -> None:
+        self.client.close()
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def server_clips_per_s(srv: Server, p: int, n: int, preset: str, hw: int, seed: int, repeats: int = 3) -> tuple[float, dict]:
+    carriers, codec = DatasetCarriers(num_clips=n), Codec(preset=preset)
+    srv.client.fitness(signatures(1, seed - 1, hw), carriers=carriers, codecs=codec)  # clean side warm
+    rates, deltas = [], {}
+    for r in range(repeats):
+        before = srv.client.info().load
+        t = time.perf_counter()
+        srv.client.fitness(signatures(p, seed + r, hw), carriers=carriers, codecs=codec)
+        rates.append(p * n / (time.perf_counter() - t))
+        after = srv.client.info().load
+        deltas = {k: after[k] - before.get(k, 0) for k in ("clean_encodes", "poisoned_encodes")}
+    return statistics.median(rates), deltas
+
+
+# --- (c) the naive loop: the ffmpeg CLI per clip ------------------------------------------------------
+
+
+def naive_clips_per_s(clips: np.ndarray, preset: str) -> float:
+    """The seed's loop: raw frames to disk, ffmpeg encodes to mp4, ffmpeg decodes back, score."""
+    t_, h, w, _ = clips[0].shape
+    with tempfile.TemporaryDirectory() as tmp:
+        raw, mp4, back = Path(tmp, "in.rgb"), Path(tmp, "out.mp4"), Path(tmp, "back.rgb")
+        t = time.perf_counter()
+        for clip in clips:
+            raw.write_bytes(clip.tobytes())
+            subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+                            "-s", f"{w}x{h}", "-r", "25", "-i", str(raw), "-c:v", "libx264", "-crf", "28",
+                            "-preset", preset, "-threads", "1", "-pix_fmt", "yuv420p", str(mp4)], check=True)  # fmt: skip
+            subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(mp4), "-f", "rawvideo",
+                            "-pix_fmt", "rgb24", str(back)], check=True)  # fmt: skip
+            decoded = np.fromfile(back, np.uint8).reshape(clip.shape)
+            float(np.corrcoef(decoded.ravel()[:1000], clip.ravel()[:1000])[0, 1])
+        return len(clips) / (time.perf_counter() - t)
+
+
+# --- per-stage breakdown of one clip task ------------------------------------------------------------
+
+
+def stage_breakdown(clip: np.ndarray) -> dict[str, float]:
+    """Median milliseconds of each stage of a poisoned clip task, in this process (one core)."""
+    from codecloop.poison import poison
+    from codecloop_server import scorers
+    from codecloop_server.codec import CodecSettings, transcode_rgb
+
+    sig = signatures(1, 7, clip.shape[1])[0]
+    blind = scorers.get("blind")
+    params = blind.resolve_params({})
+    tmpl = blind.template(sig, params)
+    settings = CodecSettings()
+    marked = poison(clip, sig, 4 / 255)
+    decoded, _ = transcode_rgb(marked, settings)
+    features = blind.features(decoded[None], params)
+    import av
+
+    from codecloop_server.codec import rgb_to_yuv420p, transcode_yuv
+
+    yuv = rgb_to_yuv420p(marked)
+    stages = {
+        "poison": lambda: poison(clip, sig, 4 / 255),
+        "rgb->yuv420p + yuv420p->rgb (swscale)": lambda: transcode_rgb(marked, settings),  # minus codec below
+        "libx264 encode + h264 decode (LIMIT)": lambda: transcode_yuv(yuv, settings),
+        "scorer features": lambda: blind.features(decoded[None], params),
+        "2 scores (poisoned, clean)": lambda: (blind.score(features, tmpl, None), blind.score(features, tmpl, None)),
+    }
+    del av
+    out = {}
+    for name, fn in stages.items():
+        fn()
+        times = []
+        for _ in range(7):
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+        out[name] = statistics.median(times)
+    out["rgb->yuv420p + yuv420p->rgb (swscale)"] -= out["libx264 encode + h264 decode (LIMIT)"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="112x112 only, smaller scaling table")
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    args = ap.parse_args()
+    from codecloop_server.codec import rgb_to_yuv420p
+    from codecloop_server.corpus import embedded_corpus
+
+    w = args.workers
+    print(f"codecloop engine benchmark: {w} workers, {os.cpu_count()} cores, P={P_DEFAULT} x N={N_DEFAULT} clips of 16 frames, CRF 28")
+    configs = [(112, "medium"), (112, "ultrafast")] + ([] if args.quick else [(224, "medium")])
+    rows = []
+    for hw in sorted({c[0] for c in configs}):
+        ds = embedded_corpus((16, hw, hw))
+        clips = ds.clips[ds.splits["train"][:N_DEFAULT]]
+        yuv = np.stack([rgb_to_yuv420p(c) for c in clips])
+        srv = Server(w, (16, hw, hw))
+        try:
+            for size, preset in configs:
+                if size != hw:
+                    continue
+                limit = limit_clips_per_s(yuv, preset, w)
+                rate, deltas = server_clips_per_s(srv, P_DEFAULT, N_DEFAULT, preset, hw, seed=1000)
+                naive = naive_clips_per_s(clips[:8], preset) if shutil.which("ffmpeg") and hw == 112 else float("nan")
+                rows.append((f"{hw}x{hw} {preset}", limit, rate, naive, deltas))
+            if hw == 112:
+                rss = srv.peak_rss_mib()
+                scaling = []
+                for n in (16, 64):
+                    for p in (1, 4, 16, 64):
+                        if args.quick and p * n > 1024:
+                            continue
+                        r, _ = server_clips_per_s(srv, p, n, "ultrafast", hw, seed=5000 + 100 * p + n, repeats=1)
+                        scaling.append((p, n, r, p * n / r))
+                # cancellation: a 64 x 64 request with a 1 s deadline, then a 1 x 4 request
+                idle = []
+                for s in range(3):
+                    t = time.perf_counter()
+                    srv.client.fitness(signatures(1, 9000 + s, hw), carriers=DatasetCarriers(num_clips=4))
+                    idle.append(time.perf_counter() - t)
+                try:
+                    srv.client.fitness(signatures(64, 9100, hw), carriers=DatasetCarriers(num_clips=64), timeout=1.0)
+                except codecloop.CodecLoopServerError:
+                    pass
+                t = time.perf_counter()
+                srv.client.fitness(signatures(1, 9200, hw), carriers=DatasetCarriers(num_clips=4))
+                after_cancel = time.perf_counter() - t
+                rss = max(rss, srv.peak_rss_mib())
+                breakdown = stage_breakdown(clips[0])
+        finally:
+            srv.close()
+
+    print("\n| clips | LIMIT clips/s | server clips/s | naive CLI clips/s | server/LIMIT | server/naive | encodes in a warm generation |")
+    print("|---|---|---|---|---|---|---|")
+    for name, limit, rate, naive, deltas in rows:
+        print(f"| {name} | {limit:.1f} | {rate:.1f} | {naive:.1f} | {rate / limit:.2f} | {rate / naive:.1f} | "
+              f"{int(deltas['poisoned_encodes'])} poisoned + {int(deltas['clean_encodes'])} clean (P x N = {P_DEFAULT * N_DEFAULT}) |")  # fmt: skip
+    print(f"\nserver peak RSS (VmHWM), 112x112 server: main process {rss[0]:.0f} MiB, main + {w} workers {rss[1]:.0f} MiB "
+          "(shared-memory pages count in every process that touches them)")  # fmt: skip
+    print("\ncost growth, 112x112 ultrafast (clean side warm):\n| P | N | clips/s | seconds |\n|---|---|---|---|")
+    for p, n, r, s in scaling:
+        print(f"| {p} | {n} | {r:.1f} | {s:.2f} |")
+    print(f"\ncancellation: 1x4 request on an idle server {statistics.median(idle) * 1e3:.0f} ms (median of 3); "
+          f"right after a 64x64 request hit its 1 s deadline {after_cancel * 1e3:.0f} ms")
+    print("\none clip task, 112x112 medium, one core (median ms):")
+    for k, v in breakdown.items():
+        print(f"  {k:40s} {v:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
