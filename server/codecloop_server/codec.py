@@ -91,12 +91,13 @@ class CodecSettings:
 _local = threading.local()
 
 
-def _reformatter() -> VideoReformatter:
-    # Reusing one reformatter keeps swscale's cached context: 0.2 ms instead of 0.6 ms per frame.
-    r = getattr(_local, "reformatter", None)
-    if r is None:
-        r = _local.reformatter = VideoReformatter()
-    return r
+def _reformatter(direction: str) -> VideoReformatter:
+    # One reformatter per thread and direction keeps swscale's cached context alive (0.2 ms instead
+    # of 0.6 ms per frame); alternating directions on one would rebuild it every time.
+    cache = _local.__dict__.setdefault("reformatters", {})
+    if direction not in cache:
+        cache[direction] = VideoReformatter()
+    return cache[direction]
 
 
 def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
@@ -109,7 +110,7 @@ def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
         uint8 (T, H * 3 // 2, W): each frame is the Y plane followed by the U and V planes
         (each H/2 x W/2, stored row-major in W-wide rows), PyAV's ``to_ndarray`` layout.
     """
-    r = _reformatter()
+    r = _reformatter("rgb->yuv")
     out = [
         r.reformat(
             av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24"),
@@ -123,7 +124,7 @@ def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
 
 def yuv420p_to_rgb(frames: np.ndarray) -> np.ndarray:
     """Inverse of :func:`rgb_to_yuv420p` (swscale bicubic, BT.601 limited): (T, H*3/2, W) -> (T, H, W, 3)."""
-    r = _reformatter()
+    r = _reformatter("yuv->rgb")
     out = [
         r.reformat(
             av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="yuv420p"),
@@ -202,14 +203,14 @@ def transcode_rgb(clip: np.ndarray, settings: CodecSettings) -> tuple[np.ndarray
     numpy <-> frame copies per frame.
     """
     t, h, w, _ = clip.shape
-    r = _reformatter()
+    to_yuv, to_rgb = _reformatter("rgb->yuv"), _reformatter("yuv->rgb")
     yuv = (
-        r.reformat(av.VideoFrame.from_ndarray(f, format="rgb24"), format="yuv420p", interpolation=Interpolation.BICUBIC)
+        to_yuv.reformat(av.VideoFrame.from_ndarray(f, format="rgb24"), format="yuv420p", interpolation=Interpolation.BICUBIC)
         for f in clip
     )
     bitstream = _encode_frames(yuv, settings, w, h)
     decoded = [
-        r.reformat(f, format="rgb24", interpolation=Interpolation.BICUBIC).to_ndarray() for f in _decode_frames(bitstream)
+        to_rgb.reformat(f, format="rgb24", interpolation=Interpolation.BICUBIC).to_ndarray() for f in _decode_frames(bitstream)
     ]
     if len(decoded) != t:
         raise RuntimeError(f"decoder returned {len(decoded)} frames, expected {t}")
