@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from fractions import Fraction
 
@@ -74,6 +75,28 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="also write the full result as JSON to this path")
     e.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for the server to come up")
 
+    o = sub.add_parser("optimize", help="optimize a signature on the real codec (pycma / nevergrad)")
+    o.add_argument("--target", default="127.0.0.1:50051")
+    o.add_argument("--optimizer", default="cma", help="cma or nevergrad:<name> (NGOpt, CMA, TwoPointsDE, PSO, ...)")
+    o.add_argument("--param", default="lowres:14x14", help="lowres:HxW[:rgb][:t=N], tiled:HxW, dct:B:K[:per_block]")
+    o.add_argument("--epsilon", type=_epsilon, default=2 / 255)
+    o.add_argument("--crf", type=float, action="append", help="repeat for several codec settings (default 28)")
+    o.add_argument("--preset", default="medium")
+    o.add_argument("--scorer", default="blind")
+    o.add_argument("--objective", default="separation", choices=["separation", "dprime", "tpr", "auc"])
+    o.add_argument("--dataset", default="embedded")
+    o.add_argument("--train-clips", type=int, default=32)
+    o.add_argument("--holdout-clips", type=int, default=72)
+    o.add_argument("--popsize", type=int, default=16)
+    o.add_argument("--budget", type=int, default=640, help="evaluations (candidates)")
+    o.add_argument("--max-minutes", type=float, default=math.inf)
+    o.add_argument("--patience", type=int, default=0, help="stop after this many generations without improvement")
+    o.add_argument("--sigma0", type=float, default=0.5)
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--out", required=True, help="run folder; an existing one with a checkpoint is resumed")
+    o.add_argument("--no-progress", action="store_true")
+    o.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for the server")
+
     i = sub.add_parser("info", help="print the server's versions, datasets, scorers and limits")
     i.add_argument("--target", default="127.0.0.1:50051")
     return p
@@ -135,6 +158,42 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _optimize(args: argparse.Namespace) -> int:
+    from codecloop import Client, Codec, DatasetCarriers
+    from codecloop.optimize import Run, RunConfig
+    from codecloop.params import make
+
+    with Client(args.target) as client:
+        if args.wait > 0:
+            client.wait_ready(args.wait)
+        shape = next(tuple(d.clip_shape) for d in client.info().datasets if d.name == args.dataset)
+        config = RunConfig(
+            optimizer=args.optimizer,
+            epsilon=args.epsilon,
+            codecs=tuple(Codec(crf=c, preset=args.preset) for c in (args.crf or [28.0])),
+            scorer=args.scorer,
+            objective=args.objective,
+            train=DatasetCarriers(args.dataset, "train", args.train_clips),
+            holdout=DatasetCarriers(args.dataset, "holdout", args.holdout_clips),
+            popsize=args.popsize,
+            budget=args.budget,
+            max_seconds=args.max_minutes * 60,
+            patience=args.patience,
+            sigma0=args.sigma0,
+            seed=args.seed,
+        )
+        summary = Run(client, make(args.param, shape), config, args.out).run(progress=not args.no_progress)
+    print(json.dumps({k: summary[k] for k in ("generations", "evaluations", "elapsed_s", "best_train_fitness")}))
+    for h in summary["holdout"]:
+        print(
+            f"held-out {h['codec']}: clean {h['clean_mean']:.4f}±{h['clean_std']:.4f} poisoned "
+            f"{h['poisoned_mean']:.4f}±{h['poisoned_std']:.4f} sep {h['separation']:.4f} TPR {h['tpr']:.0%} "
+            f"FPR {h['fpr']:.0%} AUC {h['auc']:.3f} p {h['p_value']:.2g} PSNR {h['psnr_db']:.1f} dB"
+        )
+    print(f"run folder: {args.out} (log.jsonl, checkpoint.pkl, best.npy, summary.json, *.png)")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToJson
 
@@ -150,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     from codecloop.errors import CodecLoopError
 
     try:
-        return {"serve": _serve, "evaluate": _evaluate, "info": _info}[args.command](args)
+        return {"serve": _serve, "evaluate": _evaluate, "optimize": _optimize, "info": _info}[args.command](args)
     except CodecLoopError as err:
         print(f"codecloop: {type(err).__name__}: {err}", file=sys.stderr)
         return 2

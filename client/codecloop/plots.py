@@ -1,0 +1,74 @@
+"""PNG reports (matplotlib, Agg backend): fitness per generation, score histograms, ROC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from codecloop.types import CodecStats
+
+
+def roc_curve(clean: np.ndarray, poisoned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) over every threshold, for 'score > threshold means marked'."""
+    thresholds = np.concatenate([[np.inf], np.sort(np.concatenate([clean, poisoned]))[::-1], [-np.inf]])
+    fpr = np.array([(clean > t).mean() for t in thresholds])
+    tpr = np.array([(poisoned > t).mean() for t in thresholds])
+    return fpr, tpr
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def run_plots(folder: Path, history: Sequence[dict[str, float]], holdout: Sequence[CodecStats]) -> list[Path]:
+    """fitness.png, holdout_hist.png, holdout_roc.png in ``folder``; returns their paths."""
+    plt = _pyplot()
+    paths = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    gens = np.arange(len(history))
+    for key, style in (("max", "-"), ("mean", "--"), ("best", ":")):
+        ax.plot(gens, [h[key] for h in history], style, label=f"{key} fitness")
+    ax.set_xlabel("generation")
+    ax.set_ylabel("fitness (bigger is better)")
+    ax.set_title("training fitness on the real codec")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(folder / "fitness.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(holdout), figsize=(6 * len(holdout), 4), squeeze=False)
+    for ax, s in zip(axes[0], holdout):
+        bins = np.linspace(min(s.clean_scores.min(), s.poisoned_scores.min()), max(s.clean_scores.max(), s.poisoned_scores.max()), 30)
+        ax.hist(s.clean_scores, bins, alpha=0.6, label=f"clean {s.clean_mean:.3f}±{s.clean_std:.3f}")
+        ax.hist(s.poisoned_scores, bins, alpha=0.6, label=f"poisoned {s.poisoned_mean:.3f}±{s.poisoned_std:.3f}")
+        ax.axvline(s.threshold, color="k", lw=1, label=f"threshold (TPR {s.tpr:.0%}, FPR {s.fpr:.0%})")
+        ax.set_title(f"held-out clips, {s.codec.label()}")
+        ax.set_xlabel("detector score")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(folder / "holdout_hist.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for s in holdout:
+        fpr, tpr = roc_curve(s.clean_scores, s.poisoned_scores)
+        ax.plot(fpr, tpr, label=f"{s.codec.label()} AUC {s.auc:.3f}")
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("ROC, held-out clips")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(folder / "holdout_roc.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+    return paths
