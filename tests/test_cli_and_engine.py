@@ -14,7 +14,7 @@ from codecloop_server import requests
 from codecloop_server.codec import CodecSettings
 from codecloop_server.corpus import embedded_corpus
 from codecloop_server.engine import Engine
-from codecloop_server.stats import Decision
+from codecloop.stats import Decision
 from tests.conftest import block_signature
 
 

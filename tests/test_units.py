@@ -15,7 +15,7 @@ from codecloop.poison import poison
 from codecloop.tensors import from_tensor, to_tensor
 from codecloop_server import scorers
 from codecloop_server.corpus import Dataset, folder_dataset, split_by_source
-from codecloop_server.stats import Decision, calibrate_threshold, detection_stats, psnr_db
+from codecloop.stats import Decision, calibrate_threshold, detection_stats, psnr_db
 
 
 @pytest.mark.parametrize("dtype,tol", [("float32", 0), ("float16", 1e-3), ("int8", 1 / 127)])

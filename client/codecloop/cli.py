@@ -77,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     o = sub.add_parser("optimize", help="optimize a signature on the real codec (pycma / nevergrad)")
     o.add_argument("--target", default="127.0.0.1:50051")
-    o.add_argument("--optimizer", default="cma", help="cma or nevergrad:<name> (NGOpt, CMA, TwoPointsDE, PSO, ...)")
+    o.add_argument(
+        "--optimizer", default="cma",
+        help="cma, nevergrad:<name> (NGOpt, CMA, TwoPointsDE, PSO, ...), torch-ste, torch-hybrid, proxy:tanh|soft|ste",
+    )  # fmt: skip
     o.add_argument("--param", default="lowres:14x14", help="lowres:HxW[:rgb][:t=N], tiled:HxW, dct:B:K[:per_block]")
     o.add_argument("--epsilon", type=_epsilon, default=2 / 255)
     o.add_argument("--crf", type=float, action="append", help="repeat for several codec settings (default 28)")
@@ -96,6 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--out", required=True, help="run folder; an existing one with a checkpoint is resumed")
     o.add_argument("--no-progress", action="store_true")
     o.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for the server")
+    o.add_argument("--steps", type=int, default=60, help="torch modes: gradient steps")
+    o.add_argument("--lr", type=float, default=0.1, help="torch modes: Adam learning rate")
+    o.add_argument("--validate-every", type=int, default=10, help="torch modes: real-codec validation period")
+
+    d = sub.add_parser("diagnose", help="proxy (each rounding) vs real codec statistics for a signature")
+    d.add_argument("--target", default="127.0.0.1:50051")
+    d.add_argument("--signature", required=True, help=".npy (T, H, W, 3) in [-1, 1]")
+    d.add_argument("--epsilon", type=_epsilon, default=2 / 255)
+    d.add_argument("--crf", type=float, default=28.0)
+    d.add_argument("--preset", default="medium")
+    d.add_argument("--clips", type=int, default=32)
+    d.add_argument("--split", default="train")
+    d.add_argument("--random", type=int, default=20, help="random signatures for the rank correlation")
+    d.add_argument("--qp-offset", type=float, default=4.0)
+    d.add_argument("--plot", default="diagnose.png")
 
     i = sub.add_parser("info", help="print the server's versions, datasets, scorers and limits")
     i.add_argument("--target", default="127.0.0.1:50051")
@@ -158,6 +176,53 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace, client) -> int:
+    from codecloop import Codec, DatasetCarriers
+    from codecloop.train import TrainConfig, train_signature
+
+    config = TrainConfig(
+        mode=args.optimizer,
+        epsilon=args.epsilon,
+        codec=Codec(crf=(args.crf or [28.0])[0], preset=args.preset),
+        train=DatasetCarriers(args.dataset, "train", args.train_clips),
+        holdout=DatasetCarriers(args.dataset, "holdout", args.holdout_clips),
+        steps=args.steps,
+        lr=args.lr,
+        validate_every=args.validate_every,
+        seed=args.seed,
+    )
+    summary = train_signature(client, config, args.out, progress=not args.no_progress)
+    h = summary["holdout"]
+    print(json.dumps({"elapsed_s": summary["elapsed_s"], "final": summary["final"]}))
+    print(
+        f"held-out {h['codec']}: clean {h['clean_mean']:.4f}±{h['clean_std']:.4f} poisoned {h['poisoned_mean']:.4f}"
+        f"±{h['poisoned_std']:.4f} sep {h['separation']:.4f} TPR {h['tpr']:.0%} FPR {h['fpr']:.0%} AUC {h['auc']:.3f}"
+    )
+    print(f"run folder: {args.out} (log.jsonl, best.npy, summary.json, *.png)")
+    return 0
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from codecloop import Client, Codec, DatasetCarriers
+    from codecloop.diagnose import diagnose, table
+
+    sig = np.load(args.signature).astype(np.float32)
+    with Client(args.target) as client:
+        rows, rho = diagnose(
+            client,
+            sig,
+            epsilon=args.epsilon,
+            codec=Codec(crf=args.crf, preset=args.preset),
+            carriers=DatasetCarriers(split=args.split, num_clips=args.clips),
+            qp_offset=args.qp_offset,
+            random=args.random,
+            plot=args.plot,
+        )
+    print(table(rows, rho))
+    print(f"plot: {args.plot}")
+    return 0
+
+
 def _optimize(args: argparse.Namespace) -> int:
     from codecloop import Client, Codec, DatasetCarriers
     from codecloop.optimize import Run, RunConfig
@@ -166,6 +231,8 @@ def _optimize(args: argparse.Namespace) -> int:
     with Client(args.target) as client:
         if args.wait > 0:
             client.wait_ready(args.wait)
+        if args.optimizer.startswith(("torch-", "proxy:")):
+            return _train(args, client)
         shape = next(tuple(d.clip_shape) for d in client.info().datasets if d.name == args.dataset)
         config = RunConfig(
             optimizer=args.optimizer,
@@ -209,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     from codecloop.errors import CodecLoopError
 
     try:
-        return {"serve": _serve, "evaluate": _evaluate, "optimize": _optimize, "info": _info}[args.command](args)
+        return {"serve": _serve, "evaluate": _evaluate, "optimize": _optimize, "diagnose": _diagnose, "info": _info}[args.command](args)
     except CodecLoopError as err:
         print(f"codecloop: {type(err).__name__}: {err}", file=sys.stderr)
         return 2

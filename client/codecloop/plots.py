@@ -27,6 +27,23 @@ def _pyplot():
     return plt
 
 
+def train_plots(folder: Path, history: Sequence[dict[str, float]], holdout: CodecStats) -> list[Path]:
+    """fitness.png (proxy vs real separation per validation step) and the held-out plots."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [h["step"] for h in history]
+    ax.plot(steps, [h["train_separation"] for h in history], "-", label="training objective (its own forward)")
+    ax.plot(steps, [h["proxy_separation"] for h in history], "--", label="proxy separation (hard rounding)")
+    ax.plot(steps, [h["real_separation"] for h in history], "-o", label="real libx264 separation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("separation")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "fitness.png", dpi=100)
+    plt.close(fig)
+    return [folder / "fitness.png", *_holdout_plots(folder, [holdout])]
+
+
 def run_plots(folder: Path, history: Sequence[dict[str, float]], holdout: Sequence[CodecStats]) -> list[Path]:
     """fitness.png, holdout_hist.png, holdout_roc.png in ``folder``; returns their paths."""
     plt = _pyplot()
@@ -43,7 +60,12 @@ def run_plots(folder: Path, history: Sequence[dict[str, float]], holdout: Sequen
     paths.append(folder / "fitness.png")
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
+    return paths + _holdout_plots(folder, holdout)
 
+
+def _holdout_plots(folder: Path, holdout: Sequence[CodecStats]) -> list[Path]:
+    plt = _pyplot()
+    paths = []
     fig, axes = plt.subplots(1, len(holdout), figsize=(6 * len(holdout), 4), squeeze=False)
     for ax, s in zip(axes[0], holdout):
         bins = np.linspace(min(s.clean_scores.min(), s.poisoned_scores.min()), max(s.clean_scores.max(), s.poisoned_scores.max()), 30)

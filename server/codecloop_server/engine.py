@@ -30,7 +30,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Hashable
 
 import numpy as np
 
-from codecloop_server import scorers, stats, tasks
+from codecloop import stats
+from codecloop_server import scorers, tasks
 from codecloop_server.codec import CodecSettings
 from codecloop_server.corpus import Dataset
 from codecloop_server.shm import SharedArray

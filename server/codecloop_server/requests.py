@@ -15,7 +15,8 @@ import numpy as np
 from codecloop.errors import CodecLoopLimitError, CodecLoopValueError
 from codecloop.tensors import from_tensor
 from codecloop.v1 import codecloop_pb2 as pb
-from codecloop_server import scorers, stats
+from codecloop import stats
+from codecloop_server import scorers
 from codecloop_server.codec import CodecSettings
 from codecloop_server.corpus import EMBEDDED_NAME, Dataset
 from codecloop_server.engine import CarrierSet, EvaluateJob

@@ -1,0 +1,131 @@
+"""Gradient training of a full-resolution signature (torch extra), validated on the real codec.
+
+Modes (the seed's paths A and C):
+  ``proxy:tanh | proxy:soft | proxy:ste``  forward and backward through the differentiable H.264
+      proxy with that rounding (``proxy:tanh`` is the seed's failed recipe);
+  ``torch-ste``     forward through the real libx264 (server ``Transcode``), backward identity;
+  ``torch-hybrid``  forward through the real libx264, backward through the proxy's Jacobian.
+
+The objective is the differentiable blind detector's separation (mean poisoned score minus mean
+clean score over the training clips), the same formula the server scores with. Every
+``validate_every`` steps the current signature is scored by the server on the real codec, and the
+proxy's separation (hard rounding) is logged beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from codecloop.client import Client
+from codecloop.errors import CodecLoopValueError
+from codecloop.torch_proxy import H264Proxy, RealCodec, blind_scores, poison
+from codecloop.types import Codec, DatasetCarriers
+
+MODES = ("proxy:tanh", "proxy:soft", "proxy:ste", "torch-ste", "torch-hybrid")
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "torch-hybrid"
+    epsilon: float = 2 / 255
+    codec: Codec = Codec()
+    train: DatasetCarriers = DatasetCarriers(split="train", num_clips=16)
+    holdout: DatasetCarriers = DatasetCarriers(split="holdout", num_clips=72)
+    holdout_fpr: float = 1 / 64
+    steps: int = 60
+    lr: float = 0.1
+    validate_every: int = 10
+    qp_offset: float = 4.0  # proxy QP = crf + qp_offset (calibrate_qp_offset; see README)
+    temperature: float = 0.3  # of the tanh / soft rounding
+    frames: int = 1  # signature frames: 1 = static (repeated over time), or T
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise CodecLoopValueError(f"mode: {self.mode!r} is not one of {MODES}")
+
+
+def _separation(clean_scores: torch.Tensor, poisoned_scores: torch.Tensor) -> torch.Tensor:
+    return poisoned_scores.mean() - clean_scores.mean()
+
+
+def train_signature(client: Client, config: TrainConfig, folder: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Train, log (log.jsonl), save best.npy / summary.json / plots in ``folder``; return the summary."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    clean_run = client.transcode(None, carriers=config.train, codec=config.codec, include_input=True)
+    clean = torch.from_numpy(clean_run.inputs.astype(np.float32) / 255)
+    clean_real = torch.from_numpy(clean_run.decoded.astype(np.float32) / 255)
+    _, t, h, w, _ = clean.shape
+    qp = config.codec.crf + config.qp_offset
+    rounding = config.mode.split(":")[1] if config.mode.startswith("proxy:") else "soft"
+    proxy = H264Proxy(qp, rounding, config.temperature)
+    hard_proxy = H264Proxy(qp, "hard")
+    clean_proxy = hard_proxy(clean)
+    raw = torch.nn.Parameter(0.5 * torch.randn(config.frames, h, w, 3))
+    opt = torch.optim.Adam([raw], lr=config.lr)
+    options = {"epsilon": config.epsilon, "carriers": config.train, "codec": config.codec}
+    log = (folder / "log.jsonl").open("w")
+    history: list[dict[str, float]] = []
+    best = (-np.inf, None)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.steps, unit="step", desc=config.mode)
+    start = time.monotonic()
+    for step in range(config.steps + 1):
+        sig = torch.tanh(raw)
+        if config.mode.startswith("proxy:"):
+            out, ref = proxy(poison(clean, sig, config.epsilon)), proxy(clean).detach()
+        else:
+            out = RealCodec.apply(sig, clean, client, options, proxy if config.mode == "torch-hybrid" else None)
+            ref = clean_real
+        train_sep = _separation(blind_scores(ref, sig), blind_scores(out, sig))
+        entry: dict[str, float] = {"step": step, "train_separation": float(train_sep.detach())}
+        if step % config.validate_every == 0 or step == config.steps:
+            with torch.no_grad():
+                proxy_sep = _separation(blind_scores(clean_proxy, sig), blind_scores(hard_proxy(poison(clean, sig, config.epsilon)), sig))
+            real = client.evaluate(sig.detach().numpy()[None], epsilon=config.epsilon, carriers=config.train, codecs=config.codec)
+            s = real.candidates[0].codecs[0]
+            entry |= {"proxy_separation": float(proxy_sep), "real_separation": s.separation, "real_tpr": s.tpr}
+            if s.separation > best[0]:
+                best = (s.separation, sig.detach().numpy().copy())
+            history.append(entry)
+        log.write(json.dumps(entry) + "\n")
+        log.flush()
+        if step == config.steps:
+            break
+        opt.zero_grad()
+        (-train_sep).backward()
+        opt.step()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(train_sep=f"{float(train_sep.detach()):.4f}", real_sep=f"{history[-1]['real_separation']:.4f}")
+    if bar is not None:
+        bar.close()
+    log.close()
+    np.save(folder / "best.npy", best[1])
+    held = client.evaluate(best[1][None], epsilon=config.epsilon, carriers=config.holdout, codecs=config.codec,
+                           target_fpr=config.holdout_fpr, per_clip_scores=True)  # fmt: skip
+    s = held.candidates[0].codecs[0]
+    summary = {
+        "config": json.loads(json.dumps(asdict(config), default=str)),
+        "elapsed_s": round(time.monotonic() - start, 1),
+        "best_real_train_separation": best[0],
+        "final": history[-1],
+        "holdout": {k: v for k, v in asdict(s).items() if k not in ("clean_scores", "poisoned_scores")} | {"codec": s.codec.label()},
+    }
+    (folder / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    from codecloop import plots
+
+    plots.train_plots(folder, history, s)
+    return summary

@@ -1,0 +1,95 @@
+"""The torch side: proxy, differentiable detector, real-codec autograd, training and diagnose."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from codecloop import Codec, DatasetCarriers  # noqa: E402
+from codecloop.torch_proxy import H264Proxy, RealCodec, blind_scores, calibrate_qp_offset, qstep, quantize  # noqa: E402
+from tests.conftest import block_signature  # noqa: E402
+
+SMALL = DatasetCarriers(num_clips=2, seed=5)
+
+
+def test_quantize_modes():
+    y = torch.tensor([0.2, 0.4, 0.6, 1.7, -2.3], requires_grad=True)
+    np.testing.assert_array_equal(quantize(y, "hard", 0.1).detach(), [0, 0, 1, 2, -2])
+    ste = quantize(y, "ste", 0.1)
+    np.testing.assert_array_equal(ste.detach(), [0, 0, 1, 2, -2])
+    (g,) = torch.autograd.grad(ste.sum(), y)
+    np.testing.assert_array_equal(g, np.ones(5))  # straight-through: identity backward
+    soft = quantize(y, "soft", 0.01).detach()
+    np.testing.assert_allclose(soft, [0, 0, 1, 2, -2], atol=0.02)  # cold soft-round ~ round
+    assert torch.all(quantize(y * 100, "tanh", 0.3).abs() <= 1)  # the seed's proxy saturates at one step
+    assert qstep(4) == 1.0 and qstep(10) == 2.0
+
+
+def test_proxy_quantization_zeroes_a_small_signature():
+    """Hard rounding at CRF-28-like QP removes a 1/255 pattern; a fine QP keeps it."""
+    rng = np.random.default_rng(0)
+    clean = torch.full((1, 1, 32, 32, 3), 0.5)
+    sig = torch.from_numpy(np.sign(rng.standard_normal((1, 32, 32, 3))).astype(np.float32))
+    marked = (clean + sig / 255).clamp(0, 1)
+    coarse = H264Proxy(32, "hard")
+    assert float((coarse(marked) - coarse(clean)).abs().max()) < 1e-6
+    fine = H264Proxy(0.5, "hard")
+    assert float((fine(marked) - fine(clean)).abs().mean()) > 0.5 / 255
+
+
+def test_torch_detector_matches_server_scorer():
+    from codecloop_server import scorers
+
+    rng = np.random.default_rng(1)
+    clips = rng.integers(0, 256, (3, 2, 16, 24, 3), dtype=np.uint8)
+    sig = rng.uniform(-1, 1, (1, 16, 24, 3)).astype(np.float32)
+    blind = scorers.get("blind")
+    params = blind.resolve_params({})
+    want = blind.score(blind.features(clips, params), blind.template(sig, params), None)
+    got = blind_scores(torch.from_numpy(clips.astype(np.float32) / 255), torch.from_numpy(sig))
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
+
+
+def test_real_codec_function(client):
+    clean_run = client.transcode(None, carriers=SMALL, include_input=True)
+    clean = torch.from_numpy(clean_run.inputs.astype(np.float32) / 255)
+    sig = torch.from_numpy(block_signature(2)).requires_grad_(True)
+    options = {"epsilon": 4 / 255, "carriers": SMALL, "codec": Codec()}
+    out = RealCodec.apply(sig, clean, client, options, None)
+    direct = client.transcode(block_signature(2), epsilon=4 / 255, carriers=SMALL)
+    np.testing.assert_array_equal((out.detach().numpy() * 255).round().astype(np.uint8), direct.decoded)
+    blind_scores(out, sig).sum().backward()
+    assert sig.grad.shape == sig.shape and float(sig.grad.abs().sum()) > 0
+    sig.grad = None
+    out = RealCodec.apply(sig, clean, client, options, H264Proxy(32, "soft", 0.3))
+    blind_scores(out, sig).sum().backward()
+    assert sig.grad.shape == sig.shape and torch.isfinite(sig.grad).all()
+
+
+@pytest.mark.parametrize("mode", ["proxy:tanh", "torch-hybrid"])
+def test_train_short(client, tmp_path, mode):
+    from codecloop.train import TrainConfig, train_signature
+
+    config = TrainConfig(mode=mode, train=SMALL, holdout=DatasetCarriers(split="holdout", num_clips=4), steps=2, validate_every=1)
+    summary = train_signature(client, config, tmp_path, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [0, 1, 2] and all("real_separation" in e and "proxy_separation" in e for e in log)
+    assert np.load(tmp_path / "best.npy").shape == (1, 112, 112, 3)
+    assert summary["holdout"]["codec"] == "libx264 crf=28 medium"
+    assert (tmp_path / "fitness.png").stat().st_size > 0 and (tmp_path / "holdout_roc.png").stat().st_size > 0
+
+
+def test_diagnose_and_calibration(client, tmp_path):
+    from codecloop.diagnose import diagnose, table
+
+    rows, rho = diagnose(client, block_signature(3), carriers=SMALL, random=5, plot=tmp_path / "d.png")
+    assert [r.name.split()[0:2] for r in rows] == [["proxy", "tanh"], ["proxy", "soft"], ["proxy", "ste"], ["real", "libx264"]]
+    assert set(rho) == {"tanh", "soft", "ste"} and all(-1 <= v <= 1 for v in rho.values())
+    assert "rank correlation" in table(rows, rho) and (tmp_path / "d.png").stat().st_size > 0
+    run = client.transcode(None, carriers=SMALL, include_input=True)
+    offset = calibrate_qp_offset(run.inputs, run.decoded, 28.0)
+    assert -6 <= offset <= 12
