@@ -74,11 +74,16 @@ def test_real_codec_function(client):
 def test_train_short(client, tmp_path, mode):
     from codecloop.train import TrainConfig, train_signature
 
-    config = TrainConfig(mode=mode, train=SMALL, holdout=DatasetCarriers(split="holdout", num_clips=4), steps=2, validate_every=1)
+    config = TrainConfig(
+        mode=mode, train=SMALL, holdout=DatasetCarriers(split="holdout", num_clips=4), steps=2, validate_every=1, frames=4, block=8
+    )
     summary = train_signature(client, config, tmp_path, progress=False)
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [0, 1, 2] and all("real_separation" in e and "proxy_separation" in e for e in log)
-    assert np.load(tmp_path / "best.npy").shape == (1, 112, 112, 3)
+    best = np.load(tmp_path / "best.npy")
+    assert best.shape == (16, 112, 112, 3)  # 4 distinct frames, each held 4 frames, in 8x8 blocks
+    np.testing.assert_array_equal(best[0], best[3])
+    assert np.all(best[0, :8, :8] == best[0, 0, 0])
     assert summary["holdout"]["codec"] == "libx264 crf=28 medium"
     assert (tmp_path / "fitness.png").stat().st_size > 0 and (tmp_path / "holdout_roc.png").stat().st_size > 0
 

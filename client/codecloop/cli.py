@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--steps", type=int, default=60, help="torch modes: gradient steps")
     o.add_argument("--lr", type=float, default=0.1, help="torch modes: Adam learning rate")
     o.add_argument("--validate-every", type=int, default=10, help="torch modes: real-codec validation period")
+    o.add_argument("--frames", type=int, default=16, help="torch modes: distinct signature frames (1 = static)")
+    o.add_argument("--block", type=int, default=1, help="torch modes: spatial block size (1 = full resolution)")
 
     d = sub.add_parser("diagnose", help="proxy (each rounding) vs real codec statistics for a signature")
     d.add_argument("--target", default="127.0.0.1:50051")
@@ -112,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--clips", type=int, default=32)
     d.add_argument("--split", default="train")
     d.add_argument("--random", type=int, default=20, help="random signatures for the rank correlation")
-    d.add_argument("--qp-offset", type=float, default=4.0)
+    d.add_argument("--qp-offset", type=float, default=5.0)
     d.add_argument("--plot", default="diagnose.png")
 
     i = sub.add_parser("info", help="print the server's versions, datasets, scorers and limits")
@@ -189,6 +191,8 @@ def _train(args: argparse.Namespace, client) -> int:
         steps=args.steps,
         lr=args.lr,
         validate_every=args.validate_every,
+        frames=args.frames,
+        block=args.block,
         seed=args.seed,
     )
     summary = train_signature(client, config, args.out, progress=not args.no_progress)

@@ -42,9 +42,10 @@ class TrainConfig:
     steps: int = 60
     lr: float = 0.1
     validate_every: int = 10
-    qp_offset: float = 4.0  # proxy QP = crf + qp_offset (calibrate_qp_offset; see README)
+    qp_offset: float = 5.0  # proxy QP = crf + qp_offset; calibrated at CRF 28 (calibrate_qp_offset, README)
     temperature: float = 0.3  # of the tanh / soft rounding
-    frames: int = 1  # signature frames: 1 = static (repeated over time), or T
+    frames: int = 16  # distinct signature frames, dividing T (each held T/frames frames); 1 = static
+    block: int = 1  # spatial block size of the trained pattern; 1 = full resolution
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -70,7 +71,15 @@ def train_signature(client: Client, config: TrainConfig, folder: str | Path, pro
     proxy = H264Proxy(qp, rounding, config.temperature)
     hard_proxy = H264Proxy(qp, "hard")
     clean_proxy = hard_proxy(clean)
-    raw = torch.nn.Parameter(0.5 * torch.randn(config.frames, h, w, 3))
+    if t % config.frames or h % config.block or w % config.block:
+        raise CodecLoopValueError(f"frames/block: {config.frames}/{config.block} must divide the clips' T/H, W = {t}/{h}, {w}")
+    raw = torch.nn.Parameter(0.5 * torch.randn(config.frames, h // config.block, w // config.block, 3))
+
+    def signature() -> torch.Tensor:
+        """tanh(raw), nearest-upsampled to (T or 1, H, W, 3)."""
+        x = torch.tanh(raw).repeat_interleave(config.block, dim=1).repeat_interleave(config.block, dim=2)
+        return x.repeat_interleave(t // config.frames, dim=0) if config.frames > 1 else x
+
     opt = torch.optim.Adam([raw], lr=config.lr)
     options = {"epsilon": config.epsilon, "carriers": config.train, "codec": config.codec}
     log = (folder / "log.jsonl").open("w")
@@ -83,7 +92,7 @@ def train_signature(client: Client, config: TrainConfig, folder: str | Path, pro
         bar = tqdm(total=config.steps, unit="step", desc=config.mode)
     start = time.monotonic()
     for step in range(config.steps + 1):
-        sig = torch.tanh(raw)
+        sig = signature()
         if config.mode.startswith("proxy:"):
             out, ref = proxy(poison(clean, sig, config.epsilon)), proxy(clean).detach()
         else:
