@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codecloop import Client, Codec, DatasetCarriers
+from codecloop import Client, DatasetCarriers
 from codecloop.diagnose import diagnose, table
 from codecloop.optimize import Run, RunConfig
 from codecloop.params import make

@@ -280,8 +280,10 @@ class Engine:
         total = len(job.candidates) * len(job.codecs) * len(job.carriers)
         done = 0
 
-        def tick(_: object) -> None:
+        def tick(fut: asyncio.Future[PoisonedScore]) -> None:
             nonlocal done
+            if fut.cancelled():
+                return
             done += 1
             if on_progress is not None:
                 on_progress(done, total)
