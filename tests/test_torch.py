@@ -98,3 +98,18 @@ def test_diagnose_and_calibration(client, tmp_path):
     run = client.transcode(None, carriers=SMALL, include_input=True)
     offset = calibrate_qp_offset(run.inputs, run.decoded, 28.0)
     assert -6 <= offset <= 12
+
+
+def test_train_resumes_from_checkpoint(client, tmp_path):
+    from codecloop.train import TrainConfig, train_signature
+
+    def config(steps: int) -> TrainConfig:
+        return TrainConfig(mode="proxy:ste", train=SMALL, holdout=DatasetCarriers(split="holdout", num_clips=4),
+                           steps=steps, validate_every=2, frames=1, block=8)  # fmt: skip
+
+    straight = train_signature(client, config(4), tmp_path / "a", progress=False)
+    train_signature(client, config(2), tmp_path / "b", progress=False)
+    resumed = train_signature(client, config(4), tmp_path / "b", progress=False)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3, 4]  # the step after the checkpoint is re-run once, nothing twice
+    assert resumed["final"]["real_separation"] == pytest.approx(straight["final"]["real_separation"], rel=1e-5)

@@ -58,7 +58,11 @@ def _separation(clean_scores: torch.Tensor, poisoned_scores: torch.Tensor) -> to
 
 
 def train_signature(client: Client, config: TrainConfig, folder: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Train, log (log.jsonl), save best.npy / summary.json / plots in ``folder``; return the summary."""
+    """Train, log (log.jsonl), save best.npy / summary.json / plots in ``folder``; return the summary.
+
+    After every validation step the signature and Adam's state go to ``checkpoint.pt``; calling
+    again with the same folder resumes from there (log lines after it are dropped).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -82,16 +86,26 @@ def train_signature(client: Client, config: TrainConfig, folder: str | Path, pro
 
     opt = torch.optim.Adam([raw], lr=config.lr)
     options = {"epsilon": config.epsilon, "carriers": config.train, "codec": config.codec}
-    log = (folder / "log.jsonl").open("w")
     history: list[dict[str, float]] = []
-    best = (-np.inf, None)
+    best: tuple[float, np.ndarray | None] = (-np.inf, None)
+    first_step, elapsed = 0, 0.0
+    ckpt_path, log_path = folder / "checkpoint.pt", folder / "log.jsonl"
+    if ckpt_path.exists():  # resume: state after the last checkpointed optimizer step
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        with torch.no_grad():
+            raw.copy_(ckpt["raw"])
+        opt.load_state_dict(ckpt["opt"])
+        first_step, history, best, elapsed = ckpt["next_step"], ckpt["history"], ckpt["best"], ckpt["elapsed"]
+        lines = log_path.read_text().splitlines()
+        log_path.write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"] < first_step))
+    log = log_path.open("a" if first_step else "w")
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=config.steps, unit="step", desc=config.mode)
-    start = time.monotonic()
-    for step in range(config.steps + 1):
+        bar = tqdm(total=config.steps, initial=first_step, unit="step", desc=config.mode)
+    start = time.monotonic() - elapsed
+    for step in range(first_step, config.steps + 1):
         sig = signature()
         if config.mode.startswith("proxy:"):
             out, ref = proxy(poison(clean, sig, config.epsilon)), proxy(clean).detach()
@@ -116,6 +130,11 @@ def train_signature(client: Client, config: TrainConfig, folder: str | Path, pro
         opt.zero_grad()
         (-train_sep).backward()
         opt.step()
+        if step % config.validate_every == 0:
+            state = {"raw": raw.detach().clone(), "opt": opt.state_dict(), "next_step": step + 1, "history": history,
+                     "best": best, "elapsed": time.monotonic() - start}  # fmt: skip
+            torch.save(state, ckpt_path.with_suffix(".tmp"))
+            ckpt_path.with_suffix(".tmp").replace(ckpt_path)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(train_sep=f"{float(train_sep.detach()):.4f}", real_sep=f"{history[-1]['real_separation']:.4f}")
