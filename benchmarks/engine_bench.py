@@ -23,9 +23,8 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
-
 import codecloop
+import numpy as np
 from codecloop import Codec, DatasetCarriers
 
 N_DEFAULT, P_DEFAULT = 64, 16

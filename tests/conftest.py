@@ -9,10 +9,9 @@ import subprocess
 import sys
 import time
 
+import codecloop
 import numpy as np
 import pytest
-
-import codecloop
 
 
 def _start_server(extra: list[str]) -> tuple[subprocess.Popen, str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-
 from codecloop.tensors import to_tensor
 from codecloop.v1 import codecloop_pb2 as pb
 from codecloop.v1 import codecloop_pb2_grpc as pb_grpc

@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
 from codecloop import Codec, DatasetCarriers
 from codecloop.errors import CodecLoopValueError
 from codecloop.optimize import Run, RunConfig

@@ -10,7 +10,15 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from codecloop import Codec, DatasetCarriers  # noqa: E402
-from codecloop.torch_proxy import H264Proxy, RealCodec, blind_scores, calibrate_qp_offset, qstep, quantize  # noqa: E402
+from codecloop.torch_proxy import (  # noqa: E402
+    H264Proxy,
+    RealCodec,
+    blind_scores,
+    calibrate_qp_offset,
+    qstep,
+    quantize,
+)
+
 from tests.conftest import block_signature  # noqa: E402
 
 SMALL = DatasetCarriers(num_clips=2, seed=5)

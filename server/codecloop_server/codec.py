@@ -19,7 +19,6 @@ from typing import Iterable
 import av
 import numpy as np
 from av.video.reformatter import Interpolation, VideoReformatter
-
 from codecloop.errors import CodecLoopValueError
 
 CODECS = ("libx264",)

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from codecloop.errors import CodecLoopValueError
 
 SPLITS = ("train", "holdout")

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Hashable
 
 import numpy as np
-
 from codecloop import stats
+
 from codecloop_server import scorers, tasks
 from codecloop_server.codec import CodecSettings
 from codecloop_server.corpus import Dataset

@@ -11,11 +11,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
+from codecloop import stats
 from codecloop.errors import CodecLoopLimitError, CodecLoopValueError
 from codecloop.tensors import from_tensor
 from codecloop.v1 import codecloop_pb2 as pb
-from codecloop import stats
+
 from codecloop_server import scorers
 from codecloop_server.codec import CodecSettings
 from codecloop_server.corpus import EMBEDDED_NAME, Dataset

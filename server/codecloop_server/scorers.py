@@ -31,9 +31,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Mapping
 
 import numpy as np
-from scipy.ndimage import uniform_filter
-
 from codecloop.errors import CodecLoopValueError
+from scipy.ndimage import uniform_filter
 
 Params = tuple[tuple[str, float], ...]
 

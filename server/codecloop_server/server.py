@@ -7,11 +7,11 @@ import logging
 from dataclasses import dataclass, field
 
 import grpc
+from codecloop.v1 import codecloop_pb2 as pb
+from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from codecloop.v1 import codecloop_pb2 as pb
-from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
 from codecloop_server import codec, corpus
 from codecloop_server.engine import Engine
 from codecloop_server.requests import Limits

@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from typing import AsyncIterator
 
 import grpc
-
 from codecloop import __version__
 from codecloop.errors import CodecLoopLimitError, CodecLoopValueError
 from codecloop.tensors import to_tensor
 from codecloop.v1 import codecloop_pb2 as pb
 from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
+
 from codecloop_server import requests, scorers
 from codecloop_server.codec import CODECS, PIX_FMTS, PRESETS
 from codecloop_server.corpus import Dataset
@@ -149,7 +148,7 @@ def _candidate_proto(o: CandidateOutcome, per_clip: bool) -> pb.CandidateResult:
         codecs=[
             pb.CodecResult(
                 codec=requests.codec_to_proto(c.codec),
-                psnr_db=c.psnr_db if math.isfinite(c.psnr_db) else math.inf,
+                psnr_db=c.psnr_db,  # +inf when the signature changed no pixel
                 clean_bytes_mean=c.clean_bytes_mean,
                 poisoned_bytes_mean=c.poisoned_bytes_mean,
                 clean_scores=c.clean_scores.tolist() if per_clip else [],
