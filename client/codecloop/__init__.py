@@ -7,6 +7,7 @@
 
 from codecloop.client import Client
 from codecloop.errors import (
+    CodecLoopBusyError,
     CodecLoopError,
     CodecLoopLimitError,
     CodecLoopServerError,
@@ -32,6 +33,7 @@ __all__ = [
     "CandidateResult",
     "Client",
     "Codec",
+    "CodecLoopBusyError",
     "CodecLoopError",
     "CodecLoopLimitError",
     "CodecLoopServerError",

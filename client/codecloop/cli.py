@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="clip shape of the datasets (default 16 112 112; a folder of (N,T,H,W,3) .npy keeps its own)",
     )  # fmt: skip
     s.add_argument("--clean-cache-mib", type=int, default=2048)
+    s.add_argument("--max-queued-tasks", type=int, default=100_000, help="queued clip tasks before UNAVAILABLE")
     s.add_argument("--log-level", default="INFO")
 
     e = sub.add_parser("evaluate", help="evaluate a signature and print the detection table")
@@ -135,6 +136,7 @@ def _serve(args: argparse.Namespace) -> int:
         datasets=dict(args.dataset),
         clip_shape=tuple(args.clip_shape) if args.clip_shape else None,
         clean_cache_bytes=args.clean_cache_mib << 20,
+        max_queued_tasks=args.max_queued_tasks,
     )
     asyncio.run(serve(config))
     return 0

@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 
 from codecloop.errors import (
+    CodecLoopBusyError,
     CodecLoopError,
     CodecLoopLimitError,
     CodecLoopServerError,
@@ -65,7 +66,8 @@ def _raise_from(err: grpc.RpcError) -> CodecLoopError:
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return CodecLoopLimitError(details)
     if code == grpc.StatusCode.UNAVAILABLE:
-        return CodecLoopUnavailableError(details)
+        # still busy after the retry policy's backoff, or truly unreachable
+        return (CodecLoopBusyError if details.startswith("server busy") else CodecLoopUnavailableError)(details)
     return CodecLoopServerError(f"{code.name}: {details}", code.name)
 
 
@@ -99,7 +101,9 @@ class Client:
         target: gRPC target, e.g. ``"127.0.0.1:50051"``.
         timeout: default deadline of every call, seconds.
         max_message_bytes: send/receive limit; populations larger than this are split across calls.
-        max_attempts: gRPC retry attempts on UNAVAILABLE (exponential backoff from 0.2 s to 5 s).
+        max_attempts: gRPC retry attempts on UNAVAILABLE (exponential backoff from 0.2 s to 5 s);
+            a server whose queue is full answers UNAVAILABLE too.
+        client_id: how the server's fair scheduler tells this client apart (default: its address).
     """
 
     def __init__(
@@ -109,8 +113,11 @@ class Client:
         timeout: float = 600.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_attempts: int = 5,
+        client_id: str | None = None,
     ) -> None:
         self.target = target
+        # the server queues each client's clip tasks separately and serves them round-robin
+        self._metadata: tuple[tuple[str, str], ...] = (("client-id", client_id),) if client_id else ()
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
         options = [
@@ -141,9 +148,12 @@ class Client:
         except grpc.FutureTimeoutError:
             raise CodecLoopUnavailableError(f"no codecloop server at {self.target} after {timeout} s") from None
 
-    def _call(self, method, request, timeout: float | None):
+    def _meta(self, priority: int = 0) -> tuple[tuple[str, str], ...]:
+        return self._metadata + ((("priority", str(priority)),) if priority else ())
+
+    def _call(self, method, request, timeout: float | None, priority: int = 0):
         try:
-            return method(request, timeout=timeout or self.timeout)
+            return method(request, timeout=timeout or self.timeout, metadata=self._meta(priority))
         except grpc.RpcError as err:
             raise _raise_from(err) from None
 
@@ -165,6 +175,7 @@ class Client:
         per_clip_scores: bool = False,
         dtype: str = "float32",
         timeout: float | None = None,
+        priority: int = 0,
     ) -> EvaluateResult:
         """Evaluate a population of signatures on the real codec; one result per candidate, in order.
 
@@ -180,10 +191,12 @@ class Client:
             per_clip_scores: also return every clip's clean and poisoned score.
             dtype: wire type of the signatures: float32, float16 or int8 (with a scale).
             timeout: deadline in seconds for the whole call (default: the client's).
+            priority: in [-100, 100]; higher runs first on a shared server (e.g. validation calls).
         """
         requests = self._evaluate_requests(signatures, epsilon, carriers, codecs, scorer, scorer_params, threshold, target_fpr, per_clip_scores, dtype)
         futures: list[Future] = [
-            self._stub.EvaluateSignature.future(req, timeout=timeout or self.timeout) for req in requests
+            self._stub.EvaluateSignature.future(req, timeout=timeout or self.timeout, metadata=self._meta(priority))
+            for req in requests
         ]
         try:
             responses = [f.result() for f in futures]
@@ -218,6 +231,7 @@ class Client:
         per_clip_scores: bool = False,
         dtype: str = "float32",
         timeout: float | None = None,
+        priority: int = 0,
     ) -> Iterator[StreamEvent]:
         """Like :meth:`evaluate` (same arguments), but yields events as the server produces them.
 
@@ -233,7 +247,7 @@ class Client:
         offset = 0  # candidates in earlier chunks
         done_before = 0  # clip tasks of earlier chunks
         for req in requests:
-            call = self._stub.EvaluateSignatureStream(req, timeout=timeout or self.timeout)
+            call = self._stub.EvaluateSignatureStream(req, timeout=timeout or self.timeout, metadata=self._meta(priority))
             try:
                 for event in call:
                     kind = event.WhichOneof("event")
@@ -311,6 +325,7 @@ class Client:
         codec: Codec | None = None,
         include_input: bool = False,
         timeout: float | None = None,
+        priority: int = 0,
     ) -> TranscodeResult:
         """The carriers (poisoned with ``signature`` when given) after the real codec.
 
@@ -326,7 +341,7 @@ class Client:
         if signature is not None:
             sig = as_batch([signature])[0]
             req.signature.CopyFrom(to_tensor(sig, "float32"))
-        resp = self._call(self._stub.Transcode, req, timeout)
+        resp = self._call(self._stub.Transcode, req, timeout, priority)
         return TranscodeResult(
             decoded=from_tensor(resp.decoded, "decoded"),
             inputs=from_tensor(resp.input, "input") if include_input else None,

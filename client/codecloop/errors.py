@@ -19,6 +19,10 @@ class CodecLoopLimitError(CodecLoopError):
     """A request exceeds one of the server's published limits (gRPC RESOURCE_EXHAUSTED)."""
 
 
+class CodecLoopBusyError(CodecLoopError):
+    """The server's task queue is full; retry later (gRPC UNAVAILABLE, retried by the SDK)."""
+
+
 class CodecLoopUnavailableError(CodecLoopError):
     """The server could not be reached or is shutting down (gRPC UNAVAILABLE), after retries."""
 

@@ -34,6 +34,7 @@ from codecloop import stats
 from codecloop_server import scorers, tasks
 from codecloop_server.codec import CodecSettings
 from codecloop_server.corpus import Dataset
+from codecloop_server.scheduler import FairScheduler
 from codecloop_server.shm import SharedArray
 from codecloop_server.tasks import CleanRef, ClipRef, PoisonedScore, ScorerKey
 
@@ -206,7 +207,11 @@ class Engine:
     """
 
     def __init__(
-        self, workers: int | None = None, clean_cache_bytes: int = 2 << 30, result_cache_entries: int = 200_000
+        self,
+        workers: int | None = None,
+        clean_cache_bytes: int = 2 << 30,
+        result_cache_entries: int = 200_000,
+        max_queued_tasks: int = 100_000,
     ) -> None:
         self.workers = workers or os.cpu_count() or 1
         # One thread per worker: parallelism is across clips. Spawned workers inherit these before
@@ -214,6 +219,8 @@ class Engine:
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = "1"
         self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        # workers + 1 in flight: no worker idles between tasks, and the rest stays in fair queues
+        self.scheduler = FairScheduler(self._pool, self.workers + 1, max_queued_tasks)
         self.clean_cache = CleanCache(clean_cache_bytes)
         self.result_cache = ResultCache(result_cache_entries)
         self.counters: Counter[str] = Counter()  # clean_encodes, poisoned_encodes, transcode_encodes
@@ -241,8 +248,9 @@ class Engine:
             shared.release()
         self._datasets.clear()
 
-    def _run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+    def _run(self, who: tuple[str, int], fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Queue a clip task for client ``who[0]`` at priority ``who[1]``."""
+        return self.scheduler.submit(who[0], who[1], fn, *args)
 
     @contextlib.asynccontextmanager
     async def _clip_refs(self, carriers: CarrierSet) -> AsyncIterator[list[ClipRef]]:
@@ -256,8 +264,8 @@ class Engine:
         finally:
             shared.release()
 
-    async def _clean_entry(self, ref: ClipRef, codec: CodecSettings, scorer: ScorerKey) -> CleanEntry:
-        features, clip_stats, nbytes = await self._run(tasks.clean_task, ref, codec, scorer)
+    async def _clean_entry(self, who: tuple[str, int], ref: ClipRef, codec: CodecSettings, scorer: ScorerKey) -> CleanEntry:
+        features, clip_stats, nbytes = await self._run(who, tasks.clean_task, ref, codec, scorer)
         self.counters["clean_encodes"] += 1
         shared, time_sum = SharedArray(features), SharedArray(clip_stats.time_sum)
         clean_ref = CleanRef(shared.ref, time_sum.ref, clip_stats.total, clip_stats.squares)
@@ -273,11 +281,21 @@ class Engine:
         return value
 
     async def evaluate(
-        self, job: EvaluateJob, on_candidate: CandidateFn | None = None, on_progress: ProgressFn | None = None
+        self,
+        job: EvaluateJob,
+        on_candidate: CandidateFn | None = None,
+        on_progress: ProgressFn | None = None,
+        client: str = "anonymous",
+        priority: int = 0,
     ) -> list[CandidateOutcome]:
-        """One outcome per candidate, in order. Cancelling this coroutine drops its queued tasks."""
+        """One outcome per candidate, in order. Cancelling this coroutine drops its queued tasks.
+
+        ``client`` and ``priority`` place its tasks in the fair scheduler (scheduler.py).
+        """
         impl = scorers.get(job.scorer[0])
         total = len(job.candidates) * len(job.codecs) * len(job.carriers)
+        self.scheduler.admit(client, total)
+        who = (client, priority)
         done = 0
 
         def tick(fut: asyncio.Future[PoisonedScore]) -> None:
@@ -296,7 +314,7 @@ class Engine:
                 for codec in job.codecs:
                     acquired = await asyncio.gather(
                         *(
-                            self.clean_cache.acquire((key, codec, job.scorer), lambda r=ref, c=codec: self._clean_entry(r, c, job.scorer))
+                            self.clean_cache.acquire((key, codec, job.scorer), lambda r=ref, c=codec: self._clean_entry(who, r, c, job.scorer))
                             for key, ref in zip(job.carriers.keys, refs)
                         ),
                         return_exceptions=True,
@@ -321,7 +339,7 @@ class Engine:
                             fut = asyncio.ensure_future(
                                 self._score(
                                     (digest, job.epsilon, key, codec, job.scorer),
-                                    lambda a=args: self._run(tasks.poisoned_task, *a),
+                                    lambda a=args: self._run(who, tasks.poisoned_task, *a),
                                 )
                             )
                             fut.add_done_callback(tick)
@@ -346,13 +364,20 @@ class Engine:
                     s.release()
 
     async def transcode(
-        self, carriers: CarrierSet, signature: np.ndarray | None, epsilon: float, codec: CodecSettings
+        self,
+        carriers: CarrierSet,
+        signature: np.ndarray | None,
+        epsilon: float,
+        codec: CodecSettings,
+        client: str = "anonymous",
+        priority: int = 0,
     ) -> TranscodeOutcome:
+        self.scheduler.admit(client, len(carriers))
         sig = SharedArray(signature) if signature is not None else None
         try:
             async with self._clip_refs(carriers) as refs:
                 results = await asyncio.gather(
-                    *(self._run(tasks.transcode_task, ref, sig.ref if sig else None, epsilon, codec) for ref in refs)
+                    *(self._run((client, priority), tasks.transcode_task, ref, sig.ref if sig else None, epsilon, codec) for ref in refs)
                 )
         finally:
             if sig is not None:
@@ -373,6 +398,9 @@ class Engine:
             "clean_cache_misses": float(self.clean_cache.misses),
             "result_cache_hits": float(self.result_cache.hits),
             "result_cache_misses": float(self.result_cache.misses),
+            "queued_tasks": float(self.scheduler.queued),
+            "tasks_in_flight": float(self.scheduler.in_flight),
+            **{f"queued_tasks{{client={c}}}": float(n) for c, n in self.scheduler.queued_by_client().items()},
         }
 
 

@@ -9,7 +9,7 @@ from typing import AsyncIterator
 
 import grpc
 from codecloop import __version__
-from codecloop.errors import CodecLoopLimitError, CodecLoopValueError
+from codecloop.errors import CodecLoopBusyError, CodecLoopLimitError, CodecLoopValueError
 from codecloop.tensors import to_tensor
 from codecloop.v1 import codecloop_pb2 as pb
 from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
@@ -28,6 +28,8 @@ def _status_for(err: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, str(err)
     if isinstance(err, CodecLoopLimitError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(err)
+    if isinstance(err, CodecLoopBusyError):
+        return grpc.StatusCode.UNAVAILABLE, str(err)  # the SDK's retry policy backs off and retries
     return grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}: {err}"
 
 
@@ -35,7 +37,7 @@ def _status_for(err: BaseException) -> tuple[grpc.StatusCode, str]:
 async def _errors(context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
     try:
         yield
-    except (CodecLoopValueError, CodecLoopLimitError) as err:
+    except (CodecLoopValueError, CodecLoopLimitError, CodecLoopBusyError) as err:
         code, message = _status_for(err)
         log.info("%s rejected: %s", method, message)
         await context.abort(code, message)
@@ -43,6 +45,18 @@ async def _errors(context: grpc.aio.ServicerContext, method: str) -> AsyncIterat
         code, message = _status_for(err)
         log.exception("%s failed", method)
         await context.abort(code, message)
+
+
+def _caller(context: grpc.aio.ServicerContext) -> tuple[str, int]:
+    """(client id, priority) from the metadata ``client-id`` (else the peer) and ``priority``."""
+    meta = dict(context.invocation_metadata() or ())
+    try:
+        priority = int(meta.get("priority", 0))
+    except ValueError:
+        raise CodecLoopValueError(f"metadata priority: {meta['priority']!r} is not an integer") from None
+    if not -100 <= priority <= 100:
+        raise CodecLoopValueError(f"metadata priority: {priority} is outside the allowed range [-100, 100]")
+    return str(meta.get("client-id") or context.peer()), priority
 
 
 class CodecLoopServicer(pb_grpc.CodecLoopServicer):
@@ -54,8 +68,9 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
 
     async def EvaluateSignature(self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext) -> pb.EvaluateResponse:
         async with _errors(context, "EvaluateSignature"):
+            client, priority = _caller(context)
             job = requests.evaluate_job(request, self.datasets, self.limits)
-            outcomes = await self.engine.evaluate(job)
+            outcomes = await self.engine.evaluate(job, client=client, priority=priority)
             return pb.EvaluateResponse(
                 results=[_candidate_proto(o, job.per_clip) for o in outcomes],
                 scorer=job.scorer[0],
@@ -68,6 +83,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
         self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EvaluateEvent]:
         async with _errors(context, "EvaluateSignatureStream"):
+            client, priority = _caller(context)
             job = requests.evaluate_job(request, self.datasets, self.limits)
             total = len(job.candidates) * len(job.codecs) * len(job.carriers)
             yield pb.EvaluateEvent(
@@ -90,7 +106,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
             def on_candidate(index: int, outcome: CandidateOutcome) -> None:
                 queue.put_nowait(pb.EvaluateEvent(result=pb.EvaluateEvent.Result(index=index, result=_candidate_proto(outcome, job.per_clip))))
 
-            task = asyncio.ensure_future(self.engine.evaluate(job, on_candidate, on_progress))
+            task = asyncio.ensure_future(self.engine.evaluate(job, on_candidate, on_progress, client, priority))
             task.add_done_callback(lambda _: queue.put_nowait(None))
             try:
                 while (event := await queue.get()) is not None:
@@ -107,7 +123,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
             sig = None
             if request.HasField("signature"):
                 sig = requests.signature(request.signature, "signature", carriers.clip_shape)
-            out = await self.engine.transcode(carriers, sig, eps, codec)
+            out = await self.engine.transcode(carriers, sig, eps, codec, *_caller(context))
             return pb.TranscodeResponse(
                 decoded=to_tensor(out.decoded, "uint8"),
                 input=to_tensor(out.inputs, "uint8") if request.include_input else None,

@@ -1,0 +1,90 @@
+"""Fair dispatch of clip tasks from many clients onto one worker pool.
+
+Each client (gRPC metadata ``client-id``, else its peer address) has its own queue. The pool is
+kept just full (workers + 1 tasks in flight); the next task is taken from the client queues in
+round-robin order, so a 64-candidate population from one client does not starve a 1-candidate
+validation call from another: that call waits for at most one task per other client. A request's
+``priority`` (higher first) is compared across the queues' heads before round-robin applies.
+Queued tasks whose request was cancelled are skipped, never run. Past ``max_queued`` tasks a new
+request is refused at once (CodecLoopBusyError -> UNAVAILABLE, which the SDK retries with backoff).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections import Counter, OrderedDict
+from concurrent.futures import Executor
+from concurrent.futures import Future as PoolFuture
+from typing import Any, Callable
+
+from codecloop.errors import CodecLoopBusyError
+
+_Item = tuple[int, int, asyncio.Future, Callable[..., Any], tuple[Any, ...]]  # (-priority, seq, ...)
+
+
+class FairScheduler:
+    def __init__(self, pool: Executor, slots: int, max_queued: int) -> None:
+        self._pool = pool
+        self._slots = slots
+        self.max_queued = max_queued
+        self._queues: OrderedDict[str, list[_Item]] = OrderedDict()  # round-robin order = dict order
+        self._seq = itertools.count()
+        self.queued = 0
+        self.in_flight = 0
+        self.dispatched: Counter[str] = Counter()  # tasks sent to the pool, per client
+
+    def admit(self, client: str, tasks: int) -> None:
+        """Refuse a request of ``tasks`` clip tasks at once when the queue cannot take it."""
+        if self.queued + tasks > self.max_queued:
+            raise CodecLoopBusyError(
+                f"server busy: {self.queued} clip tasks queued, this request adds {tasks}, limit "
+                f"max_queued_tasks = {self.max_queued}; retry with backoff"
+            )
+
+    def queued_by_client(self) -> dict[str, int]:
+        return {c: len(q) for c, q in self._queues.items()}
+
+    def submit(self, client: str, priority: int, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        fut = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._queues.setdefault(client, []), (-priority, next(self._seq), fut, fn, args))
+        self.queued += 1
+        self._pump()
+        return fut
+
+    def _pop(self) -> tuple[str, _Item] | None:
+        if not self._queues:
+            return None
+        top = min(q[0][0] for q in self._queues.values())  # highest priority among the heads
+        client = next(c for c, q in self._queues.items() if q[0][0] == top)  # first in round-robin
+        queue = self._queues.pop(client)
+        item = heapq.heappop(queue)
+        if queue:
+            self._queues[client] = queue  # to the back of the round-robin order
+        self.queued -= 1
+        return client, item
+
+    def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.in_flight < self._slots:
+            popped = self._pop()
+            if popped is None:
+                return
+            client, (_, _, fut, fn, args) = popped
+            if fut.cancelled():
+                continue  # its request was cancelled while queued: never runs
+            self.in_flight += 1
+            self.dispatched[client] += 1
+            pool_fut = self._pool.submit(fn, *args)
+            pool_fut.add_done_callback(lambda pf, f=fut: loop.call_soon_threadsafe(self._done, pf, f))
+
+    def _done(self, pool_fut: PoolFuture, fut: asyncio.Future) -> None:
+        self.in_flight -= 1
+        if not fut.cancelled():
+            err = pool_fut.exception()
+            if err is not None:
+                fut.set_exception(err)
+            else:
+                fut.set_result(pool_fut.result())
+        self._pump()
