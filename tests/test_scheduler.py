@@ -44,13 +44,18 @@ def run_schedule(submissions, max_queued=1000, cancel=()):
     return list(ran), sched
 
 
-def test_round_robin_between_clients():
+def test_short_queue_first_then_round_robin():
     subs = [("bulk", 0, f"a{i}") for i in range(8)] + [("val", 0, "b0"), ("val", 0, "b1")]
     order, sched = run_schedule(subs)
-    # a0 was already running when b arrived; then the two queues alternate
-    assert order[:5] == ["a0", "a1", "b0", "a2", "b1"]
-    assert sorted(order) == sorted(name for _, _, name in subs)
+    # a0 was already running when b arrived; the short queue goes next, then the population resumes
+    assert order == ["a0", "b0", "b1", "a1", "a2", "a3", "a4", "a5", "a6", "a7"]
     assert sched.dispatched == {"bulk": 8, "val": 2}
+    tie = [("x", 0, "x0"), ("y", 0, "y0"), ("x", 0, "x1"), ("y", 0, "y1"), ("x", 0, "x2"), ("y", 0, "y2")]
+    order, _ = run_schedule(tie)
+    # x0 runs at once; x then has 2 queued and y 3: the shorter queue finishes first
+    assert order == ["x0", "x1", "x2", "y0", "y1", "y2"]
+    order, _ = run_schedule([("x", 0, "x0"), ("x", 0, "x1"), ("y", 0, "y0"), ("z", 0, "z0")])
+    assert order == ["x0", "x1", "y0", "z0"]  # equal queue lengths: round-robin order (x first)
 
 
 def test_priority_jumps_ahead_and_cancelled_tasks_never_run():

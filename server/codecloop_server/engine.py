@@ -401,6 +401,7 @@ class Engine:
             "queued_tasks": float(self.scheduler.queued),
             "tasks_in_flight": float(self.scheduler.in_flight),
             **{f"queued_tasks{{client={c}}}": float(n) for c, n in self.scheduler.queued_by_client().items()},
+            **{f"dispatched_tasks{{client={c}}}": float(n) for c, n in self.scheduler.dispatched.items()},
         }
 
 

@@ -1,10 +1,12 @@
 """Fair dispatch of clip tasks from many clients onto one worker pool.
 
 Each client (gRPC metadata ``client-id``, else its peer address) has its own queue. The pool is
-kept just full (workers + 1 tasks in flight); the next task is taken from the client queues in
-round-robin order, so a 64-candidate population from one client does not starve a 1-candidate
-validation call from another: that call waits for at most one task per other client. A request's
-``priority`` (higher first) is compared across the queues' heads before round-robin applies.
+kept just full (workers + 1 tasks in flight). The next task comes from, in order of precedence:
+the highest ``priority`` among the queues' heads; then the client with the fewest queued tasks
+(a 1-candidate validation call runs ahead of a 64-candidate population instead of interleaving
+with it, so its latency stays near the idle latency); then round-robin among equals (clients
+hammering with equal requests get equal shares). A stream of small requests can delay a bulk client,
+never the reverse.
 Queued tasks whose request was cancelled are skipped, never run. Past ``max_queued`` tasks a new
 request is refused at once (CodecLoopBusyError -> UNAVAILABLE, which the SDK retries with backoff).
 """
@@ -56,8 +58,8 @@ class FairScheduler:
     def _pop(self) -> tuple[str, _Item] | None:
         if not self._queues:
             return None
-        top = min(q[0][0] for q in self._queues.values())  # highest priority among the heads
-        client = next(c for c, q in self._queues.items() if q[0][0] == top)  # first in round-robin
+        # highest priority among the heads, then the shortest queue, then round-robin order
+        client = min(self._queues, key=lambda c: (self._queues[c][0][0], len(self._queues[c])))
         queue = self._queues.pop(client)
         item = heapq.heappop(queue)
         if queue:
