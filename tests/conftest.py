@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 
 
+SERVER_LINES: list[str] = []  # what the session server printed before it was ready
+
+
 def _start_server(extra: list[str]) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "codecloop.cli", "serve", "--host", "127.0.0.1", "--port", "0", "--workers", "2", *extra],
@@ -30,6 +33,7 @@ def _start_server(extra: list[str]) -> tuple[subprocess.Popen, str]:
         lines.append(line)
         m = re.search(r"listening on ([\d.]+):(\d+)", line)
         if m:
+            SERVER_LINES[:] = lines
             return proc, f"{m.group(1)}:{m.group(2)}"
     proc.kill()
     raise RuntimeError("server did not start:\n" + "".join(lines))
@@ -41,13 +45,19 @@ def server_target(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("tiny")
     rng = np.random.default_rng(7)
     np.save(folder / "clips.npy", rng.integers(0, 256, (4, 8, 32, 48, 3), dtype=np.uint8))
-    proc, target = _start_server(["--dataset", f"tiny={folder}"])
+    proc, target = _start_server(["--dataset", f"tiny={folder}", "--metrics-port", "0"])
     yield target
     proc.terminate()
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture()
+def metrics_url(server_target: str) -> str:
+    """The session server's Prometheus endpoint."""
+    return next(m.group(1) for line in SERVER_LINES if (m := re.search(r"metrics on (\S+)", line)))
 
 
 @pytest.fixture()

@@ -92,3 +92,20 @@ def test_small_request_is_not_starved_by_a_population(server_target):
     thread.join(timeout=300)
     assert len(res.candidates) == 1 and big_done.is_set()
     assert small_finished_first, "the 2-clip request waited for the whole 256-task population"
+
+
+def test_prometheus_metrics(client, metrics_url):
+    import urllib.request
+
+    client.evaluate(block_signature(700)[None], carriers=DatasetCarriers(num_clips=2))
+    with pytest.raises(codecloop.CodecLoopValueError):
+        client.evaluate(block_signature(701)[None], epsilon=5.0)
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line and not line.startswith("#")}
+    assert samples['codecloop_requests_total{code="OK",method="EvaluateSignature"}'] >= 1
+    assert samples['codecloop_requests_total{code="INVALID_ARGUMENT",method="EvaluateSignature"}'] >= 1
+    assert samples['codecloop_clips_encoded_total{kind="poisoned"}'] >= 2
+    assert samples['codecloop_request_seconds_count{method="EvaluateSignature"}'] >= 2
+    assert samples["codecloop_queue_wait_seconds_count"] >= 2
+    assert samples["codecloop_workers"] == 2
+    assert 'codecloop_cache_hits_total{cache="clean_cache"}' in samples

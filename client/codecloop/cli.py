@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     s.add_argument("--clean-cache-mib", type=int, default=2048)
     s.add_argument("--max-queued-tasks", type=int, default=100_000, help="queued clip tasks before UNAVAILABLE")
+    s.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port (0: any free)")
     s.add_argument("--log-level", default="INFO")
 
     e = sub.add_parser("evaluate", help="evaluate a signature and print the detection table")
@@ -137,6 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
         clip_shape=tuple(args.clip_shape) if args.clip_shape else None,
         clean_cache_bytes=args.clean_cache_mib << 20,
         max_queued_tasks=args.max_queued_tasks,
+        metrics_port=args.metrics_port,
     )
     asyncio.run(serve(config))
     return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 from collections import Counter, OrderedDict
 from concurrent.futures import Executor
 from concurrent.futures import Future as PoolFuture
@@ -23,7 +24,8 @@ from typing import Any, Callable
 
 from codecloop.errors import CodecLoopBusyError
 
-_Item = tuple[int, int, asyncio.Future, Callable[..., Any], tuple[Any, ...]]  # (-priority, seq, ...)
+# (-priority, seq, future, fn, args, queued at (monotonic s))
+_Item = tuple[int, int, asyncio.Future, Callable[..., Any], tuple[Any, ...], float]
 
 
 class FairScheduler:
@@ -36,6 +38,7 @@ class FairScheduler:
         self.queued = 0
         self.in_flight = 0
         self.dispatched: Counter[str] = Counter()  # tasks sent to the pool, per client
+        self.on_dispatch: Callable[[float], None] | None = None  # called with each task's queue wait
 
     def admit(self, client: str, tasks: int) -> None:
         """Refuse a request of ``tasks`` clip tasks at once when the queue cannot take it."""
@@ -50,7 +53,7 @@ class FairScheduler:
 
     def submit(self, client: str, priority: int, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         fut = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._queues.setdefault(client, []), (-priority, next(self._seq), fut, fn, args))
+        heapq.heappush(self._queues.setdefault(client, []), (-priority, next(self._seq), fut, fn, args, time.monotonic()))
         self.queued += 1
         self._pump()
         return fut
@@ -73,11 +76,13 @@ class FairScheduler:
             popped = self._pop()
             if popped is None:
                 return
-            client, (_, _, fut, fn, args) = popped
+            client, (_, _, fut, fn, args, queued_at) = popped
             if fut.cancelled():
                 continue  # its request was cancelled while queued: never runs
             self.in_flight += 1
             self.dispatched[client] += 1
+            if self.on_dispatch is not None:
+                self.on_dispatch(time.monotonic() - queued_at)
             pool_fut = self._pool.submit(fn, *args)
             pool_fut.add_done_callback(lambda pf, f=fut: loop.call_soon_threadsafe(self._done, pf, f))
 

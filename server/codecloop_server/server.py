@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from codecloop_server import codec, corpus
 from codecloop_server.engine import Engine
+from codecloop_server.metrics import Metrics
 from codecloop_server.requests import Limits
 from codecloop_server.service import CodecLoopServicer
 
@@ -33,6 +34,7 @@ class ServerConfig:
             for the embedded corpus, and for a folder the shape of its first (N, T, H, W, 3) .npy.
         clean_cache_bytes: bound of the clean-clip cache in bytes.
         max_queued_tasks: clip tasks queued over all clients before new requests get UNAVAILABLE.
+        metrics_port: Prometheus endpoint port on ``host`` (0 picks a free one); None = no endpoint.
     """
 
     host: str = "127.0.0.1"
@@ -42,6 +44,7 @@ class ServerConfig:
     clip_shape: tuple[int, int, int] | None = None
     clean_cache_bytes: int = 2 << 30
     max_queued_tasks: int = 100_000
+    metrics_port: int | None = None
     limits: Limits = field(default_factory=Limits)
 
 
@@ -90,7 +93,11 @@ async def start(config: ServerConfig) -> RunningServer:
         engine.add_dataset(ds)
     await loop.run_in_executor(None, engine.warm_up)
     versions = await loop.run_in_executor(None, codec.versions)
-    pb_grpc.add_CodecLoopServicer_to_server(CodecLoopServicer(engine, datasets, config.limits, versions), server)
+    metrics = Metrics(engine)
+    if config.metrics_port is not None:
+        metrics_port = metrics.serve(config.host, config.metrics_port)
+        print(f"codecloop metrics on http://{config.host}:{metrics_port}/metrics", flush=True)
+    pb_grpc.add_CodecLoopServicer_to_server(CodecLoopServicer(engine, datasets, config.limits, versions, metrics), server)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import AsyncIterator
 
 import grpc
@@ -18,6 +19,7 @@ from codecloop_server import requests, scorers
 from codecloop_server.codec import CODECS, PIX_FMTS, PRESETS
 from codecloop_server.corpus import Dataset
 from codecloop_server.engine import CandidateOutcome, Engine
+from codecloop_server.metrics import Metrics
 
 log = logging.getLogger("codecloop.server")
 
@@ -34,17 +36,27 @@ def _status_for(err: BaseException) -> tuple[grpc.StatusCode, str]:
 
 
 @contextlib.asynccontextmanager
-async def _errors(context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
+async def _errors(context: grpc.aio.ServicerContext, method: str, metrics: Metrics | None) -> AsyncIterator[None]:
+    """Map errors to status codes (via _status_for) and record the call's code and latency."""
+    start, status = time.monotonic(), "OK"
     try:
         yield
     except (CodecLoopValueError, CodecLoopLimitError, CodecLoopBusyError) as err:
         code, message = _status_for(err)
+        status = code.name
         log.info("%s rejected: %s", method, message)
         await context.abort(code, message)
+    except asyncio.CancelledError:
+        status = "CANCELLED"  # the client cancelled or its deadline passed
+        raise
     except Exception as err:  # anything else is our bug: report it, keep serving
         code, message = _status_for(err)
+        status = code.name
         log.exception("%s failed", method)
         await context.abort(code, message)
+    finally:
+        if metrics is not None:
+            metrics.observe(method, status, time.monotonic() - start)
 
 
 def _caller(context: grpc.aio.ServicerContext) -> tuple[str, int]:
@@ -60,14 +72,22 @@ def _caller(context: grpc.aio.ServicerContext) -> tuple[str, int]:
 
 
 class CodecLoopServicer(pb_grpc.CodecLoopServicer):
-    def __init__(self, engine: Engine, datasets: dict[str, Dataset], limits: requests.Limits, versions: dict[str, str]):
+    def __init__(
+        self,
+        engine: Engine,
+        datasets: dict[str, Dataset],
+        limits: requests.Limits,
+        versions: dict[str, str],
+        metrics: Metrics | None = None,
+    ):
         self.engine = engine
+        self.metrics = metrics
         self.datasets = datasets
         self.limits = limits
         self.versions = {"codecloop": __version__, **versions}
 
     async def EvaluateSignature(self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext) -> pb.EvaluateResponse:
-        async with _errors(context, "EvaluateSignature"):
+        async with _errors(context, "EvaluateSignature", self.metrics):
             client, priority = _caller(context)
             job = requests.evaluate_job(request, self.datasets, self.limits)
             outcomes = await self.engine.evaluate(job, client=client, priority=priority)
@@ -82,7 +102,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
     async def EvaluateSignatureStream(
         self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EvaluateEvent]:
-        async with _errors(context, "EvaluateSignatureStream"):
+        async with _errors(context, "EvaluateSignatureStream", self.metrics):
             client, priority = _caller(context)
             job = requests.evaluate_job(request, self.datasets, self.limits)
             total = len(job.candidates) * len(job.codecs) * len(job.carriers)
@@ -116,7 +136,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
                 task.cancel()
 
     async def Transcode(self, request: pb.TranscodeRequest, context: grpc.aio.ServicerContext) -> pb.TranscodeResponse:
-        async with _errors(context, "Transcode"):
+        async with _errors(context, "Transcode", self.metrics):
             carriers = requests.carriers(request.carriers, self.datasets, self.limits)
             codec = requests.codec_settings(request.codec, "codec")
             eps = requests.epsilon(request)
