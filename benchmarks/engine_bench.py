@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -92,6 +93,7 @@ class Server:
                 break
         else:
             raise RuntimeError("server did not start")
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # never let its pipe fill
         self.client = codecloop.Client(self.target, timeout=3600)
 
     def peak_rss_mib(self) -> tuple[float, float]:

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import codecloop
@@ -34,6 +35,8 @@ def _start_server(extra: list[str]) -> tuple[subprocess.Popen, str]:
         m = re.search(r"listening on ([\d.]+):(\d+)", line)
         if m:
             SERVER_LINES[:] = lines
+            # keep draining its log: a full pipe would block the server on its next log line
+            threading.Thread(target=lambda: SERVER_LINES.extend(proc.stdout), daemon=True).start()
             return proc, f"{m.group(1)}:{m.group(2)}"
     proc.kill()
     raise RuntimeError("server did not start:\n" + "".join(lines))

@@ -109,3 +109,16 @@ def test_prometheus_metrics(client, metrics_url):
     assert samples["codecloop_queue_wait_seconds_count"] >= 2
     assert samples["codecloop_workers"] == 2
     assert 'codecloop_cache_hits_total{cache="clean_cache"}' in samples
+
+
+def test_request_id_in_trailing_metadata(server_target):
+    from codecloop.v1 import codecloop_pb2 as pb
+    from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(server_target) as channel:
+        stub = pb_grpc.CodecLoopStub(channel)
+        req = pb.EvaluateRequest(epsilon=2.0)  # rejected: the id comes back on errors too
+        with pytest.raises(grpc.RpcError) as info:
+            stub.EvaluateSignature(req, timeout=30)
+        ids = [v for k, v in info.value.trailing_metadata() if k == "request-id"]
+        assert len(ids) == 1 and len(ids[0]) == 16

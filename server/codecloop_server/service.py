@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
+import uuid
 from typing import AsyncIterator
 
 import grpc
@@ -37,14 +39,17 @@ def _status_for(err: BaseException) -> tuple[grpc.StatusCode, str]:
 
 @contextlib.asynccontextmanager
 async def _errors(context: grpc.aio.ServicerContext, method: str, metrics: Metrics | None) -> AsyncIterator[None]:
-    """Map errors to status codes (via _status_for) and record the call's code and latency."""
+    """Map errors to status codes (via _status_for); record code and latency; log one JSON line per
+    call with a request id, which the client also gets as trailing metadata ``request-id``."""
     start, status = time.monotonic(), "OK"
+    request_id = uuid.uuid4().hex[:16]
+    context.set_trailing_metadata((("request-id", request_id),))
     try:
         yield
     except (CodecLoopValueError, CodecLoopLimitError, CodecLoopBusyError) as err:
         code, message = _status_for(err)
         status = code.name
-        log.info("%s rejected: %s", method, message)
+        log.info(json.dumps({"event": "rejected", "request_id": request_id, "method": method, "message": message}))
         await context.abort(code, message)
     except asyncio.CancelledError:
         status = "CANCELLED"  # the client cancelled or its deadline passed
@@ -52,11 +57,15 @@ async def _errors(context: grpc.aio.ServicerContext, method: str, metrics: Metri
     except Exception as err:  # anything else is our bug: report it, keep serving
         code, message = _status_for(err)
         status = code.name
-        log.exception("%s failed", method)
+        log.exception(json.dumps({"event": "failed", "request_id": request_id, "method": method}))
         await context.abort(code, message)
     finally:
+        seconds = time.monotonic() - start
         if metrics is not None:
-            metrics.observe(method, status, time.monotonic() - start)
+            metrics.observe(method, status, seconds)
+        meta = dict(context.invocation_metadata() or ())
+        log.info(json.dumps({"event": "rpc", "request_id": request_id, "method": method, "code": status,
+                             "seconds": round(seconds, 4), "client": meta.get("client-id") or context.peer()}))  # fmt: skip
 
 
 def _caller(context: grpc.aio.ServicerContext) -> tuple[str, int]:
