@@ -170,7 +170,8 @@ def test_results_identical_to_single_process_path(client):
             features, st, _ = tasks.clean_task(ref, settings, key)
             feat_sh, sum_sh = shm.SharedArray(features), shm.SharedArray(st.time_sum)
             clean_ref = tasks.CleanRef(feat_sh.ref, sum_sh.ref, st.total, st.squares)
-            local = tasks.poisoned_task(ref, clean_ref, sig_sh.ref, tmpl_sh.ref, 4 / 255, settings, key)
+            t_sq = scorers.template_sq(tmpl_sh.array)
+            local = tasks.poisoned_task(ref, clean_ref, sig_sh.ref, tmpl_sh.ref, t_sq, 4 / 255, settings, key)
             feat_sh.release()
             sum_sh.release()
             # and the documented formula, straight: ncc of the residuals, in float64

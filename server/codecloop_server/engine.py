@@ -325,8 +325,11 @@ class Engine:
                             raise e
                 n = len(refs)
                 clean = [pinned[i * n : (i + 1) * n] for i in range(len(job.codecs))]
+                t_sqs = []
                 for sig in job.candidates:
-                    shared += [SharedArray(sig), SharedArray(impl.template(sig, job.scorer[1]))]
+                    tmpl = impl.template(sig, job.scorer[1])
+                    shared += [SharedArray(sig), SharedArray(tmpl)]
+                    t_sqs.append(scorers.template_sq(tmpl))
 
                 async def candidate(index: int) -> CandidateOutcome:
                     sig_ref, tmpl_ref = shared[2 * index].ref, shared[2 * index + 1].ref
@@ -335,7 +338,7 @@ class Engine:
                     for codec, entries in zip(job.codecs, clean):
                         futures = []
                         for key, ref, entry in zip(job.carriers.keys, refs, entries):
-                            args = (ref, entry.ref, sig_ref, tmpl_ref, job.epsilon, codec, job.scorer)
+                            args = (ref, entry.ref, sig_ref, tmpl_ref, t_sqs[index], job.epsilon, codec, job.scorer)
                             fut = asyncio.ensure_future(
                                 self._score(
                                     (digest, job.epsilon, key, codec, job.scorer),

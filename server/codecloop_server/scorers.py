@@ -105,14 +105,22 @@ def clip_stats(clip: np.ndarray) -> ClipStats:
     return ClipStats(time_sum, int(time_sum.sum()), squares, flat.size)
 
 
-def ncc_from_stats(stats: ClipStats, template: np.ndarray, clip: np.ndarray | None = None) -> float:
-    """ncc of a clip with a zero-mean template (T or 1, H, W, 3); ``clip`` is needed only when T > 1.
+def template_sq(template: np.ndarray) -> float:
+    """Sum of squares of a template: computed once per candidate, shared by all its clips."""
+    return float((template * template).sum())
+
+
+def ncc_from_stats(
+    stats: ClipStats, template: np.ndarray, clip: np.ndarray | None = None, t_sq: float | None = None
+) -> float:
+    """ncc of a clip with a zero-mean template (T or 1, H, W, 3); ``clip`` is needed only when T > 1;
+    ``t_sq`` is :func:`template_sq` of the template, if already known.
 
     The template sums to zero, so <a - mean a, template> = <a, template>: no centring of a. For a
     T = 1 template the numerator is <sum over time of a, template>: T times less float work.
     """
     reps = stats.count // template.size
-    t_norm = np.sqrt((template * template).sum() * reps)
+    t_norm = np.sqrt((template_sq(template) if t_sq is None else t_sq) * reps)
     if template.shape[0] == 1:
         num = (stats.time_sum * template[0]).sum()
     else:

@@ -64,11 +64,14 @@ def poisoned_task(
     clean: CleanRef,
     signature: shm.ArrayRef,
     template: shm.ArrayRef,
+    t_sq: float,
     epsilon: float,
     settings: CodecSettings,
     scorer: ScorerKey,
 ) -> PoisonedScore:
     """Score one candidate on one clip; the clean side comes from the server's cache.
+
+    ``t_sq`` is the template's sum of squares (scorers.template_sq), computed once per candidate.
 
     Only the poisoned clip's features are computed here; the clean score is the cached clean stats
     against this candidate's template (for a reference-based scorer it is 0 by construction).
@@ -84,10 +87,10 @@ def poisoned_task(
         features = features.astype(np.int16) - shm.read(clean.features).astype(np.int16)
         clean_score = 0.0
     else:
-        clean_score = scorers.ncc_from_stats(clean.stats(), tmpl, shm.read(clean.features) if time_varying else None)
+        clean_score = scorers.ncc_from_stats(clean.stats(), tmpl, shm.read(clean.features) if time_varying else None, t_sq)
     diff = np.subtract(marked, original, dtype=np.int16).reshape(-1)
     return PoisonedScore(
-        poisoned=scorers.ncc_from_stats(scorers.clip_stats(features), tmpl, features),
+        poisoned=scorers.ncc_from_stats(scorers.clip_stats(features), tmpl, features, t_sq),
         clean=clean_score,
         encoded_bytes=nbytes,
         squared_error=int(np.einsum("i,i->", diff, diff, dtype=np.int64)),
