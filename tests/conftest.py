@@ -48,7 +48,12 @@ def server_target(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("tiny")
     rng = np.random.default_rng(7)
     np.save(folder / "clips.npy", rng.integers(0, 256, (4, 8, 32, 48, 3), dtype=np.uint8))
-    proc, target = _start_server(["--dataset", f"tiny={folder}", "--metrics-port", "0"])
+    keyless = folder / "keyless.pt"
+    save_keyless_detector(keyless)
+    proc, target = _start_server(
+        ["--dataset", f"tiny={folder}", "--metrics-port", "0", "--detector", "example=example", "--detector", f"keyless={keyless}",
+         "--detector-device", "cpu", "--max-batch-size", "8", "--max-queue-delay-us", "20000"]
+    )  # fmt: skip
     yield target
     proc.terminate()
     try:
@@ -67,6 +72,17 @@ def metrics_url(server_target: str) -> str:
 def client(server_target: str):
     with codecloop.Client(server_target, timeout=300) as c:
         yield c
+
+
+def save_keyless_detector(path) -> None:
+    """A detector that takes clips only: the mean absolute vertical gradient of each clip."""
+    import torch
+
+    class Keyless(torch.nn.Module):
+        def forward(self, clips: torch.Tensor) -> torch.Tensor:
+            return (clips[:, :, 1:] - clips[:, :, :-1]).abs().mean(dim=(1, 2, 3, 4))
+
+    torch.jit.save(torch.jit.script(Keyless()), str(path))
 
 
 def block_signature(seed: int, block: int = 8, shape: tuple[int, int, int] = (1, 112, 112)) -> np.ndarray:

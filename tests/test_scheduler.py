@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
+import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -13,7 +16,7 @@ import pytest
 
 import codecloop
 from codecloop import Codec, DatasetCarriers
-from codecloop.errors import CodecLoopBusyError
+from codecloop.errors import CodecLoopBusyError, CodecLoopServerError
 from codecloop_server.scheduler import FairScheduler
 from codecloop_server.service import _status_for
 from tests.conftest import block_signature
@@ -33,7 +36,7 @@ def run_schedule(submissions, max_queued=1000, cancel=()):
 
     async def main():
         with ThreadPoolExecutor(1) as pool:
-            sched = FairScheduler(pool, slots=1, max_queued=max_queued)
+            sched = FairScheduler(lambda: pool, slots=1, max_queued=max_queued)
             futs = {name: sched.submit(client, prio, record, name) for client, prio, name in submissions}
             for name in cancel:
                 futs[name].cancel()
@@ -65,11 +68,42 @@ def test_priority_jumps_ahead_and_cancelled_tasks_never_run():
 
 
 def test_admission_limit_and_status_mapping():
-    sched = FairScheduler(ThreadPoolExecutor(1), slots=1, max_queued=10)
+    sched = FairScheduler(lambda: ThreadPoolExecutor(1), slots=1, max_queued=10)
     sched.admit("x", 10)
     with pytest.raises(CodecLoopBusyError, match="max_queued_tasks = 10; retry"):
         sched.admit("x", 11)
     assert _status_for(CodecLoopBusyError("server busy"))[0] == grpc.StatusCode.UNAVAILABLE
+
+
+def die_once(marker: str, value: int) -> int:
+    """Kill the worker process running this (SIGKILL, as the OOM killer would) the first time."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return value
+
+
+def always_die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_dead_worker_replaced_and_its_tasks_retried_once(tmp_path):
+    async def main():
+        sched = FairScheduler(lambda: ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")), 3, 100)
+        try:
+            marker = str(tmp_path / "died")
+            ok = [sched.submit("a", 0, die_once, marker, i) for i in range(6)]
+            assert await asyncio.gather(*ok) == list(range(6))  # every task, including those in flight
+            assert sched.restarts == 1
+            with pytest.raises(CodecLoopServerError, match="worker died running this clip task 2 times"):
+                await sched.submit("b", 0, always_die)
+            # the replaced pool serves everyone else
+            assert await asyncio.gather(*(sched.submit("c", 0, die_once, marker, i) for i in range(3))) == [0, 1, 2]
+            assert sched.restarts == 3
+        finally:
+            sched.close()
+
+    asyncio.run(main())
 
 
 def test_small_request_is_not_starved_by_a_population(server_target):

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from fractions import Fraction
 
@@ -27,6 +28,24 @@ def _dataset_arg(text: str) -> tuple[str, str]:
     return name, folder
 
 
+def _detector_arg(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"--detector takes NAME=FILE (a TorchScript file, or 'example'), got {text!r}")
+    return name, path
+
+
+def _env(flag: str, default: str | None) -> str | None:
+    """A ``serve`` flag's default from the environment: --max-batch-size <- CODECLOOP_MAX_BATCH_SIZE."""
+    return os.environ.get("CODECLOOP_" + flag.upper().replace("-", "_"), default)
+
+
+def _env_list(flag: str, parse) -> list:
+    """A repeatable flag's default from a comma-separated environment variable."""
+    text = _env(flag, None)
+    return [parse(item) for item in text.split(",") if item] if text else []
+
+
 def random_signature(kind: str, shape: tuple[int, int, int], seed: int) -> np.ndarray:
     """A random +-1 signature (1, H, W, 3): ``pixel`` i.i.d. or ``blockN`` constant N x N blocks."""
     _, h, w = shape
@@ -40,19 +59,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="codecloop", description="Real-codec (libx264) evaluation of video signatures.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", help="run the gRPC server")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=50051)
-    s.add_argument("--workers", type=int, default=None, help="codec worker processes (default: CPU cores)")
-    s.add_argument("--dataset", type=_dataset_arg, action="append", default=[], metavar="NAME=FOLDER")
+    s = sub.add_parser("serve", help="run the gRPC server (every flag's default: env CODECLOOP_<FLAG>)")
+    s.add_argument("--host", default=_env("host", "127.0.0.1"))
+    s.add_argument("--port", type=int, default=_env("port", "50051"))
+    s.add_argument("--workers", type=int, default=_env("workers", None), help="codec worker processes (default: CPU cores)")
+    s.add_argument("--dataset", type=_dataset_arg, action="append", default=_env_list("dataset", _dataset_arg), metavar="NAME=FOLDER")
     s.add_argument(
         "--clip-shape", type=int, nargs=3, default=None, metavar=("T", "H", "W"),
         help="clip shape of the datasets (default 16 112 112; a folder of (N,T,H,W,3) .npy keeps its own)",
     )  # fmt: skip
-    s.add_argument("--clean-cache-mib", type=int, default=2048)
-    s.add_argument("--max-queued-tasks", type=int, default=100_000, help="queued clip tasks before UNAVAILABLE")
-    s.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port (0: any free)")
-    s.add_argument("--log-level", default="INFO")
+    s.add_argument("--clean-cache-mib", type=int, default=_env("clean-cache-mib", "2048"))
+    s.add_argument("--max-queued-tasks", type=int, default=_env("max-queued-tasks", "100000"), help="queued clip tasks before UNAVAILABLE")
+    s.add_argument("--metrics-port", type=int, default=_env("metrics-port", None), help="serve Prometheus metrics on this port (0: any free)")
+    s.add_argument(
+        "--detector", type=_detector_arg, action="append", default=_env_list("detector", _detector_arg), metavar="NAME=FILE",
+        help="serve a TorchScript detector as scorer NAME (FILE 'example': the shipped example); needs torch",
+    )  # fmt: skip
+    s.add_argument("--detector-device", default=_env("detector-device", "auto"), choices=["auto", "cpu", "cuda"])
+    s.add_argument("--max-batch-size", type=int, default=_env("max-batch-size", "16"), help="detector clips per forward pass")
+    s.add_argument("--max-queue-delay-us", type=int, default=_env("max-queue-delay-us", "2000"), help="detector batch gathering time")
+    s.add_argument("--pad-batches", action="store_true", help="pad every detector forward to --max-batch-size clips")
+    s.add_argument("--log-level", default=_env("log-level", "INFO"))
 
     e = sub.add_parser("evaluate", help="evaluate a signature and print the detection table")
     e.add_argument("--target", default="127.0.0.1:50051")
@@ -128,6 +155,7 @@ def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from codecloop_server import ServerConfig, serve
+    from codecloop_server.detector import DetectorConfig
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config = ServerConfig(
@@ -139,6 +167,10 @@ def _serve(args: argparse.Namespace) -> int:
         clean_cache_bytes=args.clean_cache_mib << 20,
         max_queued_tasks=args.max_queued_tasks,
         metrics_port=args.metrics_port,
+        detectors=tuple(
+            DetectorConfig(name, path, args.detector_device, args.max_batch_size, args.max_queue_delay_us, args.pad_batches)
+            for name, path in args.detector
+        ),
     )
     asyncio.run(serve(config))
     return 0

@@ -90,21 +90,24 @@ class TranscodeOutcome:
 
 @dataclass
 class CleanEntry:
-    """A clean clip after one codec setting: scorer features and their stats in shared memory."""
+    """A clean clip after one codec setting. For a worker scorer: its features and their time sum
+    in shared memory (``ref`` for tasks); for a detector: the decoded clip and, when the detector
+    takes no key, its score (a keyed detector scores it per candidate)."""
 
-    features: SharedArray
-    time_sum: SharedArray
-    ref: CleanRef
+    shared: tuple[SharedArray, ...]
+    ref: CleanRef | None
     encoded_bytes: int
+    decoded: np.ndarray | None = None  # uint8 (T, H, W, 3), detectors only
+    score: float | None = None
     pins: int = 0
 
     @property
     def nbytes(self) -> int:
-        return self.features.nbytes + self.time_sum.nbytes
+        return sum(s.nbytes for s in self.shared) + (0 if self.decoded is None else self.decoded.nbytes)
 
     def release(self) -> None:
-        self.features.release()
-        self.time_sum.release()
+        for s in self.shared:
+            s.release()
 
 
 class CleanCache:
@@ -218,13 +221,15 @@ class Engine:
         # numpy loads, so no BLAS/OpenMP thread pool oversubscribes the cores.
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = "1"
-        self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         # workers + 1 in flight: no worker idles between tasks, and the rest stays in fair queues
-        self.scheduler = FairScheduler(self._pool, self.workers + 1, max_queued_tasks)
+        self.scheduler = FairScheduler(self._new_pool, self.workers + 1, max_queued_tasks)
         self.clean_cache = CleanCache(clean_cache_bytes)
         self.result_cache = ResultCache(result_cache_entries)
         self.counters: Counter[str] = Counter()  # clean_encodes, poisoned_encodes, transcode_encodes
         self._datasets: dict[str, tuple[Dataset, SharedArray]] = {}
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
 
     def add_dataset(self, ds: Dataset) -> Dataset:
         """Move the dataset's clips into shared memory (``ds.clips`` becomes a view of it)."""
@@ -239,10 +244,11 @@ class Engine:
         for _ in range(10):
             if len(pids) == self.workers:
                 break
-            pids.update(f.result() for f in [self._pool.submit(tasks.warm_task) for _ in range(self.workers)])
+            pool = self.scheduler.pool
+            pids.update(f.result() for f in [pool.submit(tasks.warm_task) for _ in range(self.workers)])
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.scheduler.close()
         self.clean_cache.clear()
         for _, shared in self._datasets.values():
             shared.release()
@@ -265,13 +271,31 @@ class Engine:
             shared.release()
 
     async def _clean_entry(self, who: tuple[str, int], ref: ClipRef, codec: CodecSettings, scorer: ScorerKey) -> CleanEntry:
+        impl = scorers.get(scorer[0])
+        if not impl.runs_in_workers:  # a detector: keep the decoded clip in this process
+            decoded, nbytes, _ = await self._run(who, tasks.decoded_task, ref, None, 0.0, codec)
+            self.counters["clean_encodes"] += 1
+            score = None if impl.uses_key else await impl.batcher.score(decoded, None)
+            return CleanEntry((), None, nbytes, decoded=decoded, score=score)
         features, clip_stats, nbytes = await self._run(who, tasks.clean_task, ref, codec, scorer)
         self.counters["clean_encodes"] += 1
         shared, time_sum = SharedArray(features), SharedArray(clip_stats.time_sum)
         clean_ref = CleanRef(shared.ref, time_sum.ref, clip_stats.total, clip_stats.squares)
-        return CleanEntry(shared, time_sum, clean_ref, nbytes)
+        return CleanEntry((shared, time_sum), clean_ref, nbytes)
 
-    async def _score(self, key: Hashable, run: Callable[[], asyncio.Future[PoisonedScore]]) -> PoisonedScore:
+    async def _detector_score(
+        self, who: tuple[str, int], impl: Any, ref: ClipRef, entry: CleanEntry, sig: np.ndarray, sig_ref: Any, epsilon: float, codec: CodecSettings
+    ) -> PoisonedScore:
+        """One candidate on one clip with a detector: the worker encodes and decodes, the batcher scores."""
+        decoded, nbytes, squared_error = await self._run(who, tasks.decoded_task, ref, sig_ref, epsilon, codec)
+        key = sig if impl.uses_key else None
+        if entry.score is not None:
+            poisoned, clean = await impl.batcher.score(decoded, key), entry.score
+        else:  # poisoned and clean go to the batcher together: one forward pass when it has room
+            poisoned, clean = await asyncio.gather(impl.batcher.score(decoded, key), impl.batcher.score(entry.decoded, key))
+        return PoisonedScore(poisoned, clean, nbytes, squared_error)
+
+    async def _score(self, key: Hashable, run: Callable[[], Awaitable[PoisonedScore]]) -> PoisonedScore:
         hit = self.result_cache.get(key)
         if hit is not None:
             return hit
@@ -307,7 +331,7 @@ class Engine:
                 on_progress(done, total)
 
         pinned: list[CleanEntry] = []
-        shared: list[SharedArray] = []
+        shared: list[tuple[SharedArray, ...]] = []  # per candidate: signature (and template)
         pending: list[asyncio.Future[CandidateOutcome]] = []
         async with self._clip_refs(job.carriers) as refs:
             try:
@@ -325,24 +349,33 @@ class Engine:
                             raise e
                 n = len(refs)
                 clean = [pinned[i * n : (i + 1) * n] for i in range(len(job.codecs))]
+
+                def clip_task(index: int, ref: ClipRef, entry: CleanEntry, codec: CodecSettings) -> Awaitable[PoisonedScore]:
+                    sig_ref = shared[index][0].ref
+                    if not impl.runs_in_workers:
+                        return self._detector_score(who, impl, ref, entry, job.candidates[index], sig_ref, job.epsilon, codec)
+                    tmpl, t_sq = shared[index][1], t_sqs[index]
+                    return self._run(who, tasks.poisoned_task, ref, entry.ref, sig_ref, tmpl.ref, t_sq, job.epsilon, codec, job.scorer)
+
                 t_sqs = []
                 for sig in job.candidates:
-                    tmpl = impl.template(sig, job.scorer[1])
-                    shared += [SharedArray(sig), SharedArray(tmpl)]
-                    t_sqs.append(scorers.template_sq(tmpl))
+                    if impl.runs_in_workers:
+                        tmpl = impl.template(sig, job.scorer[1])
+                        shared.append((SharedArray(sig), SharedArray(tmpl)))
+                        t_sqs.append(scorers.template_sq(tmpl))
+                    else:
+                        shared.append((SharedArray(sig),))
 
                 async def candidate(index: int) -> CandidateOutcome:
-                    sig_ref, tmpl_ref = shared[2 * index].ref, shared[2 * index + 1].ref
                     digest = signature_digest(job.candidates[index])
                     per_codec = []
                     for codec, entries in zip(job.codecs, clean):
                         futures = []
                         for key, ref, entry in zip(job.carriers.keys, refs, entries):
-                            args = (ref, entry.ref, sig_ref, tmpl_ref, t_sqs[index], job.epsilon, codec, job.scorer)
                             fut = asyncio.ensure_future(
                                 self._score(
                                     (digest, job.epsilon, key, codec, job.scorer),
-                                    lambda a=args: self._run(who, tasks.poisoned_task, *a),
+                                    lambda i=index, r=ref, e=entry, c=codec: clip_task(i, r, e, c),
                                 )
                             )
                             fut.add_done_callback(tick)
@@ -363,8 +396,9 @@ class Engine:
                     await asyncio.gather(*pending, return_exceptions=True)
                 for entry in pinned:
                     self.clean_cache.release(entry)
-                for s in shared:
-                    s.release()
+                for arrays in shared:
+                    for a in arrays:
+                        a.release()
 
     async def transcode(
         self,
@@ -403,6 +437,7 @@ class Engine:
             "result_cache_misses": float(self.result_cache.misses),
             "queued_tasks": float(self.scheduler.queued),
             "tasks_in_flight": float(self.scheduler.in_flight),
+            "worker_restarts": float(self.scheduler.restarts),
             **{f"queued_tasks{{client={c}}}": float(n) for c, n in self.scheduler.queued_by_client().items()},
             **{f"dispatched_tasks{{client={c}}}": float(n) for c, n in self.scheduler.dispatched.items()},
         }

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from codecloop_server.engine import Engine
 
 _LATENCY_BUCKETS = (0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class _EngineCollector:
@@ -40,6 +41,7 @@ class _EngineCollector:
         yield depth
         yield GaugeMetricFamily("codecloop_tasks_in_flight", "Clip tasks running in workers", value=load["tasks_in_flight"])
         yield GaugeMetricFamily("codecloop_workers", "Codec worker processes", value=self.engine.workers)
+        yield CounterMetricFamily("codecloop_worker_restarts", "Worker pools replaced after a worker died", value=load["worker_restarts"])
         yield GaugeMetricFamily("codecloop_clean_cache_bytes", "Bytes held by the clean cache", value=load["clean_cache_bytes"])
 
 
@@ -52,6 +54,9 @@ class Metrics:
         )
         self.queue_wait = Histogram(
             "codecloop_queue_wait_seconds", "Clip task wait from queueing to a worker", buckets=_LATENCY_BUCKETS, registry=self.registry
+        )
+        self.detector_batch = Histogram(
+            "codecloop_detector_batch_size", "Clips per detector forward pass", buckets=_BATCH_BUCKETS, registry=self.registry
         )
         self.registry.register(_EngineCollector(engine))
         engine.scheduler.on_dispatch = self.queue_wait.observe

@@ -9,6 +9,11 @@ hammering with equal requests get equal shares). A stream of small requests can 
 never the reverse.
 Queued tasks whose request was cancelled are skipped, never run. Past ``max_queued`` tasks a new
 request is refused at once (CodecLoopBusyError -> UNAVAILABLE, which the SDK retries with backoff).
+
+A worker process that dies (killed, out of memory, a crash in native code) breaks the whole
+ProcessPoolExecutor: the scheduler replaces the pool (``restarts`` counts it) and puts every task
+that was in flight back at the head of its queue, once; a task that loses its worker twice fails
+its request with a CodecLoopServerError, and every other request goes on.
 """
 
 from __future__ import annotations
@@ -18,19 +23,26 @@ import heapq
 import itertools
 import time
 from collections import Counter, OrderedDict
+import logging
 from concurrent.futures import Executor
 from concurrent.futures import Future as PoolFuture
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
 
-from codecloop.errors import CodecLoopBusyError
+from codecloop.errors import CodecLoopBusyError, CodecLoopServerError
 
-# (-priority, seq, future, fn, args, queued at (monotonic s))
-_Item = tuple[int, int, asyncio.Future, Callable[..., Any], tuple[Any, ...], float]
+log = logging.getLogger("codecloop.server")
+
+# (-priority, seq, future, fn, args, queued at (monotonic s), attempt)
+_Item = tuple[int, int, asyncio.Future, Callable[..., Any], tuple[Any, ...], float, int]
+MAX_ATTEMPTS = 2  # a task whose worker dies is run once more
 
 
 class FairScheduler:
-    def __init__(self, pool: Executor, slots: int, max_queued: int) -> None:
-        self._pool = pool
+    def __init__(self, pool_factory: Callable[[], Executor], slots: int, max_queued: int) -> None:
+        self._factory = pool_factory
+        self.pool = pool_factory()
+        self.restarts = 0  # pools replaced after a worker died
         self._slots = slots
         self.max_queued = max_queued
         self._queues: OrderedDict[str, list[_Item]] = OrderedDict()  # round-robin order = dict order
@@ -53,10 +65,13 @@ class FairScheduler:
 
     def submit(self, client: str, priority: int, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         fut = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._queues.setdefault(client, []), (-priority, next(self._seq), fut, fn, args, time.monotonic()))
-        self.queued += 1
+        self._push(client, (-priority, next(self._seq), fut, fn, args, time.monotonic(), 1))
         self._pump()
         return fut
+
+    def _push(self, client: str, item: _Item) -> None:
+        heapq.heappush(self._queues.setdefault(client, []), item)
+        self.queued += 1
 
     def _pop(self) -> tuple[str, _Item] | None:
         if not self._queues:
@@ -76,22 +91,49 @@ class FairScheduler:
             popped = self._pop()
             if popped is None:
                 return
-            client, (_, _, fut, fn, args, queued_at) = popped
+            client, item = popped
+            _, _, fut, fn, args, queued_at, _ = item
             if fut.cancelled():
                 continue  # its request was cancelled while queued: never runs
             self.in_flight += 1
             self.dispatched[client] += 1
             if self.on_dispatch is not None:
                 self.on_dispatch(time.monotonic() - queued_at)
-            pool_fut = self._pool.submit(fn, *args)
-            pool_fut.add_done_callback(lambda pf, f=fut: loop.call_soon_threadsafe(self._done, pf, f))
+            pool = self.pool
+            try:
+                pool_fut = pool.submit(fn, *args)
+            except BrokenProcessPool:  # broke before its futures told us: replace, then submit
+                self._replace(pool)
+                pool, pool_fut = self.pool, self.pool.submit(fn, *args)
+            pool_fut.add_done_callback(lambda pf, c=client, i=item, p=pool: loop.call_soon_threadsafe(self._done, pf, c, i, p))
 
-    def _done(self, pool_fut: PoolFuture, fut: asyncio.Future) -> None:
+    def _replace(self, broken: Executor) -> None:
+        if self.pool is broken:  # the first of its failed tasks to report replaces it
+            broken.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._factory()
+            self.restarts += 1
+            log.warning("a codec worker died; worker pool replaced (%d restarts so far)", self.restarts)
+
+    def _done(self, pool_fut: PoolFuture, client: str, item: _Item, pool: Executor) -> None:
         self.in_flight -= 1
-        if not fut.cancelled():
-            err = pool_fut.exception()
+        fut, attempt = item[2], item[6]
+        err = pool_fut.exception()
+        if isinstance(err, BrokenProcessPool):
+            self._replace(pool)
+            if fut.cancelled():
+                pass
+            elif attempt < MAX_ATTEMPTS:
+                self._push(client, (*item[:6], attempt + 1))  # same priority and seq: back to the head
+            else:
+                fut.set_exception(
+                    CodecLoopServerError(f"a codec worker died running this clip task {MAX_ATTEMPTS} times (killed, out of memory or crashed)")
+                )
+        elif not fut.cancelled():
             if err is not None:
                 fut.set_exception(err)
             else:
                 fut.set_result(pool_fut.result())
         self._pump()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)

@@ -45,6 +45,7 @@ class Scorer(ABC):
     # name -> (default, low, high); values must be finite and in [low, high]
     param_ranges: ClassVar[Mapping[str, tuple[float, float, float]]] = {}
     uses_reference: ClassVar[bool] = False
+    runs_in_workers: ClassVar[bool] = True  # False: a detector, scored in the server (detector.py)
 
     def resolve_params(self, params: Mapping[str, float]) -> Params:
         """Validate ``params`` against ``param_ranges``; return every parameter, defaults filled, sorted."""
@@ -188,6 +189,11 @@ def register(scorer: Scorer) -> Scorer:
         raise ValueError(f"a scorer named {scorer.name!r} is already registered")
     SCORERS[scorer.name] = scorer
     return scorer
+
+
+def unregister(name: str) -> None:
+    """Remove a scorer (a server's detectors, when it stops)."""
+    SCORERS.pop(name, None)
 
 
 def get(name: str) -> Scorer:

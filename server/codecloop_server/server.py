@@ -12,7 +12,8 @@ from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from codecloop_server import codec, corpus
+from codecloop_server import codec, corpus, scorers
+from codecloop_server.detector import DetectorConfig, DetectorScorer
 from codecloop_server.engine import Engine
 from codecloop_server.metrics import Metrics
 from codecloop_server.requests import Limits
@@ -35,6 +36,7 @@ class ServerConfig:
         clean_cache_bytes: bound of the clean-clip cache in bytes.
         max_queued_tasks: clip tasks queued over all clients before new requests get UNAVAILABLE.
         metrics_port: Prometheus endpoint port on ``host`` (0 picks a free one); None = no endpoint.
+        detectors: TorchScript detectors to serve as scorers (detector.py); needs torch.
     """
 
     host: str = "127.0.0.1"
@@ -45,6 +47,7 @@ class ServerConfig:
     clean_cache_bytes: int = 2 << 30
     max_queued_tasks: int = 100_000
     metrics_port: int | None = None
+    detectors: tuple[DetectorConfig, ...] = ()
     limits: Limits = field(default_factory=Limits)
 
 
@@ -54,11 +57,15 @@ class RunningServer:
     engine: Engine
     health: health.aio.HealthServicer
     port: int
+    detectors: tuple[DetectorScorer, ...] = ()
 
     async def stop(self, grace: float | None = 5.0) -> None:
         """Graceful stop: NOT_SERVING, refuse new calls, let in-flight ones finish for ``grace`` s."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        for det in self.detectors:
+            await det.batcher.close()
+            scorers.unregister(det.name)
         await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
 
 
@@ -69,6 +76,21 @@ def load_datasets(config: ServerConfig) -> dict[str, corpus.Dataset]:
             raise ValueError(f"dataset name {name!r} is already taken")
         datasets[name] = corpus.folder_dataset(name, folder, config.clip_shape)
     return datasets
+
+
+def load_detectors(config: ServerConfig, clip_shapes: set[tuple[int, int, int]], metrics: Metrics) -> tuple[DetectorScorer, ...]:
+    """Load, register and warm up every configured detector (blocking; before health turns SERVING)."""
+    from codecloop_server import detector
+
+    loaded = []
+    for cfg in config.detectors:
+        det = detector.load(cfg, on_batch=metrics.detector_batch.observe)
+        for shape in sorted(clip_shapes):
+            det.batcher.warm_up(shape)
+        scorers.register(det)
+        loaded.append(det)
+        log.info("detector %s: %s", det.name, det.description)
+    return tuple(loaded)
 
 
 async def start(config: ServerConfig) -> RunningServer:
@@ -94,6 +116,7 @@ async def start(config: ServerConfig) -> RunningServer:
     await loop.run_in_executor(None, engine.warm_up)
     versions = await loop.run_in_executor(None, codec.versions)
     metrics = Metrics(engine)
+    detectors = await loop.run_in_executor(None, load_detectors, config, {d.clip_shape for d in datasets.values()}, metrics)
     if config.metrics_port is not None:
         metrics_port = metrics.serve(config.host, config.metrics_port)
         print(f"codecloop metrics on http://{config.host}:{metrics_port}/metrics", flush=True)
@@ -102,7 +125,7 @@ async def start(config: ServerConfig) -> RunningServer:
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("codecloop serving on %s:%d with %d workers", config.host, port, engine.workers)
-    return RunningServer(server=server, engine=engine, health=health_servicer, port=port)
+    return RunningServer(server=server, engine=engine, health=health_servicer, port=port, detectors=detectors)
 
 
 async def serve(config: ServerConfig) -> None:

@@ -88,13 +88,26 @@ def poisoned_task(
         clean_score = 0.0
     else:
         clean_score = scorers.ncc_from_stats(clean.stats(), tmpl, shm.read(clean.features) if time_varying else None, t_sq)
-    diff = np.subtract(marked, original, dtype=np.int16).reshape(-1)
     return PoisonedScore(
         poisoned=scorers.ncc_from_stats(scorers.clip_stats(features), tmpl, features, t_sq),
         clean=clean_score,
         encoded_bytes=nbytes,
-        squared_error=int(np.einsum("i,i->", diff, diff, dtype=np.int64)),
+        squared_error=_squared_error(marked, original),
     )
+
+
+def decoded_task(clip: ClipRef, signature: shm.ArrayRef | None, epsilon: float, settings: CodecSettings) -> tuple[np.ndarray, int, int]:
+    """For a detector (scored in the server): (decoded uint8 (T, H, W, 3), encoded bytes, squared
+    error of the poisoning); the clean clip when ``signature`` is None."""
+    original = clip.load()
+    marked = original if signature is None else poison(original, shm.read(signature), epsilon)
+    decoded, nbytes = transcode_rgb(marked, settings)
+    return decoded, nbytes, _squared_error(marked, original)
+
+
+def _squared_error(marked: np.ndarray, original: np.ndarray) -> int:
+    diff = np.subtract(marked, original, dtype=np.int16).reshape(-1)
+    return int(np.einsum("i,i->", diff, diff, dtype=np.int64))
 
 
 def transcode_task(
