@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="clip shape of the datasets (default 16 112 112; a folder of (N,T,H,W,3) .npy keeps its own)",
     )  # fmt: skip
     s.add_argument("--clean-cache-mib", type=int, default=_env("clean-cache-mib", "2048"))
+    s.add_argument("--result-cache-entries", type=int, default=_env("result-cache-entries", "200000"), help="0 turns it off")
     s.add_argument("--max-queued-tasks", type=int, default=_env("max-queued-tasks", "100000"), help="queued clip tasks before UNAVAILABLE")
     s.add_argument("--metrics-port", type=int, default=_env("metrics-port", None), help="serve Prometheus metrics on this port (0: any free)")
     s.add_argument(
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a TorchScript detector as scorer NAME (FILE 'example': the shipped example); needs torch",
     )  # fmt: skip
     s.add_argument("--detector-device", default=_env("detector-device", "auto"), choices=["auto", "cpu", "cuda"])
-    s.add_argument("--max-batch-size", type=int, default=_env("max-batch-size", "16"), help="detector clips per forward pass")
+    s.add_argument("--max-batch-size", type=int, default=_env("max-batch-size", "4"), help="detector clips per forward pass")
     s.add_argument("--max-queue-delay-us", type=int, default=_env("max-queue-delay-us", "2000"), help="detector batch gathering time")
     s.add_argument("--pad-batches", action="store_true", help="pad every detector forward to --max-batch-size clips")
     s.add_argument("--log-level", default=_env("log-level", "INFO"))
@@ -165,6 +166,7 @@ def _serve(args: argparse.Namespace) -> int:
         datasets=dict(args.dataset),
         clip_shape=tuple(args.clip_shape) if args.clip_shape else None,
         clean_cache_bytes=args.clean_cache_mib << 20,
+        result_cache_entries=args.result_cache_entries,
         max_queued_tasks=args.max_queued_tasks,
         metrics_port=args.metrics_port,
         detectors=tuple(

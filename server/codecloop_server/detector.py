@@ -38,7 +38,7 @@ class DetectorConfig:
     name: str
     path: str
     device: str = "auto"  # auto (CUDA when available), cpu or cuda
-    max_batch_size: int = 16  # clips per forward pass
+    max_batch_size: int = 4  # clips per forward pass (4: best measured on CPU, see README)
     max_queue_delay_us: int = 2000  # how long the first clip of a batch waits for company
     pad_batches: bool = False  # pad every forward to max_batch_size (one input shape, see README)
 

@@ -34,6 +34,7 @@ class ServerConfig:
         clip_shape: (T, H, W) of the embedded corpus's and the folder datasets' clips; None: (16, 112, 112)
             for the embedded corpus, and for a folder the shape of its first (N, T, H, W, 3) .npy.
         clean_cache_bytes: bound of the clean-clip cache in bytes.
+        result_cache_entries: bound of the content-addressed result cache (0: off).
         max_queued_tasks: clip tasks queued over all clients before new requests get UNAVAILABLE.
         metrics_port: Prometheus endpoint port on ``host`` (0 picks a free one); None = no endpoint.
         detectors: TorchScript detectors to serve as scorers (detector.py); needs torch.
@@ -45,6 +46,7 @@ class ServerConfig:
     datasets: dict[str, str] = field(default_factory=dict)
     clip_shape: tuple[int, int, int] | None = None
     clean_cache_bytes: int = 2 << 30
+    result_cache_entries: int = 200_000
     max_queued_tasks: int = 100_000
     metrics_port: int | None = None
     detectors: tuple[DetectorConfig, ...] = ()
@@ -110,7 +112,7 @@ async def start(config: ServerConfig) -> RunningServer:
     if port == 0:
         raise OSError(f"could not bind {config.host}:{config.port}")
     datasets = await loop.run_in_executor(None, load_datasets, config)
-    engine = Engine(config.workers, config.clean_cache_bytes, max_queued_tasks=config.max_queued_tasks)
+    engine = Engine(config.workers, config.clean_cache_bytes, config.result_cache_entries, config.max_queued_tasks)
     for ds in datasets.values():
         engine.add_dataset(ds)
     await loop.run_in_executor(None, engine.warm_up)
