@@ -7,6 +7,7 @@
 
 from codecloop.client import Client
 from codecloop.errors import (
+    CodecLoopAuthError,
     CodecLoopBusyError,
     CodecLoopError,
     CodecLoopLimitError,
@@ -33,6 +34,7 @@ __all__ = [
     "CandidateResult",
     "Client",
     "Codec",
+    "CodecLoopAuthError",
     "CodecLoopBusyError",
     "CodecLoopError",
     "CodecLoopLimitError",

@@ -55,6 +55,41 @@ def random_signature(kind: str, shape: tuple[int, int, int], seed: int) -> np.nd
     return np.repeat(np.repeat(small, block, axis=1), block, axis=2)[:, :h, :w]
 
 
+def _client(args: argparse.Namespace, **kwargs):
+    """A Client for ``--target`` (comma-separated ip:port list = replicas), with the transport
+    settings from the environment: CODECLOOP_TOKEN (bearer token), CODECLOOP_TLS_CA (PEM file of the
+    server's CA: TLS on), CODECLOOP_TLS_CERT / CODECLOOP_TLS_KEY (client certificate, mutual TLS)."""
+    from pathlib import Path
+
+    from codecloop import Client
+
+    def pem(var: str) -> bytes | None:
+        path = os.environ.get(var)
+        return Path(path).read_bytes() if path else None
+
+    target = args.target.split(",") if "," in args.target else args.target
+    return Client(
+        target,
+        token=os.environ.get("CODECLOOP_TOKEN") or None,
+        root_certificates=pem("CODECLOOP_TLS_CA"),
+        certificate_chain=pem("CODECLOOP_TLS_CERT"),
+        private_key=pem("CODECLOOP_TLS_KEY"),
+        **kwargs,
+    )
+
+
+def _health(args: argparse.Namespace) -> int:
+    """Exit 0 when the server reports SERVING (the container HEALTHCHECK and exec probes use this)."""
+    try:
+        with _client(args) as client:
+            status = client.health(args.service, timeout=args.timeout)
+    except Exception as err:  # unreachable, refused, TLS failure: all mean "not healthy"
+        print(f"codecloop health: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="codecloop", description="Real-codec (libx264) evaluation of video signatures.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -80,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-batch-size", type=int, default=_env("max-batch-size", "4"), help="detector clips per forward pass")
     s.add_argument("--max-queue-delay-us", type=int, default=_env("max-queue-delay-us", "2000"), help="detector batch gathering time")
     s.add_argument("--pad-batches", action="store_true", help="pad every detector forward to --max-batch-size clips")
+    s.add_argument("--max-client-queued-tasks", type=int, default=_env("max-client-queued-tasks", "20000"),
+                   help="clip tasks one client may have queued (RESOURCE_EXHAUSTED past it)")  # fmt: skip
+    s.add_argument("--max-concurrent-rpcs", type=int, default=_env("max-concurrent-rpcs", "64"))
+    s.add_argument("--tls-cert", default=_env("tls-cert", None), help="PEM certificate chain: serve TLS")
+    s.add_argument("--tls-key", default=_env("tls-key", None), help="PEM private key of --tls-cert")
+    s.add_argument("--tls-client-ca", default=_env("tls-client-ca", None), help="PEM CA of client certificates: mutual TLS")
+    s.add_argument("--token-file", default=_env("token-file", None), help="require 'authorization: Bearer <token in this file>'")
+    s.add_argument(
+        "--allow-insecure", action="store_true", default=_env("allow-insecure", "") in ("1", "true", "yes"),
+        help="allow plaintext on a non-loopback --host",
+    )  # fmt: skip
     s.add_argument("--log-level", default=_env("log-level", "INFO"))
 
     e = sub.add_parser("evaluate", help="evaluate a signature and print the detection table")
@@ -147,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--qp-offset", type=float, default=5.0)
     d.add_argument("--plot", default="diagnose.png")
 
+    h = sub.add_parser("health", help="exit 0 when the server's gRPC health status is SERVING")
+    h.add_argument("--target", default=_env("target", "127.0.0.1:" + (_env("port", "50051") or "50051")))
+    h.add_argument("--service", default="", help="health service name ('' = the whole server)")
+    h.add_argument("--timeout", type=float, default=5.0)
+
     i = sub.add_parser("info", help="print the server's versions, datasets, scorers and limits")
     i.add_argument("--target", default="127.0.0.1:50051")
     return p
@@ -157,9 +208,20 @@ def _serve(args: argparse.Namespace) -> int:
 
     from codecloop_server import ServerConfig, serve
     from codecloop_server.detector import DetectorConfig
+    from codecloop_server.security import SecurityConfig
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    config = ServerConfig(
+    try:
+        config = _server_config(args, ServerConfig, DetectorConfig, SecurityConfig)
+        asyncio.run(serve(config))
+    except (ValueError, OSError) as err:  # bad configuration: say what, no traceback
+        print(f"codecloop serve: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _server_config(args: argparse.Namespace, ServerConfig, DetectorConfig, SecurityConfig):  # noqa: N803
+    return ServerConfig(
         host=args.host,
         port=args.port,
         workers=args.workers,
@@ -167,6 +229,9 @@ def _serve(args: argparse.Namespace) -> int:
         clip_shape=tuple(args.clip_shape) if args.clip_shape else None,
         clean_cache_bytes=args.clean_cache_mib << 20,
         result_cache_entries=args.result_cache_entries,
+        max_client_queued_tasks=args.max_client_queued_tasks,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        security=SecurityConfig(args.tls_cert, args.tls_key, args.tls_client_ca, args.token_file, args.allow_insecure),
         max_queued_tasks=args.max_queued_tasks,
         metrics_port=args.metrics_port,
         detectors=tuple(
@@ -174,16 +239,14 @@ def _serve(args: argparse.Namespace) -> int:
             for name, path in args.detector
         ),
     )
-    asyncio.run(serve(config))
-    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from codecloop import Client, Codec, DatasetCarriers
+    from codecloop import Codec, DatasetCarriers
 
-    with Client(args.target) as client:
+    with _client(args) as client:
         if args.wait > 0:
             client.wait_ready(args.wait)
         carriers = DatasetCarriers(dataset=args.dataset, split=args.split, num_clips=args.clips, seed=args.clip_seed)
@@ -245,11 +308,11 @@ def _train(args: argparse.Namespace, client) -> int:
 
 
 def _diagnose(args: argparse.Namespace) -> int:
-    from codecloop import Client, Codec, DatasetCarriers
+    from codecloop import Codec, DatasetCarriers
     from codecloop.diagnose import diagnose, table
 
     sig = np.load(args.signature).astype(np.float32)
-    with Client(args.target) as client:
+    with _client(args) as client:
         rows, rho = diagnose(
             client,
             sig,
@@ -266,11 +329,11 @@ def _diagnose(args: argparse.Namespace) -> int:
 
 
 def _optimize(args: argparse.Namespace) -> int:
-    from codecloop import Client, Codec, DatasetCarriers
+    from codecloop import Codec, DatasetCarriers
     from codecloop.optimize import Run, RunConfig
     from codecloop.params import make
 
-    with Client(args.target) as client:
+    with _client(args) as client:
         if args.wait > 0:
             client.wait_ready(args.wait)
         if args.optimizer.startswith(("torch-", "proxy:")):
@@ -306,9 +369,7 @@ def _optimize(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToJson
 
-    from codecloop import Client
-
-    with Client(args.target) as client:
+    with _client(args) as client:
         print(MessageToJson(client.info()))
     return 0
 
@@ -318,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     from codecloop.errors import CodecLoopError
 
     try:
-        return {"serve": _serve, "evaluate": _evaluate, "optimize": _optimize, "diagnose": _diagnose, "info": _info}[args.command](args)
+        return {"serve": _serve, "evaluate": _evaluate, "optimize": _optimize, "diagnose": _diagnose, "info": _info, "health": _health}[args.command](args)
     except CodecLoopError as err:
         print(f"codecloop: {type(err).__name__}: {err}", file=sys.stderr)
         return 2

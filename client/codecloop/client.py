@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from concurrent.futures import Future
 from typing import Any, Iterator, Sequence
@@ -10,6 +11,7 @@ import grpc
 import numpy as np
 
 from codecloop.errors import (
+    CodecLoopAuthError,
     CodecLoopBusyError,
     CodecLoopError,
     CodecLoopLimitError,
@@ -40,9 +42,11 @@ Carriers = DatasetCarriers | np.ndarray | None
 
 
 def _service_config(max_attempts: int) -> str:
-    """gRPC's own retry policy: UNAVAILABLE is retried with exponential backoff."""
+    """gRPC's own retry policy: UNAVAILABLE (a busy server, a lost replica) is retried with
+    exponential backoff; round_robin spreads calls over every address the target resolves to."""
     return json.dumps(
         {
+            "loadBalancingConfig": [{"round_robin": {}}],
             "methodConfig": [
                 {
                     "name": [{"service": _SERVICE}],
@@ -65,6 +69,8 @@ def _raise_from(err: grpc.RpcError) -> CodecLoopError:
         return CodecLoopValueError(details)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return CodecLoopLimitError(details)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return CodecLoopAuthError(details)
     if code == grpc.StatusCode.UNAVAILABLE:
         # still busy after the retry policy's backoff, or truly unreachable
         return (CodecLoopBusyError if details.startswith("server busy") else CodecLoopUnavailableError)(details)
@@ -94,30 +100,72 @@ def as_batch(signatures: Any) -> list[np.ndarray]:
     return [np.ascontiguousarray(s, dtype=np.float32) for s in batch]
 
 
+def channel_target(target: str | Sequence[str]) -> str:
+    """A gRPC target for one address (``host:port``, ``dns:///name:port``, ...) or several
+    ``ip:port`` replicas (-> ``ipv4:///a:p,b:q`` or ``ipv6:///...``)."""
+    if isinstance(target, str):
+        return target
+    addresses = list(target)
+    if not addresses:
+        raise CodecLoopValueError("target: the list of server addresses is empty")
+    families = set()
+    for address in addresses:
+        host = address.rsplit(":", 1)[0].strip("[]")
+        try:
+            families.add(ipaddress.ip_address(host).version)
+        except ValueError:
+            raise CodecLoopValueError(
+                f"target: {address!r} is not ip:port; for host names use one 'dns:///name:port' target (every A record is a replica)"
+            ) from None
+    if len(families) != 1:
+        raise CodecLoopValueError("target: mix of IPv4 and IPv6 addresses; use one family")
+    return f"ipv{families.pop()}:///" + ",".join(addresses)
+
+
 class Client:
-    """Connection to a codecloop server.
+    """Connection to a codecloop server, or to several replicas of it.
 
     Args:
-        target: gRPC target, e.g. ``"127.0.0.1:50051"``.
+        target: gRPC target, e.g. ``"127.0.0.1:50051"``; a list of ``ip:port`` replicas; or
+            ``"dns:///codecloop:50051"`` (every address the name resolves to is a replica).
+            Calls are spread over replicas round-robin; a call that finds its replica gone is
+            retried on another (UNAVAILABLE, retry policy below).
         timeout: default deadline of every call, seconds.
         max_message_bytes: send/receive limit; populations larger than this are split across calls.
         max_attempts: gRPC retry attempts on UNAVAILABLE (exponential backoff from 0.2 s to 5 s);
             a server whose queue is full answers UNAVAILABLE too.
         client_id: how the server's fair scheduler tells this client apart (default: its address).
+        replicas: split every population into at least this many requests, sent at once, so that a
+            generation is spread over the replicas (default: the number of addresses in a list, else 1).
+        token: bearer token sent with every call (server ``--token-file``).
+        root_certificates: PEM of the CA that signed the server's certificate: TLS on (``tls=True``
+            alone uses the system roots).
+        certificate_chain, private_key: PEM client certificate and key, for mutual TLS.
     """
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | Sequence[str] = DEFAULT_TARGET,
         *,
         timeout: float = 600.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_attempts: int = 5,
         client_id: str | None = None,
+        replicas: int | None = None,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
     ) -> None:
-        self.target = target
+        self.target = channel_target(target)
+        self.replicas = replicas if replicas is not None else (1 if isinstance(target, str) else len(target))
+        if self.replicas < 1:
+            raise CodecLoopValueError(f"replicas: {self.replicas} must be >= 1")
         # the server queues each client's clip tasks separately and serves them round-robin
         self._metadata: tuple[tuple[str, str], ...] = (("client-id", client_id),) if client_id else ()
+        if token:
+            self._metadata += (("authorization", f"Bearer {token}"),)
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
         options = [
@@ -129,7 +177,11 @@ class Client:
             ("grpc.per_rpc_retry_buffer_size", max_message_bytes),
             ("grpc.retry_buffer_size", 4 * max_message_bytes),
         ]
-        self._channel = grpc.insecure_channel(target, options=options)
+        if tls or root_certificates or certificate_chain:
+            creds = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
+            self._channel = grpc.secure_channel(self.target, creds, options=options)
+        else:
+            self._channel = grpc.insecure_channel(self.target, options=options)
         self._stub = pb_grpc.CodecLoopStub(self._channel)
 
     def close(self) -> None:
@@ -147,6 +199,18 @@ class Client:
             grpc.channel_ready_future(self._channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
             raise CodecLoopUnavailableError(f"no codecloop server at {self.target} after {timeout} s") from None
+
+    def health(self, service: str = "", timeout: float = 5.0) -> str:
+        """The server's grpc.health.v1 status of ``service`` ("" = the whole server): SERVING,
+        NOT_SERVING, ...; raises CodecLoopUnavailableError when it cannot be reached."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise _raise_from(err) from None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
     def _meta(self, priority: int = 0) -> tuple[tuple[str, str], ...]:
         return self._metadata + ((("priority", str(priority)),) if priority else ())
@@ -351,7 +415,15 @@ class Client:
         )
 
     def _chunks(self, template: pb.EvaluateRequest, tensors: list[pb.Tensor]) -> list[list[pb.Tensor]]:
-        """Split candidates so every request stays under the message limit (with 1 MiB headroom)."""
+        """Split candidates so every request stays under the message limit (with 1 MiB headroom),
+        and into at least ``replicas`` requests (contiguous, near-equal) when there are enough."""
+        parts = min(self.replicas, len(tensors))
+        if parts > 1:
+            bounds = np.linspace(0, len(tensors), parts + 1).round().astype(int)
+            return [c for lo, hi in zip(bounds[:-1], bounds[1:]) for c in self._chunks_by_size(template, tensors[lo:hi])]
+        return self._chunks_by_size(template, tensors)
+
+    def _chunks_by_size(self, template: pb.EvaluateRequest, tensors: list[pb.Tensor]) -> list[list[pb.Tensor]]:
         budget = self.max_message_bytes - template.ByteSize() - (1 << 20)
         chunks: list[list[pb.Tensor]] = [[]]
         used = 0

@@ -23,6 +23,10 @@ class CodecLoopBusyError(CodecLoopError):
     """The server's task queue is full; retry later (gRPC UNAVAILABLE, retried by the SDK)."""
 
 
+class CodecLoopAuthError(CodecLoopError):
+    """A missing or wrong bearer token (gRPC UNAUTHENTICATED)."""
+
+
 class CodecLoopUnavailableError(CodecLoopError):
     """The server could not be reached or is shutting down (gRPC UNAVAILABLE), after retries."""
 

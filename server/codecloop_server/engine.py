@@ -215,6 +215,7 @@ class Engine:
         clean_cache_bytes: int = 2 << 30,
         result_cache_entries: int = 200_000,
         max_queued_tasks: int = 100_000,
+        max_client_queued_tasks: int | None = None,
     ) -> None:
         self.workers = workers or os.cpu_count() or 1
         # One thread per worker: parallelism is across clips. Spawned workers inherit these before
@@ -222,7 +223,7 @@ class Engine:
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = "1"
         # workers + 1 in flight: no worker idles between tasks, and the rest stays in fair queues
-        self.scheduler = FairScheduler(self._new_pool, self.workers + 1, max_queued_tasks)
+        self.scheduler = FairScheduler(self._new_pool, self.workers + 1, max_queued_tasks, max_client_queued_tasks)
         self.clean_cache = CleanCache(clean_cache_bytes)
         self.result_cache = ResultCache(result_cache_entries)
         self.counters: Counter[str] = Counter()  # clean_encodes, poisoned_encodes, transcode_encodes

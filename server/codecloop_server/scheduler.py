@@ -29,7 +29,7 @@ from concurrent.futures import Future as PoolFuture
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
 
-from codecloop.errors import CodecLoopBusyError, CodecLoopServerError
+from codecloop.errors import CodecLoopBusyError, CodecLoopLimitError, CodecLoopServerError
 
 log = logging.getLogger("codecloop.server")
 
@@ -39,8 +39,9 @@ MAX_ATTEMPTS = 2  # a task whose worker dies is run once more
 
 
 class FairScheduler:
-    def __init__(self, pool_factory: Callable[[], Executor], slots: int, max_queued: int) -> None:
+    def __init__(self, pool_factory: Callable[[], Executor], slots: int, max_queued: int, max_client_queued: int | None = None) -> None:
         self._factory = pool_factory
+        self.max_client_queued = max_queued if max_client_queued is None else max_client_queued
         self.pool = pool_factory()
         self.restarts = 0  # pools replaced after a worker died
         self._slots = slots
@@ -53,7 +54,14 @@ class FairScheduler:
         self.on_dispatch: Callable[[float], None] | None = None  # called with each task's queue wait
 
     def admit(self, client: str, tasks: int) -> None:
-        """Refuse a request of ``tasks`` clip tasks at once when the queue cannot take it."""
+        """Refuse a request of ``tasks`` clip tasks at once when the queue cannot take it: over the
+        client's own quota (CodecLoopLimitError), or over the whole queue (CodecLoopBusyError)."""
+        mine = len(self._queues.get(client, ()))
+        if mine + tasks > self.max_client_queued:
+            raise CodecLoopLimitError(
+                f"client {client!r}: {mine} clip tasks queued, this request adds {tasks}, per-client limit "
+                f"max_client_queued_tasks = {self.max_client_queued}; wait for your earlier requests"
+            )
         if self.queued + tasks > self.max_queued:
             raise CodecLoopBusyError(
                 f"server busy: {self.queued} clip tasks queued, this request adds {tasks}, limit "

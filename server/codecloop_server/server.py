@@ -17,7 +17,8 @@ from codecloop_server.detector import DetectorConfig, DetectorScorer
 from codecloop_server.engine import Engine
 from codecloop_server.metrics import Metrics
 from codecloop_server.requests import Limits
-from codecloop_server.service import CodecLoopServicer
+from codecloop_server.security import SecurityConfig, TokenInterceptor, add_port
+from codecloop_server.service import CodecLoopServicer, deny
 
 log = logging.getLogger("codecloop.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CodecLoop"].full_name
@@ -36,6 +37,10 @@ class ServerConfig:
         clean_cache_bytes: bound of the clean-clip cache in bytes.
         result_cache_entries: bound of the content-addressed result cache (0: off).
         max_queued_tasks: clip tasks queued over all clients before new requests get UNAVAILABLE.
+        max_client_queued_tasks: clip tasks one client may have queued (RESOURCE_EXHAUSTED past it).
+        max_concurrent_rpcs: calls in progress at once (RESOURCE_EXHAUSTED past it); with the message
+            limit it bounds the memory held by requests (max_concurrent_rpcs x max_message_bytes).
+        security: TLS, mutual TLS, bearer token, plaintext policy (security.py).
         metrics_port: Prometheus endpoint port on ``host`` (0 picks a free one); None = no endpoint.
         detectors: TorchScript detectors to serve as scorers (detector.py); needs torch.
     """
@@ -48,6 +53,9 @@ class ServerConfig:
     clean_cache_bytes: int = 2 << 30
     result_cache_entries: int = 200_000
     max_queued_tasks: int = 100_000
+    max_client_queued_tasks: int = 20_000
+    max_concurrent_rpcs: int = 64
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     metrics_port: int | None = None
     detectors: tuple[DetectorConfig, ...] = ()
     limits: Limits = field(default_factory=Limits)
@@ -102,17 +110,21 @@ async def start(config: ServerConfig) -> RunningServer:
         ("grpc.max_receive_message_length", config.limits.max_message_bytes),
         ("grpc.max_send_message_length", config.limits.max_message_bytes),
     ]
-    server = grpc.aio.server(options=options)
+    token = config.security.token()
+    interceptors = [TokenInterceptor(token, deny)] if token else []
+    server = grpc.aio.server(options=options, interceptors=interceptors, maximum_concurrent_rpcs=config.max_concurrent_rpcs)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    port = add_port(server, config.host, config.port, config.security)
     if port == 0:
         raise OSError(f"could not bind {config.host}:{config.port}")
     datasets = await loop.run_in_executor(None, load_datasets, config)
-    engine = Engine(config.workers, config.clean_cache_bytes, config.result_cache_entries, config.max_queued_tasks)
+    engine = Engine(
+        config.workers, config.clean_cache_bytes, config.result_cache_entries, config.max_queued_tasks, config.max_client_queued_tasks
+    )
     for ds in datasets.values():
         engine.add_dataset(ds)
     await loop.run_in_executor(None, engine.warm_up)

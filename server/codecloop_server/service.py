@@ -12,7 +12,7 @@ from typing import AsyncIterator
 
 import grpc
 from codecloop import __version__
-from codecloop.errors import CodecLoopBusyError, CodecLoopLimitError, CodecLoopValueError
+from codecloop.errors import CodecLoopAuthError, CodecLoopBusyError, CodecLoopLimitError, CodecLoopValueError
 from codecloop.tensors import to_tensor
 from codecloop.v1 import codecloop_pb2 as pb
 from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
@@ -34,6 +34,8 @@ def _status_for(err: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(err)
     if isinstance(err, CodecLoopBusyError):
         return grpc.StatusCode.UNAVAILABLE, str(err)  # the SDK's retry policy backs off and retries
+    if isinstance(err, CodecLoopAuthError):
+        return grpc.StatusCode.UNAUTHENTICATED, str(err)
     return grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}: {err}"
 
 
@@ -66,6 +68,13 @@ async def _errors(context: grpc.aio.ServicerContext, method: str, metrics: Metri
         meta = dict(context.invocation_metadata() or ())
         log.info(json.dumps({"event": "rpc", "request_id": request_id, "method": method, "code": status,
                              "seconds": round(seconds, 4), "client": meta.get("client-id") or context.peer()}))  # fmt: skip
+
+
+async def deny(err: BaseException, context: grpc.aio.ServicerContext) -> None:
+    """Abort a call that never reached a servicer (security.TokenInterceptor) with its mapped status."""
+    code, message = _status_for(err)
+    log.info(json.dumps({"event": "rejected", "method": "(interceptor)", "code": code.name, "peer": context.peer()}))
+    await context.abort(code, message)
 
 
 def _caller(context: grpc.aio.ServicerContext) -> tuple[str, int]:
