@@ -24,6 +24,7 @@ def _start_server(extra: list[str]) -> tuple[subprocess.Popen, str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its own process group: a test can kill -9 the server with its workers
     )
     deadline = time.monotonic() + 300  # first run generates the embedded corpus (about 15 s)
     lines = []

@@ -43,24 +43,17 @@ Carriers = DatasetCarriers | np.ndarray | None
 
 def _service_config(max_attempts: int) -> str:
     """gRPC's own retry policy: UNAVAILABLE (a busy server, a lost replica) is retried with
-    exponential backoff; round_robin spreads calls over every address the target resolves to."""
-    return json.dumps(
-        {
-            "loadBalancingConfig": [{"round_robin": {}}],
-            "methodConfig": [
-                {
-                    "name": [{"service": _SERVICE}],
-                    "retryPolicy": {
-                        "maxAttempts": max_attempts,
-                        "initialBackoff": "0.2s",
-                        "maxBackoff": "5s",
-                        "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
-                    },
-                }
-            ]
-        }
-    )
+    exponential backoff (``max_attempts`` 1: no retries); round_robin spreads calls over every
+    address the target resolves to."""
+    retry = {
+        "maxAttempts": max_attempts,
+        "initialBackoff": "0.2s",
+        "maxBackoff": "5s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    method = {"name": [{"service": _SERVICE}], **({"retryPolicy": retry} if max_attempts > 1 else {})}
+    return json.dumps({"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": [method]})
 
 
 def _raise_from(err: grpc.RpcError) -> CodecLoopError:

@@ -18,7 +18,7 @@ from codecloop_server.engine import Engine
 from codecloop_server.metrics import Metrics
 from codecloop_server.requests import Limits
 from codecloop_server.security import SecurityConfig, TokenInterceptor, add_port
-from codecloop_server.service import CodecLoopServicer, deny
+from codecloop_server.service import CodecLoopServicer, DecodeErrorInterceptor, deny
 
 log = logging.getLogger("codecloop.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CodecLoop"].full_name
@@ -111,7 +111,7 @@ async def start(config: ServerConfig) -> RunningServer:
         ("grpc.max_send_message_length", config.limits.max_message_bytes),
     ]
     token = config.security.token()
-    interceptors = [TokenInterceptor(token, deny)] if token else []
+    interceptors = [DecodeErrorInterceptor()] + ([TokenInterceptor(token, deny)] if token else [])
     server = grpc.aio.server(options=options, interceptors=interceptors, maximum_concurrent_rpcs=config.max_concurrent_rpcs)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

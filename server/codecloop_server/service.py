@@ -12,6 +12,7 @@ from typing import AsyncIterator
 
 import grpc
 from codecloop import __version__
+from google.protobuf.message import DecodeError
 from codecloop.errors import CodecLoopAuthError, CodecLoopBusyError, CodecLoopLimitError, CodecLoopValueError
 from codecloop.tensors import to_tensor
 from codecloop.v1 import codecloop_pb2 as pb
@@ -75,6 +76,51 @@ async def deny(err: BaseException, context: grpc.aio.ServicerContext) -> None:
     code, message = _status_for(err)
     log.info(json.dumps({"event": "rejected", "method": "(interceptor)", "code": code.name, "peer": context.peer()}))
     await context.abort(code, message)
+
+
+class _Undecodable:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Bytes that are not a valid request message get INVALID_ARGUMENT (via _status_for) instead of
+    gRPC's UNKNOWN "Unexpected DecodeError": the deserializer hands a marker to the behaviour, which
+    aborts before the servicer runs."""
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None or not (handler.unary_unary or handler.unary_stream):
+            return handler
+        parse = handler.request_deserializer
+
+        def lenient(data: bytes):
+            try:
+                return parse(data)
+            except DecodeError as err:
+                return _Undecodable(err)
+
+        def invalid(request: _Undecodable) -> CodecLoopValueError:
+            return CodecLoopValueError(f"request: not a valid protobuf message for {details.method}: {request.error}")
+
+        if handler.unary_stream:
+            behaviour = handler.unary_stream
+
+            async def stream(request, context):
+                if isinstance(request, _Undecodable):
+                    await deny(invalid(request), context)
+                async for item in behaviour(request, context):
+                    yield item
+
+            return handler._replace(request_deserializer=lenient, unary_stream=stream)
+        unary_behaviour = handler.unary_unary
+
+        async def unary(request, context):
+            if isinstance(request, _Undecodable):
+                await deny(invalid(request), context)
+            return await unary_behaviour(request, context)
+
+        return handler._replace(request_deserializer=lenient, unary_unary=unary)
 
 
 def _caller(context: grpc.aio.ServicerContext) -> tuple[str, int]:
