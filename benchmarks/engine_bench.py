@@ -103,7 +103,8 @@ class Server:
             text = Path(f"/proc/{pid}/status").read_text()
             return int(re.search(r"VmHWM:\s+(\d+)", text).group(1)) / 1024
 
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        # children of every thread: the pool's workers are started from an executor thread
+        children = {c for task in Path(f"/proc/{self.proc.pid}/task").iterdir() for c in (task / "children").read_text().split()}
         main = hwm(self.proc.pid)
         return main, main + sum(hwm(int(c)) for c in children if Path(f"/proc/{c}").exists())
 

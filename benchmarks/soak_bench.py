@@ -5,7 +5,9 @@
 Each client sends fresh 4-candidate x 16-clip populations (ultrafast; every signature new, so the
 result cache keeps filling up to its bound) and, every 5th call, a 1-candidate call on a new random
 set of clips (the clean cache keeps filling up to its bound). Every minute it prints clips/s in
-that minute and the resident memory (VmRSS) of the server and of the server plus its workers. The
+that minute and the resident memory of the server and of the server plus its workers (VmRSS,
+which counts the shared corpus pages once per process that touched them, and RssAnon, the private
+memory where a leak would show). The
 server runs with small cache bounds (--clean-cache-mib 64, --result-cache-entries 20000) so that
 the bounds are reached within the run: RSS must level off, not grow.
 """
@@ -25,16 +27,21 @@ from codecloop import Codec, DatasetCarriers
 from engine_bench import signatures
 
 
-def rss_mib(pid: int) -> tuple[float, float]:
-    def rss(p: int) -> float:
+def rss_mib(pid: int) -> tuple[float, float, float]:
+    """(server VmRSS, server + workers VmRSS, server + workers RssAnon) in MiB. VmRSS counts the
+    shared-memory pages (corpus, caches) each process has touched, once per process; RssAnon is
+    the private memory alone, where a leak would show."""
+
+    def field(p: int, name: str) -> float:
         try:
-            return int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{p}/status").read_text()).group(1)) / 1024
+            return int(re.search(rf"{name}:\s+(\d+)", Path(f"/proc/{p}/status").read_text()).group(1)) / 1024
         except (OSError, AttributeError):
             return 0.0
 
-    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    main = rss(pid)
-    return main, main + sum(rss(int(k)) for k in kids)
+    # children of every thread: the pool's workers are started from an executor thread
+    kids = {int(k) for task in Path(f"/proc/{pid}/task").iterdir() for k in (task / "children").read_text().split()}
+    procs = [pid, *kids]
+    return field(pid, "VmRSS"), sum(field(p, "VmRSS") for p in procs), sum(field(p, "RssAnon") for p in procs)
 
 
 def main() -> None:
@@ -67,7 +74,7 @@ def main() -> None:
                     done[0] += n
 
     start_rss = rss_mib(proc.pid)
-    print(f"start: server {start_rss[0]:.0f} MiB, server+workers {start_rss[1]:.0f} MiB", flush=True)
+    print(f"start: RSS server {start_rss[0]:.0f} MiB, +workers {start_rss[1]:.0f} MiB, private {start_rss[2]:.0f} MiB", flush=True)
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(args.clients)]
     for t in threads:
         t.start()
@@ -77,9 +84,10 @@ def main() -> None:
             time.sleep(max(0.0, t0 + 60 * minute - time.monotonic()))
             with lock:
                 now = done[0]
-            main_rss, total = rss_mib(proc.pid)
+            main_rss, total, private = rss_mib(proc.pid)
             load = codecloop.Client(target).info().load
-            print(f"minute {minute:2d}: {(now - last) / 60:6.1f} clips/s   RSS server {main_rss:5.0f} MiB, +workers {total:5.0f} MiB   "
+            print(f"minute {minute:2d}: {(now - last) / 60:6.1f} clips/s   RSS server {main_rss:5.0f} MiB, +workers {total:5.0f} MiB, "
+                  f"private {private:5.0f} MiB   "
                   f"clean cache {load['clean_cache_bytes'] / 2**20:5.1f} MiB", flush=True)  # fmt: skip
             last = now
     finally:
@@ -87,7 +95,8 @@ def main() -> None:
         for t in threads:
             t.join(120)
         end_rss = rss_mib(proc.pid)
-        print(f"end: server {end_rss[0]:.0f} MiB, server+workers {end_rss[1]:.0f} MiB; {done[0]} clips in {time.monotonic() - t0:.0f} s")
+        print(f"end: RSS server {end_rss[0]:.0f} MiB, +workers {end_rss[1]:.0f} MiB, private {end_rss[2]:.0f} MiB; "
+              f"{done[0]} clips in {time.monotonic() - t0:.0f} s")
         proc.terminate()
         proc.wait(30)
 
