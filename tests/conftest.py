@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 
-SERVER_LINES: list[str] = []  # what the session server printed before it was ready
+SERVER_LINES: dict[str, list[str]] = {}  # target -> what that server printed
 
 
 def _start_server(extra: list[str]) -> tuple[subprocess.Popen, str]:
@@ -35,10 +35,11 @@ def _start_server(extra: list[str]) -> tuple[subprocess.Popen, str]:
         lines.append(line)
         m = re.search(r"listening on ([\d.]+):(\d+)", line)
         if m:
-            SERVER_LINES[:] = lines
+            target = f"{m.group(1)}:{m.group(2)}"
+            SERVER_LINES[target] = lines
             # keep draining its log: a full pipe would block the server on its next log line
-            threading.Thread(target=lambda: SERVER_LINES.extend(proc.stdout), daemon=True).start()
-            return proc, f"{m.group(1)}:{m.group(2)}"
+            threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+            return proc, target
     proc.kill()
     raise RuntimeError("server did not start:\n" + "".join(lines))
 
@@ -66,7 +67,7 @@ def server_target(tmp_path_factory) -> str:
 @pytest.fixture()
 def metrics_url(server_target: str) -> str:
     """The session server's Prometheus endpoint."""
-    return next(m.group(1) for line in SERVER_LINES if (m := re.search(r"metrics on (\S+)", line)))
+    return next(m.group(1) for line in SERVER_LINES[server_target] if (m := re.search(r"metrics on (\S+)", line)))
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ import pytest
 
 import codecloop
 from codecloop import Codec, DatasetCarriers
-from codecloop.errors import CodecLoopBusyError, CodecLoopServerError
+from codecloop.errors import CodecLoopBusyError, CodecLoopLimitError, CodecLoopServerError
 from codecloop_server.scheduler import FairScheduler
 from codecloop_server.service import _status_for
 from tests.conftest import block_signature
@@ -68,10 +68,13 @@ def test_priority_jumps_ahead_and_cancelled_tasks_never_run():
 
 
 def test_admission_limit_and_status_mapping():
-    sched = FairScheduler(lambda: ThreadPoolExecutor(1), slots=1, max_queued=10)
-    sched.admit("x", 10)
+    sched = FairScheduler(lambda: ThreadPoolExecutor(1), slots=1, max_queued=10, max_client_queued=6)
+    sched.admit("x", 6)
+    with pytest.raises(CodecLoopLimitError, match="client 'x': 0 clip tasks queued, this request adds 7, per-client limit"):
+        sched.admit("x", 7)
+    sched.queued = 6  # as if other clients had 6 tasks queued
     with pytest.raises(CodecLoopBusyError, match="max_queued_tasks = 10; retry"):
-        sched.admit("x", 11)
+        sched.admit("x", 5)
     assert _status_for(CodecLoopBusyError("server busy"))[0] == grpc.StatusCode.UNAVAILABLE
 
 
