@@ -31,7 +31,7 @@ def direct_scores(client, model_file, sig: np.ndarray | None, key: np.ndarray | 
     decoded = client.transcode(signature=sig, epsilon=EPS, carriers=carriers, codec=CODEC).decoded
     model = torch.jit.load(str(model_file)).eval()
     with torch.inference_mode():
-        x = torch.from_numpy(decoded).float() / 255
+        x = torch.from_numpy(decoded.copy()).float() / 255  # the decoded array is read-only
         if key is None:
             return model(x).double().numpy()
         keys = torch.from_numpy(np.broadcast_to(key, decoded.shape[1:]).copy()).expand(len(decoded), -1, -1, -1, -1)
