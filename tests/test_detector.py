@@ -157,3 +157,30 @@ def test_training_script_exports_a_loadable_detector(tmp_path):
     det = TorchDetector(out, "cpu")
     scores = det(np.full((2, 4, 32, 32, 3), 128, np.uint8), np.ones((2, 4, 32, 32, 3), np.float32))
     assert scores.shape == (2,) and np.isfinite(scores).all()
+
+
+def test_pad_batches_runs_every_forward_at_max_batch_size():
+    det = TorchDetector(EXAMPLE_DETECTOR, "cpu")
+    seen = []
+
+    class Recording:
+        uses_key = det.uses_key
+
+        def __call__(self, clips, keys):
+            seen.append(len(clips))
+            return det(clips, keys)
+
+    rng = np.random.default_rng(1)
+    clips = rng.integers(0, 256, (3, 2, 16, 16, 3), dtype=np.uint8)
+    keys = rng.choice([-1.0, 1.0], (3, 1, 16, 16, 3)).astype(np.float32)
+
+    async def main():
+        batcher = DynamicBatcher(Recording(), DetectorConfig("x", "example", max_batch_size=8, pad_batches=True))
+        try:
+            return await asyncio.gather(*(batcher.score(c, k) for c, k in zip(clips, keys)))
+        finally:
+            await batcher.close()
+
+    scores = asyncio.run(main())
+    assert seen == [8]  # three clips, padded to one forward of 8
+    assert scores == [det(c[None], np.broadcast_to(k, c.shape)[None].copy())[0] for c, k in zip(clips, keys)]

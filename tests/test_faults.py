@@ -140,3 +140,28 @@ def test_undecodable_request_is_invalid_argument(raw_channel):
     with pytest.raises(grpc.RpcError) as info:
         list(stream)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_per_client_call_limit():
+    proc, target = _start_server(["--workers", "1", "--max-client-calls", "1"])
+    small = {"carriers": DatasetCarriers(num_clips=2), "codecs": Codec(preset="ultrafast")}
+    try:
+        with codecloop.Client(target, client_id="greedy", timeout=120) as greedy, codecloop.Client(target, client_id="polite") as polite:
+            assert greedy.info().limits.max_client_calls == 1
+            stream = greedy.evaluate_stream(np.stack([block_signature(s) for s in range(80, 96)]), carriers=DatasetCarriers(num_clips=16))
+            next(stream)  # the first call is in progress (its first progress event arrived)
+            with pytest.raises(codecloop.CodecLoopLimitError, match="client 'greedy': 1 calls in progress, per-client limit max_client_calls = 1"):
+                greedy.evaluate(block_signature(97)[None], **small)
+            assert len(polite.evaluate(block_signature(98)[None], **small).candidates) == 1  # others are served
+            stream.close()  # leaving the stream cancels it and frees the slot
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    assert len(greedy.evaluate(block_signature(99)[None], **small).candidates) == 1
+                    break
+                except codecloop.CodecLoopLimitError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-client-queued-tasks", type=int, default=_env("max-client-queued-tasks", "20000"),
                    help="clip tasks one client may have queued (RESOURCE_EXHAUSTED past it)")  # fmt: skip
     s.add_argument("--max-concurrent-rpcs", type=int, default=_env("max-concurrent-rpcs", "64"))
+    s.add_argument("--max-client-calls", type=int, default=_env("max-client-calls", "16"), help="calls in progress per client")
     s.add_argument("--tls-cert", default=_env("tls-cert", None), help="PEM certificate chain: serve TLS")
     s.add_argument("--tls-key", default=_env("tls-key", None), help="PEM private key of --tls-cert")
     s.add_argument("--tls-client-ca", default=_env("tls-client-ca", None), help="PEM CA of client certificates: mutual TLS")
@@ -206,21 +207,24 @@ def build_parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from codecloop_server import ServerConfig, serve
-    from codecloop_server.detector import DetectorConfig
-    from codecloop_server.security import SecurityConfig
+    from codecloop_server import serve
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        config = _server_config(args, ServerConfig, DetectorConfig, SecurityConfig)
-        asyncio.run(serve(config))
+        asyncio.run(serve(_server_config(args)))
     except (ValueError, OSError) as err:  # bad configuration: say what, no traceback
         print(f"codecloop serve: {err}", file=sys.stderr)
         return 2
     return 0
 
 
-def _server_config(args: argparse.Namespace, ServerConfig, DetectorConfig, SecurityConfig):  # noqa: N803
+def _server_config(args: argparse.Namespace):
+    """The ServerConfig of ``codecloop serve`` flags (ValueError on inconsistent settings)."""
+    from codecloop_server import ServerConfig
+    from codecloop_server.detector import DetectorConfig
+    from codecloop_server.requests import Limits
+    from codecloop_server.security import SecurityConfig
+
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -231,6 +235,7 @@ def _server_config(args: argparse.Namespace, ServerConfig, DetectorConfig, Secur
         result_cache_entries=args.result_cache_entries,
         max_client_queued_tasks=args.max_client_queued_tasks,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
+        limits=Limits(max_client_calls=args.max_client_calls),
         security=SecurityConfig(args.tls_cert, args.tls_key, args.tls_client_ca, args.token_file, args.allow_insecure),
         max_queued_tasks=args.max_queued_tasks,
         metrics_port=args.metrics_port,

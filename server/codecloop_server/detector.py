@@ -117,8 +117,6 @@ class DynamicBatcher:
         self._wakeup = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="detector")  # one forward at a time
-        self.batches = 0
-        self.clips = 0
 
     async def score(self, clip: np.ndarray, key: np.ndarray | None) -> float:
         """Score one decoded clip uint8 (T, H, W, 3) against ``key`` (the signature) or None."""
@@ -195,8 +193,6 @@ class DynamicBatcher:
                 if not item.future.done():
                     item.future.set_exception(err)
             return
-        self.batches += 1
-        self.clips += len(batch)
         if self.on_batch is not None:
             self.on_batch(len(batch))
         for item, score in zip(batch, scores):

@@ -26,7 +26,7 @@ import os
 from collections import Counter, OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Hashable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Hashable
 
 import numpy as np
 from codecloop import stats
@@ -35,8 +35,11 @@ from codecloop_server import scorers, tasks
 from codecloop_server.codec import CodecSettings
 from codecloop_server.corpus import Dataset
 from codecloop_server.scheduler import FairScheduler
-from codecloop_server.shm import SharedArray
+from codecloop_server.shm import ArrayRef, SharedArray
 from codecloop_server.tasks import CleanRef, ClipRef, PoisonedScore, ScorerKey
+
+if TYPE_CHECKING:
+    from codecloop_server.detector import DetectorScorer
 
 
 @dataclass(frozen=True)
@@ -285,7 +288,15 @@ class Engine:
         return CleanEntry((shared, time_sum), clean_ref, nbytes)
 
     async def _detector_score(
-        self, who: tuple[str, int], impl: Any, ref: ClipRef, entry: CleanEntry, sig: np.ndarray, sig_ref: Any, epsilon: float, codec: CodecSettings
+        self,
+        who: tuple[str, int],
+        impl: DetectorScorer,
+        ref: ClipRef,
+        entry: CleanEntry,
+        sig: np.ndarray,
+        sig_ref: ArrayRef,
+        epsilon: float,
+        codec: CodecSettings,
     ) -> PoisonedScore:
         """One candidate on one clip with a detector: the worker encodes and decodes, the batcher scores."""
         decoded, nbytes, squared_error = await self._run(who, tasks.decoded_task, ref, sig_ref, epsilon, codec)
@@ -351,13 +362,6 @@ class Engine:
                 n = len(refs)
                 clean = [pinned[i * n : (i + 1) * n] for i in range(len(job.codecs))]
 
-                def clip_task(index: int, ref: ClipRef, entry: CleanEntry, codec: CodecSettings) -> Awaitable[PoisonedScore]:
-                    sig_ref = shared[index][0].ref
-                    if not impl.runs_in_workers:
-                        return self._detector_score(who, impl, ref, entry, job.candidates[index], sig_ref, job.epsilon, codec)
-                    tmpl, t_sq = shared[index][1], t_sqs[index]
-                    return self._run(who, tasks.poisoned_task, ref, entry.ref, sig_ref, tmpl.ref, t_sq, job.epsilon, codec, job.scorer)
-
                 t_sqs = []
                 for sig in job.candidates:
                     if impl.runs_in_workers:
@@ -366,6 +370,13 @@ class Engine:
                         t_sqs.append(scorers.template_sq(tmpl))
                     else:
                         shared.append((SharedArray(sig),))
+
+                def clip_task(index: int, ref: ClipRef, entry: CleanEntry, codec: CodecSettings) -> Awaitable[PoisonedScore]:
+                    sig_ref = shared[index][0].ref
+                    if not impl.runs_in_workers:
+                        return self._detector_score(who, impl, ref, entry, job.candidates[index], sig_ref, job.epsilon, codec)
+                    tmpl, t_sq = shared[index][1], t_sqs[index]
+                    return self._run(who, tasks.poisoned_task, ref, entry.ref, sig_ref, tmpl.ref, t_sq, job.epsilon, codec, job.scorer)
 
                 async def candidate(index: int) -> CandidateOutcome:
                     digest = signature_digest(job.candidates[index])

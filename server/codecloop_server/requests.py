@@ -38,6 +38,7 @@ class Limits:
     max_work_pixels: int = 1 << 31  # candidates * clips * codecs * T * H * W
     max_codecs: int = 8
     max_message_bytes: int = 64 << 20  # gRPC send and receive limit, both directions
+    max_client_calls: int = 16  # evaluate / transcode calls in progress per client
 
     def to_proto(self) -> pb.Limits:
         return pb.Limits(**self.__dict__)

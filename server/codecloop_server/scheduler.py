@@ -129,7 +129,7 @@ class FairScheduler:
         if isinstance(err, BrokenProcessPool):
             self._replace(pool)
             if fut.cancelled():
-                pass
+                pass  # its request is gone: nothing to retry
             elif attempt < MAX_ATTEMPTS:
                 self._push(client, (*item[:6], attempt + 1))  # same priority and seq: back to the head
             else:

@@ -8,6 +8,7 @@ import json
 import logging
 import time
 import uuid
+from collections import Counter
 from typing import AsyncIterator
 
 import grpc
@@ -149,10 +150,28 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
         self.datasets = datasets
         self.limits = limits
         self.versions = {"codecloop": __version__, **versions}
+        self._calls: Counter[str] = Counter()  # calls in progress per client
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, context: grpc.aio.ServicerContext) -> AsyncIterator[tuple[str, int]]:
+        """(client, priority) of the call, holding one of the client's ``max_client_calls`` slots:
+        one client cannot hold every call slot (and the memory of their requests)."""
+        client, priority = _caller(context)
+        if self._calls[client] >= self.limits.max_client_calls:
+            raise CodecLoopLimitError(
+                f"client {client!r}: {self._calls[client]} calls in progress, per-client limit max_client_calls = "
+                f"{self.limits.max_client_calls}; wait for one to finish"
+            )
+        self._calls[client] += 1
+        try:
+            yield client, priority
+        finally:
+            self._calls[client] -= 1
+            if not self._calls[client]:
+                del self._calls[client]
 
     async def EvaluateSignature(self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext) -> pb.EvaluateResponse:
-        async with _errors(context, "EvaluateSignature", self.metrics):
-            client, priority = _caller(context)
+        async with _errors(context, "EvaluateSignature", self.metrics), self._slot(context) as (client, priority):
             job = requests.evaluate_job(request, self.datasets, self.limits)
             outcomes = await self.engine.evaluate(job, client=client, priority=priority)
             return pb.EvaluateResponse(
@@ -166,8 +185,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
     async def EvaluateSignatureStream(
         self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EvaluateEvent]:
-        async with _errors(context, "EvaluateSignatureStream", self.metrics):
-            client, priority = _caller(context)
+        async with _errors(context, "EvaluateSignatureStream", self.metrics), self._slot(context) as (client, priority):
             job = requests.evaluate_job(request, self.datasets, self.limits)
             total = len(job.candidates) * len(job.codecs) * len(job.carriers)
             yield pb.EvaluateEvent(
@@ -200,14 +218,14 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
                 task.cancel()
 
     async def Transcode(self, request: pb.TranscodeRequest, context: grpc.aio.ServicerContext) -> pb.TranscodeResponse:
-        async with _errors(context, "Transcode", self.metrics):
+        async with _errors(context, "Transcode", self.metrics), self._slot(context) as caller:
             carriers = requests.carriers(request.carriers, self.datasets, self.limits)
             codec = requests.codec_settings(request.codec, "codec")
             eps = requests.epsilon(request)
             sig = None
             if request.HasField("signature"):
                 sig = requests.signature(request.signature, "signature", carriers.clip_shape)
-            out = await self.engine.transcode(carriers, sig, eps, codec, *_caller(context))
+            out = await self.engine.transcode(carriers, sig, eps, codec, *caller)
             return pb.TranscodeResponse(
                 decoded=to_tensor(out.decoded, "uint8"),
                 input=to_tensor(out.inputs, "uint8") if request.include_input else None,

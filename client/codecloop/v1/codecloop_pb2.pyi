@@ -279,20 +279,22 @@ class ScorerInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., default_params: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_candidates", "max_clips", "max_clip_pixels", "max_work_pixels", "max_codecs", "max_message_bytes")
+    __slots__ = ("max_candidates", "max_clips", "max_clip_pixels", "max_work_pixels", "max_codecs", "max_message_bytes", "max_client_calls")
     MAX_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     MAX_CLIPS_FIELD_NUMBER: _ClassVar[int]
     MAX_CLIP_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_WORK_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_CODECS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_CLIENT_CALLS_FIELD_NUMBER: _ClassVar[int]
     max_candidates: int
     max_clips: int
     max_clip_pixels: int
     max_work_pixels: int
     max_codecs: int
     max_message_bytes: int
-    def __init__(self, max_candidates: _Optional[int] = ..., max_clips: _Optional[int] = ..., max_clip_pixels: _Optional[int] = ..., max_work_pixels: _Optional[int] = ..., max_codecs: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    max_client_calls: int
+    def __init__(self, max_candidates: _Optional[int] = ..., max_clips: _Optional[int] = ..., max_clip_pixels: _Optional[int] = ..., max_work_pixels: _Optional[int] = ..., max_codecs: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_client_calls: _Optional[int] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
     __slots__ = ("versions", "datasets", "codecs", "presets", "pix_fmts", "scorers", "limits", "workers", "load")
