@@ -13,11 +13,11 @@ from typing import AsyncIterator
 
 import grpc
 from codecloop import __version__
-from google.protobuf.message import DecodeError
 from codecloop.errors import CodecLoopAuthError, CodecLoopBusyError, CodecLoopLimitError, CodecLoopValueError
 from codecloop.tensors import to_tensor
 from codecloop.v1 import codecloop_pb2 as pb
 from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
+from google.protobuf.message import DecodeError
 
 from codecloop_server import requests, scorers
 from codecloop_server.codec import CODECS, PIX_FMTS, PRESETS
@@ -73,7 +73,8 @@ async def _errors(context: grpc.aio.ServicerContext, method: str, metrics: Metri
 
 
 async def deny(err: BaseException, context: grpc.aio.ServicerContext) -> None:
-    """Abort a call that never reached a servicer (security.TokenInterceptor) with its mapped status."""
+    """Abort a call that never reached a servicer (the interceptors: token, undecodable bytes) with
+    the status _status_for maps its error to."""
     code, message = _status_for(err)
     log.info(json.dumps({"event": "rejected", "method": "(interceptor)", "code": code.name, "peer": context.peer()}))
     await context.abort(code, message)
