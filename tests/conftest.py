@@ -57,11 +57,14 @@ def server_target(tmp_path_factory) -> str:
          "--detector-device", "cpu", "--max-batch-size", "8", "--max-queue-delay-us", "20000"]
     )  # fmt: skip
     yield target
+    died = proc.poll()
     proc.terminate()
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
+    if died is not None:  # it should have served the whole session: show why it did not
+        pytest.fail(f"the session server exited early with code {died}; its last lines:\n" + "".join(SERVER_LINES[target][-60:]))
 
 
 @pytest.fixture()

@@ -39,6 +39,8 @@ def test_run_survives_a_killed_replica(tmp_path, server_target):
     try:
         with codecloop.Client(targets, timeout=300) as client:
             assert client.replicas == 3
+            for _ in range(6):  # connect every replica: round_robin picks among connected ones only
+                client.info()
             run = Run(client, param, CONFIG, tmp_path / "spread")
             done = threading.Event()
             result = {}
@@ -48,13 +50,14 @@ def test_run_survives_a_killed_replica(tmp_path, server_target):
             with codecloop.Client(victim, timeout=30) as probe:  # kill it while it holds work
                 while not done.is_set() and probe.info().load.get("tasks_in_flight", 0) == 0:
                     time.sleep(0.01)
-                loads = [codecloop.Client(t).info().load for t in targets]
             os.killpg(victim_proc.pid, signal.SIGKILL)
             killed_at = len(_log(tmp_path / "spread")) if (tmp_path / "spread" / "log.jsonl").exists() else 0
             thread.join(600)
             assert done.is_set(), "the run did not finish"
         assert killed_at < CONFIG.budget, "the replica was killed after the run ended"
-        assert sum(load.get("poisoned_encodes", 0) > 0 or load.get("tasks_in_flight", 0) > 0 for load in loads) >= 2  # spread
+        for target in targets[:2]:  # the survivors both did part of the work
+            with codecloop.Client(target) as c:
+                assert c.info().load.get("poisoned_encodes", 0) > 0
         spread = _log(tmp_path / "spread")
         assert [e["evaluation"] for e in spread] == list(range(CONFIG.budget))  # each exactly once
         # the same run on one server gives the same fitness for every evaluation

@@ -206,8 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
+    import faulthandler
 
     from codecloop_server import serve
+
+    faulthandler.enable()  # a crash in native code (FFmpeg, gRPC core, torch) still leaves a Python stack
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:

@@ -18,7 +18,7 @@ from codecloop_server.engine import Engine
 from codecloop_server.metrics import Metrics
 from codecloop_server.requests import Limits
 from codecloop_server.security import SecurityConfig, TokenInterceptor, add_port
-from codecloop_server.service import CodecLoopServicer, DecodeErrorInterceptor, deny
+from codecloop_server.service import CodecLoopServicer, LenientDecodingInterceptor, deny
 
 log = logging.getLogger("codecloop.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CodecLoop"].full_name
@@ -38,8 +38,9 @@ class ServerConfig:
         result_cache_entries: bound of the content-addressed result cache (0: off).
         max_queued_tasks: clip tasks queued over all clients before new requests get UNAVAILABLE.
         max_client_queued_tasks: clip tasks one client may have queued (RESOURCE_EXHAUSTED past it).
-        max_concurrent_rpcs: calls in progress at once (RESOURCE_EXHAUSTED past it); with the message
-            limit it bounds the memory held by requests (max_concurrent_rpcs x max_message_bytes).
+        max_concurrent_rpcs: Evaluate/Transcode calls in progress at once, over all clients
+            (RESOURCE_EXHAUSTED past it); with the message limit it bounds the memory held by
+            requests (max_concurrent_rpcs x max_message_bytes).
         security: TLS, mutual TLS, bearer token, plaintext policy (security.py).
         metrics_port: Prometheus endpoint port on ``host`` (0 picks a free one); None = no endpoint.
         detectors: TorchScript detectors to serve as scorers (detector.py); needs torch.
@@ -109,10 +110,14 @@ async def start(config: ServerConfig) -> RunningServer:
     options = [
         ("grpc.max_receive_message_length", config.limits.max_message_bytes),
         ("grpc.max_send_message_length", config.limits.max_message_bytes),
+        # HTTP/2 streams per connection (C core): bounds the requests one connection can have in
+        # memory before the servicer's own per-client and total call limits see them
+        ("grpc.max_concurrent_streams", config.max_concurrent_rpcs),
     ]
     token = config.security.token()
-    interceptors = [DecodeErrorInterceptor()] + ([TokenInterceptor(token, deny)] if token else [])
-    server = grpc.aio.server(options=options, interceptors=interceptors, maximum_concurrent_rpcs=config.max_concurrent_rpcs)
+    interceptors = [LenientDecodingInterceptor()] + ([TokenInterceptor(token, deny)] if token else [])
+    # no grpc maximum_concurrent_rpcs: its aio limiter has had bugs; the servicer counts calls itself
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
@@ -134,7 +139,7 @@ async def start(config: ServerConfig) -> RunningServer:
     if config.metrics_port is not None:
         metrics_port = metrics.serve(config.host, config.metrics_port)
         print(f"codecloop metrics on http://{config.host}:{metrics_port}/metrics", flush=True)
-    pb_grpc.add_CodecLoopServicer_to_server(CodecLoopServicer(engine, datasets, config.limits, versions, metrics), server)
+    pb_grpc.add_CodecLoopServicer_to_server(CodecLoopServicer(engine, datasets, config.limits, versions, metrics, config.max_concurrent_rpcs), server)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -26,6 +26,7 @@ from codecloop_server.engine import CandidateOutcome, Engine
 from codecloop_server.metrics import Metrics
 
 log = logging.getLogger("codecloop.server")
+SERVICE = pb.DESCRIPTOR.services_by_name["CodecLoop"].full_name
 
 
 def _status_for(err: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -80,49 +81,38 @@ async def deny(err: BaseException, context: grpc.aio.ServicerContext) -> None:
     await context.abort(code, message)
 
 
-class _Undecodable:
-    def __init__(self, error: Exception) -> None:
-        self.error = error
+class Undecodable:
+    """What the lenient deserializer hands the servicer instead of a message it could not parse."""
+
+    def __init__(self, method: str, error: Exception) -> None:
+        self.message = f"request: not a valid protobuf message for {method}: {error}"
 
 
-class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Bytes that are not a valid request message get INVALID_ARGUMENT (via _status_for) instead of
-    gRPC's UNKNOWN "Unexpected DecodeError": the deserializer hands a marker to the behaviour, which
-    aborts before the servicer runs."""
+def _decoded(request):
+    """The request, or CodecLoopValueError (-> INVALID_ARGUMENT) when its bytes did not parse."""
+    if isinstance(request, Undecodable):
+        raise CodecLoopValueError(request.message)
+    return request
+
+
+class LenientDecodingInterceptor(grpc.aio.ServerInterceptor):
+    """Swaps each method's request deserializer for one that returns an :class:`Undecodable`
+    instead of raising, so that bad bytes reach the servicer and get INVALID_ARGUMENT from
+    _status_for rather than gRPC's UNKNOWN "Unexpected DecodeError". The behaviours are untouched."""
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
-        if handler is None or handler.request_deserializer is None or not (handler.unary_unary or handler.unary_stream):
+        if handler is None or handler.request_deserializer is None or not details.method.startswith(f"/{SERVICE}/"):
             return handler
-        parse = handler.request_deserializer
+        parse, method = handler.request_deserializer, details.method
 
         def lenient(data: bytes):
             try:
                 return parse(data)
             except DecodeError as err:
-                return _Undecodable(err)
+                return Undecodable(method, err)
 
-        def invalid(request: _Undecodable) -> CodecLoopValueError:
-            return CodecLoopValueError(f"request: not a valid protobuf message for {details.method}: {request.error}")
-
-        if handler.unary_stream:
-            behaviour = handler.unary_stream
-
-            async def stream(request, context):
-                if isinstance(request, _Undecodable):
-                    await deny(invalid(request), context)
-                async for item in behaviour(request, context):
-                    yield item
-
-            return handler._replace(request_deserializer=lenient, unary_stream=stream)
-        unary_behaviour = handler.unary_unary
-
-        async def unary(request, context):
-            if isinstance(request, _Undecodable):
-                await deny(invalid(request), context)
-            return await unary_behaviour(request, context)
-
-        return handler._replace(request_deserializer=lenient, unary_unary=unary)
+        return handler._replace(request_deserializer=lenient)
 
 
 def _caller(context: grpc.aio.ServicerContext) -> tuple[str, int]:
@@ -145,6 +135,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
         limits: requests.Limits,
         versions: dict[str, str],
         metrics: Metrics | None = None,
+        max_calls: int = 64,
     ):
         self.engine = engine
         self.metrics = metrics
@@ -152,28 +143,34 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
         self.limits = limits
         self.versions = {"codecloop": __version__, **versions}
         self._calls: Counter[str] = Counter()  # calls in progress per client
+        self._total_calls = 0
+        self.max_calls = max_calls  # Evaluate/Transcode calls in progress, all clients together
 
     @contextlib.asynccontextmanager
     async def _slot(self, context: grpc.aio.ServicerContext) -> AsyncIterator[tuple[str, int]]:
         """(client, priority) of the call, holding one of the client's ``max_client_calls`` slots:
         one client cannot hold every call slot (and the memory of their requests)."""
         client, priority = _caller(context)
+        if self._total_calls >= self.max_calls:
+            raise CodecLoopLimitError(f"server: {self._total_calls} calls in progress, limit max_concurrent_rpcs = {self.max_calls}; retry later")
         if self._calls[client] >= self.limits.max_client_calls:
             raise CodecLoopLimitError(
                 f"client {client!r}: {self._calls[client]} calls in progress, per-client limit max_client_calls = "
                 f"{self.limits.max_client_calls}; wait for one to finish"
             )
         self._calls[client] += 1
+        self._total_calls += 1
         try:
             yield client, priority
         finally:
+            self._total_calls -= 1
             self._calls[client] -= 1
             if not self._calls[client]:
                 del self._calls[client]
 
     async def EvaluateSignature(self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext) -> pb.EvaluateResponse:
         async with _errors(context, "EvaluateSignature", self.metrics), self._slot(context) as (client, priority):
-            job = requests.evaluate_job(request, self.datasets, self.limits)
+            job = requests.evaluate_job(_decoded(request), self.datasets, self.limits)
             outcomes = await self.engine.evaluate(job, client=client, priority=priority)
             return pb.EvaluateResponse(
                 results=[_candidate_proto(o, job.per_clip) for o in outcomes],
@@ -187,7 +184,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
         self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EvaluateEvent]:
         async with _errors(context, "EvaluateSignatureStream", self.metrics), self._slot(context) as (client, priority):
-            job = requests.evaluate_job(request, self.datasets, self.limits)
+            job = requests.evaluate_job(_decoded(request), self.datasets, self.limits)
             total = len(job.candidates) * len(job.codecs) * len(job.carriers)
             yield pb.EvaluateEvent(
                 started=pb.EvaluateEvent.Started(
@@ -220,6 +217,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
 
     async def Transcode(self, request: pb.TranscodeRequest, context: grpc.aio.ServicerContext) -> pb.TranscodeResponse:
         async with _errors(context, "Transcode", self.metrics), self._slot(context) as caller:
+            request = _decoded(request)
             carriers = requests.carriers(request.carriers, self.datasets, self.limits)
             codec = requests.codec_settings(request.codec, "codec")
             eps = requests.epsilon(request)
@@ -236,6 +234,11 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
             )
 
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
+        async with _errors(context, "GetServerInfo", self.metrics):
+            _decoded(request)
+            return self._info()
+
+    def _info(self) -> pb.ServerInfo:
         return pb.ServerInfo(
             versions=self.versions,
             datasets=[
