@@ -21,10 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import multiprocessing
 import os
 from collections import Counter, OrderedDict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Hashable
 
@@ -37,6 +35,7 @@ from codecloop_server.corpus import Dataset
 from codecloop_server.scheduler import FairScheduler
 from codecloop_server.shm import ArrayRef, SharedArray
 from codecloop_server.tasks import CleanRef, ClipRef, PoisonedScore, ScorerKey
+from codecloop_server.workers import WorkerPool
 
 if TYPE_CHECKING:
     from codecloop_server.detector import DetectorScorer
@@ -226,14 +225,11 @@ class Engine:
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = "1"
         # workers + 1 in flight: no worker idles between tasks, and the rest stays in fair queues
-        self.scheduler = FairScheduler(self._new_pool, self.workers + 1, max_queued_tasks, max_client_queued_tasks)
+        self.scheduler = FairScheduler(WorkerPool(self.workers), self.workers + 1, max_queued_tasks, max_client_queued_tasks)
         self.clean_cache = CleanCache(clean_cache_bytes)
         self.result_cache = ResultCache(result_cache_entries)
         self.counters: Counter[str] = Counter()  # clean_encodes, poisoned_encodes, transcode_encodes
         self._datasets: dict[str, tuple[Dataset, SharedArray]] = {}
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
 
     def add_dataset(self, ds: Dataset) -> Dataset:
         """Move the dataset's clips into shared memory (``ds.clips`` becomes a view of it)."""

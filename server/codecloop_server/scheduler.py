@@ -10,10 +10,10 @@ never the reverse.
 Queued tasks whose request was cancelled are skipped, never run. Past ``max_queued`` tasks a new
 request is refused at once (CodecLoopBusyError -> UNAVAILABLE, which the SDK retries with backoff).
 
-A worker process that dies (killed, out of memory, a crash in native code) breaks the whole
-ProcessPoolExecutor: the scheduler replaces the pool (``restarts`` counts it) and puts every task
-that was in flight back at the head of its queue, once; a task that loses its worker twice fails
-its request with a CodecLoopServerError, and every other request goes on.
+A task whose worker process dies (killed, out of memory, a crash in native code) comes back as
+workers.WorkerDied (the pool has already started a replacement); the scheduler puts it back at the
+head of its client's queue, once; a task that loses its worker twice fails its request with a
+CodecLoopServerError, and every other request goes on.
 """
 
 from __future__ import annotations
@@ -23,15 +23,13 @@ import heapq
 import itertools
 import time
 from collections import Counter, OrderedDict
-import logging
 from concurrent.futures import Executor
 from concurrent.futures import Future as PoolFuture
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
 
 from codecloop.errors import CodecLoopBusyError, CodecLoopLimitError, CodecLoopServerError
 
-log = logging.getLogger("codecloop.server")
+from codecloop_server.workers import WorkerDied
 
 # (-priority, seq, future, fn, args, queued at (monotonic s), attempt)
 _Item = tuple[int, int, asyncio.Future, Callable[..., Any], tuple[Any, ...], float, int]
@@ -39,11 +37,9 @@ MAX_ATTEMPTS = 2  # a task whose worker dies is run once more
 
 
 class FairScheduler:
-    def __init__(self, pool_factory: Callable[[], Executor], slots: int, max_queued: int, max_client_queued: int | None = None) -> None:
-        self._factory = pool_factory
+    def __init__(self, pool: Executor, slots: int, max_queued: int, max_client_queued: int | None = None) -> None:
+        self.pool = pool  # workers.WorkerPool (anything with an Executor's submit)
         self.max_client_queued = max_queued if max_client_queued is None else max_client_queued
-        self.pool = pool_factory()
-        self.restarts = 0  # pools replaced after a worker died
         self._slots = slots
         self.max_queued = max_queued
         self._queues: OrderedDict[str, list[_Item]] = OrderedDict()  # round-robin order = dict order
@@ -107,37 +103,31 @@ class FairScheduler:
             self.dispatched[client] += 1
             if self.on_dispatch is not None:
                 self.on_dispatch(time.monotonic() - queued_at)
-            pool = self.pool
-            try:
-                pool_fut = pool.submit(fn, *args)
-            except BrokenProcessPool:  # broke before its futures told us: replace, then submit
-                self._replace(pool)
-                pool, pool_fut = self.pool, self.pool.submit(fn, *args)
-            pool_fut.add_done_callback(lambda pf, c=client, i=item, p=pool: loop.call_soon_threadsafe(self._done, pf, c, i, p))
+            pool_fut = self.pool.submit(fn, *args)
+            pool_fut.add_done_callback(lambda pf, c=client, i=item: loop.call_soon_threadsafe(self._done, pf, c, i))
 
-    def _replace(self, broken: Executor) -> None:
-        if self.pool is broken:  # the first of its failed tasks to report replaces it
-            broken.shutdown(wait=False, cancel_futures=True)
-            self.pool = self._factory()
-            self.restarts += 1
-            log.warning("a codec worker died; worker pool replaced (%d restarts so far)", self.restarts)
+    @property
+    def restarts(self) -> int:
+        """Worker processes replaced after dying."""
+        return getattr(self.pool, "restarts", 0)
 
-    def _done(self, pool_fut: PoolFuture, client: str, item: _Item, pool: Executor) -> None:
+    def _done(self, pool_fut: PoolFuture, client: str, item: _Item) -> None:
         self.in_flight -= 1
         fut, attempt = item[2], item[6]
-        err = pool_fut.exception()
-        if isinstance(err, BrokenProcessPool):
-            self._replace(pool)
+        err = None if pool_fut.cancelled() else pool_fut.exception()
+        if isinstance(err, WorkerDied):
             if fut.cancelled():
                 pass  # its request is gone: nothing to retry
             elif attempt < MAX_ATTEMPTS:
                 self._push(client, (*item[:6], attempt + 1))  # same priority and seq: back to the head
             else:
                 fut.set_exception(
-                    CodecLoopServerError(f"a codec worker died running this clip task {MAX_ATTEMPTS} times (killed, out of memory or crashed)")
+                    CodecLoopServerError(f"a codec worker died running this clip task {MAX_ATTEMPTS} times (killed, out of memory or crashed): {err}")
                 )
         elif not fut.cancelled():
-            if err is not None:
+            if pool_fut.cancelled():
+                fut.cancel()
+            elif err is not None:
                 fut.set_exception(err)
             else:
                 fut.set_result(pool_fut.result())
