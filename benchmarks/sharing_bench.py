@@ -46,6 +46,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--samples", type=int, default=9, help="1x4 requests timed per condition (median)")
     args = ap.parse_args()
     srv = Server(args.workers, (16, 112, 112))
     try:
@@ -69,7 +70,7 @@ def main() -> None:
             print(f"  {name}: {n:.0f} tasks, share {n / total:.3f} (fair 0.333, deviation {abs(n / total - 1 / 3) * 3:.1%} of a fair share)")
 
         with codecloop.Client(srv.target, client_id="validation") as c:
-            idle = small_latency(c, 20_000)
+            idle = small_latency(c, 20_000, args.samples)
             bulk = threading.Thread(
                 target=lambda: codecloop.Client(srv.target, client_id="bulk", timeout=3600).fitness(
                     signatures(64, 30_000, 112), carriers=DatasetCarriers(num_clips=64), codecs=FAST
@@ -78,7 +79,7 @@ def main() -> None:
             bulk.start()
             while c.info().load.get("queued_tasks", 0) < 100:
                 time.sleep(0.05)
-            loaded = small_latency(c, 40_000)
+            loaded = small_latency(c, 40_000, args.samples)
             still_running = bulk.is_alive()
             bulk.join()
         print(f"1x4 request latency: idle {idle * 1e3:.0f} ms, during a 64x64 population {loaded * 1e3:.0f} ms "
