@@ -23,6 +23,7 @@ import threading
 import time
 from fractions import Fraction
 from pathlib import Path
+from typing import Sequence
 
 import codecloop
 import numpy as np
@@ -82,9 +83,11 @@ def limit_clips_per_s(yuv_clips: np.ndarray, preset: str, workers: int, repeats:
 
 
 class Server:
-    def __init__(self, workers: int, clip_shape: tuple[int, int, int]) -> None:
+    """A ``codecloop serve`` subprocess on a free loopback port (``extra``: more serve flags)."""
+
+    def __init__(self, workers: int, clip_shape: tuple[int, int, int] = (16, 112, 112), extra: Sequence[str] = ()) -> None:
         cmd = [sys.executable, "-m", "codecloop.cli", "serve", "--port", "0", "--workers", str(workers),
-               "--clip-shape", *map(str, clip_shape), "--log-level", "WARNING"]  # fmt: skip
+               "--clip-shape", *map(str, clip_shape), "--log-level", "WARNING", *extra]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in self.proc.stdout:
             m = re.search(r"listening on ([\d.]+):(\d+)", line)
@@ -96,17 +99,26 @@ class Server:
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # never let its pipe fill
         self.client = codecloop.Client(self.target, timeout=3600)
 
+    def memory_mib(self, field: str) -> tuple[float, float]:
+        """A /proc status field (VmHWM, VmRSS, RssAnon) of the server process, and summed over it
+        and its children (workers, resource tracker), in MiB. Shared-memory pages count in every
+        process that touched them (VmHWM, VmRSS); RssAnon is private memory alone."""
+
+        def value(pid: int) -> float:
+            try:
+                return int(re.search(rf"{field}:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1)) / 1024
+            except (OSError, AttributeError):  # a child that just exited
+                return 0.0
+
+        # children of every thread: workers are started from the pool's threads, not the main one
+        tasks = Path(f"/proc/{self.proc.pid}/task").iterdir()
+        children = {int(c) for task in tasks for c in (task / "children").read_text().split()}
+        main = value(self.proc.pid)
+        return main, main + sum(value(c) for c in children)
+
     def peak_rss_mib(self) -> tuple[float, float]:
         """(server process VmHWM, sum of VmHWM over it and its workers) in MiB."""
-
-        def hwm(pid: int) -> float:
-            text = Path(f"/proc/{pid}/status").read_text()
-            return int(re.search(r"VmHWM:\s+(\d+)", text).group(1)) / 1024
-
-        # children of every thread: the pool's workers are started from an executor thread
-        children = {c for task in Path(f"/proc/{self.proc.pid}/task").iterdir() for c in (task / "children").read_text().split()}
-        main = hwm(self.proc.pid)
-        return main, main + sum(hwm(int(c)) for c in children if Path(f"/proc/{c}").exists())
+        return self.memory_mib("VmHWM")
 
     def close(self) -> None:
         self.client.close()

@@ -15,33 +15,18 @@ the bounds are reached within the run: RSS must level off, not grow.
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import codecloop
 from codecloop import Codec, DatasetCarriers
-from engine_bench import signatures
+from engine_bench import Server, signatures
 
 
-def rss_mib(pid: int) -> tuple[float, float, float]:
-    """(server VmRSS, server + workers VmRSS, server + workers RssAnon) in MiB. VmRSS counts the
-    shared-memory pages (corpus, caches) each process has touched, once per process; RssAnon is
-    the private memory alone, where a leak would show."""
-
-    def field(p: int, name: str) -> float:
-        try:
-            return int(re.search(rf"{name}:\s+(\d+)", Path(f"/proc/{p}/status").read_text()).group(1)) / 1024
-        except (OSError, AttributeError):
-            return 0.0
-
-    # children of every thread: the pool's workers are started from an executor thread
-    kids = {int(k) for task in Path(f"/proc/{pid}/task").iterdir() for k in (task / "children").read_text().split()}
-    procs = [pid, *kids]
-    return field(pid, "VmRSS"), sum(field(p, "VmRSS") for p in procs), sum(field(p, "RssAnon") for p in procs)
+def memory(srv: Server) -> tuple[float, float, float]:
+    """(server VmRSS, server + workers VmRSS, server + workers RssAnon) in MiB."""
+    main, total = srv.memory_mib("VmRSS")
+    return main, total, srv.memory_mib("RssAnon")[1]
 
 
 def main() -> None:
@@ -50,11 +35,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
-    cmd = [sys.executable, "-m", "codecloop.cli", "serve", "--port", "0", "--workers", str(args.workers), "--log-level", "WARNING",
-           "--clean-cache-mib", "64", "--result-cache-entries", "20000"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    target = next(f"{m.group(1)}:{m.group(2)}" for line in proc.stdout if (m := re.search(r"listening on ([\d.]+):(\d+)", line)))
-    threading.Thread(target=proc.stdout.read, daemon=True).start()
+    srv = Server(args.workers, extra=["--clean-cache-mib", "64", "--result-cache-entries", "20000"])
+    target = srv.target
     stop = threading.Event()
     done = [0]
     lock = threading.Lock()
@@ -73,7 +55,7 @@ def main() -> None:
                 with lock:
                     done[0] += n
 
-    start_rss = rss_mib(proc.pid)
+    start_rss = memory(srv)
     print(f"start: RSS server {start_rss[0]:.0f} MiB, +workers {start_rss[1]:.0f} MiB, private {start_rss[2]:.0f} MiB", flush=True)
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(args.clients)]
     for t in threads:
@@ -84,7 +66,7 @@ def main() -> None:
             time.sleep(max(0.0, t0 + 60 * minute - time.monotonic()))
             with lock:
                 now = done[0]
-            main_rss, total, private = rss_mib(proc.pid)
+            main_rss, total, private = memory(srv)
             load = codecloop.Client(target).info().load
             print(f"minute {minute:2d}: {(now - last) / 60:6.1f} clips/s   RSS server {main_rss:5.0f} MiB, +workers {total:5.0f} MiB, "
                   f"private {private:5.0f} MiB   "
@@ -94,11 +76,10 @@ def main() -> None:
         stop.set()
         for t in threads:
             t.join(120)
-        end_rss = rss_mib(proc.pid)
+        end_rss = memory(srv)
         print(f"end: RSS server {end_rss[0]:.0f} MiB, +workers {end_rss[1]:.0f} MiB, private {end_rss[2]:.0f} MiB; "
               f"{done[0]} clips in {time.monotonic() - t0:.0f} s")
-        proc.terminate()
-        proc.wait(30)
+        srv.close()
 
 
 if __name__ == "__main__":

@@ -38,16 +38,12 @@ def train_plots(folder: Path, history: Sequence[dict[str, float]], holdout: Code
     ax.set_xlabel("step")
     ax.set_ylabel("separation")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "fitness.png", dpi=100)
-    plt.close(fig)
-    return [folder / "fitness.png", *_holdout_plots(folder, [holdout])]
+    return [_save(fig, folder / "fitness.png"), *_holdout_plots(folder, [holdout])]
 
 
 def run_plots(folder: Path, history: Sequence[dict[str, float]], holdout: Sequence[CodecStats]) -> list[Path]:
     """fitness.png, holdout_hist.png, holdout_roc.png in ``folder``; returns their paths."""
     plt = _pyplot()
-    paths = []
     fig, ax = plt.subplots(figsize=(6, 4))
     gens = np.arange(len(history))
     for key, style in (("max", "-"), ("mean", "--"), ("best", ":")):
@@ -56,11 +52,15 @@ def run_plots(folder: Path, history: Sequence[dict[str, float]], holdout: Sequen
     ax.set_ylabel("fitness (bigger is better)")
     ax.set_title("training fitness on the real codec")
     ax.legend()
+    return [_save(fig, folder / "fitness.png"), *_holdout_plots(folder, holdout)]
+
+
+def _save(fig, path: Path) -> Path:
+    """Lay out, write as a 100-dpi PNG and close a figure; returns ``path``."""
     fig.tight_layout()
-    paths.append(folder / "fitness.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
-    return paths + _holdout_plots(folder, holdout)
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path
 
 
 def _holdout_plots(folder: Path, holdout: Sequence[CodecStats]) -> list[Path]:
@@ -75,10 +75,7 @@ def _holdout_plots(folder: Path, holdout: Sequence[CodecStats]) -> list[Path]:
         ax.set_title(f"held-out clips, {s.codec.label()}")
         ax.set_xlabel("detector score")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(folder / "holdout_hist.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    paths.append(_save(fig, folder / "holdout_hist.png"))
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     for s in holdout:
@@ -89,8 +86,5 @@ def _holdout_plots(folder: Path, holdout: Sequence[CodecStats]) -> list[Path]:
     ax.set_ylabel("true positive rate")
     ax.set_title("ROC, held-out clips")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(folder / "holdout_roc.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    paths.append(_save(fig, folder / "holdout_roc.png"))
     return paths
