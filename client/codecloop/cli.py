@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-insecure", action="store_true", default=_env("allow-insecure", "") in ("1", "true", "yes"),
         help="allow plaintext on a non-loopback --host",
     )  # fmt: skip
+    s.add_argument(
+        "--x264-asm", default=_env("x264-asm", "auto"), choices=["auto", "AVX2", "AVX", "SSE4.2", "SSSE3", "native"],
+        help="x264 SIMD level; auto = the fastest deterministic one this CPU has (README: Determinism)",
+    )  # fmt: skip
     s.add_argument("--log-level", default=_env("log-level", "INFO"))
 
     e = sub.add_parser("evaluate", help="evaluate a signature and print the detection table")
@@ -242,6 +246,7 @@ def _server_config(args: argparse.Namespace):
         security=SecurityConfig(args.tls_cert, args.tls_key, args.tls_client_ca, args.token_file, args.allow_insecure),
         max_queued_tasks=args.max_queued_tasks,
         metrics_port=args.metrics_port,
+        x264_asm=args.x264_asm,
         detectors=tuple(
             DetectorConfig(name, path, args.detector_device, args.max_batch_size, args.max_queue_delay_us, args.pad_batches)
             for name, path in args.detector

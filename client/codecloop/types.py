@@ -12,7 +12,11 @@ from codecloop.v1 import codecloop_pb2 as pb
 
 @dataclass(frozen=True)
 class Codec:
-    """Real-codec settings (server defaults shown). ``crf`` in [0, 51], 0 = lossless."""
+    """Real-codec settings (server defaults shown). ``crf`` in [0, 51], 0 = lossless.
+
+    ``x264_asm`` / ``x264_build``: the x264 SIMD level and build that produced a result (always
+    set in results). In a request, None = the server's; a value pins it (a server running another
+    is refused with INVALID_ARGUMENT)."""
 
     crf: float = 28.0
     preset: str = "medium"
@@ -20,15 +24,22 @@ class Codec:
     fps: int = 25
     codec: str = "libx264"
     pix_fmt: str = "yuv420p"
+    x264_asm: str | None = None
+    x264_build: str | None = None
 
     def to_proto(self) -> pb.CodecSettings:
         return pb.CodecSettings(
-            codec=self.codec, crf=self.crf, preset=self.preset, pix_fmt=self.pix_fmt, gop=self.gop, fps=self.fps
-        )
+            codec=self.codec, crf=self.crf, preset=self.preset, pix_fmt=self.pix_fmt, gop=self.gop, fps=self.fps,
+            x264_asm=self.x264_asm, x264_build=self.x264_build,
+        )  # fmt: skip
 
     @classmethod
     def from_proto(cls, msg: pb.CodecSettings) -> "Codec":
-        return cls(crf=msg.crf, preset=msg.preset, gop=msg.gop, fps=msg.fps, codec=msg.codec, pix_fmt=msg.pix_fmt)
+        return cls(
+            crf=msg.crf, preset=msg.preset, gop=msg.gop, fps=msg.fps, codec=msg.codec, pix_fmt=msg.pix_fmt,
+            x264_asm=msg.x264_asm if msg.HasField("x264_asm") else None,
+            x264_build=msg.x264_build if msg.HasField("x264_build") else None,
+        )  # fmt: skip
 
     def label(self) -> str:
         return f"{self.codec} crf={self.crf:g} {self.preset}"

@@ -11,8 +11,9 @@ the CLI's conversion of the same rgb24 input (tested in tests/test_fidelity.py).
 
 from __future__ import annotations
 
+import functools
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Iterable
 
@@ -20,6 +21,8 @@ import av
 import numpy as np
 from av.video.reformatter import Interpolation, VideoReformatter
 from codecloop.errors import CodecLoopValueError
+
+from codecloop_server import x264_asm
 
 CODECS = ("libx264",)
 PRESETS = (
@@ -51,6 +54,8 @@ class CodecSettings:
         pix_fmt: encoder pixel format; only ``yuv420p``.
         gop: maximum keyframe interval in frames (x264 ``keyint``); 250 is x264's own default.
         fps: frame rate in frames per second (integer); x264's rate control reads it.
+        x264_asm: the SIMD level x264 runs at (x264_asm.py): part of the settings because the
+            bitstream depends on it. Defaults to the server's configured level.
     """
 
     codec: str = "libx264"
@@ -59,6 +64,7 @@ class CodecSettings:
     pix_fmt: str = "yuv420p"
     gop: int = 250
     fps: int = 25
+    x264_asm: str = field(default_factory=x264_asm.default)
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
@@ -73,6 +79,9 @@ class CodecSettings:
             raise CodecLoopValueError(f"codec.gop: {self.gop} is outside the allowed range [1, 1000]")
         if not (FPS_RANGE[0] <= self.fps <= FPS_RANGE[1]):
             raise CodecLoopValueError(f"codec.fps: {self.fps} is outside the allowed range [1, 240]")
+        if self.x264_asm != x264_asm.NATIVE and not (self.x264_asm in x264_asm.LEVELS and x264_asm.supported(self.x264_asm)):
+            # x264 crashes on instructions the CPU lacks: never hand it such a level
+            raise CodecLoopValueError(f"codec.x264_asm: {self.x264_asm!r} is not a level this CPU runs; allowed: {x264_asm.default()!r}")
 
     @property
     def crf_text(self) -> str:
@@ -84,7 +93,7 @@ class CodecSettings:
         return [
             "-c:v", self.codec, "-crf", self.crf_text, "-preset", self.preset,
             "-g", str(self.gop), "-threads", "1", "-pix_fmt", self.pix_fmt,
-        ]  # fmt: skip
+        ] + (["-x264-params", params] if (params := x264_asm.x264_params(self.x264_asm)) else [])  # fmt: skip
 
 
 _local = threading.local()
@@ -145,6 +154,8 @@ def _encoder(settings: CodecSettings, width: int, height: int) -> av.CodecContex
     ctx.gop_size = settings.gop
     ctx.thread_count = 1
     ctx.options = {"crf": settings.crf_text, "preset": settings.preset}
+    if params := x264_asm.x264_params(settings.x264_asm):
+        ctx.options = {**ctx.options, "x264-params": params}
     return ctx
 
 
@@ -216,17 +227,24 @@ def transcode_rgb(clip: np.ndarray, settings: CodecSettings) -> tuple[np.ndarray
     return np.stack(decoded), len(bitstream)
 
 
+@functools.cache
+def x264_build() -> str:
+    """x264's version as its SEI string states it, e.g. ``core 165 r3222 b35605a``."""
+    bitstream = encode_yuv420p(np.full((1, 24, 16), 128, np.uint8), CodecSettings(preset="ultrafast"))
+    marker = bitstream.find(b"x264 - core ")
+    if marker < 0:
+        return "unknown"
+    return bitstream[marker + 7 : bitstream.find(b" - ", marker + 7)].decode()
+
+
 def versions() -> dict[str, str]:
-    """PyAV, FFmpeg library and x264 core versions (x264's core comes from its SEI string)."""
+    """PyAV, FFmpeg library and x264 versions, and the x264 SIMD level this process encodes at."""
     lib = av.library_versions
-    info = {
+    return {
         "pyav": av.__version__,
         "ffmpeg": getattr(av, "ffmpeg_version_info", ""),
         "libavcodec": ".".join(map(str, lib.get("libavcodec", ()))),
         "libswscale": ".".join(map(str, lib.get("libswscale", ()))),
+        "x264": x264_build(),
+        "x264_asm": x264_asm.default(),
     }
-    bitstream = encode_yuv420p(np.full((1, 24, 16), 128, np.uint8), CodecSettings(preset="ultrafast"))
-    marker = bitstream.find(b"x264 - core ")
-    if marker >= 0:
-        info["x264"] = bitstream[marker + 7 : bitstream.find(b" ", marker + 12)].decode()
-    return info

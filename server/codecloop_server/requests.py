@@ -17,7 +17,8 @@ from codecloop.tensors import from_tensor
 from codecloop.v1 import codecloop_pb2 as pb
 
 from codecloop_server import scorers
-from codecloop_server.codec import CodecSettings
+from codecloop_server import x264_asm
+from codecloop_server.codec import CodecSettings, x264_build
 from codecloop_server.corpus import EMBEDDED_NAME, Dataset
 from codecloop_server.engine import CarrierSet, EvaluateJob
 from codecloop_server.tasks import ScorerKey
@@ -50,6 +51,10 @@ def _field(msg, name: str, default):
 
 
 def codec_settings(msg: pb.CodecSettings, field: str = "codecs") -> CodecSettings:
+    # x264_asm / x264_build are the server's; a client may only pin them (refuse any other server)
+    for name, mine in (("x264_asm", x264_asm.default()), ("x264_build", x264_build())):
+        if msg.HasField(name) and getattr(msg, name) != mine:
+            raise CodecLoopValueError(f"{field}.{name}: {getattr(msg, name)!r}; this server runs x264 {name} = {mine!r} only")
     try:
         return CodecSettings(
             codec=_field(msg, "codec", "libx264"),
@@ -64,7 +69,9 @@ def codec_settings(msg: pb.CodecSettings, field: str = "codecs") -> CodecSetting
 
 
 def codec_to_proto(c: CodecSettings) -> pb.CodecSettings:
-    return pb.CodecSettings(codec=c.codec, crf=c.crf, preset=c.preset, pix_fmt=c.pix_fmt, gop=c.gop, fps=c.fps)
+    return pb.CodecSettings(
+        codec=c.codec, crf=c.crf, preset=c.preset, pix_fmt=c.pix_fmt, gop=c.gop, fps=c.fps, x264_asm=c.x264_asm, x264_build=x264_build()
+    )
 
 
 def epsilon(msg, field: str = "epsilon") -> float:

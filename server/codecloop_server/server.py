@@ -12,7 +12,7 @@ from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from codecloop_server import codec, corpus, scorers
+from codecloop_server import codec, corpus, scorers, x264_asm
 from codecloop_server.detector import DetectorConfig, DetectorScorer
 from codecloop_server.engine import Engine
 from codecloop_server.metrics import Metrics
@@ -44,6 +44,8 @@ class ServerConfig:
         security: TLS, mutual TLS, bearer token, plaintext policy (security.py).
         metrics_port: Prometheus endpoint port on ``host`` (0 picks a free one); None = no endpoint.
         detectors: TorchScript detectors to serve as scorers (detector.py); needs torch.
+        x264_asm: x264's SIMD level (x264_asm.py): "auto" = the fastest deterministic level this
+            CPU has; a level the CPU lacks is refused at start.
     """
 
     host: str = "127.0.0.1"
@@ -60,6 +62,7 @@ class ServerConfig:
     metrics_port: int | None = None
     detectors: tuple[DetectorConfig, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    x264_asm: str = "auto"
 
 
 @dataclass
@@ -107,6 +110,8 @@ def load_detectors(config: ServerConfig, clip_shapes: set[tuple[int, int, int]],
 async def start(config: ServerConfig) -> RunningServer:
     """Load datasets, start and warm the workers, then serve; health turns SERVING last."""
     loop = asyncio.get_running_loop()
+    level = x264_asm.configure(config.x264_asm)  # before any CodecSettings is made; refuses bad levels
+    log.info("x264 runs at SIMD level %s", level)
     options = [
         ("grpc.max_receive_message_length", config.limits.max_message_bytes),
         ("grpc.max_send_message_length", config.limits.max_message_bytes),

@@ -53,20 +53,24 @@ class Carriers(_message.Message):
     def __init__(self, dataset: _Optional[_Union[DatasetCarriers, _Mapping]] = ..., clips: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class CodecSettings(_message.Message):
-    __slots__ = ("codec", "crf", "preset", "pix_fmt", "gop", "fps")
+    __slots__ = ("codec", "crf", "preset", "pix_fmt", "gop", "fps", "x264_asm", "x264_build")
     CODEC_FIELD_NUMBER: _ClassVar[int]
     CRF_FIELD_NUMBER: _ClassVar[int]
     PRESET_FIELD_NUMBER: _ClassVar[int]
     PIX_FMT_FIELD_NUMBER: _ClassVar[int]
     GOP_FIELD_NUMBER: _ClassVar[int]
     FPS_FIELD_NUMBER: _ClassVar[int]
+    X264_ASM_FIELD_NUMBER: _ClassVar[int]
+    X264_BUILD_FIELD_NUMBER: _ClassVar[int]
     codec: str
     crf: float
     preset: str
     pix_fmt: str
     gop: int
     fps: int
-    def __init__(self, codec: _Optional[str] = ..., crf: _Optional[float] = ..., preset: _Optional[str] = ..., pix_fmt: _Optional[str] = ..., gop: _Optional[int] = ..., fps: _Optional[int] = ...) -> None: ...
+    x264_asm: str
+    x264_build: str
+    def __init__(self, codec: _Optional[str] = ..., crf: _Optional[float] = ..., preset: _Optional[str] = ..., pix_fmt: _Optional[str] = ..., gop: _Optional[int] = ..., fps: _Optional[int] = ..., x264_asm: _Optional[str] = ..., x264_build: _Optional[str] = ...) -> None: ...
 
 class Scorer(_message.Message):
     __slots__ = ("name", "params")
