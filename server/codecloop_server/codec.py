@@ -2,7 +2,9 @@
 
 No transport or scheduling code lives here. Every function is a pure function of its arguments:
 one encoder per clip with ``threads=1`` (x264 frame threading changes the bitstream with the core
-count), explicit flush, nothing shared between calls except a per-thread swscale context cache.
+count) at the SIMD level ``CodecSettings.x264_asm`` (x264's own detection picks its AVX-512 code on
+AVX-512 CPUs, which is not repeatable: x264_asm.py), explicit flush, nothing shared between calls
+except a per-thread swscale context cache.
 
 Colour conversion is FFmpeg's swscale with ``SWS_BICUBIC`` (what the ``ffmpeg`` CLI uses by
 default for rgb24 <-> yuv420p), BT.601 limited range, so a clip converted here is bit-identical to
