@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -44,52 +46,138 @@ def test_parameterization_structure():
         LowRes(SHAPE, (1, 15, 14))
 
 
-def _config(optimizer: str, budget: int) -> RunConfig:
+# validation clips: the corpus's validation split where the server has one, else 4 held-out clips
+# (disjoint from nothing: the selection mechanics are what these tests check, not generalization)
+def _validation(client) -> DatasetCarriers:
+    splits = next(d.split_clips for d in client.info().datasets if d.name == "embedded")
+    return DatasetCarriers(split="validation" if "validation" in splits else "holdout", num_clips=4, seed=1)
+
+
+def _config(client, optimizer: str, budget: int, **kw) -> RunConfig:
     return RunConfig(
         optimizer=optimizer,
         epsilon=4 / 255,
         codecs=(Codec(preset="ultrafast"),),
         train=DatasetCarriers(num_clips=4),
+        validation=_validation(client),
+        validate_every=2,
         holdout=DatasetCarriers(split="holdout", num_clips=8),
         popsize=4,
         budget=budget,
         seed=3,
+        **kw,
     )
 
 
-def _log(folder) -> list[dict]:
-    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+def _log(folder, split: str | None = None) -> list[dict]:
+    lines = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    return [e for e in lines if split is None or e["split"] == split]
+
+
+def _strict(text: str) -> dict:
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"summary.json holds {c}: not strict JSON"))
 
 
 @pytest.mark.parametrize("optimizer", ["cma", "nevergrad:TwoPointsDE"])
 def test_run_resumes_without_losing_or_repeating(client, tmp_path, optimizer):
     param = make("lowres:7x7", SHAPE)
-    straight = Run(client, param, _config(optimizer, 12), tmp_path / "a")
+    straight = Run(client, param, _config(client, optimizer, 12), tmp_path / "a")
     summary = straight.run(progress=False)
     assert summary["evaluations"] == 12 and summary["generations"] == 3
     for name in ("best.npy", "summary.json", "fitness.png", "holdout_hist.png", "holdout_roc.png", "checkpoint.pkl"):
         assert (tmp_path / "a" / name).stat().st_size > 0
     assert np.load(tmp_path / "a" / "best.npy").shape == (1, 112, 112, 3)
-    assert summary["holdout"][0]["codec"] == "libx264 crf=28 ultrafast"
+    assert summary["holdout"]["codec"] == "libx264 crf=28 ultrafast"
 
     # the same run, killed after its first generation, plus a half-logged second generation
-    Run(client, param, _config(optimizer, 4), tmp_path / "b").run(progress=False)
+    Run(client, param, _config(client, optimizer, 12), tmp_path / "b").step()
     with (tmp_path / "b" / "log.jsonl").open("a") as f:
-        f.write(json.dumps({"generation": 1, "index": 0, "evaluation": 4, "fitness": 9.9}) + "\n")
-    resumed = Run(client, param, _config(optimizer, 12), tmp_path / "b")
+        f.write(json.dumps({"split": "train", "generation": 1, "index": 0, "evaluation": 4, "fitness": 9.9}) + "\n")
+    resumed = Run(client, param, _config(client, optimizer, 12), tmp_path / "b")
     assert resumed.state.generation == 1 and len(_log(tmp_path / "b")) == 4  # the untold line is gone
-    resumed.run(progress=False)
-    a, b = _log(tmp_path / "a"), _log(tmp_path / "b")
-    assert [e["evaluation"] for e in b] == list(range(12))  # every evaluation exactly once
-    assert [e["fitness"] for e in a] == [e["fitness"] for e in b]  # and the same ones as uninterrupted
+    again = resumed.run(progress=False)
+    assert [e["evaluation"] for e in _log(tmp_path / "b", "train")] == list(range(12))  # every evaluation exactly once
+    # the same evaluations and validations as uninterrupted (generation 1 and, at the end, 2 validated)
+    assert _log(tmp_path / "a") == _log(tmp_path / "b")
+    assert [(e["generation"], e["candidate"]) for e in _log(tmp_path / "a", "validation")] == [(1, "best"), (1, "mean"), (2, "best"), (2, "mean")]
+    assert again["holdout"] == summary["holdout"] and again["selected"] == summary["selected"]
+
+
+def test_fresh_training_clips_each_generation(client, tmp_path):
+    param = make("dct:8:2", SHAPE)
+
+    def clip_ids(folder, **kw) -> list[list[int]]:
+        run = Run(client, param, replace(_config(client, "cma", 100, **kw), popsize=2), folder)
+        for _ in range(3):
+            run.step()
+        return [h["clip_ids"] for h in run.state.history]
+
+    first = clip_ids(tmp_path / "a")
+    assert all(len(ids) == 4 for ids in first)
+    assert first[0] != first[1] and first[1] != first[2] and first[0] != first[2]  # a different draw each generation
+    assert clip_ids(tmp_path / "b") == first  # reproducible: seeded by (run seed, generation)
+    assert clip_ids(tmp_path / "c", seed=4) != first
+    fixed = clip_ids(tmp_path / "d", fresh_clips=False)
+    assert fixed[0] == fixed[1] == fixed[2] == list(client.evaluate(param(np.zeros((1, 2))), carriers=DatasetCarriers(num_clips=4),
+                                                                     codecs=Codec(preset="ultrafast")).clip_ids)  # fmt: skip
+
+
+def test_kept_signature_is_the_best_on_validation(client, tmp_path):
+    config = _config(client, "cma", 16, validate_every=1)
+    summary = Run(client, make("lowres:7x7", SHAPE), config, tmp_path).run(progress=False)
+    validated = _log(tmp_path, "validation")
+    assert len(validated) == 2 * 4  # generation best and CMA mean, every generation
+    best = max(validated, key=lambda e: e["fitness"])  # the first of equals, like the run's strict '>'
+    assert summary["selected"] == {"by": "validation", "generation": best["generation"], "candidate": best["candidate"], "score": best["fitness"]}
+    assert summary["validation"]["objective"] == best["fitness"] and summary["validation"]["tpr"] == best["tpr"]
+    # best.npy is that candidate: scored again on the validation clips it gives the same objective
+    again = client.evaluate(np.load(tmp_path / "best.npy")[None], epsilon=config.epsilon, carriers=config.validation, codecs=config.codecs,
+                            target_fpr=config.objective.target_fpr, per_clip_scores=True)  # fmt: skip
+    assert config.objective(again)[0] == best["fitness"]
+
+
+def test_summary_is_strict_json_with_train_validation_holdout(client, tmp_path):
+    # epsilon below half a uint8 level changes no pixel: PSNR is infinite, which strict JSON cannot hold
+    config = replace(_config(client, "cma", 8), epsilon=1e-4)
+    Run(client, make("dct:8:2", SHAPE), config, tmp_path).run(progress=False)
+    summary = _strict((tmp_path / "summary.json").read_text())
+    assert summary["holdout"]["psnr_db"] is None and summary["config"]["max_seconds"] is None
+    assert summary["target_fpr"] == 1 / 64 and summary["objective"] == "centred-margin"
+    for split, clips in (("train", 4), ("validation", 4), ("holdout", 8)):
+        assert summary[split]["clips"] == clips and summary[split]["separation"] == 0.0 and summary[split]["tpr"] == 0.0
+    assert summary["gap"]["objective"]["train_minus_holdout"] == summary["train"]["objective"] - summary["holdout"]["objective"]
+    for line in (tmp_path / "log.jsonl").read_text().splitlines():
+        assert _strict(line)["psnr_db"] is None
+
+
+def test_cli_optimize_end_to_end(server_target, client, tmp_path):
+    """Only a time limit (no --budget): the run stops by the clock and reports all three splits."""
+    validation = _validation(client)
+    out = subprocess.run(
+        [sys.executable, "-m", "codecloop.cli", "optimize", "--target", server_target, "--dataset", "embedded", "--epsilon", "4/255",
+         "--max-minutes", "0.15", "--train-clips", "4", "--popsize", "4", "--holdout-clips", "8", "--validation-split",
+         validation.split, "--validation-clips", "4", "--validate-every", "2", "--preset", "ultrafast", "--param", "dct:8:3",
+         "--out", str(tmp_path), "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    summary = _strict((tmp_path / "summary.json").read_text())
+    assert summary["config"]["budget"] is None and summary["generations"] >= 1
+    assert summary["target_fpr"] == 1 / 64 and summary["selected"]["by"] == "validation"
+    assert [summary[s]["clips"] for s in ("train", "validation", "holdout")] == [4, 4, 8]
+    assert f"holdout (8 clips, libx264 crf=28 ultrafast): objective {summary['holdout']['objective']:.4f} TPR" in out.stdout
+    for name in ("fitness.png", "holdout_hist.png", "holdout_roc.png", "best.npy"):
+        assert (tmp_path / name).stat().st_size > 0
 
 
 def test_patience_stops_early(client, tmp_path):
-    config = replace(_config("cma", 400), patience=1, sigma0=1e-9)  # no movement: no improvement
+    config = replace(_config(client, "cma", 400), patience=1, sigma0=1e-9)  # no movement: no improvement
     summary = Run(client, make("dct:8:2", SHAPE), config, tmp_path).run(progress=False)
     assert summary["generations"] <= 3
 
 
-def test_unknown_optimizer(client, tmp_path):
+def test_unknown_optimizer_and_split(client, tmp_path):
     with pytest.raises(CodecLoopValueError, match="nevergrad has no optimizer"):
-        Run(client, make("dct:8:2", SHAPE), _config("nevergrad:NoSuchThing", 8), tmp_path)
+        Run(client, make("dct:8:2", SHAPE), _config(client, "nevergrad:NoSuchThing", 8), tmp_path)
+    with pytest.raises(CodecLoopValueError, match=r"holdout.split: dataset 'embedded' has no split 'test'"):
+        Run(client, make("dct:8:2", SHAPE), replace(_config(client, "cma", 8), holdout=DatasetCarriers(split="test")), tmp_path)

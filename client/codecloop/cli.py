@@ -3,22 +3,56 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
-import math
 import os
 import sys
 from fractions import Fraction
 
 import numpy as np
 
+from codecloop.errors import CodecLoopError, CodecLoopValueError
+from codecloop.objectives import NAMES
 
-def _epsilon(text: str) -> float:
-    """'4/255' or '0.0157' -> float."""
-    try:
-        return float(Fraction(text))
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"epsilon: {text!r} is not a number or fraction like 4/255") from None
+
+def fraction(name: str, low: float, high: float, low_open: bool, high_open: bool):
+    """An argparse type: '4/255', '1/64' or '0.0157' -> float, checked to lie in the interval
+    from ``low`` to ``high`` (open at an end when ``*_open``); the error names ``name`` and the range."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(Fraction(text))
+        except (ValueError, ZeroDivisionError):
+            raise argparse.ArgumentTypeError(f"{name}: {text!r} is not a number or a fraction like 1/64") from None
+        if value < low or value > high or (low_open and value == low) or (high_open and value == high):
+            raise argparse.ArgumentTypeError(f"{name}: {text} = {value:g} is outside the allowed range {interval}")
+        return value
+
+    return parse
+
+
+_epsilon = fraction("epsilon", 0.0, 1.0, low_open=True, high_open=False)
+_target_fpr = fraction("target-fpr", 0.0, 1.0, low_open=False, high_open=True)
+_quantile = fraction("margin-quantile", 0.0, 1.0, low_open=True, high_open=True)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, unless its help text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text.lower() or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
+def _fill_help(parser: argparse.ArgumentParser) -> None:
+    """Options without help text get "default: ..." as their help (argparse prints no defaults for them)."""
+    for action in parser._actions:
+        if action.help is None and action.option_strings:
+            action.help = "default: %(default)s"
 
 
 def _dataset_arg(text: str) -> tuple[str, str]:
@@ -92,7 +126,8 @@ def _health(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="codecloop", description="Real-codec (libx264) evaluation of video signatures.")
-    sub = p.add_subparsers(dest="command", required=True)
+    # every subcommand's --help shows the defaults
+    sub = p.add_subparsers(dest="command", required=True, parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_HelpFormatter))
 
     s = sub.add_parser("serve", help="run the gRPC server (every flag's default: env CODECLOOP_<FLAG>)")
     s.add_argument("--host", default=_env("host", "127.0.0.1"))
@@ -103,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--clip-shape", type=int, nargs=3, default=None, metavar=("T", "H", "W"),
         help="clip shape of the datasets (default 16 112 112; a folder of (N,T,H,W,3) .npy keeps its own)",
     )  # fmt: skip
+    s.add_argument("--max-clips-per-source", type=int, default=_env("max-clips-per-source", "32"),
+                   help="clips taken from one video, spread over its whole length")  # fmt: skip
     s.add_argument("--clean-cache-mib", type=int, default=_env("clean-cache-mib", "2048"))
     s.add_argument("--result-cache-entries", type=int, default=_env("result-cache-entries", "200000"), help="0 turns it off")
     s.add_argument("--max-queued-tasks", type=int, default=_env("max-queued-tasks", "100000"), help="queued clip tasks before UNAVAILABLE")
@@ -150,39 +187,51 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--clips", type=int, default=32)
     e.add_argument("--clip-seed", type=int, default=0)
     rule = e.add_mutually_exclusive_group()
-    rule.add_argument("--threshold", type=float)
-    rule.add_argument("--target-fpr", type=float)
+    rule.add_argument("--threshold", type=float, help="explicit decision threshold (instead of --target-fpr)")
+    rule.add_argument("--target-fpr", type=_target_fpr, default="1/64", help="calibrate the threshold on the clean scores to this FPR")
     e.add_argument("--per-clip", action="store_true", help="print every clip's scores")
     e.add_argument("--json", help="also write the full result as JSON to this path")
     e.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for the server to come up")
 
-    o = sub.add_parser("optimize", help="optimize a signature on the real codec (pycma / nevergrad)")
+    o = sub.add_parser(
+        "optimize", help="optimize a signature on the real codec (pycma / nevergrad / torch)",
+        description="Search a signature on the real codec; the kept one is chosen on the validation split and "
+        "reported on train / validation / held-out clips at --target-fpr (summary.json, plots).",
+    )  # fmt: skip
     o.add_argument("--target", default="127.0.0.1:50051")
     o.add_argument(
         "--optimizer", default="cma",
         help="cma, nevergrad:<name> (NGOpt, CMA, TwoPointsDE, PSO, ...), torch-ste, torch-hybrid, proxy:tanh|soft|ste",
     )  # fmt: skip
-    o.add_argument("--param", default="lowres:14x14", help="lowres:HxW[:rgb][:t=N], tiled:HxW, dct:B:K[:per_block]")
-    o.add_argument("--epsilon", type=_epsilon, default=2 / 255)
-    o.add_argument("--crf", type=float, action="append", help="repeat for several codec settings (default 28)")
+    o.add_argument("--param", default="lowres:7x7:rgb:t=4", help="lowres:HxW[:rgb][:t=N], tiled:HxW[:rgb], dct:B:K[:per_block][:rgb]")
+    o.add_argument("--epsilon", type=_epsilon, default="2/255", help="L-inf budget, a number or a fraction")
+    o.add_argument("--crf", type=float, action="append", help="repeat for several codec settings; the worst decides (default 28)")
     o.add_argument("--preset", default="medium")
     o.add_argument("--scorer", default="blind")
-    o.add_argument("--objective", default="separation", choices=["separation", "dprime", "tpr", "auc"])
+    o.add_argument("--objective", default="centred-margin", choices=NAMES, help="see codecloop.objectives")
+    o.add_argument("--target-fpr", type=_target_fpr, default="1/64", help="deployed false-positive rate: objective and reports")
+    o.add_argument("--margin-quantile", type=_quantile, default="0.1", help="margin objectives: low quantile of poisoned scores")
+    o.add_argument("--centre-weight", type=float, default=1.0, help="centred-margin: weight of |mean clean score|")
     o.add_argument("--dataset", default="embedded")
-    o.add_argument("--train-clips", type=int, default=32)
-    o.add_argument("--holdout-clips", type=int, default=72)
+    o.add_argument("--train-clips", type=int, default=32, help="training clips per generation")
+    o.add_argument("--fresh-clips", action=argparse.BooleanOptionalAction, default=True,
+                   help="draw a different seeded subset of the train split each generation")  # fmt: skip
+    o.add_argument("--validation-split", default="validation", help="split the kept signature is chosen on")
+    o.add_argument("--validation-clips", type=int, default=0, help="0 = the whole validation split")
+    o.add_argument("--validate-every", type=int, default=None,
+                   help="validation period: generations (default 4), torch modes: steps (default 10)")  # fmt: skip
+    o.add_argument("--holdout-clips", type=int, default=0, help="0 = the whole holdout split")
     o.add_argument("--popsize", type=int, default=16)
-    o.add_argument("--budget", type=int, default=640, help="evaluations (candidates)")
-    o.add_argument("--max-minutes", type=float, default=math.inf)
-    o.add_argument("--patience", type=int, default=0, help="stop after this many generations without improvement")
-    o.add_argument("--sigma0", type=float, default=0.5)
-    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--budget", type=int, default=None, help="evaluations (candidates); default: no limit but --max-minutes")
+    o.add_argument("--max-minutes", type=float, default=9.0, help="wall-clock limit, final validation and held-out report included")
+    o.add_argument("--patience", type=int, default=0, help="stop after this many generations without a better kept signature (0: never)")
+    o.add_argument("--sigma0", type=float, default=2.0, help="initial step size (cma) / mutation sigma (nevergrad)")
+    o.add_argument("--seed", type=int, default=0, help="optimizer and training-clip draws")
     o.add_argument("--out", required=True, help="run folder; an existing one with a checkpoint is resumed")
     o.add_argument("--no-progress", action="store_true")
     o.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for the server")
     o.add_argument("--steps", type=int, default=60, help="torch modes: gradient steps")
     o.add_argument("--lr", type=float, default=0.1, help="torch modes: Adam learning rate")
-    o.add_argument("--validate-every", type=int, default=10, help="torch modes: real-codec validation period")
     o.add_argument("--frames", type=int, default=16, help="torch modes: distinct signature frames (1 = static)")
     o.add_argument("--block", type=int, default=1, help="torch modes: spatial block size (1 = full resolution)")
 
@@ -205,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="print the server's versions, datasets, scorers and limits")
     i.add_argument("--target", default="127.0.0.1:50051")
+    for sp in sub.choices.values():
+        _fill_help(sp)
     return p
 
 
@@ -238,6 +289,7 @@ def _server_config(args: argparse.Namespace):
         workers=args.workers,
         datasets=dict(args.dataset),
         clip_shape=tuple(args.clip_shape) if args.clip_shape else None,
+        max_clips_per_source=args.max_clips_per_source,
         clean_cache_bytes=args.clean_cache_mib << 20,
         result_cache_entries=args.result_cache_entries,
         max_client_queued_tasks=args.max_client_queued_tasks,
@@ -255,8 +307,6 @@ def _server_config(args: argparse.Namespace):
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
     from codecloop import Codec, DatasetCarriers
 
     with _client(args) as client:
@@ -277,7 +327,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             codecs=codecs,
             scorer=args.scorer,
             threshold=args.threshold,
-            target_fpr=args.target_fpr,
+            target_fpr=None if args.threshold is not None else args.target_fpr,
             per_clip_scores=args.per_clip or bool(args.json),
         )
     print(result.table())
@@ -287,24 +337,39 @@ def _evaluate(args: argparse.Namespace) -> int:
                 print(f"candidate {i} {s.codec.label()} clean:    " + " ".join(f"{v:.3f}" for v in s.clean_scores))
                 print(f"candidate {i} {s.codec.label()} poisoned: " + " ".join(f"{v:.3f}" for v in s.poisoned_scores))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(asdict(result), f, indent=1, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o))
+        from codecloop import jsonutil
+
+        jsonutil.write(args.json, result)
     return 0
+
+
+def _split_size(client, dataset: str, split: str) -> int:
+    """Clips in ``split`` of ``dataset`` on the server (CodecLoopValueError naming what is missing)."""
+    from codecloop.errors import CodecLoopValueError
+
+    info = next((d for d in client.info().datasets if d.name == dataset), None)
+    if info is None:
+        raise CodecLoopValueError(f"dataset: the server has no dataset {dataset!r}")
+    if split not in info.split_clips:
+        raise CodecLoopValueError(f"split: dataset {dataset!r} has no split {split!r}; it has {sorted(info.split_clips)}")
+    return info.split_clips[split]
 
 
 def _train(args: argparse.Namespace, client) -> int:
     from codecloop import Codec, DatasetCarriers
     from codecloop.train import TrainConfig, train_signature
 
+    holdout_clips = args.holdout_clips or _split_size(client, args.dataset, "holdout")
     config = TrainConfig(
         mode=args.optimizer,
         epsilon=args.epsilon,
         codec=Codec(crf=(args.crf or [28.0])[0], preset=args.preset),
         train=DatasetCarriers(args.dataset, "train", args.train_clips),
-        holdout=DatasetCarriers(args.dataset, "holdout", args.holdout_clips),
+        holdout=DatasetCarriers(args.dataset, "holdout", holdout_clips),
+        holdout_fpr=args.target_fpr,
         steps=args.steps,
         lr=args.lr,
-        validate_every=args.validate_every,
+        validate_every=args.validate_every or 10,
         frames=args.frames,
         block=args.block,
         seed=args.seed,
@@ -343,22 +408,29 @@ def _diagnose(args: argparse.Namespace) -> int:
 
 def _optimize(args: argparse.Namespace) -> int:
     from codecloop import Codec, DatasetCarriers
+    from codecloop.objectives import Objective
     from codecloop.optimize import Run, RunConfig
     from codecloop.params import make
+    from codecloop.plots import fraction_label
 
     with _client(args) as client:
         if args.wait > 0:
             client.wait_ready(args.wait)
         if args.optimizer.startswith(("torch-", "proxy:")):
             return _train(args, client)
-        shape = next(tuple(d.clip_shape) for d in client.info().datasets if d.name == args.dataset)
+        shape = next((tuple(d.clip_shape) for d in client.info().datasets if d.name == args.dataset), None)
+        if shape is None:
+            raise CodecLoopValueError(f"dataset: the server has no dataset {args.dataset!r}")
         config = RunConfig(
             optimizer=args.optimizer,
             epsilon=args.epsilon,
             codecs=tuple(Codec(crf=c, preset=args.preset) for c in (args.crf or [28.0])),
             scorer=args.scorer,
-            objective=args.objective,
+            objective=Objective(args.objective, args.target_fpr, args.margin_quantile, args.centre_weight),
             train=DatasetCarriers(args.dataset, "train", args.train_clips),
+            fresh_clips=args.fresh_clips,
+            validation=DatasetCarriers(args.dataset, args.validation_split, args.validation_clips),
+            validate_every=args.validate_every or 4,
             holdout=DatasetCarriers(args.dataset, "holdout", args.holdout_clips),
             popsize=args.popsize,
             budget=args.budget,
@@ -368,12 +440,20 @@ def _optimize(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
         summary = Run(client, make(args.param, shape), config, args.out).run(progress=not args.no_progress)
-    print(json.dumps({k: summary[k] for k in ("generations", "evaluations", "elapsed_s", "best_train_fitness")}))
-    for h in summary["holdout"]:
+    sel = summary["selected"]
+    print(f"{summary['generations']} generations, {summary['evaluations']} evaluations, {summary['elapsed_s']} s; "
+          f"kept: generation {sel['generation']} {sel['candidate']} by {sel['by']}")  # fmt: skip
+    print(f"objective {summary['objective']}, statistics at FPR <= {fraction_label(summary['target_fpr'])}:")
+    for split in ("train", "validation", "holdout"):
+        h = summary[split]
+        if h is None:
+            print(f"{split:>10}: - ({summary['validation_note']})")
+            continue
+        psnr = "inf" if h["psnr_db"] is None else f"{h['psnr_db']:.1f}"
         print(
-            f"held-out {h['codec']}: clean {h['clean_mean']:.4f}±{h['clean_std']:.4f} poisoned "
-            f"{h['poisoned_mean']:.4f}±{h['poisoned_std']:.4f} sep {h['separation']:.4f} TPR {h['tpr']:.0%} "
-            f"FPR {h['fpr']:.0%} AUC {h['auc']:.3f} p {h['p_value']:.2g} PSNR {h['psnr_db']:.1f} dB"
+            f"{split:>10} ({h['clips']} clips, {h['codec']}): objective {h['objective']:.4f} TPR {h['tpr']:.0%} FPR {h['fpr']:.1%} "
+            f"clean {h['clean_mean']:.4f}±{h['clean_std']:.4f} poisoned {h['poisoned_mean']:.4f}±{h['poisoned_std']:.4f} "
+            f"sep {h['separation']:.4f} AUC {h['auc']:.3f} p {h['p_value']:.2g} PSNR {psnr} dB"
         )
     print(f"run folder: {args.out} (log.jsonl, checkpoint.pkl, best.npy, summary.json, *.png)")
     return 0
@@ -389,7 +469,6 @@ def _info(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from codecloop.errors import CodecLoopError
 
     try:
         return {"serve": _serve, "evaluate": _evaluate, "optimize": _optimize, "diagnose": _diagnose, "info": _info, "health": _health}[args.command](args)

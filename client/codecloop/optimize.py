@@ -1,14 +1,31 @@
 """Black-box optimization of a signature on the real codec: pycma and nevergrad, batched.
 
 One generation = one ``ask`` of a whole population = one batched server call. Optimizers minimize,
-we maximize fitness: the loop tells them ``loss = -fitness`` in exactly one place (:meth:`Run.step`).
+we maximize the objective: the loop tells them ``loss = -objective`` in exactly one place
+(:meth:`Run.step`).
+
+What makes a signature found this way hold up on footage it never saw:
+
+* **objective** (:mod:`codecloop.objectives`): by default ``centred-margin``, a smooth stand-in for
+  the TPR at the deployed FPR that also penalizes clean scores sitting off 0, computed here from the
+  per-clip scores the server returns (a pure function of the request);
+* **fresh training clips**: each generation scores its population on a different random subset of
+  the train split (server-side draw, seed = f(run seed, generation): reproducible);
+* **best by validation**: every ``validate_every`` generations (and after the last) the generation's
+  best candidate and the optimizer's mean / recommendation are scored on the validation split; the
+  signature kept is the best one *there*, not the luckiest training score;
+* the report scores the kept signature on a fixed training sample, and summary.json and the plots
+  give train / validation / held-out side by side.
 
 A run folder holds:
-  log.jsonl      one line per evaluation, appended (and flushed) as it happens
+  log.jsonl      one line per evaluation ("split": "train") and per validated candidate
+                 ("split": "validation"), appended (and flushed) as it happens
   checkpoint.pkl the optimizer state after the last completed generation (atomic rename)
-  best.npy       the best signature (T', H, W, 3) float32
-  summary.json   settings, best training fitness, and held-out statistics of the best signature
-  *.png          fitness per generation, clean vs poisoned held-out score histograms, ROC
+  best.npy       the kept signature (T', H, W, 3) float32
+  summary.json   strict JSON: settings, and the kept signature's statistics on train / validation /
+                 held-out clips at ``target_fpr`` ("train", "validation", "holdout", "gap")
+  *.png          objective and TPR per generation (train, validation, held-out), held-out score
+                 histograms, ROC with a log FPR axis
 
 A killed run resumes from ``checkpoint.pkl``: log lines of generations after the checkpoint are
 dropped (they were never told to the optimizer) and the optimizer's random state is restored, so
@@ -22,53 +39,65 @@ import math
 import os
 import pickle
 import time
+import warnings
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from codecloop import jsonutil
 from codecloop.client import Client
 from codecloop.errors import CodecLoopValueError
+from codecloop.objectives import Objective
 from codecloop.params import Parameterization
-from codecloop.types import Codec, DatasetCarriers, EvaluateResult
+from codecloop.types import CandidateResult, Codec, DatasetCarriers, EvaluateResult
 
-OBJECTIVES: dict[str, Callable[[EvaluateResult], np.ndarray]] = {
-    # each: one float per candidate, bigger is better, worst codec setting decides
-    "separation": lambda r: r.fitness,
-    "dprime": lambda r: np.array(
-        [min((s.poisoned_mean - s.clean_mean) / math.sqrt(0.5 * (s.clean_std**2 + s.poisoned_std**2) + 1e-12) for s in c.codecs) for c in r.candidates]
-    ),
-    "tpr": lambda r: np.array([min(s.tpr for s in c.codecs) for c in r.candidates]),
-    "auc": lambda r: np.array([min(s.auc for s in c.codecs) for c in r.candidates]),
-}
+# seconds added to the final-report estimate for best.npy, summary.json and the plots (matplotlib import)
+_REPORT_OVERHEAD_S = 5.0
 
 
 @dataclass
 class RunConfig:
-    """What to optimize and how. Defaults: CMA-ES on the embedded train split, blind scorer, CRF 28."""
+    """What to optimize and how.
+
+    ``num_clips`` 0 in ``validation`` / ``holdout`` means the whole split. ``train.num_clips`` is
+    the number of training clips per generation (a fresh draw each generation when
+    ``fresh_clips``; the fixed sample ``train`` itself otherwise, and in the final report).
+    ``validation`` None (or a dataset without that split: a warning) selects by training objective.
+    ``budget`` (evaluations) None = unlimited; ``max_seconds`` is a wall-clock limit that includes
+    the validation calls and the final report.
+    """
 
     optimizer: str = "cma"  # "cma" or "nevergrad:<registry name>", e.g. "nevergrad:TwoPointsDE"
     epsilon: float = 2 / 255
     codecs: tuple[Codec, ...] = (Codec(),)
     scorer: str = "blind"
-    objective: str = "separation"
+    objective: Objective | str = field(default_factory=Objective)
     train: DatasetCarriers = DatasetCarriers(split="train", num_clips=32)
-    holdout: DatasetCarriers = DatasetCarriers(split="holdout", num_clips=72)
-    holdout_fpr: float = 1 / 64
+    fresh_clips: bool = True
+    validation: DatasetCarriers | None = DatasetCarriers(split="validation", num_clips=0)
+    validate_every: int = 4  # generations
+    holdout: DatasetCarriers = DatasetCarriers(split="holdout", num_clips=0)
     popsize: int = 16
-    budget: int = 640  # evaluations (candidates)
+    budget: int | None = 640
     max_seconds: float = math.inf
-    patience: int = 0  # generations without improvement before stopping; 0 = never
-    sigma0: float = 0.5
+    patience: int = 0  # generations without a better kept signature before stopping; 0 = never
+    sigma0: float = 2.0
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise CodecLoopValueError(f"objective: {self.objective!r} is not one of {sorted(OBJECTIVES)}")
+        if isinstance(self.objective, str):
+            self.objective = Objective(self.objective)
         if self.popsize < 2:
             raise CodecLoopValueError(f"popsize: {self.popsize} must be >= 2")
+        if self.validate_every < 1:
+            raise CodecLoopValueError(f"validate_every: {self.validate_every} must be >= 1")
+        if self.seed < 0:
+            raise CodecLoopValueError(f"seed: {self.seed} must be >= 0")
+        if self.budget is None and not math.isfinite(self.max_seconds) and self.patience == 0:
+            raise CodecLoopValueError("budget, max_seconds, patience: all unlimited; give at least one limit")
 
 
 class Backend(ABC):
@@ -79,6 +108,10 @@ class Backend(ABC):
 
     @abstractmethod
     def tell(self, thetas: list[np.ndarray], losses: list[float]) -> None: ...
+
+    @abstractmethod
+    def recommend(self) -> np.ndarray:
+        """The optimizer's own estimate of the optimum (CMA-ES: the distribution mean)."""
 
     @abstractmethod
     def state(self) -> bytes: ...
@@ -97,6 +130,9 @@ class CMABackend(Backend):
 
     def tell(self, thetas, losses) -> None:
         self.es.tell(thetas, losses)
+
+    def recommend(self) -> np.ndarray:
+        return np.array(self.es.mean, dtype=np.float64)
 
     def state(self) -> bytes:
         return pickle.dumps((self.es, np.random.get_state()))
@@ -130,6 +166,9 @@ class NevergradBackend(Backend):
             self.opt.tell(cand, loss)
         self._pending = []
 
+    def recommend(self) -> np.ndarray:
+        return np.asarray(self.opt.provide_recommendation().value, dtype=np.float64)
+
     def state(self) -> bytes:
         return pickle.dumps(self.opt)
 
@@ -146,11 +185,32 @@ class NevergradBackend(Backend):
 class RunState:
     generation: int = 0
     evaluations: int = 0
-    elapsed: float = 0.0
-    best_fitness: float = -math.inf
+    elapsed: float = 0.0  # seconds spent in generations and validations (summed over resumes)
+    last_generation_s: float = 0.0  # the last generation's seconds, validation included
+    best_fitness: float = -math.inf  # the kept signature's selection score (validation objective when validating)
     best_theta: np.ndarray | None = None
     best_generation: int = -1
-    history: list[dict[str, float]] = field(default_factory=list)  # per generation: max, mean, best
+    best_by: str = "train"  # "train" or "validation"
+    best_candidate: str = "best"  # "best" (its generation's best on that generation's clips) or "mean"
+    best_validation: dict[str, Any] | None = None  # the kept signature's validation report
+    generation_best_theta: np.ndarray | None = None  # the last generation's best, for validation
+    validated_generation: int = -1
+    history: list[dict[str, Any]] = field(default_factory=list)  # per generation
+    validations: list[dict[str, Any]] = field(default_factory=list)  # per validated candidate
+
+
+def _stats_fields(stats, objective: Objective) -> dict[str, Any]:
+    """One codec setting's statistics (no per-clip arrays) plus its objective value and label."""
+    out = {k: v for k, v in asdict(stats).items() if k not in ("codec", "clean_scores", "poisoned_scores", "p_value_test")}
+    return {"codec": stats.codec.label(), "objective": objective.codec(stats), **out}
+
+
+def report(result: EvaluateResult, index: int, objective: Objective, carriers: DatasetCarriers) -> dict[str, Any]:
+    """One candidate's report on one split: the worst codec setting's statistics at the top level
+    (``tpr``, ``fpr``, ``threshold``, ``separation``, ``clean_mean``, ...), every setting under ``per_codec``."""
+    per_codec = [_stats_fields(s, objective) for s in result.candidates[index].codecs]
+    worst = min(per_codec, key=lambda s: s["objective"])
+    return {"dataset": carriers.dataset, "split": carriers.split, "clips": result.num_clips, **worst, "per_codec": per_codec}
 
 
 class Run:
@@ -158,16 +218,57 @@ class Run:
 
     def __init__(self, client: Client, param: Parameterization, config: RunConfig, folder: str | Path) -> None:
         self.client, self.param, self.config = client, param, config
+        self.objective: Objective = config.objective  # type: ignore[assignment]  (str converted in RunConfig)
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.log_path = self.folder / "log.jsonl"
         self.ckpt_path = self.folder / "checkpoint.pkl"
+        self.validation_note = ""
+        self._resolve_carriers()
         if self.ckpt_path.exists():
             self._resume()
         else:
             self.state = RunState()
             self.backend = self._new_backend()
             self.log_path.write_text("")
+
+    # --- carriers ---------------------------------------------------------------------------------
+
+    def _resolve_carriers(self) -> None:
+        """Check every split exists on the server and turn ``num_clips`` 0 into the split's size."""
+        sizes = {(d.name, split): n for d in self.client.info().datasets for split, n in d.split_clips.items()}
+
+        def resolve(carriers: DatasetCarriers, name: str) -> DatasetCarriers:
+            splits = sorted(s for d, s in sizes if d == carriers.dataset)
+            if not splits:
+                raise CodecLoopValueError(f"{name}.dataset: the server has no dataset {carriers.dataset!r}")
+            if (carriers.dataset, carriers.split) not in sizes:
+                raise CodecLoopValueError(f"{name}.split: dataset {carriers.dataset!r} has no split {carriers.split!r}; it has {splits}")
+            size = sizes[(carriers.dataset, carriers.split)]
+            return replace(carriers, num_clips=size) if carriers.num_clips == 0 else carriers
+
+        c = self.config
+        self.train = resolve(c.train, "train")
+        self.holdout = resolve(c.holdout, "holdout")
+        self.validation: DatasetCarriers | None = None
+        if c.validation is not None:
+            try:
+                self.validation = resolve(c.validation, "validation")
+            except CodecLoopValueError as err:
+                if not str(err).startswith("validation.split"):
+                    raise
+                # a dataset without that split (an older server): run on, keep the best by training objective
+                self.validation_note = f"{err}; the kept signature is the best by training objective"
+                warnings.warn(self.validation_note, stacklevel=2)
+
+    def train_carriers(self, generation: int) -> DatasetCarriers:
+        """The training clips of ``generation``: a fresh seeded draw from the train split, or ``train``."""
+        if not self.config.fresh_clips:
+            return self.train
+        seed = int(np.random.default_rng([self.config.seed, generation]).integers(2**31 - 1))
+        return replace(self.train, seed=seed)
+
+    # --- optimizer state --------------------------------------------------------------------------
 
     def _new_backend(self) -> Backend:
         kind, _, name = self.config.optimizer.partition(":")
@@ -194,91 +295,161 @@ class Run:
         tmp.write_bytes(pickle.dumps({"state": self.state, "backend": self.backend.state(), "config": self.config}))
         os.replace(tmp, self.ckpt_path)
 
-    def done(self) -> bool:
-        c, s = self.config, self.state
-        stalled = c.patience > 0 and s.generation - s.best_generation > c.patience
-        return s.evaluations + c.popsize > c.budget or s.elapsed >= c.max_seconds or stalled
+    # --- the loop ---------------------------------------------------------------------------------
 
-    def step(self) -> dict[str, float]:
-        """One generation: ask, one batched server call, tell (loss = -fitness), log, checkpoint."""
-        t0 = time.monotonic()
-        thetas = self.backend.ask()
-        result = self.client.evaluate(
+    def _evaluate(self, thetas: list[np.ndarray], carriers: DatasetCarriers, per_clip: bool = False) -> EvaluateResult:
+        c = self.config
+        return self.client.evaluate(
             self.param(np.stack(thetas)),
-            epsilon=self.config.epsilon,
-            carriers=self.config.train,
-            codecs=self.config.codecs,
-            scorer=self.config.scorer,
+            epsilon=c.epsilon,
+            carriers=carriers,
+            codecs=c.codecs,
+            scorer=c.scorer,
+            target_fpr=self.objective.target_fpr,
+            per_clip_scores=per_clip or self.objective.needs_per_clip,
         )
-        fitness = OBJECTIVES[self.config.objective](result)
+
+    def _final_seconds(self) -> float:
+        """Estimated seconds of what :meth:`finish` still has to do, from the last generation's pace
+        (its clean encodes counted twice: the report's clips are mostly not cached yet)."""
+        s, c = self.state, self.config
+        if s.generation == 0:
+            return 0.0
+        per_clip = s.last_generation_s / (c.popsize * self.train.num_clips)
+        clips = self.holdout.num_clips + self.train.num_clips
+        if self.validation is not None:
+            clips += 2 * self.validation.num_clips  # a last validation of two candidates
+        return 2 * per_clip * clips + _REPORT_OVERHEAD_S
+
+    def done(self) -> bool:
+        """Budget, patience, or no time for one more generation plus the final report."""
+        c, s = self.config, self.state
+        if c.budget is not None and s.evaluations + c.popsize > c.budget:
+            return True
+        if c.patience > 0 and s.best_generation >= 0 and s.generation - 1 - s.best_generation >= c.patience:
+            return True
+        return s.elapsed + s.last_generation_s + self._final_seconds() > c.max_seconds
+
+    def step(self) -> dict[str, Any]:
+        """One generation: ask, one batched server call, tell (loss = -objective), log, maybe
+        validate, checkpoint. Returns the generation's history entry."""
+        t0 = time.monotonic()
+        s, g = self.state, self.state.generation
+        thetas = self.backend.ask()
+        result = self._evaluate(thetas, self.train_carriers(g))
+        fitness = self.objective(result)
         self.backend.tell(thetas, [-float(f) for f in fitness])  # the optimizers minimize
-        s = self.state
         with self.log_path.open("a") as log:
             for i, (f, cand) in enumerate(zip(fitness, result.candidates)):
-                worst = min(cand.codecs, key=lambda c: c.separation)
-                log.write(json.dumps({
-                    "generation": s.generation, "index": i, "evaluation": s.evaluations + i, "fitness": float(f),
-                    "separation": worst.separation, "tpr": worst.tpr, "auc": worst.auc, "p_value": worst.p_value,
-                    "psnr_db": worst.psnr_db,
-                }) + "\n")  # fmt: skip
-            log.flush()
+                log.write(jsonutil.dumps({"split": "train", "generation": g, "index": i, "evaluation": s.evaluations + i,
+                                          "fitness": float(f), **self._line(cand)}) + "\n")  # fmt: skip
         best = int(np.argmax(fitness))
-        if fitness[best] > s.best_fitness:
-            s.best_fitness, s.best_theta, s.best_generation = float(fitness[best]), np.asarray(thetas[best]), s.generation
-        s.history.append({"max": float(fitness.max()), "mean": float(fitness.mean()), "best": s.best_fitness})
+        s.generation_best_theta = np.asarray(thetas[best])
+        if self.validation is None and fitness[best] > s.best_fitness:
+            s.best_fitness, s.best_theta, s.best_generation = float(fitness[best]), s.generation_best_theta, g
+        s.history.append({
+            "generation": g, "max": float(fitness.max()), "mean": float(fitness.mean()),
+            "best_tpr": self._line(result.candidates[best])["tpr"], "clip_ids": list(result.clip_ids),
+        })  # fmt: skip
         s.generation += 1
         s.evaluations += len(thetas)
-        s.elapsed += time.monotonic() - t0
+        if self.validation is not None and s.generation % self.config.validate_every == 0:
+            self.validate()
+        s.last_generation_s = time.monotonic() - t0
+        s.elapsed += s.last_generation_s
         self._checkpoint()
         return s.history[-1]
 
+    def _line(self, cand: CandidateResult) -> dict[str, Any]:
+        """Log fields of the candidate's worst codec setting (by objective)."""
+        worst = min(cand.codecs, key=self.objective.codec)
+        return {k: getattr(worst, k) for k in ("separation", "tpr", "fpr", "clean_mean", "clean_std", "auc", "p_value", "psnr_db")}
+
+    def validate(self) -> None:
+        """Score the last generation's best candidate and the optimizer's mean on the validation
+        split; keep either if it beats the kept signature there."""
+        s, g = self.state, self.state.generation - 1
+        assert self.validation is not None and s.generation_best_theta is not None
+        names, thetas = ("best", "mean"), [s.generation_best_theta, self.backend.recommend()]
+        result = self._evaluate(thetas, self.validation)
+        values = self.objective(result)
+        with self.log_path.open("a") as log:
+            for name, theta, value, i in zip(names, thetas, values, range(len(thetas))):
+                entry = {"split": "validation", "generation": g, "candidate": name, "fitness": float(value), **self._line(result.candidates[i])}
+                log.write(jsonutil.dumps(entry) + "\n")
+                s.validations.append(entry)
+                if value > s.best_fitness:
+                    s.best_fitness, s.best_theta, s.best_generation = float(value), np.asarray(theta), g
+                    s.best_by, s.best_candidate = "validation", name
+                    s.best_validation = report(result, i, self.objective, self.validation)
+        s.validated_generation = g
+
     def run(self, progress: bool = True) -> dict[str, Any]:
-        """Generations until the budget, time limit or patience runs out; then the held-out report."""
+        """Generations until the budget, time limit or patience runs out; then the final report."""
+        start = time.monotonic()
         bar = None
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=self.config.budget, initial=self.state.evaluations, unit="eval", desc=self.config.optimizer)
+            total = self.config.budget if self.config.budget is not None else None
+            bar = tqdm(total=total, initial=self.state.evaluations, unit="eval", desc=self.config.optimizer)
         while not self.done():
             h = self.step()
             if bar is not None:
                 bar.update(self.config.popsize)
-                bar.set_postfix(best=f"{h['best']:.4f}", gen_max=f"{h['max']:.4f}")
+                bar.set_postfix(kept=f"{self.state.best_fitness:.4f}", gen_max=f"{h['max']:.4f}")
         if bar is not None:
             bar.close()
-        return self.finish()
+        return self.finish(search_s=time.monotonic() - start)
 
-    def finish(self) -> dict[str, Any]:
-        """Save the best signature, evaluate it on the held-out split, write summary and plots."""
-        if self.state.best_theta is None:
-            raise CodecLoopValueError("budget: no generation was run (budget < popsize?)")
-        best = self.param(self.state.best_theta)  # (1, T', H, W, 3)
+    def finish(self, search_s: float | None = None) -> dict[str, Any]:
+        """Validate the last generation if it was not, save the kept signature, score it on a
+        fixed training sample and on the held-out split, write summary.json and the plots."""
+        t0 = time.monotonic()
+        s, c = self.state, self.config
+        if s.generation == 0:
+            raise CodecLoopValueError("budget: no generation was run (budget < popsize, or max_seconds too small)")
+        if self.validation is not None and s.validated_generation < s.generation - 1:
+            self.validate()
+            self._checkpoint()
+        best = self.param(s.best_theta)  # (1, T', H, W, 3)
         np.save(self.folder / "best.npy", best[0])
-        held = self.client.evaluate(
-            best,
-            epsilon=self.config.epsilon,
-            carriers=self.config.holdout,
-            codecs=self.config.codecs,
-            scorer=self.config.scorer,
-            target_fpr=self.config.holdout_fpr,
-            per_clip_scores=True,
-        )
-        config = asdict(self.config)
-        summary = {
-            "config": json.loads(json.dumps(config, default=str)),
-            "parameterization": self.param.describe(),
-            "generations": self.state.generation,
-            "evaluations": self.state.evaluations,
-            "elapsed_s": round(self.state.elapsed, 1),
-            "best_train_fitness": self.state.best_fitness,
-            "best_generation": self.state.best_generation,
-            "holdout": [
-                {k: v for k, v in asdict(s).items() if k not in ("clean_scores", "poisoned_scores")} | {"codec": s.codec.label()}
-                for s in held.candidates[0].codecs
-            ],
+        train = self._evaluate([s.best_theta], self.train, per_clip=True)
+        held = self._evaluate([s.best_theta], self.holdout, per_clip=True)
+        sections = {
+            "train": report(train, 0, self.objective, self.train),
+            "validation": s.best_validation,
+            "holdout": report(held, 0, self.objective, self.holdout),
         }
-        (self.folder / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        sections["train"] |= {"clips_per_generation": self.train.num_clips, "fresh_clips": c.fresh_clips}
+        s.elapsed += time.monotonic() - t0
+        summary = {
+            "target_fpr": self.objective.target_fpr,
+            "objective": self.objective.name,
+            "selected": {"by": s.best_by, "generation": s.best_generation, "candidate": s.best_candidate, "score": s.best_fitness},
+            **sections,
+            "gap": _gaps(sections),
+            "validation_note": self.validation_note or None,
+            "generations": s.generation,
+            "evaluations": s.evaluations,
+            "elapsed_s": round(s.elapsed, 1),  # generations, validations and this report, over all resumes
+            "wall_s": None if search_s is None else round(search_s + time.monotonic() - t0, 1),  # this call, report included
+            "parameterization": self.param.describe(),
+            "config": asdict(c),
+        }
+        jsonutil.write(self.folder / "summary.json", summary)
         from codecloop import plots
 
-        plots.run_plots(self.folder, self.state.history, held.candidates[0].codecs)
-        return summary
+        plots.run_plots(self.folder, s.history, s.validations, summary, held.candidates[0].codecs, c.epsilon)
+        return jsonutil.finite(summary)
+
+
+def _gaps(sections: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, float | None]]:
+    """Differences of objective, TPR and separation between splits (train - validation, ...)."""
+    pairs = (("train", "validation"), ("validation", "holdout"), ("train", "holdout"))
+    out = {}
+    for metric in ("objective", "tpr", "separation"):
+        out[metric] = {
+            f"{a}_minus_{b}": (sections[a][metric] - sections[b][metric]) if sections[a] and sections[b] else None for a, b in pairs
+        }
+    return out

@@ -1,9 +1,11 @@
-"""PNG reports (matplotlib, Agg backend): fitness per generation, score histograms, ROC."""
+"""PNG reports (matplotlib, Agg backend): train / validation / held-out curves per generation, held-out
+score histograms (counts) and ROC curves with a log-scale FPR axis and the operating point marked."""
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -18,6 +20,12 @@ def roc_curve(clean: np.ndarray, poisoned: np.ndarray) -> tuple[np.ndarray, np.n
     return fpr, tpr
 
 
+def fraction_label(x: float) -> str:
+    """0.015625 -> '1/64', 0.00784 -> '2/255', 0.3 -> '3/10'; other values as %.3g."""
+    f = Fraction(x).limit_denominator(1000)
+    return f"{f.numerator}/{f.denominator}" if abs(float(f) - x) < 1e-9 and f.denominator > 1 else f"{x:.3g}"
+
+
 def _pyplot():
     import matplotlib
 
@@ -25,34 +33,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def train_plots(folder: Path, history: Sequence[dict[str, float]], holdout: CodecStats) -> list[Path]:
-    """fitness.png (proxy vs real separation per validation step) and the held-out plots."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    steps = [h["step"] for h in history]
-    ax.plot(steps, [h["train_separation"] for h in history], "-", label="training objective (its own forward)")
-    ax.plot(steps, [h["proxy_separation"] for h in history], "--", label="proxy separation (hard rounding)")
-    ax.plot(steps, [h["real_separation"] for h in history], "-o", label="real libx264 separation")
-    ax.set_xlabel("step")
-    ax.set_ylabel("separation")
-    ax.legend(fontsize=8)
-    return [_save(fig, folder / "fitness.png"), *_holdout_plots(folder, [holdout])]
-
-
-def run_plots(folder: Path, history: Sequence[dict[str, float]], holdout: Sequence[CodecStats]) -> list[Path]:
-    """fitness.png, holdout_hist.png, holdout_roc.png in ``folder``; returns their paths."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    gens = np.arange(len(history))
-    for key, style in (("max", "-"), ("mean", "--"), ("best", ":")):
-        ax.plot(gens, [h[key] for h in history], style, label=f"{key} fitness")
-    ax.set_xlabel("generation")
-    ax.set_ylabel("fitness (bigger is better)")
-    ax.set_title("training fitness on the real codec")
-    ax.legend()
-    return [_save(fig, folder / "fitness.png"), *_holdout_plots(folder, holdout)]
 
 
 def _save(fig, path: Path) -> Path:
@@ -63,28 +43,118 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _holdout_plots(folder: Path, holdout: Sequence[CodecStats]) -> list[Path]:
+def train_plots(
+    folder: Path, history: Sequence[dict[str, float]], holdout: CodecStats, epsilon: float | None = None, target_fpr: float | None = None
+) -> list[Path]:
+    """Torch modes: fitness.png (proxy vs real separation per validation step) and the held-out plots."""
     plt = _pyplot()
-    paths = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [h["step"] for h in history]
+    ax.plot(steps, [h["train_separation"] for h in history], "-", label="training objective (its own forward)")
+    ax.plot(steps, [h["proxy_separation"] for h in history], "--", label="proxy separation (hard rounding)")
+    ax.plot(steps, [h["real_separation"] for h in history], "-o", label="real libx264 separation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("separation")
+    ax.legend(fontsize=8)
+    return [_save(fig, folder / "fitness.png"), *holdout_plots(folder, [holdout], epsilon, target_fpr)]
+
+
+def run_plots(
+    folder: Path,
+    history: Sequence[dict[str, Any]],
+    validations: Sequence[dict[str, Any]],
+    summary: dict[str, Any],
+    holdout: Sequence[CodecStats],
+    epsilon: float,
+) -> list[Path]:
+    """fitness.png (:func:`curves_figure`), holdout_hist.png and holdout_roc.png in ``folder``."""
+    fig = curves_figure(history, validations, summary)
+    return [_save(fig, folder / "fitness.png"), *holdout_plots(folder, holdout, epsilon, summary["target_fpr"])]
+
+
+def curves_figure(history: Sequence[dict[str, Any]], validations: Sequence[dict[str, Any]], summary: dict[str, Any]):
+    """Objective (left) and TPR at the target FPR (right) per generation: the training population
+    (each generation on its own clips), the validated candidates, and the kept signature on the
+    train sample, validation and held-out splits (summary sections)."""
+    plt = _pyplot()
+    fpr_text = fraction_label(summary["target_fpr"])
+    last = history[-1]["generation"]
+    fig, (obj_ax, tpr_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    gens = [h["generation"] for h in history]
+    obj_ax.plot(gens, [h["max"] for h in history], "-", color="C0", lw=1, label="train: generation's best (its clips)")
+    obj_ax.plot(gens, [h["mean"] for h in history], "--", color="C0", lw=1, alpha=0.6, label="train: generation mean")
+    tpr_ax.plot(gens, [h["best_tpr"] for h in history], "-", color="C0", lw=1, label="train: generation's best (its clips)")
+    for cand, marker in (("best", "o"), ("mean", "s")):
+        points = [v for v in validations if v["candidate"] == cand]
+        if points:
+            label = f"validation: {'generation best' if cand == 'best' else 'optimizer mean'}"
+            obj_ax.plot([v["generation"] for v in points], [v["fitness"] for v in points], marker, color="C1", mfc="none", label=label)
+            tpr_ax.plot([v["generation"] for v in points], [v["tpr"] for v in points], marker, color="C1", mfc="none", label=label)
+    sel = summary["selected"]
+    for key, ax in (("objective", obj_ax), ("tpr", tpr_ax)):
+        for split, marker, color in (("train", "P", "C0"), ("validation", "*", "C1"), ("holdout", "D", "C3")):
+            section = summary.get(split)
+            if section:
+                ax.plot([sel["generation"] if split == "validation" else last], [section[key]], marker, color=color, ms=10,
+                        label=f"kept signature, {split} ({section['clips']} clips): {section[key]:.3g}")  # fmt: skip
+        ax.set_xlabel("generation")
+        ax.legend(fontsize=7)
+    obj_ax.set_ylabel(f"{summary['objective']} (bigger is better)")
+    obj_ax.set_title(f"objective, kept by {sel['by']} (generation {sel['generation']})", fontsize=10)
+    tpr_ax.set_ylabel(f"TPR at FPR ≤ {fpr_text}")
+    tpr_ax.set_ylim(-0.02, 1.02)
+    tpr_ax.set_title(f"TPR at FPR ≤ {fpr_text}, threshold from each split's clean scores", fontsize=10)
+    return fig
+
+
+def holdout_plots(folder: Path, holdout: Sequence[CodecStats], epsilon: float | None, target_fpr: float | None) -> list[Path]:
+    """holdout_hist.png and holdout_roc.png (see :func:`histogram_figure`, :func:`roc_figure`)."""
+    return [
+        _save(histogram_figure(holdout, epsilon), folder / "holdout_hist.png"),
+        _save(roc_figure(holdout, epsilon, target_fpr), folder / "holdout_roc.png"),
+    ]
+
+
+def histogram_figure(holdout: Sequence[CodecStats], epsilon: float | None, split: str = "held-out"):
+    """Clip counts of clean and poisoned scores with the threshold marked, one panel per codec
+    setting, titled with the split, codec, epsilon and number of clips (per-clip scores needed)."""
+    plt = _pyplot()
+    eps_text = f"ε = {fraction_label(epsilon)}" if epsilon is not None else ""
     fig, axes = plt.subplots(1, len(holdout), figsize=(6 * len(holdout), 4), squeeze=False)
     for ax, s in zip(axes[0], holdout):
-        bins = np.linspace(min(s.clean_scores.min(), s.poisoned_scores.min()), max(s.clean_scores.max(), s.poisoned_scores.max()), 30)
+        scores = np.concatenate([s.clean_scores, s.poisoned_scores])
+        bins = np.linspace(scores.min(), scores.max(), 30)
         ax.hist(s.clean_scores, bins, alpha=0.6, label=f"clean {s.clean_mean:.3f}±{s.clean_std:.3f}")
         ax.hist(s.poisoned_scores, bins, alpha=0.6, label=f"poisoned {s.poisoned_mean:.3f}±{s.poisoned_std:.3f}")
-        ax.axvline(s.threshold, color="k", lw=1, label=f"threshold (TPR {s.tpr:.0%}, FPR {s.fpr:.0%})")
-        ax.set_title(f"held-out clips, {s.codec.label()}")
+        ax.axvline(s.threshold, color="k", lw=1, label=f"threshold (TPR {s.tpr:.0%}, FPR {s.fpr:.1%})")
+        ax.set_title(", ".join(t for t in (split, s.codec.label(), eps_text, f"n = {len(s.clean_scores)} clips") if t), fontsize=10)
         ax.set_xlabel("detector score")
+        ax.set_ylabel("clips")
         ax.legend(fontsize=8)
-    paths.append(_save(fig, folder / "holdout_hist.png"))
+    return fig
 
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    for s in holdout:
+
+def roc_figure(holdout: Sequence[CodecStats], epsilon: float | None, target_fpr: float | None, split: str = "held-out"):
+    """ROC curves on a log-scale FPR axis (FPR 0 drawn at 1/(2n)), each codec setting's operating
+    point (its threshold's FPR and TPR) marked, and the target FPR as a vertical line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    n = max(len(s.clean_scores) for s in holdout)
+    floor = 1 / (2 * n)  # FPR 0 cannot sit on a log axis: drawn at half the smallest non-zero FPR
+    for i, s in enumerate(holdout):
         fpr, tpr = roc_curve(s.clean_scores, s.poisoned_scores)
-        ax.plot(fpr, tpr, label=f"{s.codec.label()} AUC {s.auc:.3f}")
-    ax.plot([0, 1], [0, 1], "k:", lw=1)
-    ax.set_xlabel("false positive rate")
+        ax.plot(np.maximum(fpr, floor), tpr, "-", color=f"C{i}", label=f"{s.codec.label()} AUC {s.auc:.3f}")
+        ax.plot([max(s.fpr, floor)], [s.tpr], "o", color=f"C{i}", ms=8, label=f"operating point: TPR {s.tpr:.0%} at FPR {s.fpr:.1%}")
+    grid = np.logspace(np.log10(floor), 0, 50)
+    ax.plot(grid, grid, "k:", lw=1, label="chance")
+    if target_fpr:
+        ax.axvline(max(target_fpr, floor), color="grey", ls="--", lw=1, label=f"target FPR {fraction_label(target_fpr)}")
+    ax.set_xscale("log")
+    ax.set_xlim(floor * 0.8, 1.05)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(f"false positive rate (log; 0 drawn at 1/{2 * n})")
     ax.set_ylabel("true positive rate")
-    ax.set_title("ROC, held-out clips")
-    ax.legend(fontsize=8)
-    paths.append(_save(fig, folder / "holdout_roc.png"))
-    return paths
+    eps_text = f"ε = {fraction_label(epsilon)}" if epsilon is not None else ""
+    ax.set_title(", ".join(t for t in (f"ROC, {split} clips", eps_text, f"n = {n}") if t), fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    return fig

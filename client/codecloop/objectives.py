@@ -1,0 +1,101 @@
+"""What an optimizer maximizes: one number per candidate from the per-clip scores of one request.
+
+Every objective here is a pure function of the clean and poisoned detector scores the server
+returned for one candidate under one codec setting (the N carrier clips of the request, paired);
+a candidate's value is the **minimum over its codec settings** (the worst codec decides). Bigger is
+better. The decision that is deployed is "score > a threshold calibrated so that at most a fraction
+``target_fpr`` of clean clips pass", so:
+
+| name | value (c: clean scores, p: poisoned scores, f: target_fpr) |
+|---|---|
+| ``separation`` | mean(p) - mean(c): the server's own fitness |
+| ``dprime`` | separation / sqrt((var(c) + var(p)) / 2) |
+| ``tpr`` | TPR at FPR <= f (threshold calibrated on c as in :mod:`codecloop.stats`): what is deployed, a step function |
+| ``auc`` | P(p > c) + P(tie) / 2 |
+| ``margin`` | quantile(p, q) - quantile(c, 1 - f): a smooth stand-in for the TPR at FPR f (>= 0 means a fraction >= 1 - q of poisoned clips clear the clean (1 - f) quantile) |
+| ``centred-margin`` | margin - w * abs(mean(c)): also penalizes a signature whose clean scores sit off 0, i.e. one that correlates with the carriers' content (that correlation does not carry over to other footage) |
+
+Quantiles interpolate linearly between order statistics (numpy's default), so ``margin`` moves
+continuously with every score.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from codecloop.errors import CodecLoopValueError
+from codecloop.stats import calibrate_threshold
+from codecloop.types import CandidateResult, CodecStats, EvaluateResult
+
+NAMES = ("separation", "dprime", "tpr", "auc", "margin", "centred-margin")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """An objective by name, with its parameters.
+
+    Attributes:
+        name: one of :data:`NAMES`.
+        target_fpr: the false-positive rate the detector is deployed at, in [0, 1).
+        poisoned_quantile: q of ``margin``: the low quantile of poisoned scores, in (0, 1).
+        centre_weight: w of ``centred-margin`` (score units per score unit), >= 0.
+    """
+
+    name: str = "centred-margin"
+    target_fpr: float = 1 / 64
+    poisoned_quantile: float = 0.1
+    centre_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.name not in NAMES:
+            raise CodecLoopValueError(f"objective: {self.name!r} is not one of {list(NAMES)}")
+        if not 0 <= self.target_fpr < 1:
+            raise CodecLoopValueError(f"target_fpr: {self.target_fpr} is outside the allowed range [0, 1)")
+        if not 0 < self.poisoned_quantile < 1:
+            raise CodecLoopValueError(f"poisoned_quantile: {self.poisoned_quantile} is outside the allowed range (0, 1)")
+        if not (self.centre_weight >= 0 and math.isfinite(self.centre_weight)):
+            raise CodecLoopValueError(f"centre_weight: {self.centre_weight} must be finite and >= 0")
+
+    @property
+    def needs_per_clip(self) -> bool:
+        """Whether the request must ask for per-clip scores (every objective but ``separation``)."""
+        return self.name != "separation"
+
+    def scores(self, clean: np.ndarray, poisoned: np.ndarray) -> float:
+        """The objective of (N,) clean and (N,) poisoned scores of the same clips."""
+        clean, poisoned = np.asarray(clean, np.float64), np.asarray(poisoned, np.float64)
+        if clean.shape != poisoned.shape or clean.ndim != 1 or len(clean) == 0:
+            raise CodecLoopValueError(f"scores: clean {clean.shape} and poisoned {poisoned.shape} must be the same (N,), N >= 1")
+        if self.name == "separation":
+            return float(poisoned.mean() - clean.mean())
+        if self.name == "dprime":
+            return float((poisoned.mean() - clean.mean()) / math.sqrt(0.5 * (clean.var() + poisoned.var()) + 1e-12))
+        if self.name == "tpr":
+            return float(np.mean(poisoned > calibrate_threshold(clean, self.target_fpr)))
+        if self.name == "auc":
+            # pairs (i, j) over all clips: P(p_i > c_j) + P(p_i == c_j) / 2
+            diff = poisoned[:, None] - clean[None, :]
+            return float(np.mean(diff > 0) + 0.5 * np.mean(diff == 0))
+        margin = float(np.quantile(poisoned, self.poisoned_quantile) - np.quantile(clean, 1 - self.target_fpr))
+        if self.name == "margin":
+            return margin
+        return margin - self.centre_weight * abs(float(clean.mean()))
+
+    def codec(self, stats: CodecStats) -> float:
+        """The objective of one candidate under one codec setting (``separation`` needs no per-clip scores)."""
+        if self.name == "separation" and stats.clean_scores is None:
+            return float(stats.separation)
+        if stats.clean_scores is None or stats.poisoned_scores is None:
+            raise CodecLoopValueError(f"objective {self.name!r} needs per-clip scores: evaluate with per_clip_scores=True")
+        return self.scores(stats.clean_scores, stats.poisoned_scores)
+
+    def candidate(self, result: CandidateResult) -> float:
+        """Worst codec setting decides."""
+        return min(self.codec(s) for s in result.codecs)
+
+    def __call__(self, result: EvaluateResult) -> np.ndarray:
+        """(P,) float64, one value per candidate of ``result``, in order; bigger is better."""
+        return np.array([self.candidate(c) for c in result.candidates], dtype=np.float64)

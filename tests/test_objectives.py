@@ -1,0 +1,123 @@
+"""Objectives from known per-clip scores, strict JSON reports, CLI fractions and defaults, plot figures."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from codecloop import Codec
+from codecloop import jsonutil
+from codecloop.cli import build_parser
+from codecloop.errors import CodecLoopValueError
+from codecloop.objectives import Objective
+from codecloop.stats import Decision, detection_stats
+from codecloop.types import CandidateResult, CodecStats, EvaluateResult
+
+CLEAN = np.array([-0.02, -0.01, 0.0, 0.01, 0.03, -0.03, 0.02, 0.0])
+POISONED = np.array([0.05, 0.04, 0.00, 0.06, 0.02, 0.01, 0.08, 0.03])
+
+
+def stats(clean: np.ndarray, poisoned: np.ndarray, codec: Codec = Codec(), target_fpr: float = 1 / 64) -> CodecStats:
+    """CodecStats as the server computes them (same stats module), with per-clip scores."""
+    s = detection_stats(clean, poisoned, Decision(target_fpr=target_fpr))
+    return CodecStats(codec=codec, psnr_db=math.inf, clean_bytes_mean=0.0, poisoned_bytes_mean=0.0,
+                      clean_scores=clean, poisoned_scores=poisoned, **s)  # fmt: skip
+
+
+def test_objectives_from_known_scores():
+    f = 1 / 64
+    sep = POISONED.mean() - CLEAN.mean()
+    assert Objective("separation").scores(CLEAN, POISONED) == pytest.approx(sep)
+    assert Objective("dprime").scores(CLEAN, POISONED) == pytest.approx(sep / math.sqrt(0.5 * (CLEAN.var() + POISONED.var())), rel=1e-6)
+    # 8 clean clips, FPR 1/64 -> threshold = the highest clean score 0.03; poisoned above it: 0.05 0.04 0.06 0.08
+    assert Objective("tpr", target_fpr=f).scores(CLEAN, POISONED) == 4 / 8
+    assert Objective("tpr", target_fpr=1 / 4).scores(CLEAN, POISONED) == 6 / 8  # 2 clean above 0.01 allowed
+    assert Objective("auc").scores(CLEAN, POISONED) == pytest.approx(stats(CLEAN, POISONED).auc)
+    # quantile(p, 0.1): sorted p = 0, .01, .02, ...; position 0.7 -> 0.007; quantile(c, 63/64): between 0.02 and 0.03
+    q_clean = 0.02 + (7 * 63 / 64 - 6) * 0.01
+    margin = 0.007 - q_clean
+    assert Objective("margin", target_fpr=f, poisoned_quantile=0.1).scores(CLEAN, POISONED) == pytest.approx(margin)
+    shifted = CLEAN - 0.01  # clean scores off centre by -0.01 on average
+    assert Objective("centred-margin", f, 0.1, centre_weight=2.0).scores(shifted, POISONED) == pytest.approx(
+        0.007 - (q_clean - 0.01) - 2.0 * 0.01
+    )
+
+
+def test_worst_codec_decides_and_result_order():
+    good, bad = stats(CLEAN, POISONED), stats(CLEAN, POISONED - 0.03, Codec(crf=35))
+    result = EvaluateResult(
+        candidates=(CandidateResult(0.0, (good, bad)), CandidateResult(0.0, (good,))), scorer="blind", epsilon=0.01, num_clips=8
+    )
+    values = Objective("margin")(result)
+    assert values.shape == (2,)
+    assert values[0] == Objective("margin").codec(bad) < values[1] == Objective("margin").codec(good)
+
+
+def test_objective_needs_per_clip_scores_and_checks_parameters():
+    no_scores = CodecStats(**{**stats(CLEAN, POISONED).__dict__, "clean_scores": None, "poisoned_scores": None})
+    assert Objective("separation").codec(no_scores) == pytest.approx(POISONED.mean() - CLEAN.mean())
+    with pytest.raises(CodecLoopValueError, match="per_clip_scores=True"):
+        Objective("margin").codec(no_scores)
+    with pytest.raises(CodecLoopValueError, match="objective: 'sep' is not one of"):
+        Objective("sep")
+    with pytest.raises(CodecLoopValueError, match=r"target_fpr: 1.0 is outside the allowed range \[0, 1\)"):
+        Objective(target_fpr=1.0)
+    with pytest.raises(CodecLoopValueError, match=r"poisoned_quantile: 0 is outside"):
+        Objective(poisoned_quantile=0)
+
+
+def test_strict_json_has_no_infinity_or_nan():
+    text = jsonutil.dumps({"psnr_db": math.inf, "x": np.float64("nan"), "n": np.int64(3), "a": np.array([1.0, -math.inf]),
+                           "codec": Codec(), "t": (1, 2)})  # fmt: skip
+    back = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON token {c}"))
+    assert back == {"psnr_db": None, "x": None, "n": 3, "a": [1.0, None], "codec": {**Codec().__dict__}, "t": [1, 2]}
+    with pytest.raises(ValueError):  # what the helper protects against: the stdlib default writes Infinity
+        json.dumps({"psnr_db": math.inf}, allow_nan=False)
+
+
+@pytest.mark.parametrize("command", [["evaluate", "--random", "pixel"], ["optimize", "--out", "x"]])
+def test_target_fpr_parses_like_epsilon_and_defaults_agree(command):
+    parser = build_parser()
+    assert parser.parse_args(command).target_fpr == 1 / 64  # evaluate and optimize: same default FPR
+    args = parser.parse_args([*command, "--target-fpr", "1/128", "--epsilon", "2/255"])
+    assert args.target_fpr == 1 / 128 and args.epsilon == 2 / 255
+    assert parser.parse_args([*command, "--target-fpr", "0.01"]).target_fpr == 0.01
+
+
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [("--target-fpr", "1", r"target-fpr: 1 = 1 is outside the allowed range \[0, 1\)"),
+     ("--target-fpr", "1/0", "target-fpr: '1/0' is not a number"),
+     ("--epsilon", "0", r"epsilon: 0 = 0 is outside the allowed range \(0, 1\]"),
+     ("--epsilon", "abc", "epsilon: 'abc' is not a number")],
+)  # fmt: skip
+def test_bad_fractions_name_the_field_and_range(capsys, flag, value, message):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["optimize", "--out", "x", flag, value])
+    assert __import__("re").search(message, capsys.readouterr().err)
+
+
+def test_help_shows_defaults():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    text = sub["optimize"].format_help()
+    for expected in ("(default: centred-margin)", "(default: 1/64)", "(default: 2/255)", "(default: lowres:7x7:rgb:t=4)", "default: medium"):
+        assert expected in " ".join(text.split()), expected
+    assert "(default: 1/64)" in " ".join(sub["evaluate"].format_help().split())
+
+
+def test_plot_figures_roc_log_axis_and_histogram_counts():
+    from codecloop import plots
+
+    s = stats(CLEAN, POISONED)
+    roc = plots.roc_figure([s], epsilon=2 / 255, target_fpr=1 / 64)
+    ax = roc.axes[0]
+    assert ax.get_xscale() == "log"
+    point = next(line for line in ax.get_lines() if line.get_label().startswith("operating point"))
+    assert list(point.get_xdata()) == [1 / 16] and list(point.get_ydata()) == [s.tpr]  # FPR 0 drawn at 1/(2n)
+    hist = plots.histogram_figure([s], epsilon=2 / 255).axes[0]
+    assert hist.get_ylabel() == "clips" and "ε = 2/255" in hist.get_title() and "n = 8 clips" in hist.get_title()
+    counts = sum(p.get_height() for p in hist.patches)
+    assert counts == 16  # 8 clean + 8 poisoned clips, as counts (not densities)
