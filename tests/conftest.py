@@ -46,10 +46,11 @@ def _start_server(extra: list[str]) -> tuple[subprocess.Popen, str]:
 
 @pytest.fixture(scope="session")
 def server_target(tmp_path_factory) -> str:
-    """Target of a server with the embedded corpus plus a folder dataset ``tiny`` (one .npy)."""
+    """Target of a server with the built-in corpora plus a folder dataset ``tiny`` (two .npy sources)."""
     folder = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(7)
-    np.save(folder / "clips.npy", rng.integers(0, 256, (4, 8, 32, 48, 3), dtype=np.uint8))
+    clips = np.random.default_rng(7).integers(0, 256, (4, 8, 32, 48, 3), dtype=np.uint8)
+    np.save(folder / "a.npy", clips[:3])  # two sources: the holdout is by source (b.npy)
+    np.save(folder / "b.npy", clips[3:])
     keyless = folder / "keyless.pt"
     save_keyless_detector(keyless)
     proc, target = _start_server(

@@ -59,7 +59,7 @@ CASES = {
     "unknown dataset": (request(carriers=ds(dataset="kinetics")), INVALID, r"carriers\.dataset: unknown dataset 'kinetics'.*embedded"),
     "unknown split": (request(carriers=ds(split="test", num_clips=2)), INVALID, r"carriers\.split: unknown split 'test'.*holdout"),
     "too many clips for split": (request(carriers=ds(split="holdout", num_clips=100)), INVALID, r"carriers\.num_clips: 100.*\[1, 72\]"),
-    "zero clips": (request(carriers=ds(num_clips=0)), INVALID, r"carriers\.num_clips: 0.*\[1, 240\]"),
+    "zero clips": (request(carriers=ds(num_clips=0)), INVALID, r"carriers\.num_clips: 0.*\[1, 168\]"),
     "unknown scorer": (request(scorer=pb.Scorer(name="oracle")), INVALID, r"scorer\.name: unknown scorer 'oracle'.*blind"),
     "unknown scorer param": (request(scorer=pb.Scorer(name="blind", params={"sigma": 1})), INVALID, r"scorer\.params: unknown parameter 'sigma'.*kernel"),
     "even kernel": (request(scorer=pb.Scorer(params={"kernel": 4})), INVALID, r"scorer\.params\['kernel'\]: 4.0 must be an odd integer"),
@@ -83,7 +83,7 @@ CASES = {
     "too many candidates": (request(candidates=[sig(dtype="int8")] * 257), EXHAUSTED, r"candidates: 257 exceeds the server limit max_candidates = 256"),
     "too many clips": (request(carriers=ds(num_clips=600)), EXHAUSTED, r"carriers\.num_clips: 600 exceeds the server limit max_clips = 512"),
     "too much work": (
-        request(candidates=[sig(dtype="int8")] * 200, carriers=ds(num_clips=240)),
+        request(candidates=[sig(dtype="int8")] * 200, carriers=ds(num_clips=168)),
         EXHAUSTED,
         r"max_work_pixels = 2147483648",
     ),

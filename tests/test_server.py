@@ -104,20 +104,20 @@ def test_transcode_matches_local_pipeline(client):
 
 
 def test_inline_clips_and_folder_dataset(client):
-    """The ``tiny`` folder dataset (one .npy, split by clip) scores exactly like the same clips inline."""
+    """The ``tiny`` folder dataset (a.npy: 3 clips, b.npy: 1) scores exactly like the same clips inline."""
     clips = np.random.default_rng(7).integers(0, 256, (4, 8, 32, 48, 3), dtype=np.uint8)  # as conftest saved
     sig = np.sign(np.random.default_rng(1).standard_normal((1, 32, 48, 3))).astype(np.float32)
     kw = dict(per_clip_scores=True, codecs=Codec(preset="ultrafast"))
     inline = client.evaluate(sig[None], carriers=clips[:3], **kw)
     assert inline.num_clips == 3 and inline.clip_ids == ()
     folder = client.evaluate(sig[None], carriers=DatasetCarriers("tiny", "train", 3), **kw)
-    assert folder.clip_ids == (0, 1, 2)  # fewer than 4 sources: clip 3 is the holdout
+    assert folder.clip_ids == (0, 1, 2)  # 2 sources: b.npy (clip 3) is the holdout; a.npy's 3 clips give no validation
     a, b = inline.candidates[0].codecs[0], folder.candidates[0].codecs[0]
     np.testing.assert_array_equal(a.poisoned_scores, b.poisoned_scores)
     np.testing.assert_array_equal(a.clean_scores, b.clean_scores)
     info = client.info()
     tiny = next(d for d in info.datasets if d.name == "tiny")
-    assert list(tiny.clip_shape) == [8, 32, 48] and dict(tiny.split_clips) == {"train": 3, "holdout": 1}
+    assert list(tiny.clip_shape) == [8, 32, 48] and dict(tiny.split_clips) == {"train": 3, "validation": 0, "holdout": 1}
 
 
 def test_server_info(client):
@@ -127,7 +127,7 @@ def test_server_info(client):
     assert "medium" in info.presets and list(info.codecs) == ["libx264"]
     assert {s.name for s in info.scorers} >= {"blind", "informed"}
     emb = next(d for d in info.datasets if d.name == "embedded")
-    assert dict(emb.split_clips) == {"train": 240, "holdout": 72} and list(emb.clip_shape) == [16, 112, 112]
+    assert dict(emb.split_clips) == {"train": 168, "validation": 72, "holdout": 72} and list(emb.clip_shape) == [16, 112, 112]
     assert info.limits.max_message_bytes == 64 << 20 and info.workers == 2
 
 

@@ -1,4 +1,4 @@
-"""Unit tests of the pure pieces: tensors, poisoning, statistics, scorers, corpus, registry."""
+"""Unit tests of the pure pieces: tensors, poisoning, statistics, scorers, registry (datasets: test_corpus.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from codecloop.poison import poison
 from codecloop.stats import Decision, calibrate_threshold, detection_stats, psnr_db
 from codecloop.tensors import from_tensor, to_tensor
 from codecloop_server import scorers
-from codecloop_server.corpus import Dataset, folder_dataset, split_by_source
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
@@ -122,42 +121,3 @@ def test_ncc_is_one_for_itself_and_zero_for_constant():
 def test_registry_refuses_name_collision():
     with pytest.raises(ValueError, match="already registered"):
         scorers.register(scorers.BlindScorer())
-
-
-def test_split_rule():
-    four = split_by_source(np.repeat(np.arange(8), 2), 8)
-    assert four["holdout"].tolist() == [6, 7, 14, 15]  # sources 3 and 7
-    few = split_by_source(np.zeros(6, int), 1)
-    assert few["holdout"].tolist() == [3]
-
-
-def test_dataset_select_is_deterministic():
-    ds = Dataset("d", np.zeros((10, 1, 2, 2, 3), np.uint8), {"train": np.arange(10)})
-    a, b = ds.select("train", 4, seed=5), ds.select("train", 4, seed=5)
-    assert a.tolist() == b.tolist() and len(set(a)) == 4 and a.tolist() == sorted(a)
-    assert ds.select("train", 10, seed=9).tolist() == list(range(10))
-    with pytest.raises(CodecLoopValueError, match=r"carriers.num_clips: 11.*\[1, 10\]"):
-        ds.select("train", 11, 0)
-
-
-def test_folder_dataset_reads_videos_and_arrays(tmp_path):
-    import av
-
-    # a 20-frame 64x48 mp4 written with PyAV: centre-cropped to 1:1 and resized to 32x32, 2 clips of 8
-    with av.open(str(tmp_path / "a.mp4"), "w") as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for k in range(20):
-            frame = np.zeros((48, 64, 3), np.uint8)
-            frame[:, (3 * k) % 48 : (3 * k) % 48 + 8] = 255
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        out.mux(stream.encode(None))
-    np.save(tmp_path / "b.npy", np.zeros((3, 8, 32, 32, 3), np.uint8))
-    np.savez(tmp_path / "c.npz", x=np.zeros((16, 32, 32, 3), np.uint8))
-    (tmp_path / "notes.txt").write_text("ignored")
-    ds = folder_dataset("f", tmp_path)
-    assert ds.clip_shape == (8, 32, 32)  # from b.npy
-    assert len(ds.clips) == 2 + 3 + 2
-    assert ds.clips.dtype == np.uint8 and ds.clips[:2].max() > 200  # the video's white bar survived
-    with pytest.raises(CodecLoopValueError, match="is not a directory"):
-        folder_dataset("g", tmp_path / "missing")

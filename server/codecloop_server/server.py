@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass, field
 
 import grpc
+from codecloop.errors import CodecLoopValueError
 from codecloop.v1 import codecloop_pb2 as pb
 from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,9 +32,10 @@ class ServerConfig:
     Attributes:
         host, port: where to listen; port 0 picks a free port (see ``RunningServer.port``).
         workers: codec worker processes; None = one per CPU core.
-        datasets: extra folder datasets, name -> folder (the embedded corpus is always present).
-        clip_shape: (T, H, W) of the embedded corpus's and the folder datasets' clips; None: (16, 112, 112)
-            for the embedded corpus, and for a folder the shape of its first (N, T, H, W, 3) .npy.
+        datasets: extra folder datasets, name -> folder (the embedded and real corpora are always present).
+        clip_shape: (T, H, W) of the embedded/real corpora's and the folder datasets' clips; None: (16, 112, 112)
+            for the corpora, and for a folder the shape of its first (N, T, H, W, 3) .npy.
+        max_clips_per_source: clips taken from one video (or frame array), spread over its length (corpus.py).
         clean_cache_bytes: bound of the clean-clip cache in bytes.
         result_cache_entries: bound of the content-addressed result cache (0: off).
         max_queued_tasks: clip tasks queued over all clients before new requests get UNAVAILABLE.
@@ -53,6 +55,7 @@ class ServerConfig:
     workers: int | None = None
     datasets: dict[str, str] = field(default_factory=dict)
     clip_shape: tuple[int, int, int] | None = None
+    max_clips_per_source: int = corpus.DEFAULT_MAX_CLIPS_PER_SOURCE
     clean_cache_bytes: int = 2 << 30
     result_cache_entries: int = 200_000
     max_queued_tasks: int = 100_000
@@ -84,11 +87,17 @@ class RunningServer:
 
 
 def load_datasets(config: ServerConfig) -> dict[str, corpus.Dataset]:
-    datasets = {corpus.EMBEDDED_NAME: corpus.embedded_corpus(config.clip_shape or corpus.DEFAULT_CLIP_SHAPE)}
+    shape = config.clip_shape or corpus.DEFAULT_CLIP_SHAPE
+    corpus.check_max_clips_per_source(config.max_clips_per_source)
+    datasets = {corpus.EMBEDDED_NAME: corpus.embedded_corpus(shape)}
+    try:
+        datasets[corpus.REAL_NAME] = corpus.real_corpus(shape, config.max_clips_per_source)
+    except CodecLoopValueError as err:  # e.g. clips longer than 2 of its videos: serve the rest, say why
+        log.warning("dataset %s not served: %s", corpus.REAL_NAME, err)
     for name, folder in config.datasets.items():
         if name in datasets:
             raise ValueError(f"dataset name {name!r} is already taken")
-        datasets[name] = corpus.folder_dataset(name, folder, config.clip_shape)
+        datasets[name] = corpus.folder_dataset(name, folder, config.clip_shape, config.max_clips_per_source)
     return datasets
 
 

@@ -248,6 +248,8 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
                     clip_shape=d.clip_shape,
                     digest=d.digest,
                     description=d.description,
+                    split_policy=d.split_policy,
+                    split_sources={k: pb.SourceNames(names=v) for k, v in d.split_sources().items()},
                 )
                 for d in self.datasets.values()
             ],

@@ -245,7 +245,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DatasetInfo(_message.Message):
-    __slots__ = ("name", "split_clips", "clip_shape", "digest", "description")
+    __slots__ = ("name", "split_clips", "clip_shape", "digest", "description", "split_policy", "split_sources")
     class SplitClipsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -253,17 +253,34 @@ class DatasetInfo(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class SplitSourcesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: SourceNames
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[SourceNames, _Mapping]] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPLIT_CLIPS_FIELD_NUMBER: _ClassVar[int]
     CLIP_SHAPE_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_POLICY_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_SOURCES_FIELD_NUMBER: _ClassVar[int]
     name: str
     split_clips: _containers.ScalarMap[str, int]
     clip_shape: _containers.RepeatedScalarFieldContainer[int]
     digest: str
     description: str
-    def __init__(self, name: _Optional[str] = ..., split_clips: _Optional[_Mapping[str, int]] = ..., clip_shape: _Optional[_Iterable[int]] = ..., digest: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+    split_policy: str
+    split_sources: _containers.MessageMap[str, SourceNames]
+    def __init__(self, name: _Optional[str] = ..., split_clips: _Optional[_Mapping[str, int]] = ..., clip_shape: _Optional[_Iterable[int]] = ..., digest: _Optional[str] = ..., description: _Optional[str] = ..., split_policy: _Optional[str] = ..., split_sources: _Optional[_Mapping[str, SourceNames]] = ...) -> None: ...
+
+class SourceNames(_message.Message):
+    __slots__ = ("names",)
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScorerInfo(_message.Message):
     __slots__ = ("name", "description", "default_params")
