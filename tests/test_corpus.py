@@ -15,6 +15,7 @@ from codecloop import Codec, DatasetCarriers
 from codecloop.errors import CodecLoopValueError
 from codecloop_server import corpus, video_source
 from codecloop_server.corpus import Dataset, assign_splits, folder_dataset
+from google.protobuf.json_format import MessageToJson
 
 from tests.conftest import ffmpeg_or_skip
 
@@ -86,6 +87,16 @@ def test_dataset_select_is_deterministic():
         few.select("validation", 1, 0)
 
 
+def test_serve_exits_on_a_single_source_folder(tmp_path):
+    _write_video(tmp_path / "only.mp4", _grey_ramp(40))
+    proc = subprocess.run(
+        [sys.executable, "-m", "codecloop.cli", "serve", "--port", "0", "--workers", "1", "--dataset", f"solo={tmp_path}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "codecloop serve: dataset 'solo': 1 source (only.mp4); the holdout split is by source" in proc.stderr
+
+
 def test_embedded_splits_are_disjoint_by_photograph():
     ds = corpus.embedded_corpus()
     assert {k: len(v) for k, v in ds.splits.items()} == {"train": 168, "validation": 72, "holdout": 72}
@@ -122,6 +133,9 @@ def test_real_dataset_is_served_by_default(client):
     assert dict(info.split_clips) == {"train": 12, "validation": 3, "holdout": 15}  # 16x112x112: 8 + 7 + 15 clips
     assert list(info.split_sources["holdout"].names) == ["bikes.mp4"]
     assert "bikes.mp4" not in info.split_sources["train"].names and "by time" in info.split_policy
+    shown = json.loads(MessageToJson(client.info()))  # what `codecloop info` prints
+    real = next(d for d in shown["datasets"] if d["name"] == "real")
+    assert real["splitSources"]["holdout"] == {"names": ["bikes.mp4"]} and real["splitPolicy"].startswith("holdout by source")
     sig = np.sign(np.random.default_rng(0).standard_normal((1, 1, 112, 112, 3))).astype(np.float32)
     for split in ("validation", "holdout"):
         res = client.evaluate(sig, carriers=DatasetCarriers("real", split, 2), codecs=Codec(preset="ultrafast"))
