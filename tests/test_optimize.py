@@ -46,27 +46,24 @@ def test_parameterization_structure():
         LowRes(SHAPE, (1, 15, 14))
 
 
-# validation clips: the corpus's validation split where the server has one, else 4 held-out clips
-# (disjoint from nothing: the selection mechanics are what these tests check, not generalization)
-def _validation(client) -> DatasetCarriers:
-    splits = next(d.split_clips for d in client.info().datasets if d.name == "embedded")
-    return DatasetCarriers(split="validation" if "validation" in splits else "holdout", num_clips=4, seed=1)
+# 4 clips of the embedded corpus's validation split (photographs that neither train nor holdout uses)
+VALIDATION = DatasetCarriers(split="validation", num_clips=4, seed=1)
 
 
-def _config(client, optimizer: str, budget: int, **kw) -> RunConfig:
-    return RunConfig(
+def _config(optimizer: str, budget: int, **kw) -> RunConfig:
+    base = RunConfig(
         optimizer=optimizer,
         epsilon=4 / 255,
         codecs=(Codec(preset="ultrafast"),),
         train=DatasetCarriers(num_clips=4),
-        validation=_validation(client),
+        validation=VALIDATION,
         validate_every=2,
         holdout=DatasetCarriers(split="holdout", num_clips=8),
         popsize=4,
         budget=budget,
         seed=3,
-        **kw,
     )
+    return replace(base, **kw)
 
 
 def _log(folder, split: str | None = None) -> list[dict]:
@@ -81,7 +78,7 @@ def _strict(text: str) -> dict:
 @pytest.mark.parametrize("optimizer", ["cma", "nevergrad:TwoPointsDE"])
 def test_run_resumes_without_losing_or_repeating(client, tmp_path, optimizer):
     param = make("lowres:7x7", SHAPE)
-    straight = Run(client, param, _config(client, optimizer, 12), tmp_path / "a")
+    straight = Run(client, param, _config(optimizer, 12), tmp_path / "a")
     summary = straight.run(progress=False)
     assert summary["evaluations"] == 12 and summary["generations"] == 3
     for name in ("best.npy", "summary.json", "fitness.png", "holdout_hist.png", "holdout_roc.png", "checkpoint.pkl"):
@@ -90,10 +87,10 @@ def test_run_resumes_without_losing_or_repeating(client, tmp_path, optimizer):
     assert summary["holdout"]["codec"] == "libx264 crf=28 ultrafast"
 
     # the same run, killed after its first generation, plus a half-logged second generation
-    Run(client, param, _config(client, optimizer, 12), tmp_path / "b").step()
+    Run(client, param, _config(optimizer, 12), tmp_path / "b").step()
     with (tmp_path / "b" / "log.jsonl").open("a") as f:
         f.write(json.dumps({"split": "train", "generation": 1, "index": 0, "evaluation": 4, "fitness": 9.9}) + "\n")
-    resumed = Run(client, param, _config(client, optimizer, 12), tmp_path / "b")
+    resumed = Run(client, param, _config(optimizer, 12), tmp_path / "b")
     assert resumed.state.generation == 1 and len(_log(tmp_path / "b")) == 4  # the untold line is gone
     again = resumed.run(progress=False)
     assert [e["evaluation"] for e in _log(tmp_path / "b", "train")] == list(range(12))  # every evaluation exactly once
@@ -107,7 +104,7 @@ def test_fresh_training_clips_each_generation(client, tmp_path):
     param = make("dct:8:2", SHAPE)
 
     def clip_ids(folder, **kw) -> list[list[int]]:
-        run = Run(client, param, replace(_config(client, "cma", 100, **kw), popsize=2), folder)
+        run = Run(client, param, replace(_config("cma", 100, **kw), popsize=2), folder)
         for _ in range(3):
             run.step()
         return [h["clip_ids"] for h in run.state.history]
@@ -123,7 +120,7 @@ def test_fresh_training_clips_each_generation(client, tmp_path):
 
 
 def test_kept_signature_is_the_best_on_validation(client, tmp_path):
-    config = _config(client, "cma", 16, validate_every=1)
+    config = _config("cma", 16, validate_every=1)
     summary = Run(client, make("lowres:7x7", SHAPE), config, tmp_path).run(progress=False)
     validated = _log(tmp_path, "validation")
     assert len(validated) == 2 * 4  # generation best and CMA mean, every generation
@@ -138,7 +135,7 @@ def test_kept_signature_is_the_best_on_validation(client, tmp_path):
 
 def test_summary_is_strict_json_with_train_validation_holdout(client, tmp_path):
     # epsilon below half a uint8 level changes no pixel: PSNR is infinite, which strict JSON cannot hold
-    config = replace(_config(client, "cma", 8), epsilon=1e-4)
+    config = replace(_config("cma", 8), epsilon=1e-4)
     Run(client, make("dct:8:2", SHAPE), config, tmp_path).run(progress=False)
     summary = _strict((tmp_path / "summary.json").read_text())
     assert summary["holdout"]["psnr_db"] is None and summary["config"]["max_seconds"] is None
@@ -150,14 +147,12 @@ def test_summary_is_strict_json_with_train_validation_holdout(client, tmp_path):
         assert _strict(line)["psnr_db"] is None
 
 
-def test_cli_optimize_end_to_end(server_target, client, tmp_path):
+def test_cli_optimize_end_to_end(server_target, tmp_path):
     """Only a time limit (no --budget): the run stops by the clock and reports all three splits."""
-    validation = _validation(client)
     out = subprocess.run(
         [sys.executable, "-m", "codecloop.cli", "optimize", "--target", server_target, "--dataset", "embedded", "--epsilon", "4/255",
-         "--max-minutes", "0.15", "--train-clips", "4", "--popsize", "4", "--holdout-clips", "8", "--validation-split",
-         validation.split, "--validation-clips", "4", "--validate-every", "2", "--preset", "ultrafast", "--param", "dct:8:3",
-         "--out", str(tmp_path), "--no-progress"],
+         "--max-minutes", "0.15", "--train-clips", "4", "--popsize", "4", "--holdout-clips", "8", "--validation-clips", "4",
+         "--validate-every", "2", "--preset", "ultrafast", "--param", "dct:8:3", "--out", str(tmp_path), "--no-progress"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -171,13 +166,13 @@ def test_cli_optimize_end_to_end(server_target, client, tmp_path):
 
 
 def test_patience_stops_early(client, tmp_path):
-    config = replace(_config(client, "cma", 400), patience=1, sigma0=1e-9)  # no movement: no improvement
+    config = replace(_config("cma", 400), patience=1, sigma0=1e-9)  # no movement: no improvement
     summary = Run(client, make("dct:8:2", SHAPE), config, tmp_path).run(progress=False)
     assert summary["generations"] <= 3
 
 
 def test_unknown_optimizer_and_split(client, tmp_path):
     with pytest.raises(CodecLoopValueError, match="nevergrad has no optimizer"):
-        Run(client, make("dct:8:2", SHAPE), _config(client, "nevergrad:NoSuchThing", 8), tmp_path)
+        Run(client, make("dct:8:2", SHAPE), _config("nevergrad:NoSuchThing", 8), tmp_path)
     with pytest.raises(CodecLoopValueError, match=r"holdout.split: dataset 'embedded' has no split 'test'"):
-        Run(client, make("dct:8:2", SHAPE), replace(_config(client, "cma", 8), holdout=DatasetCarriers(split="test")), tmp_path)
+        Run(client, make("dct:8:2", SHAPE), replace(_config("cma", 8), holdout=DatasetCarriers(split="test")), tmp_path)
