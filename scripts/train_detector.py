@@ -58,7 +58,7 @@ def separation(model: torch.nn.Module, pairs) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="TorchScript file to write")
-    ap.add_argument("--clips", type=int, default=240, help="training clips (of the 240 in the train split)")
+    ap.add_argument("--clips", type=int, default=168, help="training clips (of the 168 in the train split)")
     ap.add_argument("--holdout-clips", type=int, default=72)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=16, help="pairs per step")
