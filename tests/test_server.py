@@ -25,7 +25,8 @@ def test_fitness_defaults_alone(client):
     res = client.evaluate(pop[:1], epsilon=4 / 255)
     assert res.num_clips == 32 and len(res.clip_ids) == 32
     s = res.candidates[0].codecs[0]
-    assert s.codec == Codec(crf=28, preset="medium", gop=250, fps=25)
+    info = client.info()
+    assert s.codec == Codec(crf=28, preset="medium", gop=250, fps=25, x264_asm=info.versions["x264_asm"], x264_build=info.versions["x264"])
     assert np.isclose(s.separation, s.poisoned_mean - s.clean_mean)
     assert res.candidates[0].fitness == pytest.approx(fit[0])  # clean side cached: same numbers
 
