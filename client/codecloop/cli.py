@@ -213,14 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--margin-quantile", type=_quantile, default="0.1", help="margin objectives: low quantile of poisoned scores")
     o.add_argument("--centre-weight", type=float, default=1.0, help="centred-margin: weight of |mean clean score|")
     o.add_argument("--dataset", default="embedded")
-    o.add_argument("--train-clips", type=int, default=32, help="training clips per generation")
+    o.add_argument("--train-clips", type=int, default=32, help="training clips per generation (at most the split's size)")
     o.add_argument("--fresh-clips", action=argparse.BooleanOptionalAction, default=True,
                    help="draw a different seeded subset of the train split each generation")  # fmt: skip
-    o.add_argument("--validation-split", default="validation", help="split the kept signature is chosen on")
-    o.add_argument("--validation-clips", type=int, default=0, help="0 = the whole validation split")
+    o.add_argument("--validation-split", default="validation", help="split the kept signature is chosen on; 'none': by training objective")
+    o.add_argument("--validation-clips", type=int, default=0, help="0 = the whole validation split; at most its size")
     o.add_argument("--validate-every", type=int, default=None,
                    help="validation period: generations (default 4), torch modes: steps (default 10)")  # fmt: skip
-    o.add_argument("--holdout-clips", type=int, default=0, help="0 = the whole holdout split")
+    o.add_argument("--holdout-clips", type=int, default=0, help="0 = the whole holdout split; at most its size")
     o.add_argument("--popsize", type=int, default=16)
     o.add_argument("--budget", type=int, default=None, help="evaluations (candidates); default: no limit but --max-minutes")
     o.add_argument("--max-minutes", type=float, default=9.0, help="wall-clock limit, final validation and held-out report included")
@@ -429,7 +429,7 @@ def _optimize(args: argparse.Namespace) -> int:
             objective=Objective(args.objective, args.target_fpr, args.margin_quantile, args.centre_weight),
             train=DatasetCarriers(args.dataset, "train", args.train_clips),
             fresh_clips=args.fresh_clips,
-            validation=DatasetCarriers(args.dataset, args.validation_split, args.validation_clips),
+            validation=None if args.validation_split == "none" else DatasetCarriers(args.dataset, args.validation_split, args.validation_clips),
             validate_every=args.validate_every or 4,
             holdout=DatasetCarriers(args.dataset, "holdout", args.holdout_clips),
             popsize=args.popsize,
@@ -447,7 +447,7 @@ def _optimize(args: argparse.Namespace) -> int:
     for split in ("train", "validation", "holdout"):
         h = summary[split]
         if h is None:
-            print(f"{split:>10}: - ({summary['validation_note']})")
+            print(f"{split:>10}: - ({summary['validation_note'] or 'not validated'})")
             continue
         psnr = "inf" if h["psnr_db"] is None else f"{h['psnr_db']:.1f}"
         print(

@@ -62,9 +62,9 @@ _REPORT_OVERHEAD_S = 5.0
 class RunConfig:
     """What to optimize and how.
 
-    ``num_clips`` 0 in ``validation`` / ``holdout`` means the whole split. ``train.num_clips`` is
-    the number of training clips per generation (a fresh draw each generation when
-    ``fresh_clips``; the fixed sample ``train`` itself otherwise, and in the final report).
+    Every ``num_clips`` is an upper bound: 0, or more than the split holds, means the whole split.
+    ``train.num_clips`` is the number of training clips per generation (a fresh draw each
+    generation when ``fresh_clips``; the fixed sample ``train`` itself otherwise, and in the report).
     ``validation`` None (or a dataset without that split: a warning) selects by training objective.
     ``budget`` (evaluations) None = unlimited; ``max_seconds`` is a wall-clock limit that includes
     the validation calls and the final report.
@@ -245,7 +245,8 @@ class Run:
             if (carriers.dataset, carriers.split) not in sizes:
                 raise CodecLoopValueError(f"{name}.split: dataset {carriers.dataset!r} has no split {carriers.split!r}; it has {splits}")
             size = sizes[(carriers.dataset, carriers.split)]
-            return replace(carriers, num_clips=size) if carriers.num_clips == 0 else carriers
+            # small datasets (a few real videos) have small splits: a count is an upper bound
+            return replace(carriers, num_clips=size) if carriers.num_clips == 0 or carriers.num_clips > size else carriers
 
         c = self.config
         self.train = resolve(c.train, "train")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from codecloop.types import CodecStats
 
@@ -130,6 +131,7 @@ def histogram_figure(holdout: Sequence[CodecStats], epsilon: float | None, split
         ax.set_title(", ".join(t for t in (split, s.codec.label(), eps_text, f"n = {len(s.clean_scores)} clips") if t), fontsize=10)
         ax.set_xlabel("detector score")
         ax.set_ylabel("clips")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
     return fig
 
@@ -147,8 +149,10 @@ def roc_figure(holdout: Sequence[CodecStats], epsilon: float | None, target_fpr:
         ax.plot([max(s.fpr, floor)], [s.tpr], "o", color=f"C{i}", ms=8, label=f"operating point: TPR {s.tpr:.0%} at FPR {s.fpr:.1%}")
     grid = np.logspace(np.log10(floor), 0, 50)
     ax.plot(grid, grid, "k:", lw=1, label="chance")
-    if target_fpr:
-        ax.axvline(max(target_fpr, floor), color="grey", ls="--", lw=1, label=f"target FPR {fraction_label(target_fpr)}")
+    if target_fpr is not None:
+        # below 1/n the calibrated threshold is the highest clean score: no clean clip passes (FPR 0)
+        note = f" < 1/{n}: FPR 0" if target_fpr < 1 / n else ""
+        ax.axvline(max(target_fpr, floor), color="grey", ls="--", lw=1, label=f"target FPR {fraction_label(target_fpr)}{note}")
     ax.set_xscale("log")
     ax.set_xlim(floor * 0.8, 1.05)
     ax.set_ylim(-0.02, 1.02)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from codecloop import jsonutil
 from codecloop.client import Client
 from codecloop.errors import CodecLoopValueError
 from codecloop.torch_proxy import H264Proxy, RealCodec, blind_scores, poison
@@ -152,8 +153,8 @@ def train_signature(client: Client, config: TrainConfig, folder: str | Path, pro
         "final": history[-1],
         "holdout": {k: v for k, v in asdict(s).items() if k not in ("clean_scores", "poisoned_scores")} | {"codec": s.codec.label()},
     }
-    (folder / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    jsonutil.write(folder / "summary.json", summary)  # strict JSON: an infinite PSNR becomes null
     from codecloop import plots
 
-    plots.train_plots(folder, history, s)
+    plots.train_plots(folder, history, s, config.epsilon, config.holdout_fpr)
     return summary
