@@ -118,6 +118,7 @@ def test_plot_figures_roc_log_axis_and_histogram_counts():
     point = next(line for line in ax.get_lines() if line.get_label().startswith("operating point"))
     assert list(point.get_xdata()) == [1 / 16] and list(point.get_ydata()) == [s.tpr]  # FPR 0 drawn at 1/(2n)
     hist = plots.histogram_figure([s], epsilon=2 / 255).axes[0]
-    assert hist.get_ylabel() == "clips" and "ε = 2/255" in hist.get_title() and "n = 8 clips" in hist.get_title()
+    assert hist.get_ylabel() == "clips"
+    assert all(part in hist.get_title() for part in ("held-out", "libx264 crf=28 medium", "ε = 2/255", "n = 8 clips"))
     counts = sum(p.get_height() for p in hist.patches)
     assert counts == 16  # 8 clean + 8 poisoned clips, as counts (not densities)

@@ -133,6 +133,17 @@ def test_kept_signature_is_the_best_on_validation(client, tmp_path):
     assert config.objective(again)[0] == best["fitness"]
 
 
+def test_without_validation_the_best_training_objective_is_kept(client, tmp_path):
+    # and a clip count larger than the split means the whole split (small real datasets)
+    config = replace(_config("cma", 8), validation=None, holdout=DatasetCarriers(split="holdout", num_clips=10**6))
+    summary = Run(client, make("dct:8:2", SHAPE), config, tmp_path).run(progress=False)
+    trained = _log(tmp_path, "train")
+    best = max(trained, key=lambda e: e["fitness"])
+    assert not _log(tmp_path, "validation") and summary["validation"] is None
+    assert summary["selected"] == {"by": "train", "generation": best["generation"], "candidate": "best", "score": best["fitness"]}
+    assert summary["holdout"]["clips"] == 72 and summary["gap"]["tpr"]["validation_minus_holdout"] is None
+
+
 def test_summary_is_strict_json_with_train_validation_holdout(client, tmp_path):
     # epsilon below half a uint8 level changes no pixel: PSNR is infinite, which strict JSON cannot hold
     config = replace(_config("cma", 8), epsilon=1e-4)
