@@ -58,8 +58,8 @@ def main() -> None:
     lines = ["| run | training-side separation | real held-out separation | held-out TPR | held-out FPR | AUC | p | minutes |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, r in results.items():
-        h = r["holdout"][0] if isinstance(r["holdout"], list) else r["holdout"]
-        train_side = r["final"]["train_separation"] if "final" in r else r["best_train_fitness"]
+        h = r["holdout"]
+        train_side = r["final"]["train_separation"] if "final" in r else r["train"]["separation"]
         lines.append(f"| {name} | {train_side:.4f} | {h['separation']:.4f} | {h['tpr']:.0%} | {h['fpr']:.1%} | "
                      f"{h['auc']:.3f} | {h['p_value']:.2g} | {r['elapsed_s'] / 60:.1f} |")  # fmt: skip
     print("\n".join(lines))
