@@ -66,9 +66,9 @@ def _config(optimizer: str, budget: int, **kw) -> RunConfig:
     return replace(base, **kw)
 
 
-def _log(folder, split: str | None = None) -> list[dict]:
-    lines = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
-    return [e for e in lines if split is None or e["split"] == split]
+def _log(folder, split: str = "train") -> list[dict]:
+    name = "log.jsonl" if split == "train" else "validation.jsonl"
+    return [json.loads(line) for line in (folder / name).read_text().splitlines()]
 
 
 def _strict(text: str) -> dict:
@@ -89,13 +89,16 @@ def test_run_resumes_without_losing_or_repeating(client, tmp_path, optimizer):
     # the same run, killed after its first generation, plus a half-logged second generation
     Run(client, param, _config(optimizer, 12), tmp_path / "b").step()
     with (tmp_path / "b" / "log.jsonl").open("a") as f:
-        f.write(json.dumps({"split": "train", "generation": 1, "index": 0, "evaluation": 4, "fitness": 9.9}) + "\n")
+        f.write(json.dumps({"generation": 1, "index": 0, "evaluation": 4, "fitness": 9.9}) + "\n")
+    with (tmp_path / "b" / "validation.jsonl").open("a") as f:
+        f.write(json.dumps({"generation": 1, "candidate": "best", "fitness": 9.9}) + "\n")
     resumed = Run(client, param, _config(optimizer, 12), tmp_path / "b")
     assert resumed.state.generation == 1 and len(_log(tmp_path / "b")) == 4  # the untold line is gone
+    assert _log(tmp_path / "b", "validation") == []  # and so is the validation of that generation
     again = resumed.run(progress=False)
-    assert [e["evaluation"] for e in _log(tmp_path / "b", "train")] == list(range(12))  # every evaluation exactly once
+    assert [e["evaluation"] for e in _log(tmp_path / "b")] == list(range(12))  # every evaluation exactly once
     # the same evaluations and validations as uninterrupted (generation 1 and, at the end, 2 validated)
-    assert _log(tmp_path / "a") == _log(tmp_path / "b")
+    assert _log(tmp_path / "a") == _log(tmp_path / "b") and _log(tmp_path / "a", "validation") == _log(tmp_path / "b", "validation")
     assert [(e["generation"], e["candidate"]) for e in _log(tmp_path / "a", "validation")] == [(1, "best"), (1, "mean"), (2, "best"), (2, "mean")]
     assert again["holdout"] == summary["holdout"] and again["selected"] == summary["selected"]
 
@@ -137,7 +140,7 @@ def test_without_validation_the_best_training_objective_is_kept(client, tmp_path
     # and a clip count larger than the split means the whole split (small real datasets)
     config = replace(_config("cma", 8), validation=None, holdout=DatasetCarriers(split="holdout", num_clips=10**6))
     summary = Run(client, make("dct:8:2", SHAPE), config, tmp_path).run(progress=False)
-    trained = _log(tmp_path, "train")
+    trained = _log(tmp_path)
     best = max(trained, key=lambda e: e["fitness"])
     assert not _log(tmp_path, "validation") and summary["validation"] is None
     assert summary["selected"] == {"by": "train", "generation": best["generation"], "candidate": "best", "score": best["fitness"]}
@@ -154,8 +157,9 @@ def test_summary_is_strict_json_with_train_validation_holdout(client, tmp_path):
     for split, clips in (("train", 4), ("validation", 4), ("holdout", 8)):
         assert summary[split]["clips"] == clips and summary[split]["separation"] == 0.0 and summary[split]["tpr"] == 0.0
     assert summary["gap"]["objective"]["train_minus_holdout"] == summary["train"]["objective"] - summary["holdout"]["objective"]
-    for line in (tmp_path / "log.jsonl").read_text().splitlines():
-        assert _strict(line)["psnr_db"] is None
+    for name in ("log.jsonl", "validation.jsonl"):
+        for line in (tmp_path / name).read_text().splitlines():
+            assert _strict(line)["psnr_db"] is None
 
 
 def test_cli_optimize_end_to_end(server_target, tmp_path):

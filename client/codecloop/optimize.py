@@ -18,8 +18,8 @@ What makes a signature found this way hold up on footage it never saw:
   give train / validation / held-out side by side.
 
 A run folder holds:
-  log.jsonl      one line per evaluation ("split": "train") and per validated candidate
-                 ("split": "validation"), appended (and flushed) as it happens
+  log.jsonl      one line per evaluation (its training clips), appended as it happens
+  validation.jsonl  one line per validated candidate ("best" or "mean" of a generation)
   checkpoint.pkl the optimizer state after the last completed generation (atomic rename)
   best.npy       the kept signature (T', H, W, 3) float32
   summary.json   strict JSON: settings, and the kept signature's statistics on train / validation /
@@ -222,6 +222,7 @@ class Run:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.log_path = self.folder / "log.jsonl"
+        self.validation_path = self.folder / "validation.jsonl"
         self.ckpt_path = self.folder / "checkpoint.pkl"
         self.validation_note = ""
         self._resolve_carriers()
@@ -231,6 +232,7 @@ class Run:
             self.state = RunState()
             self.backend = self._new_backend()
             self.log_path.write_text("")
+            self.validation_path.write_text("")
 
     # --- carriers ---------------------------------------------------------------------------------
 
@@ -287,9 +289,10 @@ class Run:
         else:
             self.backend = NevergradBackend.restore(blob["backend"], self.config.popsize)
         # drop log lines of generations that were evaluated but never told (killed mid-generation)
-        lines = self.log_path.read_text().splitlines() if self.log_path.exists() else []
-        kept = [ln for ln in lines if json.loads(ln)["generation"] < self.state.generation]
-        self.log_path.write_text("".join(ln + "\n" for ln in kept))
+        for path in (self.log_path, self.validation_path):
+            lines = path.read_text().splitlines() if path.exists() else []
+            kept = [ln for ln in lines if json.loads(ln)["generation"] < self.state.generation]
+            path.write_text("".join(ln + "\n" for ln in kept))
 
     def _checkpoint(self) -> None:
         tmp = self.ckpt_path.with_suffix(".tmp")
@@ -342,7 +345,7 @@ class Run:
         self.backend.tell(thetas, [-float(f) for f in fitness])  # the optimizers minimize
         with self.log_path.open("a") as log:
             for i, (f, cand) in enumerate(zip(fitness, result.candidates)):
-                log.write(jsonutil.dumps({"split": "train", "generation": g, "index": i, "evaluation": s.evaluations + i,
+                log.write(jsonutil.dumps({"generation": g, "index": i, "evaluation": s.evaluations + i,
                                           "fitness": float(f), **self._line(cand)}) + "\n")  # fmt: skip
         best = int(np.argmax(fitness))
         s.generation_best_theta = np.asarray(thetas[best])
@@ -374,9 +377,9 @@ class Run:
         names, thetas = ("best", "mean"), [s.generation_best_theta, self.backend.recommend()]
         result = self._evaluate(thetas, self.validation)
         values = self.objective(result)
-        with self.log_path.open("a") as log:
+        with self.validation_path.open("a") as log:
             for name, theta, value, i in zip(names, thetas, values, range(len(thetas))):
-                entry = {"split": "validation", "generation": g, "candidate": name, "fitness": float(value), **self._line(result.candidates[i])}
+                entry = {"generation": g, "candidate": name, "fitness": float(value), **self._line(result.candidates[i])}
                 log.write(jsonutil.dumps(entry) + "\n")
                 s.validations.append(entry)
                 if value > s.best_fitness:
