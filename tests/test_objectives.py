@@ -122,3 +122,20 @@ def test_plot_figures_roc_log_axis_and_histogram_counts():
     assert all(part in hist.get_title() for part in ("held-out", "libx264 crf=28 medium", "ε = 2/255", "n = 8 clips"))
     counts = sum(p.get_height() for p in hist.patches)
     assert counts == 16  # 8 clean + 8 poisoned clips, as counts (not densities)
+
+
+def test_cli_evaluate_json_is_strict(server_target, tmp_path):
+    """An epsilon below half a uint8 level changes no pixel: PSNR +inf is written as null."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "r.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "codecloop.cli", "evaluate", "--target", server_target, "--random", "pixel", "--epsilon", "1/1000",
+         "--clips", "2", "--preset", "ultrafast", "--json", str(path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON token {c}"))
+    stats_ = result["candidates"][0]["codecs"][0]
+    assert stats_["psnr_db"] is None and stats_["separation"] == 0.0 and len(stats_["clean_scores"]) == 2
