@@ -186,7 +186,7 @@ class RunState:
     generation: int = 0
     evaluations: int = 0
     elapsed: float = 0.0  # seconds spent in generations and validations (summed over resumes)
-    last_generation_s: float = 0.0  # the last generation's seconds, validation included
+    last_generation_s: float = 0.0  # the last generation's seconds (its population, no validation)
     best_fitness: float = -math.inf  # the kept signature's selection score (validation objective when validating)
     best_theta: np.ndarray | None = None
     best_generation: int = -1
@@ -313,26 +313,30 @@ class Run:
             per_clip_scores=per_clip or self.objective.needs_per_clip,
         )
 
+    def _clip_seconds(self) -> float:
+        """Seconds per candidate-clip in the last generation (0 before the first)."""
+        return self.state.last_generation_s / (self.config.popsize * self.train.num_clips)
+
+    def _validation_seconds(self) -> float:
+        """Estimated seconds of one validation (two candidates) at the last generation's pace."""
+        return 2 * self.validation.num_clips * self._clip_seconds() if self.validation is not None else 0.0
+
     def _final_seconds(self) -> float:
-        """Estimated seconds of what :meth:`finish` still has to do, from the last generation's pace
-        (its clean encodes counted twice: the report's clips are mostly not cached yet)."""
-        s, c = self.state, self.config
-        if s.generation == 0:
-            return 0.0
-        per_clip = s.last_generation_s / (c.popsize * self.train.num_clips)
-        clips = self.holdout.num_clips + self.train.num_clips
-        if self.validation is not None:
-            clips += 2 * self.validation.num_clips  # a last validation of two candidates
-        return 2 * per_clip * clips + _REPORT_OVERHEAD_S
+        """Estimated seconds of what :meth:`finish` still has to do, at the last generation's pace,
+        doubled: the report's clean clips are mostly not cached yet, so they are encoded too."""
+        report_clips = self.holdout.num_clips + self.train.num_clips
+        return 2 * (report_clips * self._clip_seconds() + self._validation_seconds()) + _REPORT_OVERHEAD_S
 
     def done(self) -> bool:
-        """Budget, patience, or no time for one more generation plus the final report."""
+        """Budget, patience, or no time left for one more generation plus the final report."""
         c, s = self.config, self.state
         if c.budget is not None and s.evaluations + c.popsize > c.budget:
             return True
         if c.patience > 0 and s.best_generation >= 0 and s.generation - 1 - s.best_generation >= c.patience:
             return True
-        return s.elapsed + s.last_generation_s + self._final_seconds() > c.max_seconds
+        validates = self.validation is not None and (s.generation + 1) % c.validate_every == 0
+        upcoming = s.last_generation_s + (self._validation_seconds() if validates else 0.0)
+        return s.elapsed + upcoming + self._final_seconds() > c.max_seconds
 
     def step(self) -> dict[str, Any]:
         """One generation: ask, one batched server call, tell (loss = -objective), log, maybe
@@ -357,10 +361,10 @@ class Run:
         })  # fmt: skip
         s.generation += 1
         s.evaluations += len(thetas)
+        s.last_generation_s = time.monotonic() - t0  # the pace estimate: population only
         if self.validation is not None and s.generation % self.config.validate_every == 0:
             self.validate()
-        s.last_generation_s = time.monotonic() - t0
-        s.elapsed += s.last_generation_s
+        s.elapsed += time.monotonic() - t0
         self._checkpoint()
         return s.history[-1]
 
@@ -395,8 +399,7 @@ class Run:
         if progress:
             from tqdm import tqdm
 
-            total = self.config.budget if self.config.budget is not None else None
-            bar = tqdm(total=total, initial=self.state.evaluations, unit="eval", desc=self.config.optimizer)
+            bar = tqdm(total=self.config.budget, initial=self.state.evaluations, unit="eval", desc=self.config.optimizer)
         while not self.done():
             h = self.step()
             if bar is not None:
