@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clip tasks one client may have queued (RESOURCE_EXHAUSTED past it)")  # fmt: skip
     s.add_argument("--max-concurrent-rpcs", type=int, default=_env("max-concurrent-rpcs", "64"))
     s.add_argument("--max-client-calls", type=int, default=_env("max-client-calls", "16"), help="calls in progress per client")
+    s.add_argument("--max-request-memory-mib", type=int, default=_env("max-request-memory-mib", "4096"),
+                   help="memory charged to the requests in progress, in all (README: Memory bound)")  # fmt: skip
+    s.add_argument("--task-timeout-s", type=float, default=_env("task-timeout-s", "600"),
+                   help="a clip task running longer means a hung worker: it is killed and replaced (0: no limit)")  # fmt: skip
     s.add_argument("--tls-cert", default=_env("tls-cert", None), help="PEM certificate chain: serve TLS")
     s.add_argument("--tls-key", default=_env("tls-key", None), help="PEM private key of --tls-cert")
     s.add_argument("--tls-client-ca", default=_env("tls-client-ca", None), help="PEM CA of client certificates: mutual TLS")
@@ -294,6 +298,8 @@ def _server_config(args: argparse.Namespace):
         result_cache_entries=args.result_cache_entries,
         max_client_queued_tasks=args.max_client_queued_tasks,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
+        max_request_memory_bytes=args.max_request_memory_mib << 20,
+        task_timeout_s=args.task_timeout_s or None,
         limits=Limits(max_client_calls=args.max_client_calls),
         security=SecurityConfig(args.tls_cert, args.tls_key, args.tls_client_ca, args.token_file, args.allow_insecure),
         max_queued_tasks=args.max_queued_tasks,

@@ -12,19 +12,20 @@ Work is done once:
   cache, so a repeated evaluation is answered without encoding.
 
 Tasks are queued in candidate order, so candidates finish (and stream out) roughly in order.
-Cancelling a request (client cancel, deadline) cancels its queued tasks; only the tasks already
-running in workers (at most one per worker, plus one queued each) finish.
+Cancelling a request (client cancel, deadline) drops its queued tasks, clean ones included unless
+another request still waits for the same clean entry; only the tasks already running in workers (at
+most one per worker) finish, and their results are discarded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import hashlib
 import os
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Hashable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Hashable, Iterable
 
 import numpy as np
 from codecloop import stats
@@ -33,7 +34,7 @@ from codecloop_server import scorers, tasks
 from codecloop_server.codec import CodecSettings
 from codecloop_server.corpus import Dataset
 from codecloop_server.scheduler import FairScheduler
-from codecloop_server.shm import ArrayRef, SharedArray
+from codecloop_server.shm import SharedArray
 from codecloop_server.tasks import CleanRef, ClipRef, PoisonedScore, ScorerKey
 from codecloop_server.workers import WorkerPool
 
@@ -85,7 +86,7 @@ class CandidateOutcome:
 
 @dataclass(frozen=True)
 class TranscodeOutcome:
-    inputs: np.ndarray  # uint8 (N, T, H, W, 3)
+    inputs: np.ndarray | None  # uint8 (N, T, H, W, 3), when asked for
     decoded: np.ndarray  # uint8 (N, T, H, W, 3)
     encoded_bytes: tuple[int, ...]
 
@@ -101,70 +102,135 @@ class CleanEntry:
     encoded_bytes: int
     decoded: np.ndarray | None = None  # uint8 (T, H, W, 3), detectors only
     score: float | None = None
-    pins: int = 0
 
     @property
     def nbytes(self) -> int:
         return sum(s.nbytes for s in self.shared) + (0 if self.decoded is None else self.decoded.nbytes)
 
     def release(self) -> None:
+        """The cache lets go of its shared memory (tasks still reading it hold their own reference)."""
         for s in self.shared:
             s.release()
 
 
+class _Slot:
+    """One key of the clean cache: the work computing its entry, the entry once done, and how many
+    requests hold it (wait for it or use it)."""
+
+    __slots__ = ("key", "work", "entry", "holders")
+
+    def __init__(self, key: Hashable, work: asyncio.Future[CleanEntry]) -> None:
+        self.key = key
+        self.work = work
+        self.entry: CleanEntry | None = None
+        self.holders = 0
+
+
 class CleanCache:
-    """LRU of clean entries, bounded by bytes. Entries in use by a request are pinned (never
-    evicted under it); concurrent requests for one key share one computation."""
+    """LRU of clean entries, bounded by bytes.
+
+    A request holds every key it uses in a :class:`CleanLease` from the moment it asks for it until
+    the request ends, however it ends (done, failed, cancelled). One key is computed once however
+    many requests wait for it. Held entries are never evicted; when the last holder of a key still
+    being computed lets go, its work is cancelled (its queued clip task is dropped, never run).
+    Eviction runs whenever an entry is completed or let go, so at every moment
+    ``size_bytes <= max_bytes + bytes of the entries held by requests in progress``.
+    """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[Hashable, asyncio.Future[CleanEntry]] = OrderedDict()
+        self._slots: OrderedDict[Hashable, _Slot] = OrderedDict()
         self.size_bytes = 0
         self.hits = 0
         self.misses = 0
 
-    async def acquire(self, key: Hashable, compute: Callable[[], Awaitable[CleanEntry]]) -> CleanEntry:
-        fut = self._entries.get(key)
-        if fut is not None:
-            self.hits += 1
-            self._entries.move_to_end(key)
-        else:
+    def lease(self) -> CleanLease:
+        return CleanLease(self)
+
+    def _hold(self, key: Hashable, start: Callable[[], asyncio.Future[CleanEntry]], held: list[_Slot]) -> _Slot:
+        slot = self._slots.get(key)
+        if slot is None:
             self.misses += 1
-            fut = self._entries[key] = asyncio.ensure_future(self._fill(key, compute))
-        # shield: one waiter being cancelled must not cancel the computation others wait on
-        entry = await asyncio.shield(fut)
-        entry.pins += 1
-        return entry
+            slot = self._slots[key] = _Slot(key, start())
+            slot.work.add_done_callback(lambda _, s=slot: self._filled(s))
+        else:
+            self.hits += 1
+            self._slots.move_to_end(key)
+        slot.holders += 1
+        held.append(slot)
+        return slot
 
-    async def _fill(self, key: Hashable, compute: Callable[[], Awaitable[CleanEntry]]) -> CleanEntry:
-        try:
-            entry = await compute()
-        except BaseException:
-            self._entries.pop(key, None)  # failed or cancelled: the next caller computes it again
-            raise
-        self.size_bytes += entry.nbytes
-        return entry
+    def _filled(self, slot: _Slot) -> None:
+        work = slot.work
+        failed = work.cancelled() or work.exception() is not None  # exception() also marks it retrieved
+        if self._slots.get(slot.key) is not slot:  # dropped while its result was on the way
+            if not failed:
+                work.result().release()
+            return
+        if failed:  # the next request for this key computes it again
+            del self._slots[slot.key]
+            return
+        slot.entry = work.result()
+        self.size_bytes += slot.entry.nbytes
+        self._evict()
 
-    def release(self, entry: CleanEntry) -> None:
-        entry.pins -= 1
+    def _let_go(self, slots: list[_Slot]) -> None:
+        for slot in slots:
+            slot.holders -= 1
+            if slot.holders == 0 and not slot.work.done():
+                # nobody waits for it any more: stop computing it
+                if self._slots.get(slot.key) is slot:
+                    del self._slots[slot.key]
+                slot.work.cancel()
         self._evict()
 
     def _evict(self) -> None:
-        for key in list(self._entries):
+        for key, slot in list(self._slots.items()):
             if self.size_bytes <= self.max_bytes:
                 return
-            fut = self._entries[key]
-            if fut.done() and fut.result().pins == 0:
-                del self._entries[key]
-                self.size_bytes -= fut.result().nbytes
-                fut.result().release()
+            if slot.entry is not None and slot.holders == 0:
+                del self._slots[key]
+                self.size_bytes -= slot.entry.nbytes
+                slot.entry.release()
+
+    @property
+    def held(self) -> int:
+        """Keys held by requests in progress (waiting for or using them)."""
+        return sum(1 for s in self._slots.values() if s.holders)
 
     def clear(self) -> None:
-        for fut in self._entries.values():
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                fut.result().release()
-        self._entries.clear()
+        for slot in self._slots.values():
+            if slot.entry is not None:
+                slot.entry.release()
+            else:
+                slot.work.cancel()
+        self._slots.clear()
         self.size_bytes = 0
+
+
+class CleanLease:
+    """The clean-cache keys one request holds; :meth:`release` (once, when the request ends) lets
+    go of all of them, including those whose computation it was still waiting for."""
+
+    def __init__(self, cache: CleanCache) -> None:
+        self._cache = cache
+        self._held: list[_Slot] = []
+        self._released = False
+
+    async def acquire(self, key: Hashable, start: Callable[[], asyncio.Future[CleanEntry]]) -> CleanEntry:
+        """The entry for ``key``; on a miss ``start()`` begins computing it (called synchronously).
+
+        The key is held from this call on, before any await, so no cancellation can lose it.
+        """
+        if self._released:
+            raise RuntimeError("clean lease used after its request ended")
+        slot = self._cache._hold(key, start, self._held)
+        # shield: one holder being cancelled must not cancel the computation others wait on
+        return await asyncio.shield(slot.work)
+
+    def release(self) -> None:
+        held, self._held, self._released = self._held, [], True
+        self._cache._let_go(held)
 
 
 class ResultCache:
@@ -205,10 +271,10 @@ CandidateFn = Callable[[int, CandidateOutcome], None]
 class Engine:
     """Runs jobs on ``workers`` codec processes (spawned: no forked gRPC threads).
 
-    Memory bound (resident): dataset clips (N x T x H x W x 3 bytes each, once, shared) +
-    ``clean_cache_bytes`` (+ the clean entries pinned by running requests) + per request its
-    signatures (twice: float32 and the float64 template) and inline clips + per worker one clip's
-    working set (about 30 x T x H x W x 3 bytes) + ``result_cache_entries`` x ~300 bytes.
+    Shared memory: the clips of a request's inline carriers, its signatures (and templates) and the
+    clean cache's features are segments that every clip task reading them holds until it has
+    stopped (``_run``'s ``uses``), so cancelling a request frees nothing a queued or running task
+    still reads. Memory bound: README "Memory bound" (memory.py charges each request at admission).
     """
 
     def __init__(
@@ -218,18 +284,25 @@ class Engine:
         result_cache_entries: int = 200_000,
         max_queued_tasks: int = 100_000,
         max_client_queued_tasks: int | None = None,
+        task_timeout_s: float | None = None,
     ) -> None:
         self.workers = workers or os.cpu_count() or 1
         # One thread per worker: parallelism is across clips. Spawned workers inherit these before
         # numpy loads, so no BLAS/OpenMP thread pool oversubscribes the cores.
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = "1"
+        self.pool = WorkerPool(self.workers, task_timeout_s)
         # workers + 1 in flight: no worker idles between tasks, and the rest stays in fair queues
-        self.scheduler = FairScheduler(WorkerPool(self.workers), self.workers + 1, max_queued_tasks, max_client_queued_tasks)
+        self.scheduler = FairScheduler(self.pool, self.workers + 1, max_queued_tasks, max_client_queued_tasks)
         self.clean_cache = CleanCache(clean_cache_bytes)
         self.result_cache = ResultCache(result_cache_entries)
-        self.counters: Counter[str] = Counter()  # clean_encodes, poisoned_encodes, transcode_encodes
         self._datasets: dict[str, tuple[Dataset, SharedArray]] = {}
+
+    @property
+    def counters(self) -> Counter[str]:
+        """Clips through the codec in a worker, by kind (clean_encodes, poisoned_encodes,
+        transcode_encodes): every task that ran, also one whose request was gone when it ended."""
+        return Counter({f"{label}_encodes": n for label, n in self.scheduler.ran.items()})
 
     def add_dataset(self, ds: Dataset) -> Dataset:
         """Move the dataset's clips into shared memory (``ds.clips`` becomes a view of it)."""
@@ -244,8 +317,7 @@ class Engine:
         for _ in range(10):
             if len(pids) == self.workers:
                 break
-            pool = self.scheduler.pool
-            pids.update(f.result() for f in [pool.submit(tasks.warm_task) for _ in range(self.workers)])
+            pids.update(f.result() for f in [self.pool.submit(tasks.warm_task) for _ in range(self.workers)])
 
     def close(self) -> None:
         self.scheduler.close()
@@ -254,31 +326,47 @@ class Engine:
             shared.release()
         self._datasets.clear()
 
-    def _run(self, who: tuple[str, int], fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        """Queue a clip task for client ``who[0]`` at priority ``who[1]``."""
-        return self.scheduler.submit(who[0], who[1], fn, *args)
+    def _run(self, who: tuple[str, int], label: str, fn: Callable[..., Any], *args: Any, uses: Iterable[SharedArray | None] = ()) -> asyncio.Future[Any]:
+        """Queue a clip task for client ``who[0]`` at priority ``who[1]``, counted as ``label`` once it
+        ran. ``uses``: the shared arrays it reads, held from now until the task has stopped (ran, or
+        was dropped from the queue)."""
+        held = [s.retain() for s in uses if s is not None]
 
-    @contextlib.asynccontextmanager
-    async def _clip_refs(self, carriers: CarrierSet) -> AsyncIterator[list[ClipRef]]:
+        def let_go() -> None:
+            for s in held:
+                s.release()
+
+        return self.scheduler.submit(who[0], who[1], fn, *args, label=label, on_finish=let_go)
+
+    def _clip_source(self, carriers: CarrierSet) -> tuple[SharedArray | None, list[ClipRef]]:
+        """The carriers' clips as task references, and the segment the caller must release: None for
+        a dataset (its segment lives as long as the server), else one new segment holding the
+        request's inline clips once (each task copies only its own clip out of it)."""
         if carriers.inline is None:
             source = self._datasets[carriers.dataset][1].ref
-            yield [ClipRef(source, i) for i in carriers.clip_ids]
-            return
+            return None, [ClipRef(source, i) for i in carriers.clip_ids]
         shared = SharedArray(carriers.inline)
-        try:
-            yield [ClipRef(shared.ref, i) for i in range(len(carriers))]
-        finally:
-            shared.release()
+        return shared, [ClipRef(shared.ref, i) for i in range(len(carriers))]
 
-    async def _clean_entry(self, who: tuple[str, int], ref: ClipRef, codec: CodecSettings, scorer: ScorerKey) -> CleanEntry:
+    def _start_clean(self, who: tuple[str, int], source: SharedArray | None, ref: ClipRef, codec: CodecSettings, scorer: ScorerKey) -> asyncio.Future[CleanEntry]:
+        """Queue the clean task now (while the caller still holds ``source``) and return the work that
+        turns its result into a cache entry. Cancelling the work drops the task."""
         impl = scorers.get(scorer[0])
-        if not impl.runs_in_workers:  # a detector: keep the decoded clip in this process
-            decoded, nbytes, _ = await self._run(who, tasks.decoded_task, ref, None, 0.0, codec)
-            self.counters["clean_encodes"] += 1
+        if impl.runs_in_workers:
+            pending = self._run(who, "clean", tasks.clean_task, ref, codec, scorer, uses=(source,))
+        else:  # a detector: the worker encodes and decodes, this process keeps the decoded clip
+            pending = self._run(who, "clean", tasks.decoded_task, ref, None, 0.0, codec, uses=(source,))
+        work = asyncio.ensure_future(self._finish_clean(impl, pending))
+        work.add_done_callback(lambda _: pending.cancel())  # also when cancelled before it ever awaited
+        return work
+
+    @staticmethod
+    async def _finish_clean(impl: scorers.Scorer, pending: asyncio.Future[Any]) -> CleanEntry:
+        if not impl.runs_in_workers:
+            decoded, nbytes, _ = await pending
             score = None if impl.uses_key else await impl.batcher.score(decoded, None)
             return CleanEntry((), None, nbytes, decoded=decoded, score=score)
-        features, clip_stats, nbytes = await self._run(who, tasks.clean_task, ref, codec, scorer)
-        self.counters["clean_encodes"] += 1
+        features, clip_stats, nbytes = await pending
         shared, time_sum = SharedArray(features), SharedArray(clip_stats.time_sum)
         clean_ref = CleanRef(shared.ref, time_sum.ref, clip_stats.total, clip_stats.squares)
         return CleanEntry((shared, time_sum), clean_ref, nbytes)
@@ -287,15 +375,18 @@ class Engine:
         self,
         who: tuple[str, int],
         impl: DetectorScorer,
+        source: SharedArray | None,
         ref: ClipRef,
         entry: CleanEntry,
         sig: np.ndarray,
-        sig_ref: ArrayRef,
+        sig_shared: SharedArray,
         epsilon: float,
         codec: CodecSettings,
     ) -> PoisonedScore:
         """One candidate on one clip with a detector: the worker encodes and decodes, the batcher scores."""
-        decoded, nbytes, squared_error = await self._run(who, tasks.decoded_task, ref, sig_ref, epsilon, codec)
+        decoded, nbytes, squared_error = await self._run(
+            who, "poisoned", tasks.decoded_task, ref, sig_shared.ref, epsilon, codec, uses=(source, sig_shared)
+        )
         key = sig if impl.uses_key else None
         if entry.score is not None:
             poisoned, clean = await impl.batcher.score(decoded, key), entry.score
@@ -308,7 +399,6 @@ class Engine:
         if hit is not None:
             return hit
         value = await run()
-        self.counters["poisoned_encodes"] += 1
         self.result_cache.put(key, value)
         return value
 
@@ -320,7 +410,8 @@ class Engine:
         client: str = "anonymous",
         priority: int = 0,
     ) -> list[CandidateOutcome]:
-        """One outcome per candidate, in order. Cancelling this coroutine drops its queued tasks.
+        """One outcome per candidate, in order. Cancelling this coroutine drops its queued tasks,
+        clean ones included (unless another request still waits for the same clean entry).
 
         ``client`` and ``priority`` place its tasks in the fair scheduler (scheduler.py).
         """
@@ -338,75 +429,74 @@ class Engine:
             if on_progress is not None:
                 on_progress(done, total)
 
-        pinned: list[CleanEntry] = []
-        shared: list[tuple[SharedArray, ...]] = []  # per candidate: signature (and template)
+        lease = self.clean_cache.lease()
+        source, refs = self._clip_source(job.carriers)
+        signatures: list[tuple[SharedArray, ...]] = []  # per candidate: signature (and template)
         pending: list[asyncio.Future[CandidateOutcome]] = []
-        async with self._clip_refs(job.carriers) as refs:
-            try:
-                for codec in job.codecs:
-                    acquired = await asyncio.gather(
-                        *(
-                            self.clean_cache.acquire((key, codec, job.scorer), lambda r=ref, c=codec: self._clean_entry(who, r, c, job.scorer))
-                            for key, ref in zip(job.carriers.keys, refs)
-                        ),
-                        return_exceptions=True,
-                    )
-                    pinned.extend(e for e in acquired if isinstance(e, CleanEntry))
-                    for e in acquired:
-                        if isinstance(e, BaseException):
-                            raise e
-                n = len(refs)
-                clean = [pinned[i * n : (i + 1) * n] for i in range(len(job.codecs))]
+        try:
+            clean: list[list[CleanEntry]] = []
+            for codec in job.codecs:
+                starts = [functools.partial(self._start_clean, who, source, ref, codec, job.scorer) for ref in refs]
+                keys = [(key, codec, job.scorer) for key in job.carriers.keys]
+                clean.append(list(await asyncio.gather(*map(lease.acquire, keys, starts))))
 
-                t_sqs = []
-                for sig in job.candidates:
-                    if impl.runs_in_workers:
-                        tmpl = impl.template(sig, job.scorer[1])
-                        shared.append((SharedArray(sig), SharedArray(tmpl)))
-                        t_sqs.append(scorers.template_sq(tmpl))
-                    else:
-                        shared.append((SharedArray(sig),))
+            t_sqs = []
+            for sig in job.candidates:
+                if impl.runs_in_workers:
+                    tmpl = impl.template(sig, job.scorer[1])
+                    signatures.append((SharedArray(sig), SharedArray(tmpl)))
+                    t_sqs.append(scorers.template_sq(tmpl))
+                else:
+                    signatures.append((SharedArray(sig),))
 
-                def clip_task(index: int, ref: ClipRef, entry: CleanEntry, codec: CodecSettings) -> Awaitable[PoisonedScore]:
-                    sig_ref = shared[index][0].ref
-                    if not impl.runs_in_workers:
-                        return self._detector_score(who, impl, ref, entry, job.candidates[index], sig_ref, job.epsilon, codec)
-                    tmpl, t_sq = shared[index][1], t_sqs[index]
-                    return self._run(who, tasks.poisoned_task, ref, entry.ref, sig_ref, tmpl.ref, t_sq, job.epsilon, codec, job.scorer)
+            def clip_task(index: int, ref: ClipRef, entry: CleanEntry, codec: CodecSettings) -> Awaitable[PoisonedScore]:
+                sig = signatures[index]
+                if not impl.runs_in_workers:
+                    return self._detector_score(who, impl, source, ref, entry, job.candidates[index], sig[0], job.epsilon, codec)
+                return self._run(
+                    who, "poisoned", tasks.poisoned_task, ref, entry.ref, sig[0].ref, sig[1].ref, t_sqs[index], job.epsilon, codec,
+                    job.scorer, uses=(source, *entry.shared, *sig),
+                )  # fmt: skip
 
-                async def candidate(index: int) -> CandidateOutcome:
-                    digest = signature_digest(job.candidates[index])
-                    per_codec = []
-                    for codec, entries in zip(job.codecs, clean):
-                        futures = []
-                        for key, ref, entry in zip(job.carriers.keys, refs, entries):
-                            fut = asyncio.ensure_future(
-                                self._score(
-                                    (digest, job.epsilon, key, codec, job.scorer),
-                                    lambda i=index, r=ref, e=entry, c=codec: clip_task(i, r, e, c),
-                                )
+            async def candidate(index: int) -> CandidateOutcome:
+                digest = signature_digest(job.candidates[index])
+                futures = []
+                for codec, entries in zip(job.codecs, clean):
+                    for key, ref, entry in zip(job.carriers.keys, refs, entries):
+                        fut = asyncio.ensure_future(
+                            self._score(
+                                (digest, job.epsilon, key, codec, job.scorer),
+                                lambda i=index, r=ref, e=entry, c=codec: clip_task(i, r, e, c),
                             )
-                            fut.add_done_callback(tick)
-                            futures.append(fut)
-                        per_codec.append(futures)
-                    results = [await asyncio.gather(*f) for f in per_codec]
-                    outcome = _candidate_outcome(job, results, clean)
-                    if on_candidate is not None:
-                        on_candidate(index, outcome)
-                    return outcome
+                        )
+                        fut.add_done_callback(tick)
+                        futures.append(fut)
+                try:
+                    flat = await asyncio.gather(*futures)
+                finally:
+                    for fut in futures:  # one failed: the rest of this candidate is not needed
+                        fut.cancel()
+                n = len(refs)
+                results = [flat[i * n : (i + 1) * n] for i in range(len(job.codecs))]
+                outcome = _candidate_outcome(job, results, clean)
+                if on_candidate is not None:
+                    on_candidate(index, outcome)
+                return outcome
 
-                pending = [asyncio.ensure_future(candidate(i)) for i in range(len(job.candidates))]
-                return list(await asyncio.gather(*pending))
-            finally:
-                for p in pending:
-                    p.cancel()
-                if pending:
-                    await asyncio.gather(*pending, return_exceptions=True)
-                for entry in pinned:
-                    self.clean_cache.release(entry)
-                for arrays in shared:
-                    for a in arrays:
-                        a.release()
+            pending = [asyncio.ensure_future(candidate(i)) for i in range(len(job.candidates))]
+            return list(await asyncio.gather(*pending))
+        finally:
+            for p in pending:
+                p.cancel()
+            # released at once: tasks still queued or running hold their own references
+            lease.release()
+            for arrays in signatures:
+                for a in arrays:
+                    a.release()
+            if source is not None:
+                source.release()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
 
     async def transcode(
         self,
@@ -414,31 +504,47 @@ class Engine:
         signature: np.ndarray | None,
         epsilon: float,
         codec: CodecSettings,
+        include_input: bool = False,
         client: str = "anonymous",
         priority: int = 0,
     ) -> TranscodeOutcome:
+        """The carriers through the codec (poisoned with ``signature`` when given). Outputs are filled
+        clip by clip as tasks finish, so the server holds each decoded clip about once."""
         self.scheduler.admit(client, len(carriers))
+        who = (client, priority)
+        source, refs = self._clip_source(carriers)
         sig = SharedArray(signature) if signature is not None else None
+        futures: list[asyncio.Future[Any]] = []
         try:
-            async with self._clip_refs(carriers) as refs:
-                results = await asyncio.gather(
-                    *(self._run((client, priority), tasks.transcode_task, ref, sig.ref if sig else None, epsilon, codec) for ref in refs)
-                )
+            futures = [
+                self._run(who, "transcode", tasks.transcode_task, ref, sig.ref if sig else None, epsilon, codec, include_input, uses=(source, sig))
+                for ref in refs
+            ]
         finally:
-            if sig is not None:
-                sig.release()
-        self.counters["transcode_encodes"] += len(results)
-        return TranscodeOutcome(
-            inputs=np.stack([r[0] for r in results]),
-            decoded=np.stack([r[1] for r in results]),
-            encoded_bytes=tuple(r[2] for r in results),
-        )
+            for owned in (sig, source):  # the tasks hold their own references from here
+                if owned is not None:
+                    owned.release()
+        shape = (len(carriers), *carriers.clip_shape, 3)
+        decoded = np.empty(shape, np.uint8)
+        inputs = np.empty(shape, np.uint8) if include_input else None
+        sizes = []
+        try:
+            for i, fut in enumerate(futures):
+                marked, decoded[i], nbytes = await fut
+                if inputs is not None:
+                    inputs[i] = marked
+                sizes.append(nbytes)
+        finally:
+            for fut in futures:  # cancelled or failed: drop what is still queued
+                fut.cancel()
+        return TranscodeOutcome(inputs=inputs, decoded=decoded, encoded_bytes=tuple(sizes))
 
     def load(self) -> dict[str, float]:
         """Counters and cache state for GetServerInfo."""
         return {
             **{k: float(v) for k, v in self.counters.items()},
             "clean_cache_bytes": float(self.clean_cache.size_bytes),
+            "clean_cache_held": float(self.clean_cache.held),
             "clean_cache_hits": float(self.clean_cache.hits),
             "clean_cache_misses": float(self.clean_cache.misses),
             "result_cache_hits": float(self.result_cache.hits),
@@ -446,6 +552,7 @@ class Engine:
             "queued_tasks": float(self.scheduler.queued),
             "tasks_in_flight": float(self.scheduler.in_flight),
             "worker_restarts": float(self.scheduler.restarts),
+            "workers_responsive": float(self.pool.responsive()),
             **{f"queued_tasks{{client={c}}}": float(n) for c, n in self.scheduler.queued_by_client().items()},
             **{f"dispatched_tasks{{client={c}}}": float(n) for c, n in self.scheduler.dispatched.items()},
         }

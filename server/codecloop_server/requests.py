@@ -116,7 +116,10 @@ def carriers(msg: pb.Carriers, datasets: dict[str, Dataset], limits: Limits) -> 
     ds = datasets[name]
     num = _field(sel, "num_clips", DEFAULT_NUM_CLIPS)
     _check_clips(num, int(np.prod(ds.clip_shape)), limits)
-    ids = tuple(map(int, ds.select(_field(sel, "split", DEFAULT_SPLIT), num, _field(sel, "seed", 0))))
+    seed = _field(sel, "seed", 0)
+    if seed < 0:  # numpy's default_rng takes non-negative seeds only
+        raise CodecLoopValueError(f"carriers.dataset.seed: {seed} is outside the allowed range [0, {2**63 - 1}]")
+    ids = tuple(map(int, ds.select(_field(sel, "split", DEFAULT_SPLIT), num, seed)))
     keys = tuple(("dataset", ds.name, ds.digest, i) for i in ids)
     return CarrierSet(keys=keys, clip_shape=ds.clip_shape, dataset=ds.name, clip_ids=ids)
 
@@ -127,6 +130,21 @@ def _check_clips(n: int, clip_pixels: int, limits: Limits) -> None:
     if clip_pixels > limits.max_clip_pixels:
         raise CodecLoopLimitError(
             f"carriers: T*H*W = {clip_pixels} per clip exceeds the server limit max_clip_pixels = {limits.max_clip_pixels}"
+        )
+
+
+def check_transcode_reply(carriers: CarrierSet, include_input: bool, limits: Limits) -> None:
+    """Refuse, before any encode, a Transcode whose reply could not be sent (over max_message_bytes)."""
+    t, h, w = carriers.clip_shape
+    arrays = 2 if include_input else 1
+    # the clips plus a generous allowance for shapes, per-clip sizes and ids, and the codec
+    reply = arrays * len(carriers) * t * h * w * 3 + 32 * len(carriers) + 4096
+    if reply > limits.max_message_bytes:
+        per_call = (limits.max_message_bytes - 4096) // (arrays * t * h * w * 3 + 32)
+        raise CodecLoopLimitError(
+            f"carriers: the reply would be {reply} bytes ({len(carriers)} clips of {t}x{h}x{w}x3"
+            f"{', decoded and include_input' if include_input else ' decoded'}), over the server limit max_message_bytes = "
+            f"{limits.max_message_bytes}; ask for at most {per_call} clips per call"
         )
 
 

@@ -20,8 +20,8 @@ OPEN_METHODS_PREFIX = "/grpc.health.v1.Health/"
 class SecurityConfig:
     """tls_cert/tls_key: PEM files of the server's certificate chain and key (TLS on);
     tls_client_ca: PEM of the CA that signs client certificates (mutual TLS: clients without one are
-    refused); token_file: a file whose stripped content is the bearer token every call must carry
-    (metadata ``authorization: Bearer <token>``); allow_insecure: serve plaintext on a non-loopback host."""
+    refused); token_file: a file of bearer tokens, one per line (``NAME TOKEN`` or ``TOKEN``), one of
+    which every call must carry (metadata ``authorization: Bearer <token>``); allow_insecure: serve plaintext on a non-loopback host."""
 
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -35,13 +35,31 @@ class SecurityConfig:
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
 
-    def token(self) -> str | None:
+    def tokens(self) -> dict[str, str]:
+        """Bearer token -> the client identity it stands for (empty: no token required).
+
+        The token file holds one token per line (``#`` lines and blank lines skipped), optionally
+        preceded by a name and a space: ``alice <token>``. Each token is its own client for quotas
+        and fair shares; an unnamed one is called ``token-<line number>``.
+        """
         if self.token_file is None:
-            return None
-        token = Path(self.token_file).read_text().strip()
-        if len(token) < 16:
-            raise ValueError(f"token file {self.token_file}: the token must have at least 16 characters")
-        return token
+            return {}
+        tokens: dict[str, str] = {}
+        for number, line in enumerate(Path(self.token_file).read_text().splitlines(), 1):
+            parts = line.split()
+            if not parts or parts[0].startswith("#"):
+                continue
+            if len(parts) > 2:
+                raise ValueError(f"token file {self.token_file} line {number}: expected 'TOKEN' or 'NAME TOKEN'")
+            name, token = (parts[0], parts[1]) if len(parts) == 2 else (f"token-{number}", parts[0])
+            if len(token) < 16:
+                raise ValueError(f"token file {self.token_file} line {number}: the token must have at least 16 characters")
+            if token in tokens or name in tokens.values():
+                raise ValueError(f"token file {self.token_file} line {number}: token or name {name!r} given twice")
+            tokens[token] = name
+        if not tokens:
+            raise ValueError(f"token file {self.token_file}: no token in it")
+        return tokens
 
 
 def is_loopback(host: str) -> bool:
@@ -71,22 +89,72 @@ def add_port(server: grpc.aio.Server, host: str, port: int, config: SecurityConf
     return server.add_secure_port(address, creds)
 
 
-class TokenInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses every call without ``authorization: Bearer <token>`` (constant-time compare),
-    except the health service."""
+def _one(metadata, key: str) -> str | None:
+    """The single value of metadata ``key`` (None when absent); CodecLoopAuthError when repeated,
+    so that no two parts of the stack can read different values of it."""
+    values = [v for k, v in (metadata or ()) if k == key]
+    if len(values) > 1:
+        raise CodecLoopAuthError(f"metadata {key!r}: given {len(values)} times; send it exactly once")
+    return values[0] if values else None
 
-    def __init__(self, token: str, deny: Callable[[CodecLoopAuthError, grpc.aio.ServicerContext], Awaitable[None]]) -> None:
-        self._expected = f"Bearer {token}".encode()
+
+class Authenticator:
+    """Who a call is, when authentication is on: the client certificate (mutual TLS) and/or which
+    configured bearer token it carried. Quotas and fair shares key on this identity, never on the
+    self-declared ``client-id`` metadata, when it exists."""
+
+    def __init__(self, tokens: dict[str, str], mutual_tls: bool) -> None:
+        self._tokens = {f"Bearer {t}".encode(): name for t, name in tokens.items()}
+        self.mutual_tls = mutual_tls
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._tokens) or self.mutual_tls
+
+    def token_identity(self, metadata) -> str | None:
+        """The name of the token in ``metadata`` (None when no token is configured); CodecLoopAuthError
+        for a missing, wrong or repeated one. Compares with every token in constant time."""
+        if not self._tokens:
+            return None
+        given = (_one(metadata, "authorization") or "").encode()
+        found = None
+        for expected, name in self._tokens.items():
+            if hmac.compare_digest(given, expected):
+                found = name
+        if found is None:
+            raise CodecLoopAuthError("missing or wrong bearer token (metadata 'authorization: Bearer <token>')")
+        return found
+
+    def identity(self, context: grpc.aio.ServicerContext) -> str | None:
+        """``cert:<subject>`` and/or ``token:<name>`` of an authenticated call; None without authentication."""
+        parts = []
+        if self.mutual_tls:
+            auth = context.auth_context() or {}
+            subject = (auth.get("x509_subject") or auth.get("x509_common_name") or [b"?"])[0]
+            parts.append(f"cert:{subject.decode(errors='replace')}")
+        token = self.token_identity(context.invocation_metadata())
+        if token is not None:
+            parts.append(f"token:{token}")
+        return " ".join(parts) or None
+
+
+class TokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses every call without exactly one ``authorization: Bearer <token>`` of a configured
+    token (constant-time compare), except the health service."""
+
+    def __init__(self, auth: Authenticator, deny: Callable[[CodecLoopAuthError, grpc.aio.ServicerContext], Awaitable[None]]) -> None:
+        self._auth = auth
         self._deny = deny  # aborts with the status that service._status_for maps the error to
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
         if handler is None or details.method.startswith(OPEN_METHODS_PREFIX):
             return handler
-        given = dict(details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(given.encode(), self._expected):
+        try:
+            self._auth.token_identity(details.invocation_metadata)
             return handler
-        error = CodecLoopAuthError("missing or wrong bearer token (metadata 'authorization: Bearer <token>')")
+        except CodecLoopAuthError as err:
+            error = err
 
         async def deny_unary(request, context):
             await self._deny(error, context)

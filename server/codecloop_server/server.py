@@ -18,7 +18,7 @@ from codecloop_server.detector import DetectorConfig, DetectorScorer
 from codecloop_server.engine import Engine
 from codecloop_server.metrics import Metrics
 from codecloop_server.requests import Limits
-from codecloop_server.security import SecurityConfig, TokenInterceptor, add_port
+from codecloop_server.security import Authenticator, SecurityConfig, TokenInterceptor, add_port
 from codecloop_server.service import CodecLoopServicer, LenientDecodingInterceptor, deny
 
 log = logging.getLogger("codecloop.server")
@@ -41,8 +41,11 @@ class ServerConfig:
         max_queued_tasks: clip tasks queued over all clients before new requests get UNAVAILABLE.
         max_client_queued_tasks: clip tasks one client may have queued (RESOURCE_EXHAUSTED past it).
         max_concurrent_rpcs: Evaluate/Transcode calls in progress at once, over all clients
-            (RESOURCE_EXHAUSTED past it); with the message limit it bounds the memory held by
-            requests (max_concurrent_rpcs x max_message_bytes).
+            (RESOURCE_EXHAUSTED past it).
+        max_request_memory_bytes: the memory charged to the requests in progress (memory.py), in
+            all; a request that would go over gets RESOURCE_EXHAUSTED before anything is decoded.
+        task_timeout_s: a clip task running longer in a worker means the worker hangs: it is
+            killed and replaced (workers.py); None = no limit.
         security: TLS, mutual TLS, bearer token, plaintext policy (security.py).
         metrics_port: Prometheus endpoint port on ``host`` (0 picks a free one); None = no endpoint.
         detectors: TorchScript detectors to serve as scorers (detector.py); needs torch.
@@ -61,6 +64,8 @@ class ServerConfig:
     max_queued_tasks: int = 100_000
     max_client_queued_tasks: int = 20_000
     max_concurrent_rpcs: int = 64
+    max_request_memory_bytes: int = 4 << 30
+    task_timeout_s: float | None = 600.0
     security: SecurityConfig = field(default_factory=SecurityConfig)
     metrics_port: int | None = None
     detectors: tuple[DetectorConfig, ...] = ()
@@ -75,9 +80,13 @@ class RunningServer:
     health: health.aio.HealthServicer
     port: int
     detectors: tuple[DetectorScorer, ...] = ()
+    health_watch: asyncio.Task | None = None
 
     async def stop(self, grace: float | None = 5.0) -> None:
-        """Graceful stop: NOT_SERVING, refuse new calls, let in-flight ones finish for ``grace`` s."""
+        """Graceful stop: NOT_SERVING, refuse new calls, let in-flight ones finish for ``grace`` s.
+        Never waits on a hung or stopped worker for more than a few seconds (workers.py)."""
+        if self.health_watch is not None:
+            self.health_watch.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         for det in self.detectors:
@@ -128,8 +137,8 @@ async def start(config: ServerConfig) -> RunningServer:
         # memory before the servicer's own per-client and total call limits see them
         ("grpc.max_concurrent_streams", config.max_concurrent_rpcs),
     ]
-    token = config.security.token()
-    interceptors = [LenientDecodingInterceptor()] + ([TokenInterceptor(token, deny)] if token else [])
+    auth = Authenticator(config.security.tokens(), mutual_tls=config.security.tls_client_ca is not None)
+    interceptors = [LenientDecodingInterceptor()] + ([TokenInterceptor(auth, deny)] if config.security.token_file else [])
     # no grpc maximum_concurrent_rpcs: its aio limiter has had bugs; the servicer counts calls itself
     server = grpc.aio.server(options=options, interceptors=interceptors)
     health_servicer = health.aio.HealthServicer()
@@ -142,8 +151,9 @@ async def start(config: ServerConfig) -> RunningServer:
         raise OSError(f"could not bind {config.host}:{config.port}")
     datasets = await loop.run_in_executor(None, load_datasets, config)
     engine = Engine(
-        config.workers, config.clean_cache_bytes, config.result_cache_entries, config.max_queued_tasks, config.max_client_queued_tasks
-    )
+        config.workers, config.clean_cache_bytes, config.result_cache_entries, config.max_queued_tasks, config.max_client_queued_tasks,
+        config.task_timeout_s,
+    )  # fmt: skip
     for ds in datasets.values():
         engine.add_dataset(ds)
     await loop.run_in_executor(None, engine.warm_up)
@@ -153,12 +163,31 @@ async def start(config: ServerConfig) -> RunningServer:
     if config.metrics_port is not None:
         metrics_port = metrics.serve(config.host, config.metrics_port)
         print(f"codecloop metrics on http://{config.host}:{metrics_port}/metrics", flush=True)
-    pb_grpc.add_CodecLoopServicer_to_server(CodecLoopServicer(engine, datasets, config.limits, versions, metrics, config.max_concurrent_rpcs), server)
+    servicer = CodecLoopServicer(
+        engine, datasets, config.limits, versions, metrics, config.max_concurrent_rpcs, config.max_request_memory_bytes, auth
+    )
+    pb_grpc.add_CodecLoopServicer_to_server(servicer, server)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    watch = asyncio.ensure_future(_watch_workers(engine, health_servicer))
     log.info("codecloop serving on %s:%d with %d workers", config.host, port, engine.workers)
-    return RunningServer(server=server, engine=engine, health=health_servicer, port=port, detectors=detectors)
+    return RunningServer(server=server, engine=engine, health=health_servicer, port=port, detectors=detectors, health_watch=watch)
+
+
+async def _watch_workers(engine: Engine, health_servicer: health.aio.HealthServicer, every_s: float = 0.5) -> None:
+    """Health follows the workers: SERVING while at least one can make progress, else NOT_SERVING
+    (all dead, stopped, or hung past the task timeout; workers.py replaces hung and dead ones)."""
+    serving = True  # start() set SERVING after warming every worker up
+    while True:
+        alive = engine.pool.responsive() > 0
+        if alive != serving:
+            status = health_pb2.HealthCheckResponse.SERVING if alive else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", SERVICE_NAME):
+                await health_servicer.set(name, status)
+            log.warning("codec workers: %s; health %s", "responsive again" if alive else "none responsive", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+            serving = alive
+        await asyncio.sleep(every_s)
 
 
 async def serve(config: ServerConfig) -> None:

@@ -19,11 +19,12 @@ from codecloop.v1 import codecloop_pb2 as pb
 from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
 from google.protobuf.message import DecodeError
 
-from codecloop_server import requests, scorers
+from codecloop_server import memory, requests, scorers
 from codecloop_server.codec import CODECS, PIX_FMTS, PRESETS
 from codecloop_server.corpus import Dataset
-from codecloop_server.engine import CandidateOutcome, Engine
+from codecloop_server.engine import CandidateOutcome, Engine, EvaluateJob
 from codecloop_server.metrics import Metrics
+from codecloop_server.security import Authenticator, _one
 
 log = logging.getLogger("codecloop.server")
 SERVICE = pb.DESCRIPTOR.services_by_name["CodecLoop"].full_name
@@ -51,7 +52,7 @@ async def _errors(context: grpc.aio.ServicerContext, method: str, metrics: Metri
     context.set_trailing_metadata((("request-id", request_id),))
     try:
         yield
-    except (CodecLoopValueError, CodecLoopLimitError, CodecLoopBusyError) as err:
+    except (CodecLoopValueError, CodecLoopLimitError, CodecLoopBusyError, CodecLoopAuthError) as err:
         code, message = _status_for(err)
         status = code.name
         log.info(json.dumps({"event": "rejected", "request_id": request_id, "method": method, "message": message}))
@@ -115,16 +116,27 @@ class LenientDecodingInterceptor(grpc.aio.ServerInterceptor):
         return handler._replace(request_deserializer=lenient)
 
 
-def _caller(context: grpc.aio.ServicerContext) -> tuple[str, int]:
-    """(client id, priority) from the metadata ``client-id`` (else the peer) and ``priority``."""
-    meta = dict(context.invocation_metadata() or ())
+def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
+    """The single value of metadata ``key``; a repeated key is INVALID_ARGUMENT, not "last one wins"."""
     try:
-        priority = int(meta.get("priority", 0))
+        return _one(context.invocation_metadata(), key)
+    except CodecLoopAuthError as err:
+        raise CodecLoopValueError(str(err)) from None
+
+
+def _caller(context: grpc.aio.ServicerContext, auth: Authenticator | None) -> tuple[str, int]:
+    """(client, priority): the client is the authenticated identity when authentication is on (so
+    that nobody can take another's quota or dodge their own), else the metadata ``client-id``, else
+    the peer address; ``priority`` from the metadata of that name."""
+    text = _metadata(context, "priority")
+    try:
+        priority = int(text or 0)
     except ValueError:
-        raise CodecLoopValueError(f"metadata priority: {meta['priority']!r} is not an integer") from None
+        raise CodecLoopValueError(f"metadata priority: {text!r} is not an integer") from None
     if not -100 <= priority <= 100:
         raise CodecLoopValueError(f"metadata priority: {priority} is outside the allowed range [-100, 100]")
-    return str(meta.get("client-id") or context.peer()), priority
+    identity = auth.identity(context) if auth is not None and auth.enabled else None
+    return identity or _metadata(context, "client-id") or context.peer(), priority
 
 
 class CodecLoopServicer(pb_grpc.CodecLoopServicer):
@@ -136,6 +148,8 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
         versions: dict[str, str],
         metrics: Metrics | None = None,
         max_calls: int = 64,
+        max_request_memory_bytes: int = 4 << 30,
+        auth: Authenticator | None = None,
     ):
         self.engine = engine
         self.metrics = metrics
@@ -145,12 +159,15 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
         self._calls: Counter[str] = Counter()  # calls in progress per client
         self._total_calls = 0
         self.max_calls = max_calls  # Evaluate/Transcode calls in progress, all clients together
+        self.memory = memory.MemoryBudget(max_request_memory_bytes)  # charged by the calls in progress
+        self.auth = auth
 
     @contextlib.asynccontextmanager
-    async def _slot(self, context: grpc.aio.ServicerContext) -> AsyncIterator[tuple[str, int]]:
-        """(client, priority) of the call, holding one of the client's ``max_client_calls`` slots:
-        one client cannot hold every call slot (and the memory of their requests)."""
-        client, priority = _caller(context)
+    async def _slot(self, context: grpc.aio.ServicerContext, charge: memory.Charge) -> AsyncIterator[tuple[str, int]]:
+        """(client, priority) of the call, holding one of the client's ``max_client_calls`` slots (one
+        client cannot hold every call slot) and the request's memory ``charge`` (memory.py), or
+        RESOURCE_EXHAUSTED at once."""
+        client, priority = _caller(context, self.auth)
         if self._total_calls >= self.max_calls:
             raise CodecLoopLimitError(f"server: {self._total_calls} calls in progress, limit max_concurrent_rpcs = {self.max_calls}; retry later")
         if self._calls[client] >= self.limits.max_client_calls:
@@ -158,80 +175,92 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
                 f"client {client!r}: {self._calls[client]} calls in progress, per-client limit max_client_calls = "
                 f"{self.limits.max_client_calls}; wait for one to finish"
             )
-        self._calls[client] += 1
-        self._total_calls += 1
-        try:
-            yield client, priority
-        finally:
-            self._total_calls -= 1
-            self._calls[client] -= 1
-            if not self._calls[client]:
-                del self._calls[client]
+        with self.memory.reserve(charge):
+            self._calls[client] += 1
+            self._total_calls += 1
+            try:
+                yield client, priority
+            finally:
+                self._total_calls -= 1
+                self._calls[client] -= 1
+                if not self._calls[client]:
+                    del self._calls[client]
 
     async def EvaluateSignature(self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext) -> pb.EvaluateResponse:
-        async with _errors(context, "EvaluateSignature", self.metrics), self._slot(context) as (client, priority):
-            job = requests.evaluate_job(_decoded(request), self.datasets, self.limits)
-            outcomes = await self.engine.evaluate(job, client=client, priority=priority)
-            return pb.EvaluateResponse(
-                results=[_candidate_proto(o, job.per_clip) for o in outcomes],
-                scorer=job.scorer[0],
-                epsilon=job.epsilon,
-                num_clips=len(job.carriers),
-                clip_ids=job.carriers.clip_ids,
-            )
-
-    async def EvaluateSignatureStream(
-        self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.EvaluateEvent]:
-        async with _errors(context, "EvaluateSignatureStream", self.metrics), self._slot(context) as (client, priority):
-            job = requests.evaluate_job(_decoded(request), self.datasets, self.limits)
-            total = len(job.candidates) * len(job.codecs) * len(job.carriers)
-            yield pb.EvaluateEvent(
-                started=pb.EvaluateEvent.Started(
-                    num_candidates=len(job.candidates),
+        async with _errors(context, "EvaluateSignature", self.metrics):
+            request = _decoded(request)
+            async with self._slot(context, memory.evaluate_charge(request)) as (client, priority):
+                job = requests.evaluate_job(request, self.datasets, self.limits)
+                outcomes = await self.engine.evaluate(job, client=client, priority=priority)
+                return pb.EvaluateResponse(
+                    results=[_candidate_proto(o, job.per_clip) for o in outcomes],
                     scorer=job.scorer[0],
                     epsilon=job.epsilon,
                     num_clips=len(job.carriers),
                     clip_ids=job.carriers.clip_ids,
-                    clip_tasks=total,
                 )
-            )
-            queue: asyncio.Queue[pb.EvaluateEvent | None] = asyncio.Queue()
-            every = max(1, total // 100)  # at most ~100 progress events per request
 
-            def on_progress(done: int, total: int) -> None:
-                if done % every == 0 or done == total:
-                    queue.put_nowait(pb.EvaluateEvent(progress=pb.EvaluateEvent.Progress(clip_tasks_done=done, clip_tasks=total)))
-
-            def on_candidate(index: int, outcome: CandidateOutcome) -> None:
-                queue.put_nowait(pb.EvaluateEvent(result=pb.EvaluateEvent.Result(index=index, result=_candidate_proto(outcome, job.per_clip))))
-
-            task = asyncio.ensure_future(self.engine.evaluate(job, on_candidate, on_progress, client, priority))
-            task.add_done_callback(lambda _: queue.put_nowait(None))
-            try:
-                while (event := await queue.get()) is not None:
+    async def EvaluateSignatureStream(
+        self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.EvaluateEvent]:
+        async with _errors(context, "EvaluateSignatureStream", self.metrics):
+            request = _decoded(request)
+            async with self._slot(context, memory.evaluate_charge(request)) as (client, priority):
+                job = requests.evaluate_job(request, self.datasets, self.limits)
+                async for event in self._stream(job, client, priority):
                     yield event
-                await task  # raises the job's error, if any
-            finally:
-                task.cancel()
+
+    async def _stream(self, job: EvaluateJob, client: str, priority: int) -> AsyncIterator[pb.EvaluateEvent]:
+        """Started, then progress and per-candidate results as they happen."""
+        total = len(job.candidates) * len(job.codecs) * len(job.carriers)
+        yield pb.EvaluateEvent(
+            started=pb.EvaluateEvent.Started(
+                num_candidates=len(job.candidates),
+                scorer=job.scorer[0],
+                epsilon=job.epsilon,
+                num_clips=len(job.carriers),
+                clip_ids=job.carriers.clip_ids,
+                clip_tasks=total,
+            )
+        )
+        queue: asyncio.Queue[pb.EvaluateEvent | None] = asyncio.Queue()
+        every = max(1, total // 100)  # at most ~100 progress events per request
+
+        def on_progress(done: int, total: int) -> None:
+            if done % every == 0 or done == total:
+                queue.put_nowait(pb.EvaluateEvent(progress=pb.EvaluateEvent.Progress(clip_tasks_done=done, clip_tasks=total)))
+
+        def on_candidate(index: int, outcome: CandidateOutcome) -> None:
+            queue.put_nowait(pb.EvaluateEvent(result=pb.EvaluateEvent.Result(index=index, result=_candidate_proto(outcome, job.per_clip))))
+
+        task = asyncio.ensure_future(self.engine.evaluate(job, on_candidate, on_progress, client, priority))
+        task.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+            await task  # raises the job's error, if any
+        finally:
+            task.cancel()
 
     async def Transcode(self, request: pb.TranscodeRequest, context: grpc.aio.ServicerContext) -> pb.TranscodeResponse:
-        async with _errors(context, "Transcode", self.metrics), self._slot(context) as caller:
+        async with _errors(context, "Transcode", self.metrics):
             request = _decoded(request)
-            carriers = requests.carriers(request.carriers, self.datasets, self.limits)
-            codec = requests.codec_settings(request.codec, "codec")
-            eps = requests.epsilon(request)
-            sig = None
-            if request.HasField("signature"):
-                sig = requests.signature(request.signature, "signature", carriers.clip_shape)
-            out = await self.engine.transcode(carriers, sig, eps, codec, *caller)
-            return pb.TranscodeResponse(
-                decoded=to_tensor(out.decoded, "uint8"),
-                input=to_tensor(out.inputs, "uint8") if request.include_input else None,
-                encoded_bytes=out.encoded_bytes,
-                clip_ids=carriers.clip_ids,
-                codec=requests.codec_to_proto(codec),
-            )
+            async with self._slot(context, memory.transcode_charge(request, self.datasets)) as caller:
+                carriers = requests.carriers(request.carriers, self.datasets, self.limits)
+                requests.check_transcode_reply(carriers, request.include_input, self.limits)  # before any encode
+                codec = requests.codec_settings(request.codec, "codec")
+                eps = requests.epsilon(request)
+                sig = None
+                if request.HasField("signature"):
+                    sig = requests.signature(request.signature, "signature", carriers.clip_shape)
+                out = await self.engine.transcode(carriers, sig, eps, codec, request.include_input, *caller)
+                return pb.TranscodeResponse(
+                    decoded=to_tensor(out.decoded, "uint8"),
+                    input=to_tensor(out.inputs, "uint8") if out.inputs is not None else None,
+                    encoded_bytes=out.encoded_bytes,
+                    clip_ids=carriers.clip_ids,
+                    codec=requests.codec_to_proto(codec),
+                )
 
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
         async with _errors(context, "GetServerInfo", self.metrics):
@@ -262,7 +291,12 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
             ],
             limits=self.limits.to_proto(),
             workers=self.engine.workers,
-            load=self.engine.load(),
+            load={
+                **self.engine.load(),
+                "request_memory_bytes": float(self.memory.held_bytes),
+                "request_memory_limit_bytes": float(self.memory.limit_bytes),
+                "calls_in_progress": float(self._total_calls),
+            },
         )
 
 

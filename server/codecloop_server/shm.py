@@ -1,13 +1,19 @@
 """Arrays in POSIX shared memory, so worker tasks carry references instead of frames.
 
-The server process owns every segment (creates and unlinks it). Workers read through
-:func:`read`: long-lived segments (dataset clips) stay mapped per worker; short-lived ones
-(signatures, clean features, inline clips) are copied out and closed at once, so unlinking them in
-the server frees their memory.
+The server process owns every segment (creates and unlinks it). A segment is unlinked when its last
+holder lets go: its creator holds one reference, and the engine makes every clip task that reads it
+hold another from when the task is queued until it has stopped (run, failed, or dropped from the
+queue), so a cancelled request never frees memory that a queued or running task still reads.
+
+Workers read through :func:`read`: long-lived segments (dataset clips) stay mapped per worker;
+short-lived ones (signatures, clean features, inline clips) are copied out and closed at once, so
+unlinking them in the server frees their memory. ``read(ref, index)`` copies one item along the first
+axis only (one clip of an inline (N, T, H, W, 3) array, not all N).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from multiprocessing import resource_tracker, shared_memory
 
@@ -25,25 +31,45 @@ class ArrayRef:
 
 
 class SharedArray:
-    """An array copied into a new shared-memory segment owned by this process."""
+    """An array copied into a new shared-memory segment owned by this process, with a count of its
+    holders (the creator is the first): :meth:`retain` adds one, :meth:`release` drops one, and the
+    last release unmaps and unlinks the segment. Thread-safe (the engine closes from another thread)."""
 
     def __init__(self, array: np.ndarray, persistent: bool = False) -> None:
         array = np.ascontiguousarray(array)
-        self._shm = shared_memory.SharedMemory(create=True, size=max(array.nbytes, 1))
+        self._shm: shared_memory.SharedMemory | None = shared_memory.SharedMemory(create=True, size=max(array.nbytes, 1))
         self.array = np.ndarray(array.shape, array.dtype, buffer=self._shm.buf)
         self.array[...] = array
         self.array.flags.writeable = False
         self.ref = ArrayRef(self._shm.name, tuple(array.shape), array.dtype.str, persistent)
         self.nbytes = array.nbytes
+        self._holders = 1
+        self._lock = threading.Lock()
+
+    @property
+    def holders(self) -> int:
+        return self._holders
+
+    def retain(self) -> SharedArray:
+        """One more holder; each retain needs its own release."""
+        with self._lock:
+            if self._holders <= 0:
+                raise RuntimeError(f"shared array {self.ref.name} was already freed")
+            self._holders += 1
+        return self
 
     def release(self) -> None:
-        """Unmap and unlink; idempotent. Views of ``array`` must not be used afterwards."""
-        if self._shm is None:
-            return
+        """One holder fewer; the last one unmaps and unlinks (views of ``array`` die with it)."""
+        with self._lock:
+            if self._holders <= 0:
+                raise RuntimeError(f"shared array {self.ref.name} released more often than held")
+            self._holders -= 1
+            if self._holders:
+                return
+            shm, self._shm = self._shm, None
         del self.array
-        self._shm.close()
-        self._shm.unlink()
-        self._shm = None
+        shm.close()
+        shm.unlink()
 
 
 _mapped: dict[str, tuple[shared_memory.SharedMemory, np.ndarray]] = {}
@@ -61,8 +87,9 @@ def _attach(name: str) -> shared_memory.SharedMemory:
         resource_tracker.register = register
 
 
-def read(ref: ArrayRef) -> np.ndarray:
-    """The array behind ``ref``: a read-only view for persistent segments, else a private copy."""
+def read(ref: ArrayRef, index: int | None = None) -> np.ndarray:
+    """The array behind ``ref``, or only its item ``index`` along the first axis: a read-only view
+    for persistent segments, else a private copy of just that part."""
     if ref.persistent:
         hit = _mapped.get(ref.name)
         if hit is None:
@@ -70,9 +97,12 @@ def read(ref: ArrayRef) -> np.ndarray:
             view = np.ndarray(ref.shape, np.dtype(ref.dtype), buffer=shm.buf)
             view.flags.writeable = False
             hit = _mapped[ref.name] = (shm, view)
-        return hit[1]
+        return hit[1] if index is None else hit[1][index]
     shm = _attach(ref.name)
     try:
-        return np.ndarray(ref.shape, np.dtype(ref.dtype), buffer=shm.buf).copy()
+        view = np.ndarray(ref.shape, np.dtype(ref.dtype), buffer=shm.buf)
+        part = (view if index is None else view[index]).copy()
+        del view  # no export of the buffer may outlive close()
+        return part
     finally:
         shm.close()

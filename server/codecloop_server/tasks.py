@@ -27,7 +27,8 @@ class ClipRef:
     index: int
 
     def load(self) -> np.ndarray:
-        return shm.read(self.source)[self.index]
+        """This clip only (a copy of one clip, not of the whole array, for a request's inline clips)."""
+        return shm.read(self.source, self.index)
 
 
 @dataclass(frozen=True)
@@ -111,13 +112,15 @@ def _squared_error(marked: np.ndarray, original: np.ndarray) -> int:
 
 
 def transcode_task(
-    clip: ClipRef, signature: shm.ArrayRef | None, epsilon: float, settings: CodecSettings
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """(encoder input uint8, decoded uint8, encoded bytes) for one clip, clean when signature is None."""
+    clip: ClipRef, signature: shm.ArrayRef | None, epsilon: float, settings: CodecSettings, include_input: bool
+) -> tuple[np.ndarray | None, np.ndarray, int]:
+    """(encoder input uint8 when ``include_input``, decoded uint8, encoded bytes) for one clip,
+    clean when signature is None. The input comes back only when asked for: it is a clip's worth of
+    pipe transfer and server memory."""
     clean = clip.load()
     marked = clean if signature is None else poison(clean, shm.read(signature), epsilon)
     decoded, nbytes = transcode_rgb(marked, settings)
-    return marked, decoded, nbytes
+    return (marked if include_input else None), decoded, nbytes
 
 
 def warm_task() -> int:
