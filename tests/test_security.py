@@ -7,6 +7,7 @@ import ipaddress
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import codecloop
@@ -114,3 +115,61 @@ def test_plaintext_beyond_loopback_and_bad_settings_refused(tmp_path):
         out = subprocess.run([sys.executable, "-m", "codecloop.cli", "serve", "--port", "0", "--workers", "1", *extra],
                              capture_output=True, text=True, timeout=120)  # fmt: skip
         assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+ALICE, BOB = "alice-token-of-enough-length", "bob-token-of-enough-length"
+
+
+@pytest.fixture(scope="module")
+def two_token_server(tmp_path_factory):
+    """Plaintext on loopback, two named tokens, one call in progress per client."""
+    tokens = tmp_path_factory.mktemp("tokens") / "tokens"
+    tokens.write_text(f"# name token\nalice {ALICE}\nbob {BOB}\n")
+    proc, target = _start_server(["--workers", "1", "--token-file", str(tokens), "--max-client-calls", "1"])
+    yield target
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_quotas_key_on_the_token_not_the_claimed_client_id(two_token_server):
+    """Alice cannot dodge her quota by claiming another client-id, and Bob, claiming Alice's
+    client-id, does not use up hers."""
+    small = {"carriers": DatasetCarriers(num_clips=2), "codecs": Codec(preset="ultrafast")}
+    pop = np.stack([block_signature(s) for s in range(80, 96)])
+    with codecloop.Client(two_token_server, token=ALICE, client_id="x", max_attempts=1, timeout=120) as alice_x:
+        stream = alice_x.evaluate_stream(pop, carriers=DatasetCarriers(num_clips=16))
+        next(stream)  # alice's one call is in progress
+        try:
+            with codecloop.Client(two_token_server, token=ALICE, client_id="y", max_attempts=1) as alice_y:
+                with pytest.raises(codecloop.CodecLoopLimitError, match="client 'token:alice': 1 calls in progress"):
+                    alice_y.evaluate(block_signature(97)[None], **small)
+            with codecloop.Client(two_token_server, token=BOB, client_id="x", max_attempts=1, timeout=120) as bob_x:
+                assert len(bob_x.evaluate(block_signature(98)[None], **small).candidates) == 1
+                load = bob_x.info().load
+            assert "dispatched_tasks{client=token:bob}" in load and not any("client=x" in k for k in load), load
+        finally:
+            stream.close()
+
+
+def test_repeated_authorization_metadata_is_unauthenticated(two_token_server):
+    import grpc
+    from codecloop.v1 import codecloop_pb2 as pb
+    from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(two_token_server) as channel:
+        stub = pb_grpc.CodecLoopStub(channel)
+        assert stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=(("authorization", f"Bearer {BOB}"),), timeout=30).workers == 1
+        for pair in ((f"Bearer {'w' * 30}", f"Bearer {ALICE}"), (f"Bearer {ALICE}", f"Bearer {'w' * 30}"), (f"Bearer {ALICE}",) * 2):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=[("authorization", v) for v in pair], timeout=30)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "metadata 'authorization': given 2 times" in info.value.details()
+
+
+def test_mutual_tls_identity_keys_the_queues(secure_server, pki):
+    """With client certificates, the scheduler's client is the certificate (and token), whatever
+    client-id the caller claims."""
+    with client(secure_server, pki, client_id="spoof") as c:
+        c.evaluate(block_signature(5)[None], carriers=DatasetCarriers(num_clips=2), codecs=Codec(preset="ultrafast"))
+        keys = [k for k in c.info().load if k.startswith("dispatched_tasks")]
+    assert keys == ["dispatched_tasks{client=cert:CN=client token:token-1}"], keys
