@@ -30,6 +30,8 @@ def test_objectives_from_known_scores():
     f = 1 / 64
     sep = POISONED.mean() - CLEAN.mean()
     assert Objective("separation").scores(CLEAN, POISONED) == pytest.approx(sep)
+    shifted = CLEAN - 0.01  # clean scores off centre by -0.01 on average (mean(CLEAN) is 0)
+    assert Objective("centred-separation", centre_weight=2.0).scores(shifted, POISONED) == pytest.approx(sep + 0.01 - 2.0 * 0.01)
     assert Objective("dprime").scores(CLEAN, POISONED) == pytest.approx(sep / math.sqrt(0.5 * (CLEAN.var() + POISONED.var())), rel=1e-6)
     # 8 clean clips, FPR 1/64 -> threshold = the highest clean score 0.03; poisoned above it: 0.05 0.04 0.06 0.08
     assert Objective("tpr", target_fpr=f).scores(CLEAN, POISONED) == 4 / 8
@@ -39,7 +41,6 @@ def test_objectives_from_known_scores():
     q_clean = 0.02 + (7 * 63 / 64 - 6) * 0.01
     margin = 0.007 - q_clean
     assert Objective("margin", target_fpr=f, poisoned_quantile=0.1).scores(CLEAN, POISONED) == pytest.approx(margin)
-    shifted = CLEAN - 0.01  # clean scores off centre by -0.01 on average
     assert Objective("centred-margin", f, 0.1, centre_weight=2.0).scores(shifted, POISONED) == pytest.approx(
         0.007 - (q_clean - 0.01) - 2.0 * 0.01
     )
@@ -56,8 +57,11 @@ def test_worst_codec_decides_and_result_order():
 
 
 def test_objective_needs_per_clip_scores_and_checks_parameters():
-    no_scores = CodecStats(**{**stats(CLEAN, POISONED).__dict__, "clean_scores": None, "poisoned_scores": None})
-    assert Objective("separation").codec(no_scores) == pytest.approx(POISONED.mean() - CLEAN.mean())
+    full = stats(CLEAN - 0.004, POISONED)
+    no_scores = CodecStats(**{**full.__dict__, "clean_scores": None, "poisoned_scores": None})
+    for name in ("separation", "centred-separation"):  # from the server's means, equal to the per-clip formula
+        assert not Objective(name).needs_per_clip and Objective("margin").needs_per_clip
+        assert Objective(name).codec(no_scores) == Objective(name).scores(CLEAN - 0.004, POISONED)
     with pytest.raises(CodecLoopValueError, match="per_clip_scores=True"):
         Objective("margin").codec(no_scores)
     with pytest.raises(CodecLoopValueError, match="objective: 'sep' is not one of"):
@@ -103,7 +107,7 @@ def test_help_shows_defaults():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices
     text = sub["optimize"].format_help()
-    for expected in ("(default: centred-margin)", "(default: 1/64)", "(default: 2/255)", "(default: lowres:7x7:rgb:t=4)", "default: medium"):
+    for expected in ("(default: centred-separation)", "(default: 1/64)", "(default: 2/255)", "(default: lowres:7x7:rgb:t=4)", "default: medium"):
         assert expected in " ".join(text.split()), expected
     assert "(default: 1/64)" in " ".join(sub["evaluate"].format_help().split())
 

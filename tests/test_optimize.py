@@ -153,7 +153,7 @@ def test_summary_is_strict_json_with_train_validation_holdout(client, tmp_path):
     Run(client, make("dct:8:2", SHAPE), config, tmp_path).run(progress=False)
     summary = _strict((tmp_path / "summary.json").read_text())
     assert summary["holdout"]["psnr_db"] is None and summary["config"]["max_seconds"] is None
-    assert summary["target_fpr"] == 1 / 64 and summary["objective"] == "centred-margin"
+    assert summary["target_fpr"] == 1 / 64 and summary["objective"] == "centred-separation"
     for split, clips in (("train", 4), ("validation", 4), ("holdout", 8)):
         assert summary[split]["clips"] == clips and summary[split]["separation"] == 0.0 and summary[split]["tpr"] == 0.0
     assert summary["gap"]["objective"]["train_minus_holdout"] == summary["train"]["objective"] - summary["holdout"]["objective"]

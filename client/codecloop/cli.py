@@ -212,10 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--crf", type=float, action="append", help="repeat for several codec settings; the worst decides (default 28)")
     o.add_argument("--preset", default="medium")
     o.add_argument("--scorer", default="blind")
-    o.add_argument("--objective", default="centred-margin", choices=NAMES, help="see codecloop.objectives")
+    o.add_argument("--objective", default="centred-separation", choices=NAMES, help="see codecloop.objectives")
     o.add_argument("--target-fpr", type=_target_fpr, default="1/64", help="deployed false-positive rate: objective and reports")
     o.add_argument("--margin-quantile", type=_quantile, default="0.1", help="margin objectives: low quantile of poisoned scores")
-    o.add_argument("--centre-weight", type=float, default=1.0, help="centred-margin: weight of |mean clean score|")
+    o.add_argument("--centre-weight", type=float, default=1.0, help="centred-*: weight of |mean clean score|")
     o.add_argument("--dataset", default="embedded")
     o.add_argument("--train-clips", type=int, default=32, help="training clips per generation (at most the split's size)")
     o.add_argument("--fresh-clips", action=argparse.BooleanOptionalAction, default=True,

@@ -9,14 +9,17 @@ better. The decision that is deployed is "score > a threshold calibrated so that
 | name | value (c: clean scores, p: poisoned scores, f: target_fpr) |
 |---|---|
 | ``separation`` | mean(p) - mean(c): the server's own fitness |
+| ``centred-separation`` | separation - w * abs(mean(c)): also penalizes a signature whose clean scores sit off 0, i.e. one correlated with the carriers' content (that correlation does not carry over to other footage) |
 | ``dprime`` | separation / sqrt((var(c) + var(p)) / 2) |
 | ``tpr`` | TPR at FPR <= f (threshold calibrated on c as in :mod:`codecloop.stats`): what is deployed, a step function |
 | ``auc`` | P(p > c) + P(tie) / 2 |
 | ``margin`` | quantile(p, q) - quantile(c, 1 - f): a smooth stand-in for the TPR at FPR f (>= 0 means a fraction >= 1 - q of poisoned clips clear the clean (1 - f) quantile) |
-| ``centred-margin`` | margin - w * abs(mean(c)): also penalizes a signature whose clean scores sit off 0, i.e. one that correlates with the carriers' content (that correlation does not carry over to other footage) |
+| ``centred-margin`` | margin - w * abs(mean(c)) |
 
 Quantiles interpolate linearly between order statistics (numpy's default), so ``margin`` moves
-continuously with every score.
+continuously with every score. The default is ``centred-separation``: on 32 to 72 clips the
+tail statistics (``tpr``, ``margin``, ``auc``) of a candidate predicted its held-out TPR no better
+than its mean scores did (README "Optimizers", ``benchmarks/objectives_bench.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from codecloop.errors import CodecLoopValueError
 from codecloop.stats import calibrate_threshold
 from codecloop.types import CandidateResult, CodecStats, EvaluateResult
 
-NAMES = ("separation", "dprime", "tpr", "auc", "margin", "centred-margin")
+NAMES = ("separation", "centred-separation", "dprime", "tpr", "auc", "margin", "centred-margin")
+_FROM_MEANS = ("separation", "centred-separation")
 
 
 @dataclass(frozen=True)
@@ -41,10 +45,10 @@ class Objective:
         name: one of :data:`NAMES`.
         target_fpr: the false-positive rate the detector is deployed at, in [0, 1).
         poisoned_quantile: q of ``margin``: the low quantile of poisoned scores, in (0, 1).
-        centre_weight: w of ``centred-margin`` (score units per score unit), >= 0.
+        centre_weight: w of the ``centred-*`` objectives (score units per score unit), >= 0.
     """
 
-    name: str = "centred-margin"
+    name: str = "centred-separation"
     target_fpr: float = 1 / 64
     poisoned_quantile: float = 0.1
     centre_weight: float = 1.0
@@ -61,16 +65,19 @@ class Objective:
 
     @property
     def needs_per_clip(self) -> bool:
-        """Whether the request must ask for per-clip scores (every objective but ``separation``)."""
-        return self.name != "separation"
+        """Whether the request must ask for per-clip scores (the two separations need only means)."""
+        return self.name not in _FROM_MEANS
 
     def scores(self, clean: np.ndarray, poisoned: np.ndarray) -> float:
         """The objective of (N,) clean and (N,) poisoned scores of the same clips."""
         clean, poisoned = np.asarray(clean, np.float64), np.asarray(poisoned, np.float64)
         if clean.shape != poisoned.shape or clean.ndim != 1 or len(clean) == 0:
             raise CodecLoopValueError(f"scores: clean {clean.shape} and poisoned {poisoned.shape} must be the same (N,), N >= 1")
+        centring = self.centre_weight * abs(float(clean.mean()))
         if self.name == "separation":
             return float(poisoned.mean() - clean.mean())
+        if self.name == "centred-separation":
+            return float(poisoned.mean() - clean.mean()) - centring
         if self.name == "dprime":
             return float((poisoned.mean() - clean.mean()) / math.sqrt(0.5 * (clean.var() + poisoned.var()) + 1e-12))
         if self.name == "tpr":
@@ -80,14 +87,12 @@ class Objective:
             diff = poisoned[:, None] - clean[None, :]
             return float(np.mean(diff > 0) + 0.5 * np.mean(diff == 0))
         margin = float(np.quantile(poisoned, self.poisoned_quantile) - np.quantile(clean, 1 - self.target_fpr))
-        if self.name == "margin":
-            return margin
-        return margin - self.centre_weight * abs(float(clean.mean()))
+        return margin if self.name == "margin" else margin - centring
 
     def codec(self, stats: CodecStats) -> float:
-        """The objective of one candidate under one codec setting (``separation`` needs no per-clip scores)."""
-        if self.name == "separation" and stats.clean_scores is None:
-            return float(stats.separation)
+        """The objective of one candidate under one codec setting."""
+        if self.name in _FROM_MEANS:  # the server's means are those of the per-clip scores, bit for bit
+            return float(stats.separation) - (self.centre_weight * abs(stats.clean_mean) if self.name != "separation" else 0.0)
         if stats.clean_scores is None or stats.poisoned_scores is None:
             raise CodecLoopValueError(f"objective {self.name!r} needs per-clip scores: evaluate with per_clip_scores=True")
         return self.scores(stats.clean_scores, stats.poisoned_scores)

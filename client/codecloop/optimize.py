@@ -6,9 +6,10 @@ we maximize the objective: the loop tells them ``loss = -objective`` in exactly 
 
 What makes a signature found this way hold up on footage it never saw:
 
-* **objective** (:mod:`codecloop.objectives`): by default ``centred-margin``, a smooth stand-in for
-  the TPR at the deployed FPR that also penalizes clean scores sitting off 0, computed here from the
-  per-clip scores the server returns (a pure function of the request);
+* **objective** (:mod:`codecloop.objectives`): by default ``centred-separation``, the mean
+  separation minus the clean scores' offset from 0 (a signature correlated with the training
+  content); ``tpr``, ``margin`` and others target the deployed FPR directly. Computed here from the
+  scores the server returns: a pure function of the request;
 * **fresh training clips**: each generation scores its population on a different random subset of
   the train split (server-side draw, seed = f(run seed, generation): reproducible);
 * **best by validation**: every ``validate_every`` generations (and after the last) the generation's
