@@ -60,6 +60,7 @@ CASES = {
     "unknown split": (request(carriers=ds(split="test", num_clips=2)), INVALID, r"carriers\.split: unknown split 'test'.*holdout"),
     "too many clips for split": (request(carriers=ds(split="holdout", num_clips=100)), INVALID, r"carriers\.num_clips: 100.*\[1, 72\]"),
     "zero clips": (request(carriers=ds(num_clips=0)), INVALID, r"carriers\.num_clips: 0.*\[1, 168\]"),
+    "negative seed": (request(carriers=ds(num_clips=2, seed=-1)), INVALID, r"carriers\.dataset\.seed: -1 is outside the allowed range \[0, 9223372036854775807\]"),
     "unknown scorer": (request(scorer=pb.Scorer(name="oracle")), INVALID, r"scorer\.name: unknown scorer 'oracle'.*blind"),
     "unknown scorer param": (request(scorer=pb.Scorer(name="blind", params={"sigma": 1})), INVALID, r"scorer\.params: unknown parameter 'sigma'.*kernel"),
     "even kernel": (request(scorer=pb.Scorer(params={"kernel": 4})), INVALID, r"scorer\.params\['kernel'\]: 4.0 must be an odd integer"),

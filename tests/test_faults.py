@@ -1,5 +1,6 @@
-"""Faults: a codec worker killed with SIGKILL mid-request, and hypothesis fuzzing of whole requests
-sent through real gRPC (random shapes, dtypes, byte lengths, NaNs, huge dims, garbage bytes)."""
+"""Faults: a codec worker killed with SIGKILL mid-request, and hypothesis fuzzing of whole calls
+sent through real gRPC (every method and field, random shapes, dtypes, byte lengths, NaNs, huge
+dims, int64 seeds, CRFs as any double, deadlines down to 1 ms, client cancellations, garbage bytes)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ from hypothesis import strategies as st
 
 import codecloop
 from codecloop import Codec, DatasetCarriers
+from codecloop.tensors import to_tensor
 from codecloop.v1 import codecloop_pb2 as pb
 from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
 from tests.conftest import _start_server, block_signature
 
 CLEAN_CODES = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
+FUZZ_CODES = CLEAN_CODES | {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 
 
 def children(pid: int) -> list[int]:
@@ -74,24 +77,97 @@ tensors = st.builds(
     st.binary(max_size=4096) | st.sampled_from([np.full((1, 16, 16, 3), np.nan, np.float32).tobytes()]),
     st.floats(allow_nan=True, allow_infinity=True, width=32),
 )
-requests = st.builds(
-    lambda cands, eps, crf, preset, num, scorer, fpr, clips: pb.EvaluateRequest(
-        candidates=cands,
-        epsilon=eps,
-        codecs=[pb.CodecSettings(crf=crf, preset=preset)],
-        carriers=pb.Carriers(clips=clips) if clips is not None else pb.Carriers(dataset=pb.DatasetCarriers(dataset="tiny", num_clips=num)),
-        scorer=pb.Scorer(name=scorer),
-        decision=pb.DecisionRule(target_fpr=fpr),
-    ),
-    st.lists(tensors, max_size=3),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.floats(-10, 70) | st.just(math.nan),
-    st.sampled_from(["ultrafast", "medium", "nosuch", ""]),
-    st.integers(-5, 10),
-    st.sampled_from(["blind", "informed", "nosuch"]),
-    st.floats(allow_nan=True),
-    st.none() | tensors,
-)
+doubles = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0, -0.0, 51.0, 28.5, 1e-300, -1e-300, 51.000001])
+int32s = st.integers(-(2**31), 2**31 - 1) | st.integers(-2, 300)
+int64s = st.integers(-(2**63), 2**63 - 1) | st.integers(-3, 3)
+
+
+class Fields:
+    """Draws each field of one call either from its valid values only, or (in one call of three)
+    from valid or arbitrary values: enough calls pass validation to exercise the engine, the
+    scheduler and cancellation, and every field is still fuzzed."""
+
+    def __init__(self, draw) -> None:
+        self.draw = draw
+        self.valid_only = draw(st.sampled_from([True, True, False]))
+
+    def __call__(self, valid: st.SearchStrategy, anything: st.SearchStrategy):
+        return self.draw(valid if self.valid_only else valid | anything)
+
+
+def signature_tensor(pick: Fields, shape: tuple[int, int, int]) -> pb.Tensor:
+    """A signature for carriers of ``shape`` (T, H, W), or a tensor of any shape, dtype and length."""
+    if not pick(st.just(True), st.just(False)):
+        return pick.draw(tensors)
+    t = pick.draw(st.sampled_from([1, shape[0]]))
+    value = pick(st.floats(-1, 1), st.sampled_from([1.5, -7.0, math.nan, math.inf]))
+    dtype = pick.draw(st.sampled_from(["float32", "float16", "int8"]))
+    with np.errstate(invalid="ignore"):  # int8 of NaN: whatever it packs, the server must refuse or serve it
+        return to_tensor(np.full((t, *shape[1:], 3), value, np.float32), dtype)
+
+
+def carriers(pick: Fields) -> tuple[pb.Carriers, tuple[int, int, int]]:
+    """Dataset carriers (every field present or absent; any split, count, int64 seed) or inline
+    clips (small ones, odd or tiny frames, or any tensor), and the (T, H, W) signatures must match."""
+    kind = pick(st.sampled_from(["tiny", "tiny", "embedded", "inline"]), st.sampled_from(["nosuch", "garbage"]))
+    if kind == "inline":
+        n, t = pick.draw(st.integers(1, 3)), pick.draw(st.integers(1, 4))
+        h, w = pick(st.sampled_from([16, 18, 32]), st.sampled_from([14, 17])), pick(st.sampled_from([16, 32, 48]), st.just(15))
+        clips = np.random.default_rng(pick.draw(st.integers(0, 3))).integers(0, 256, (n, t, h, w, 3), dtype=np.uint8)
+        return pb.Carriers(clips=to_tensor(clips, "uint8")), (t, h, w)
+    if kind == "garbage":
+        return pb.Carriers(clips=pick.draw(tensors)), (1, 16, 16)
+    fields = {
+        "dataset": kind,
+        "num_clips": pick(st.integers(1, 3), st.integers(-3, 5) | st.sampled_from([600, 2**31 - 1])),
+        "seed": pick(st.integers(0, 2**63 - 1), int64s),
+        "split": pick(st.just("train"), st.sampled_from(["holdout", "test", ""])),
+    }
+    shown = {k: v for k, v in fields.items() if pick.draw(st.booleans())}  # every field may also be absent
+    return pb.Carriers(dataset=pb.DatasetCarriers(**shown)), ((8, 32, 48) if kind == "tiny" else (16, 112, 112))
+
+
+def codec_settings(pick: Fields) -> pb.CodecSettings:
+    fields = {
+        "crf": pick(st.floats(0, 51), doubles),
+        "preset": pick(st.sampled_from(["ultrafast", "veryfast", "medium", "slow"]), st.sampled_from(["nosuch", "", "placebo"])),
+        "gop": pick(st.integers(1, 1000), int32s),
+        "fps": pick(st.integers(1, 240), int32s),
+        "pix_fmt": pick(st.just("yuv420p"), st.just("yuv444p")),
+        "codec": pick(st.just("libx264"), st.just("libx265")),
+    }
+    return pb.CodecSettings(**{k: v for k, v in fields.items() if pick.draw(st.booleans())})
+
+
+@st.composite
+def calls(draw) -> tuple[str, object, float, float | None, tuple[tuple[str, str], ...]]:
+    """(method, request, deadline s, cancel after s or None, metadata) over the whole request surface."""
+    pick = Fields(draw)
+    carrier, shape = carriers(pick)
+    method = draw(st.sampled_from(["EvaluateSignature", "EvaluateSignatureStream", "Transcode"]))
+    epsilon = {"epsilon": pick(st.floats(0, 1, exclude_min=True), doubles)} if draw(st.booleans()) else {}
+    if method == "Transcode":
+        sig = {"signature": signature_tensor(pick, shape)} if draw(st.booleans()) else {}
+        req = pb.TranscodeRequest(carriers=carrier, codec=codec_settings(pick), include_input=draw(st.booleans()), **sig, **epsilon)
+    else:
+        rule = draw(st.sampled_from(["target_fpr", "threshold", None]))
+        req = pb.EvaluateRequest(
+            candidates=[signature_tensor(pick, shape) for _ in range(pick(st.integers(1, 3), st.just(0)))],
+            codecs=[codec_settings(pick) for _ in range(pick(st.integers(0, 2), st.integers(3, 9)))],
+            carriers=carrier,
+            scorer=pb.Scorer(
+                name=pick(st.sampled_from(["blind", "informed", "example", "keyless"]), st.just("nosuch")),
+                params=pick(st.just({}), st.dictionaries(st.sampled_from(["kernel", "sigma"]), doubles, max_size=2)),
+            ),
+            decision=pb.DecisionRule(**({rule: pick(st.floats(0, 0.99), doubles)} if rule else {})),
+            per_clip_scores=draw(st.booleans()),
+            **epsilon,
+        )
+    deadline = draw(st.sampled_from([0.001, 0.05, 0.3, 2.0, 30.0]))
+    cancel_after = draw(st.none() | st.sampled_from([0.0, 0.02, 0.2]))
+    entries = st.lists(st.tuples(st.sampled_from(["priority", "client-id"]), st.sampled_from(["0", "100", "-7", "fuzz", "101", "x"])), max_size=2)
+    metadata = tuple(pick(st.just([]) | st.just([("client-id", "fuzz"), ("priority", "-7")]), entries))
+    return method, req, deadline, cancel_after, metadata
 
 
 @pytest.fixture(scope="module")
@@ -100,20 +176,49 @@ def raw_channel(server_target):
         yield channel
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(req=requests)
-def test_fuzzed_requests_get_clean_statuses(raw_channel, req):
+def _status(method, call, cancel_after: float | None) -> tuple[grpc.StatusCode, str]:
+    """Run a started call to its end, cancelling it after ``cancel_after`` s; (code, details)."""
+    try:
+        if cancel_after is not None:
+            time.sleep(cancel_after)
+            call.cancel()
+        if method == "EvaluateSignatureStream":
+            list(call)
+        else:
+            call.result()
+        return grpc.StatusCode.OK, "ok"
+    except grpc.RpcError as err:
+        return err.code(), err.details()
+    except grpc.FutureCancelledError:
+        return grpc.StatusCode.CANCELLED, "cancelled by the test"
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(call=calls())
+def test_fuzzed_calls_get_clean_statuses(raw_channel, call):
+    """Every method, every field (seeds, CRFs as arbitrary doubles, presets, shapes, epsilons,
+    scorers, metadata), with deadlines down to 1 ms and client cancellations: only OK,
+    INVALID_ARGUMENT, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED or CANCELLED, always with a message."""
+    method, req, deadline, cancel_after, metadata = call
     stub = pb_grpc.CodecLoopStub(raw_channel)
-    for call in (stub.EvaluateSignature, stub.Transcode):
-        msg = req if call is stub.EvaluateSignature else pb.TranscodeRequest(carriers=req.carriers, epsilon=req.epsilon,
-                                                                          signature=req.candidates[0] if req.candidates else None)  # fmt: skip
-        try:
-            call(msg, timeout=120)
-            code = grpc.StatusCode.OK
-        except grpc.RpcError as err:
-            code = err.code()
-            assert err.details(), "an error status without a message"
-        assert code in CLEAN_CODES, f"{code}: {req}"
+    rpc = getattr(stub, method)
+    started = rpc(req, timeout=deadline, metadata=metadata) if method == "EvaluateSignatureStream" else rpc.future(req, timeout=deadline, metadata=metadata)
+    code, details = _status(method, started, cancel_after)
+    assert code in FUZZ_CODES, f"{code} {details!r}: {method} {req}"
+    assert details, f"{code} without a message"
+
+
+def test_fuzzing_left_nothing_held(raw_channel):
+    """Run after the fuzz: once idle, no request holds a call slot, memory charge or clean entry."""
+    stub = pb_grpc.CodecLoopStub(raw_channel)
+    deadline = time.monotonic() + 120
+    while True:
+        load = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=30).load
+        if load["queued_tasks"] == 0 and load["tasks_in_flight"] == 0 and load["calls_in_progress"] == 0:
+            break
+        assert time.monotonic() < deadline, dict(load)
+        time.sleep(0.1)
+    assert load["clean_cache_held"] == 0 and load["request_memory_bytes"] == 0, dict(load)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -334,3 +334,23 @@ def test_negative_seed_is_invalid_argument_in_both_methods(server_target):
                 call(req, timeout=60)
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "carriers.dataset.seed: -1 is outside the allowed range [0, 9223372036854775807]" in info.value.details()
+
+
+# --- found by the extended fuzz: cancelled streams crashed the server ---------------------------
+
+
+@pytest.mark.parametrize("server", [("--max-client-calls", "64",)], indirect=True)
+def test_cancelling_streams_at_once_never_crashes_the_server(server):
+    """Reading the peer of a call the client had already cancelled segfaulted grpc's core (the old
+    servicer did it when logging the call's end): 300 streams cancelled at once or after their
+    first event must leave the server serving."""
+    req = evaluate_request(num_clips=4)
+    for i in range(300):
+        call = server.stub.EvaluateSignatureStream(req, timeout=30)
+        if i % 2:
+            next(call)
+        call.cancel()
+        assert server.proc.poll() is None, f"the server died (exit code {server.proc.returncode}) after {i + 1} cancelled streams"
+    server.idle()
+    assert server.proc.poll() is None
+    assert server.load()["calls_in_progress"] == 0

@@ -50,6 +50,8 @@ async def _errors(context: grpc.aio.ServicerContext, method: str, metrics: Metri
     start, status = time.monotonic(), "OK"
     request_id = uuid.uuid4().hex[:16]
     context.set_trailing_metadata((("request-id", request_id),))
+    # read now: context.peer() on a call that the client has already cancelled can crash grpc's core
+    client = dict(context.invocation_metadata() or ()).get("client-id") or context.peer()
     try:
         yield
     except (CodecLoopValueError, CodecLoopLimitError, CodecLoopBusyError, CodecLoopAuthError) as err:
@@ -69,9 +71,8 @@ async def _errors(context: grpc.aio.ServicerContext, method: str, metrics: Metri
         seconds = time.monotonic() - start
         if metrics is not None:
             metrics.observe(method, status, seconds)
-        meta = dict(context.invocation_metadata() or ())
         log.info(json.dumps({"event": "rpc", "request_id": request_id, "method": method, "code": status,
-                             "seconds": round(seconds, 4), "client": meta.get("client-id") or context.peer()}))  # fmt: skip
+                             "seconds": round(seconds, 4), "client": client}))  # fmt: skip
 
 
 async def deny(err: BaseException, context: grpc.aio.ServicerContext) -> None:
