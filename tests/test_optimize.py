@@ -85,6 +85,8 @@ def test_run_resumes_without_losing_or_repeating(client, tmp_path, optimizer):
         assert (tmp_path / "a" / name).stat().st_size > 0
     assert np.load(tmp_path / "a" / "best.npy").shape == (1, 112, 112, 3)
     assert summary["holdout"]["codec"] == "libx264 crf=28 ultrafast"
+    versions = client.info().versions  # the x264 level and build are archived with the numbers
+    assert (summary["holdout"]["x264_asm"], summary["holdout"]["x264_build"]) == (versions["x264_asm"], versions["x264"])
 
     # the same run, killed after its first generation, plus a half-logged second generation
     Run(client, param, _config(optimizer, 12), tmp_path / "b").step()

@@ -145,6 +145,7 @@ def test_prometheus_metrics(client, metrics_url):
     assert samples['codecloop_request_seconds_count{method="EvaluateSignature"}'] >= 2
     assert samples["codecloop_queue_wait_seconds_count"] >= 2
     assert samples["codecloop_workers"] == 2
+    assert samples["codecloop_workers_responsive"] == 2
     assert 'codecloop_cache_hits_total{cache="clean_cache"}' in samples
 
 

@@ -203,7 +203,9 @@ class RunState:
 def _stats_fields(stats, objective: Objective) -> dict[str, Any]:
     """One codec setting's statistics (no per-clip arrays) plus its objective value and label."""
     out = {k: v for k, v in asdict(stats).items() if k not in ("codec", "clean_scores", "poisoned_scores", "p_value_test")}
-    return {"codec": stats.codec.label(), "objective": objective.codec(stats), **out}
+    # the x264 level and build that produced these numbers (README: Determinism), archived with them
+    codec = {"codec": stats.codec.label(), "x264_asm": stats.codec.x264_asm, "x264_build": stats.codec.x264_build}
+    return {**codec, "objective": objective.codec(stats), **out}
 
 
 def report(result: EvaluateResult, index: int, objective: Objective, carriers: DatasetCarriers) -> dict[str, Any]:

@@ -82,12 +82,15 @@ class TorchDetector:
         self.uses_key = inputs == 2
 
     def __call__(self, clips: np.ndarray, keys: np.ndarray | None) -> np.ndarray:
-        """clips uint8 (B, T, H, W, 3), keys float32 (B, T, H, W, 3) or None -> scores float64 (B,)."""
+        """clips uint8 (B, T, H, W, 3), keys float32 (B, T or 1, H, W, 3) or None -> scores float64 (B,).
+
+        A T = 1 key (a static signature) crosses to the device as is and is expanded over time
+        there: the model always sees keys of the clips' shape."""
         torch = self._torch
         with torch.inference_mode():
             # uint8 crosses to the device (4x fewer bytes than float), converted there
             x = torch.from_numpy(clips).to(self.device).float().div_(255.0)
-            args = [x] if keys is None else [x, torch.from_numpy(keys).to(self.device)]
+            args = [x] if keys is None else [x, torch.from_numpy(np.ascontiguousarray(keys)).to(self.device).expand(x.shape)]
             out = self.module(*args)
             if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(clips),):
                 shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -181,7 +184,10 @@ class DynamicBatcher:
         clips = np.stack([i.clip for i in batch])
         keys = None
         if self.detector.uses_key:
-            keys = np.stack([np.broadcast_to(i.key, i.clip.shape) for i in batch]).astype(np.float32, copy=False)
+            # keys keep their own T (1 for a static signature, 16x fewer bytes than broadcast ones):
+            # TorchDetector expands them on the device; mixed T in one batch are broadcast here
+            same_t = len({i.key.shape[0] for i in batch}) == 1
+            keys = np.stack([i.key if same_t else np.broadcast_to(i.key, i.clip.shape) for i in batch]).astype(np.float32, copy=False)
         pad = self.config.max_batch_size - len(batch) if self.config.pad_batches else 0
         if pad:
             clips = np.concatenate([clips, np.zeros((pad, *clips.shape[1:]), clips.dtype)])

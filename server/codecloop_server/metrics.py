@@ -41,6 +41,9 @@ class _EngineCollector:
         yield depth
         yield GaugeMetricFamily("codecloop_tasks_in_flight", "Clip tasks running in workers", value=load["tasks_in_flight"])
         yield GaugeMetricFamily("codecloop_workers", "Codec worker processes", value=self.engine.workers)
+        yield GaugeMetricFamily(
+            "codecloop_workers_responsive", "Codec workers alive, not stopped, no task past the timeout", value=load["workers_responsive"]
+        )
         yield CounterMetricFamily("codecloop_worker_restarts", "Worker pools replaced after a worker died", value=load["worker_restarts"])
         yield GaugeMetricFamily("codecloop_clean_cache_bytes", "Bytes held by the clean cache", value=load["clean_cache_bytes"])
 
