@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import time
 from fractions import Fraction
 
 import numpy as np
@@ -89,13 +90,36 @@ def random_signature(kind: str, shape: tuple[int, int, int], seed: int) -> np.nd
     return np.repeat(np.repeat(small, block, axis=1), block, axis=2)[:, :h, :w]
 
 
+DEFAULT_TARGET = "127.0.0.1:50051"  # where `codecloop serve` listens by default
+
+
 def _client(args: argparse.Namespace, **kwargs):
     """A Client for ``--target`` (comma-separated ip:port list = replicas), with the transport
     settings from the environment: CODECLOOP_TOKEN (bearer token), CODECLOOP_TLS_CA (PEM file of the
-    server's CA: TLS on), CODECLOOP_TLS_CERT / CODECLOOP_TLS_KEY (client certificate, mutual TLS)."""
+    server's CA: TLS on), CODECLOOP_TLS_CERT / CODECLOOP_TLS_KEY (client certificate, mutual TLS).
+
+    Without ``--target``: a ``--dataset`` that names a folder, or no server answering on
+    127.0.0.1:50051 (and no ``--wait`` for one), starts a private local server for this command
+    (``codecloop.local``), stopped when the command ends; otherwise the server on 127.0.0.1:50051."""
     from pathlib import Path
 
     from codecloop import Client
+    from codecloop.local import folder_dataset
+
+    folder = folder_dataset(args.dataset) if getattr(args, "dataset", None) else None
+    if args.target is None:
+        if folder is None and (getattr(args, "wait", 0) > 0 or _answers(DEFAULT_TARGET)):
+            args.target = DEFAULT_TARGET
+        else:
+            if folder is not None:
+                args.dataset = folder[0]
+            print("codecloop: starting a local server (no --target given) ...", file=sys.stderr, flush=True)
+            return Client(None, datasets=dict([folder]) if folder else None, **kwargs)
+    elif folder is not None and folder[0] != args.dataset:
+        raise CodecLoopValueError(
+            f"dataset: {args.dataset!r} is a folder; a server at --target serves its own datasets "
+            "(codecloop serve --dataset NAME=FOLDER there, then --dataset NAME), or drop --target to serve the folder locally"
+        )
 
     def pem(var: str) -> bytes | None:
         path = os.environ.get(var)
@@ -112,6 +136,18 @@ def _client(args: argparse.Namespace, **kwargs):
     )
 
 
+def _answers(target: str, timeout: float = 1.0) -> bool:
+    """Whether a gRPC server accepts connections at ``target`` within ``timeout`` seconds."""
+    import grpc
+
+    with grpc.insecure_channel(target) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+            return True
+        except grpc.FutureTimeoutError:
+            return False
+
+
 def _health(args: argparse.Namespace) -> int:
     """Exit 0 when the server reports SERVING (the container HEALTHCHECK and exec probes use this)."""
     try:
@@ -122,6 +158,12 @@ def _health(args: argparse.Namespace) -> int:
         return 1
     print(status)
     return 0 if status == "SERVING" else 1
+
+
+_TARGET_HELP = (
+    "server address(es), host:port[,host:port...]; default: the server on 127.0.0.1:50051 if one answers "
+    "(or --wait is given), else a private local server for this command"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,9 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="x264 SIMD level; auto = the fastest deterministic one this CPU has (README: Determinism)",
     )  # fmt: skip
     s.add_argument("--log-level", default=_env("log-level", "INFO"))
+    s.add_argument("--exit-with-parent", action="store_true", help="stop when the process that started the server dies (codecloop.local)")
 
     e = sub.add_parser("evaluate", help="evaluate a signature and print the detection table")
-    e.add_argument("--target", default="127.0.0.1:50051")
+    e.add_argument("--target", default=None, help=_TARGET_HELP)
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--signature", help=".npy of (T, H, W, 3) or a population (P, T, H, W, 3), values in [-1, 1]")
     src.add_argument("--random", choices=["pixel", "block4", "block8", "block16"], help="a random +-1 signature")
@@ -186,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gop", type=int, default=250)
     e.add_argument("--fps", type=int, default=25)
     e.add_argument("--scorer", default="blind")
-    e.add_argument("--dataset", default="embedded")
+    e.add_argument("--dataset", default="embedded", help="a dataset the server serves, or (no --target) a folder of videos to serve")
     e.add_argument("--split", default="train")
     e.add_argument("--clips", type=int, default=32)
     e.add_argument("--clip-seed", type=int, default=0)
@@ -202,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Search a signature on the real codec; the kept one is chosen on the validation split and "
         "reported on train / validation / held-out clips at --target-fpr (summary.json, plots).",
     )  # fmt: skip
-    o.add_argument("--target", default="127.0.0.1:50051")
+    o.add_argument("--target", default=None, help=_TARGET_HELP)
     o.add_argument(
         "--optimizer", default="cma",
         help="cma, nevergrad:<name> (NGOpt, CMA, TwoPointsDE, PSO, ...), torch-ste, torch-hybrid, proxy:tanh|soft|ste",
@@ -216,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--target-fpr", type=_target_fpr, default="1/64", help="deployed false-positive rate: objective and reports")
     o.add_argument("--margin-quantile", type=_quantile, default="0.1", help="margin objectives: low quantile of poisoned scores")
     o.add_argument("--centre-weight", type=float, default=1.0, help="centred-*: weight of |mean clean score|")
-    o.add_argument("--dataset", default="embedded")
+    o.add_argument("--dataset", default="embedded", help="a dataset the server serves, or (no --target) a folder of videos to serve")
     o.add_argument("--train-clips", type=int, default=32, help="training clips per generation (at most the split's size)")
     o.add_argument("--fresh-clips", action=argparse.BooleanOptionalAction, default=True,
                    help="draw a different seeded subset of the train split each generation")  # fmt: skip
@@ -240,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--block", type=int, default=1, help="torch modes: spatial block size (1 = full resolution)")
 
     d = sub.add_parser("diagnose", help="proxy (each rounding) vs real codec statistics for a signature")
-    d.add_argument("--target", default="127.0.0.1:50051")
+    d.add_argument("--target", default=None, help=_TARGET_HELP)
     d.add_argument("--signature", required=True, help=".npy (T, H, W, 3) in [-1, 1]")
     d.add_argument("--epsilon", type=_epsilon, default=2 / 255)
     d.add_argument("--crf", type=float, default=28.0)
@@ -257,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--timeout", type=float, default=5.0)
 
     i = sub.add_parser("info", help="print the server's versions, datasets, scorers and limits")
-    i.add_argument("--target", default="127.0.0.1:50051")
+    i.add_argument("--target", default=None, help=_TARGET_HELP)
     for sp in sub.choices.values():
         _fill_help(sp)
     return p
@@ -273,7 +316,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        asyncio.run(serve(_server_config(args)))
+        asyncio.run(serve(_server_config(args), exit_with_parent=args.exit_with_parent))
     except (ValueError, OSError) as err:  # bad configuration: say what, no traceback
         print(f"codecloop serve: {err}", file=sys.stderr)
         return 2
@@ -419,6 +462,7 @@ def _optimize(args: argparse.Namespace) -> int:
     from codecloop.params import make
     from codecloop.plots import fraction_label
 
+    started = time.monotonic()  # --max-minutes counts from here: a local server's start-up is in it
     with _client(args) as client:
         if args.wait > 0:
             client.wait_ready(args.wait)
@@ -440,7 +484,7 @@ def _optimize(args: argparse.Namespace) -> int:
             holdout=DatasetCarriers(args.dataset, "holdout", args.holdout_clips),
             popsize=args.popsize,
             budget=args.budget,
-            max_seconds=args.max_minutes * 60,
+            max_seconds=args.max_minutes * 60 - (time.monotonic() - started),
             patience=args.patience,
             sigma0=args.sigma0,
             seed=args.seed,
@@ -481,6 +525,9 @@ def main(argv: list[str] | None = None) -> int:
     except CodecLoopError as err:
         print(f"codecloop: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the with-blocks above have closed clients and stopped a local server
+        print("codecloop: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

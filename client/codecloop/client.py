@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from concurrent.futures import Future
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import grpc
 import numpy as np
@@ -34,7 +34,6 @@ from codecloop.types import (
 from codecloop.v1 import codecloop_pb2 as pb
 from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
 
-DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 _SERVICE = "codecloop.v1.CodecLoop"
 
@@ -121,6 +120,11 @@ class Client:
     Args:
         target: gRPC target, e.g. ``"127.0.0.1:50051"``; a list of ``ip:port`` replicas; or
             ``"dns:///codecloop:50051"`` (every address the name resolves to is a replica).
+            None (the default): start a private server for this client on a free loopback port
+            (:class:`codecloop.local.LocalServer`, the codec extra must be installed), stopped by
+            ``close()``.
+        datasets: with ``target=None`` only: folders the private server serves, name -> folder
+            (besides the built-in ``embedded`` and ``real``).
             Calls are spread over replicas round-robin; a call that finds its replica gone is
             retried on another (UNAVAILABLE, retry policy below).
         timeout: default deadline of every call, seconds.
@@ -138,8 +142,9 @@ class Client:
 
     def __init__(
         self,
-        target: str | Sequence[str] = DEFAULT_TARGET,
+        target: str | Sequence[str] | None = None,
         *,
+        datasets: Mapping[str, str] | None = None,
         timeout: float = 600.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_attempts: int = 5,
@@ -151,6 +156,14 @@ class Client:
         certificate_chain: bytes | None = None,
         private_key: bytes | None = None,
     ) -> None:
+        self.local = None
+        if target is None:
+            from codecloop.local import LocalServer
+
+            self.local = LocalServer(datasets)
+            target = self.local.start()
+        elif datasets:
+            raise CodecLoopValueError("datasets: only a private server (target=None) can be given folders; a running server serves its own")
         self.target = channel_target(target)
         self.replicas = replicas if replicas is not None else (1 if isinstance(target, str) else len(target))
         if self.replicas < 1:
@@ -178,7 +191,10 @@ class Client:
         self._stub = pb_grpc.CodecLoopStub(self._channel)
 
     def close(self) -> None:
+        """Close the channel; a private server (``target=None``) is stopped too."""
         self._channel.close()
+        if self.local is not None:
+            self.local.stop()
 
     def __enter__(self) -> "Client":
         return self

@@ -190,15 +190,32 @@ async def _watch_workers(engine: Engine, health_servicer: health.aio.HealthServi
         await asyncio.sleep(every_s)
 
 
-async def serve(config: ServerConfig) -> None:
-    """Run until cancelled (Ctrl-C / SIGTERM), then stop gracefully."""
+async def serve(config: ServerConfig, exit_with_parent: bool = False) -> None:
+    """Run until cancelled (Ctrl-C / SIGTERM), then stop gracefully.
+
+    ``exit_with_parent``: also stop when the process that started this one dies (a private server
+    of one client, ``codecloop.local``: no orphan servers even when the client is SIGKILLed)."""
+    import os
     import signal
 
-    running = await start(config)
-    print(f"codecloop listening on {config.host}:{running.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.ensure_future(_watch_parent(os.getppid(), stop)) if exit_with_parent else None
+    running = await start(config)
+    print(f"codecloop listening on {config.host}:{running.port}", flush=True)
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     await running.stop()
+
+
+async def _watch_parent(parent: int, stop: asyncio.Event, every_s: float = 0.5) -> None:
+    """Set ``stop`` once this process's parent is no longer ``parent`` (it died; we were re-parented)."""
+    import os
+
+    while os.getppid() == parent:
+        await asyncio.sleep(every_s)
+    log.warning("parent process %d is gone: stopping", parent)
+    stop.set()
