@@ -166,7 +166,7 @@ def naive_clips_per_s(clips: np.ndarray, preset: str) -> float:
 
 def stage_breakdown(clip: np.ndarray) -> dict[str, float]:
     """Median milliseconds of each stage of a poisoned clip task, in this process (one core)."""
-    from codecloop.poison import poison
+    from codecloop_wire.poison import poison
     from codecloop_server import scorers
     from codecloop_server.codec import CodecSettings, transcode_rgb
 

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 from codecloop.detector_model import ResidualDetector, export
-from codecloop.poison import poison
+from codecloop_wire.poison import poison
 from codecloop_server.codec import CodecSettings, transcode_rgb
 from codecloop_server.corpus import embedded_corpus
 

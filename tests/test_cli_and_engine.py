@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 from codecloop import DatasetCarriers
-from codecloop.stats import Decision
+from codecloop_wire.stats import Decision
 from codecloop_server import requests
 from codecloop_server.codec import CodecSettings
 from codecloop_server.corpus import embedded_corpus
@@ -94,8 +94,8 @@ def test_sdk_retries_unavailable():
 
     import codecloop
     import grpc
-    from codecloop.v1 import codecloop_pb2 as pb
-    from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
+    from codecloop_wire.v1 import codecloop_pb2 as pb
+    from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 
     calls = []
 

@@ -18,9 +18,9 @@ import codecloop
 import grpc
 import numpy as np
 import pytest
-from codecloop.errors import CodecLoopValueError
-from codecloop.v1 import codecloop_pb2 as pb
-from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
+from codecloop_wire.errors import CodecLoopValueError
+from codecloop_wire.v1 import codecloop_pb2 as pb
+from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 from codecloop_server import x264_asm
 from codecloop_server.codec import PRESETS, CodecSettings, encode_yuv420p, rgb_to_yuv420p, transcode_rgb, x264_build
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from codecloop.tensors import to_tensor
-from codecloop.v1 import codecloop_pb2 as pb
-from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
+from codecloop_wire.tensors import to_tensor
+from codecloop_wire.v1 import codecloop_pb2 as pb
+from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 
 import codecloop
 from codecloop import Codec, DatasetCarriers

@@ -106,7 +106,7 @@ def test_encoder_is_deterministic():
 
 
 def test_settings_validation_names_field():
-    from codecloop.errors import CodecLoopValueError
+    from codecloop_wire.errors import CodecLoopValueError
 
     with pytest.raises(CodecLoopValueError, match=r"codec.crf: 52.*\[0, 51\]"):
         CodecSettings(crf=52)

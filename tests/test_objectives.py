@@ -10,9 +10,9 @@ import pytest
 from codecloop import Codec
 from codecloop import jsonutil
 from codecloop.cli import build_parser
-from codecloop.errors import CodecLoopValueError
+from codecloop_wire.errors import CodecLoopValueError
 from codecloop.objectives import Objective
-from codecloop.stats import Decision, detection_stats
+from codecloop_wire.stats import Decision, detection_stats
 from codecloop.types import CandidateResult, CodecStats, EvaluateResult
 
 CLEAN = np.array([-0.02, -0.01, 0.0, 0.01, 0.03, -0.03, 0.02, 0.0])

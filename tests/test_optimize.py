@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from codecloop import Codec, DatasetCarriers
-from codecloop.errors import CodecLoopValueError
+from codecloop_wire.errors import CodecLoopValueError
 from codecloop.optimize import Run, RunConfig
 from codecloop.params import DCT, Identity, LowRes, Tiled, make
 

@@ -15,7 +15,7 @@ import pytest
 
 import codecloop
 from codecloop import Codec, DatasetCarriers
-from codecloop.errors import CodecLoopBusyError, CodecLoopLimitError, CodecLoopServerError
+from codecloop_wire.errors import CodecLoopBusyError, CodecLoopLimitError, CodecLoopServerError
 from codecloop_server.scheduler import FairScheduler
 from codecloop_server.service import _status_for
 from codecloop_server.workers import WorkerPool
@@ -150,8 +150,8 @@ def test_prometheus_metrics(client, metrics_url):
 
 
 def test_request_id_in_trailing_metadata(server_target):
-    from codecloop.v1 import codecloop_pb2 as pb
-    from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
+    from codecloop_wire.v1 import codecloop_pb2 as pb
+    from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 
     with grpc.insecure_channel(server_target) as channel:
         stub = pb_grpc.CodecLoopStub(channel)

@@ -6,7 +6,8 @@
 """
 
 from codecloop.client import Client
-from codecloop.errors import (
+from codecloop_wire import __version__
+from codecloop_wire.errors import (
     CodecLoopAuthError,
     CodecLoopBusyError,
     CodecLoopError,
@@ -15,7 +16,7 @@ from codecloop.errors import (
     CodecLoopUnavailableError,
     CodecLoopValueError,
 )
-from codecloop.poison import poison
+from codecloop_wire.poison import poison
 from codecloop.types import (
     CandidateDone,
     CandidateResult,
@@ -27,7 +28,6 @@ from codecloop.types import (
     TranscodeResult,
 )
 
-__version__ = "0.1.0"
 
 __all__ = [
     "CandidateDone",

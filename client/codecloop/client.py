@@ -10,7 +10,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import grpc
 import numpy as np
 
-from codecloop.errors import (
+from codecloop_wire.errors import (
     CodecLoopAuthError,
     CodecLoopBusyError,
     CodecLoopError,
@@ -19,7 +19,7 @@ from codecloop.errors import (
     CodecLoopUnavailableError,
     CodecLoopValueError,
 )
-from codecloop.tensors import from_tensor, to_tensor
+from codecloop_wire.tensors import from_tensor, to_tensor
 from codecloop.types import (
     CandidateDone,
     CandidateResult,
@@ -31,8 +31,8 @@ from codecloop.types import (
     StreamEvent,
     TranscodeResult,
 )
-from codecloop.v1 import codecloop_pb2 as pb
-from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
+from codecloop_wire.v1 import codecloop_pb2 as pb
+from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 _SERVICE = "codecloop.v1.CodecLoop"

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from scipy import stats as sps
 
-from codecloop import stats
+from codecloop_wire import stats
 from codecloop.client import Client
 from codecloop.torch_proxy import ROUNDING, H264Proxy, blind_scores, poison
 from codecloop.types import Codec, DatasetCarriers

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from codecloop.errors import CodecLoopValueError
-from codecloop.stats import calibrate_threshold
+from codecloop_wire.errors import CodecLoopValueError
+from codecloop_wire.stats import calibrate_threshold
 from codecloop.types import CandidateResult, CodecStats, EvaluateResult
 
 NAMES = ("separation", "centred-separation", "dprime", "tpr", "auc", "margin", "centred-margin")

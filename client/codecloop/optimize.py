@@ -50,7 +50,7 @@ import numpy as np
 
 from codecloop import jsonutil
 from codecloop.client import Client
-from codecloop.errors import CodecLoopValueError
+from codecloop_wire.errors import CodecLoopValueError
 from codecloop.objectives import Objective
 from codecloop.params import Parameterization
 from codecloop.types import CandidateResult, Codec, DatasetCarriers, EvaluateResult

@@ -25,7 +25,7 @@ import torch
 
 from codecloop import jsonutil
 from codecloop.client import Client
-from codecloop.errors import CodecLoopValueError
+from codecloop_wire.errors import CodecLoopValueError
 from codecloop.torch_proxy import H264Proxy, RealCodec, blind_scores, poison
 from codecloop.types import Codec, DatasetCarriers
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from codecloop.v1 import codecloop_pb2 as pb
+from codecloop_wire.v1 import codecloop_pb2 as pb
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Iterable
 import av
 import numpy as np
 from av.video.reformatter import Interpolation, VideoReformatter
-from codecloop.errors import CodecLoopValueError
+from codecloop_wire.errors import CodecLoopValueError
 
 from codecloop_server import x264_asm
 

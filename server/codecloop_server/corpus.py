@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from codecloop.errors import CodecLoopValueError
+from codecloop_wire.errors import CodecLoopValueError
 
 from codecloop_server import video_source
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from codecloop.errors import CodecLoopServerError
+from codecloop_wire.errors import CodecLoopServerError
 
 from codecloop_server import scorers
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Hashable, Iterable
 
 import numpy as np
-from codecloop import stats
+from codecloop_wire import stats
 
 from codecloop_server import scorers, tasks
 from codecloop_server.codec import CodecSettings

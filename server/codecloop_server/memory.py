@@ -26,8 +26,8 @@ import contextlib
 from dataclasses import dataclass
 from typing import Iterator
 
-from codecloop.errors import CodecLoopLimitError
-from codecloop.v1 import codecloop_pb2 as pb
+from codecloop_wire.errors import CodecLoopLimitError
+from codecloop_wire.v1 import codecloop_pb2 as pb
 
 from codecloop_server.corpus import EMBEDDED_NAME, Dataset
 

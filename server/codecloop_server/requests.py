@@ -11,10 +11,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from codecloop import stats
-from codecloop.errors import CodecLoopLimitError, CodecLoopValueError
-from codecloop.tensors import from_tensor
-from codecloop.v1 import codecloop_pb2 as pb
+from codecloop_wire import stats
+from codecloop_wire.errors import CodecLoopLimitError, CodecLoopValueError
+from codecloop_wire.tensors import from_tensor
+from codecloop_wire.v1 import codecloop_pb2 as pb
 
 from codecloop_server import scorers
 from codecloop_server import x264_asm

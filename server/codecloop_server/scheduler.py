@@ -34,7 +34,7 @@ from concurrent.futures import Future as PoolFuture
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from codecloop.errors import CodecLoopBusyError, CodecLoopLimitError, CodecLoopServerError
+from codecloop_wire.errors import CodecLoopBusyError, CodecLoopLimitError, CodecLoopServerError
 
 from codecloop_server.workers import WorkerDied
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Mapping
 
 import numpy as np
-from codecloop.errors import CodecLoopValueError
+from codecloop_wire.errors import CodecLoopValueError
 from scipy.ndimage import uniform_filter
 
 Params = tuple[tuple[str, float], ...]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 import grpc
-from codecloop.errors import CodecLoopAuthError
+from codecloop_wire.errors import CodecLoopAuthError
 
 # Health checks stay open so that load balancers, Docker and Kubernetes probes need no token.
 OPEN_METHODS_PREFIX = "/grpc.health.v1.Health/"

@@ -7,9 +7,9 @@ import logging
 from dataclasses import dataclass, field
 
 import grpc
-from codecloop.errors import CodecLoopValueError
-from codecloop.v1 import codecloop_pb2 as pb
-from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
+from codecloop_wire.errors import CodecLoopValueError
+from codecloop_wire.v1 import codecloop_pb2 as pb
+from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 

@@ -12,11 +12,11 @@ from collections import Counter
 from typing import AsyncIterator
 
 import grpc
-from codecloop import __version__
-from codecloop.errors import CodecLoopAuthError, CodecLoopBusyError, CodecLoopLimitError, CodecLoopValueError
-from codecloop.tensors import to_tensor
-from codecloop.v1 import codecloop_pb2 as pb
-from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
+from codecloop_wire import __version__
+from codecloop_wire.errors import CodecLoopAuthError, CodecLoopBusyError, CodecLoopLimitError, CodecLoopValueError
+from codecloop_wire.tensors import to_tensor
+from codecloop_wire.v1 import codecloop_pb2 as pb
+from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 from google.protobuf.message import DecodeError
 
 from codecloop_server import memory, requests, scorers

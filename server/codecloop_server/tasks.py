@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from codecloop.poison import poison
+from codecloop_wire.poison import poison
 
 from codecloop_server import scorers, shm
 from codecloop_server.codec import CodecSettings, transcode_rgb

@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
-from codecloop.errors import CodecLoopValueError
-from codecloop.v1 import codecloop_pb2 as pb
+from codecloop_wire.errors import CodecLoopValueError
+from codecloop_wire.v1 import codecloop_pb2 as pb
 
 _NUMPY = {
     pb.FLOAT32: np.dtype("<f4"),
