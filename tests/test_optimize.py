@@ -19,7 +19,7 @@ SHAPE = (16, 112, 112)
 
 @pytest.mark.parametrize(
     "spec,dim,frames",
-    [("lowres:14x14", 196, 1), ("lowres:7x7:rgb:t=4", 7 * 7 * 3 * 4, 16), ("tiled:8x8:rgb", 192, 1), ("dct:8:6", 6, 1),
+    [("lowres:14x14", 196, 1), ("lowres:7x7:rgb:t=4", 7 * 7 * 3 * 4, 16), ("lowres:7x7:rgb:t=all", 7 * 7 * 3 * 16, 16), ("tiled:8x8:rgb", 192, 1), ("dct:8:6", 6, 1),
      ("dct:8:3:per_block", 14 * 14 * 3, 1)],
 )  # fmt: skip
 def test_parameterizations(spec, dim, frames):

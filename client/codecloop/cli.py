@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--optimizer", default="cma",
         help="cma, nevergrad:<name> (NGOpt, CMA, TwoPointsDE, PSO, ...), torch-ste, torch-hybrid, proxy:tanh|soft|ste",
     )  # fmt: skip
-    o.add_argument("--param", default="lowres:7x7:rgb:t=4", help="lowres:HxW[:rgb][:t=N], tiled:HxW[:rgb], dct:B:K[:per_block][:rgb]")
+    o.add_argument("--param", default="lowres:7x7:rgb:t=all", help="lowres:HxW[:rgb][:t=N|t=all], tiled:HxW[:rgb], dct:B:K[:per_block][:rgb]")
     o.add_argument("--epsilon", type=_epsilon, default="2/255", help="L-inf budget, a number or a fraction")
     o.add_argument("--crf", type=float, action="append", help="repeat for several codec settings; the worst decides (default 28)")
     o.add_argument("--preset", default="medium")

@@ -154,7 +154,7 @@ class Identity(Parameterization):
 
 
 def make(spec: str, shape: tuple[int, int, int]) -> Parameterization:
-    """From a CLI string: ``lowres:14x14[:luma|rgb][:t=4]``, ``tiled:8x8[:luma|rgb]``,
+    """From a CLI string: ``lowres:14x14[:luma|rgb][:t=4|t=all]`` (t=all: one pattern per frame), ``tiled:8x8[:luma|rgb]``,
     ``dct:8:6[:luma|rgb][:per_block]``, ``identity``."""
     parts = spec.split(":")
     kind, args = parts[0], parts[1:]
@@ -162,7 +162,8 @@ def make(spec: str, shape: tuple[int, int, int]) -> Parameterization:
     try:
         if kind == "lowres":
             h, w = map(int, args[0].split("x"))
-            t = next((int(a[2:]) for a in args if a.startswith("t=")), 1)
+            t_arg = next((a[2:] for a in args if a.startswith("t=")), "1")
+            t = shape[0] if t_arg == "all" else int(t_arg)  # t=all: a new pattern every frame
             return LowRes(shape, (t, h, w), channels)
         if kind == "tiled":
             ph, pw = map(int, args[0].split("x"))
