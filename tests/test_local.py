@@ -11,10 +11,10 @@ import textwrap
 import time
 from pathlib import Path
 
-import codecloop
 import numpy as np
 import pytest
 
+import codecloop
 from tests.conftest import block_signature
 
 

@@ -15,10 +15,10 @@ import pytest
 
 import codecloop
 from codecloop import Codec, DatasetCarriers
-from codecloop_wire.errors import CodecLoopBusyError, CodecLoopLimitError, CodecLoopServerError
 from codecloop_server.scheduler import FairScheduler
 from codecloop_server.service import _status_for
 from codecloop_server.workers import WorkerPool
+from codecloop_wire.errors import CodecLoopBusyError, CodecLoopLimitError, CodecLoopServerError
 from tests.conftest import block_signature
 
 ran: list[str] = []

@@ -153,6 +153,7 @@ def test_quotas_key_on_the_token_not_the_claimed_client_id(two_token_server):
 
 def test_repeated_authorization_metadata_is_unauthenticated(two_token_server):
     import grpc
+
     from codecloop_wire.v1 import codecloop_pb2 as pb
     from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import codecloop
-import codecloop_wire.tensors
 import numpy as np
 import pytest
+
+import codecloop
+import codecloop_wire.tensors
 from codecloop import Codec, DatasetCarriers
-from codecloop_wire.poison import poison
 from codecloop_server.codec import CodecSettings
 from codecloop_server.tasks import transcode_rgb
-
+from codecloop_wire.poison import poison
 from tests.conftest import block_signature
 
 SMALL = DatasetCarriers(num_clips=6, seed=3)
@@ -177,8 +177,9 @@ def test_results_identical_to_single_process_path(client):
             feat_sh.release()
             sum_sh.release()
             # and the documented formula, straight: ncc of the residuals, in float64
-            from codecloop_wire.poison import poison
             from scipy.ndimage import uniform_filter
+
+            from codecloop_wire.poison import poison
 
             marked = poison(ds.clips[res.clip_ids[i]], sig, 4 / 255)
             x = tasks.transcode_rgb(marked, settings)[0].astype(np.float64)

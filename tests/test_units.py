@@ -6,14 +6,15 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats as sps
+
+from codecloop_server import scorers
 from codecloop_wire.errors import CodecLoopValueError
 from codecloop_wire.poison import poison
 from codecloop_wire.stats import Decision, calibrate_threshold, detection_stats, psnr_db
 from codecloop_wire.tensors import from_tensor, to_tensor
-from codecloop_server import scorers
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from scipy import stats as sps
 
 
 @pytest.mark.parametrize("dtype,tol", [("float32", 0), ("float16", 1e-3), ("int8", 1 / 127)])

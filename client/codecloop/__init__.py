@@ -6,6 +6,16 @@
 """
 
 from codecloop.client import Client
+from codecloop.types import (
+    CandidateDone,
+    CandidateResult,
+    Codec,
+    CodecStats,
+    DatasetCarriers,
+    EvaluateResult,
+    Progress,
+    TranscodeResult,
+)
 from codecloop_wire import __version__
 from codecloop_wire.errors import (
     CodecLoopAuthError,
@@ -17,19 +27,9 @@ from codecloop_wire.errors import (
     CodecLoopValueError,
 )
 from codecloop_wire.poison import poison
-from codecloop.types import (
-    CandidateDone,
-    CandidateResult,
-    Codec,
-    CodecStats,
-    DatasetCarriers,
-    EvaluateResult,
-    Progress,
-    TranscodeResult,
-)
-
 
 __all__ = [
+    "__version__",
     "CandidateDone",
     "CandidateResult",
     "Client",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import logging
 import os
 import sys
 import time
@@ -13,8 +12,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from codecloop_wire.errors import CodecLoopError, CodecLoopValueError
 from codecloop.objectives import NAMES
+from codecloop_wire.errors import CodecLoopError, CodecLoopValueError
 
 
 def fraction(name: str, low: float, high: float, low_open: bool, high_open: bool):

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
 
-from codecloop_wire.errors import (
-    CodecLoopAuthError,
-    CodecLoopBusyError,
-    CodecLoopError,
-    CodecLoopLimitError,
-    CodecLoopServerError,
-    CodecLoopUnavailableError,
-    CodecLoopValueError,
-)
-from codecloop_wire.tensors import from_tensor, to_tensor
 from codecloop.types import (
     CandidateDone,
     CandidateResult,
@@ -31,6 +22,16 @@ from codecloop.types import (
     StreamEvent,
     TranscodeResult,
 )
+from codecloop_wire.errors import (
+    CodecLoopAuthError,
+    CodecLoopBusyError,
+    CodecLoopError,
+    CodecLoopLimitError,
+    CodecLoopServerError,
+    CodecLoopUnavailableError,
+    CodecLoopValueError,
+)
+from codecloop_wire.tensors import from_tensor, to_tensor
 from codecloop_wire.v1 import codecloop_pb2 as pb
 from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 
@@ -196,7 +197,7 @@ class Client:
         if self.local is not None:
             self.local.stop()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import grpc
+
 from codecloop_wire.errors import CodecLoopAuthError
 
 # Health checks stay open so that load balancers, Docker and Kubernetes probes need no token.

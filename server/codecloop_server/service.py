@@ -9,14 +9,9 @@ import logging
 import time
 import uuid
 from collections import Counter
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import grpc
-from codecloop_wire import __version__
-from codecloop_wire.errors import CodecLoopAuthError, CodecLoopBusyError, CodecLoopLimitError, CodecLoopValueError
-from codecloop_wire.tensors import to_tensor
-from codecloop_wire.v1 import codecloop_pb2 as pb
-from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 from google.protobuf.message import DecodeError
 
 from codecloop_server import memory, requests, scorers
@@ -25,6 +20,11 @@ from codecloop_server.corpus import Dataset
 from codecloop_server.engine import CandidateOutcome, Engine, EvaluateJob
 from codecloop_server.metrics import Metrics
 from codecloop_server.security import Authenticator, _one
+from codecloop_wire import __version__
+from codecloop_wire.errors import CodecLoopAuthError, CodecLoopBusyError, CodecLoopLimitError, CodecLoopValueError
+from codecloop_wire.tensors import to_tensor
+from codecloop_wire.v1 import codecloop_pb2 as pb
+from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 
 log = logging.getLogger("codecloop.server")
 SERVICE = pb.DESCRIPTOR.services_by_name["CodecLoop"].full_name
