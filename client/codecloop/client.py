@@ -23,8 +23,9 @@ from codecloop.types import (
     TranscodeResult,
 )
 from codecloop_wire.errors import (
+    ERROR_METADATA_KEY,
+    KINDS,
     CodecLoopAuthError,
-    CodecLoopBusyError,
     CodecLoopError,
     CodecLoopLimitError,
     CodecLoopServerError,
@@ -58,6 +59,10 @@ def _service_config(max_attempts: int) -> str:
 
 def _raise_from(err: grpc.RpcError) -> CodecLoopError:
     code, details = err.code(), err.details() or ""
+    trailing = dict(err.trailing_metadata() or ()) if hasattr(err, "trailing_metadata") else {}
+    kind = trailing.get(ERROR_METADATA_KEY)
+    if kind in KINDS:  # the server named the error's kind (codecloop_wire.errors)
+        return KINDS[kind](details)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return CodecLoopValueError(details)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -65,8 +70,7 @@ def _raise_from(err: grpc.RpcError) -> CodecLoopError:
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return CodecLoopAuthError(details)
     if code == grpc.StatusCode.UNAVAILABLE:
-        # still busy after the retry policy's backoff, or truly unreachable
-        return (CodecLoopBusyError if details.startswith("server busy") else CodecLoopUnavailableError)(details)
+        return CodecLoopUnavailableError(details)  # unreachable, or shutting down
     return CodecLoopServerError(f"{code.name}: {details}", code.name)
 
 
