@@ -1,4 +1,4 @@
-"""``codecloop`` command line: ``serve``, ``evaluate``, ``info``."""
+"""``codecloop`` command line: ``evaluate``, ``optimize``, ``diagnose``, ``info``, ``health``; ``serve`` runs the server's own CLI."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def _fill_help(parser: argparse.ArgumentParser) -> None:
 
 
 def _env(flag: str, default: str | None) -> str | None:
-    """A ``serve`` flag's default from the environment: --max-batch-size <- CODECLOOP_MAX_BATCH_SIZE."""
+    """A flag's default from the environment: --target <- CODECLOOP_TARGET (`codecloop health` in containers)."""
     return os.environ.get("CODECLOOP_" + flag.upper().replace("-", "_"), default)
 
 
