@@ -295,11 +295,12 @@ def _train(args: argparse.Namespace, client) -> int:
     from codecloop.train import TrainConfig, train_signature
 
     holdout_clips = args.holdout_clips or _split_size(client, args.dataset, "holdout")
+    train_clips = min(args.train_clips, _split_size(client, args.dataset, "train"))  # an upper bound, as for optimize
     config = TrainConfig(
         mode=args.optimizer,
         epsilon=args.epsilon,
         codec=Codec(crf=(args.crf or [28.0])[0], preset=args.preset),
-        train=DatasetCarriers(args.dataset, "train", args.train_clips),
+        train=DatasetCarriers(args.dataset, "train", train_clips),
         holdout=DatasetCarriers(args.dataset, "holdout", holdout_clips),
         holdout_fpr=args.target_fpr,
         steps=args.steps,
