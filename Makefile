@@ -15,7 +15,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH) 2> >(grep -v '^WARNING: Location' >&2)
-	$(BIN)/pip install -q -e '.[dev,optimize,torch]' 2> >(grep -v '^WARNING: Location' >&2)
+	$(BIN)/pip install -q -e '.[server,dev,optimize,torch]' 2> >(grep -v '^WARNING: Location' >&2)
 	touch $@
 
 demo: setup

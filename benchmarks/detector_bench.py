@@ -20,6 +20,7 @@ import statistics
 import time
 
 import numpy as np
+
 from codecloop_server.detector import EXAMPLE_DETECTOR, DetectorConfig, DynamicBatcher, TorchDetector
 
 

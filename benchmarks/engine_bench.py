@@ -21,12 +21,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+
+import numpy as np
 
 import codecloop
-import numpy as np
 from codecloop import Codec, DatasetCarriers
 
 N_DEFAULT, P_DEFAULT = 64, 16
@@ -166,9 +167,9 @@ def naive_clips_per_s(clips: np.ndarray, preset: str) -> float:
 
 def stage_breakdown(clip: np.ndarray) -> dict[str, float]:
     """Median milliseconds of each stage of a poisoned clip task, in this process (one core)."""
-    from codecloop.poison import poison
     from codecloop_server import scorers
     from codecloop_server.codec import CodecSettings, transcode_rgb
+    from codecloop_wire.poison import poison
 
     sig = signatures(1, 7, clip.shape[1])[0]
     blind = scorers.get("blind")

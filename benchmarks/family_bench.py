@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+
 from codecloop import Client, Codec, DatasetCarriers
 from codecloop.cli import _epsilon
 from codecloop.params import make

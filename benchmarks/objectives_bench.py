@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from scipy import stats as sps
+
 from codecloop import Client, DatasetCarriers
 from codecloop.cli import _epsilon
 from codecloop.objectives import NAMES, Objective
 from codecloop.params import make
-from scipy import stats as sps
 
 FPR = 1 / 64
 

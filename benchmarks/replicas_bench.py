@@ -15,9 +15,10 @@ import os
 import statistics
 import time
 
+from engine_bench import Server, signatures
+
 import codecloop
 from codecloop import Codec, DatasetCarriers
-from engine_bench import Server, signatures
 
 
 def main() -> None:

@@ -15,10 +15,10 @@ import threading
 import time
 
 import numpy as np
+from engine_bench import Server, signatures
 
 import codecloop
 from codecloop import Codec, DatasetCarriers
-from engine_bench import Server, signatures
 
 FAST = Codec(preset="ultrafast")
 

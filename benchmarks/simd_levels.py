@@ -29,11 +29,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from codecloop import stats  # noqa: E402
 from codecloop.cli import random_signature  # noqa: E402
-from codecloop.poison import poison  # noqa: E402
 from codecloop_server import codec, scorers  # noqa: E402
-
+from codecloop_wire import stats  # noqa: E402
+from codecloop_wire.poison import poison  # noqa: E402
 from tests.content import realistic_clip  # noqa: E402
 
 LEVELS = {"AVX2": "asm=AVX2", "AVX": "asm=AVX", "SSE4.2": "asm=SSE4.2", "SSSE3": "asm=SSSE3",

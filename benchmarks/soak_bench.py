@@ -18,9 +18,10 @@ import argparse
 import threading
 import time
 
+from engine_bench import Server, signatures
+
 import codecloop
 from codecloop import Codec, DatasetCarriers
-from engine_bench import Server, signatures
 
 
 def memory(srv: Server) -> tuple[float, float, float]:

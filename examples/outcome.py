@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+
 from codecloop import Client, DatasetCarriers
 from codecloop.diagnose import diagnose, table
 from codecloop.optimize import Run, RunConfig

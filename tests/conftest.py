@@ -10,10 +10,10 @@ import sys
 import threading
 import time
 
-import codecloop
 import numpy as np
 import pytest
 
+import codecloop
 
 SERVER_LINES: dict[str, list[str]] = {}  # target -> what that server printed
 

@@ -8,13 +8,13 @@ import sys
 
 import numpy as np
 import pytest
+
 from codecloop import DatasetCarriers
-from codecloop.stats import Decision
 from codecloop_server import requests
 from codecloop_server.codec import CodecSettings
 from codecloop_server.corpus import embedded_corpus
 from codecloop_server.engine import Engine
-
+from codecloop_wire.stats import Decision
 from tests.conftest import block_signature
 
 
@@ -92,10 +92,11 @@ def test_sdk_retries_unavailable():
     """The SDK's gRPC retry policy re-sends a call that got UNAVAILABLE (real gRPC, loopback)."""
     from concurrent import futures
 
-    import codecloop
     import grpc
-    from codecloop.v1 import codecloop_pb2 as pb
-    from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
+
+    import codecloop
+    from codecloop_wire.v1 import codecloop_pb2 as pb
+    from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 
     calls = []
 

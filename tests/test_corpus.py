@@ -11,12 +11,12 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from codecloop import Codec, DatasetCarriers
-from codecloop.errors import CodecLoopValueError
-from codecloop_server import corpus, video_source
-from codecloop_server.corpus import Dataset, assign_splits, folder_dataset
 from google.protobuf.json_format import MessageToJson
 
+from codecloop import Codec, DatasetCarriers
+from codecloop_server import corpus, video_source
+from codecloop_server.corpus import Dataset, assign_splits, folder_dataset
+from codecloop_wire.errors import CodecLoopValueError
 from tests.conftest import ffmpeg_or_skip
 
 

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from codecloop.cli import build_parser
+from codecloop_server.cli import build_parser as build_server_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -97,7 +98,10 @@ def test_compose_commands_parse_and_wire_up():
         svc = services[name]
         argv = svc.get("entrypoint", entrypoint) + svc["command"]
         assert argv[0] == "codecloop"
-        args = build_parser().parse_args(argv[1:])  # SystemExit (a failure) if any flag is wrong
+        if argv[1] == "serve":  # the server's own CLI
+            build_server_parser().parse_args(argv[2:])  # SystemExit (a failure) if any flag is wrong
+            continue
+        args = build_parser().parse_args(argv[1:])
         if args.command == "optimize":
             assert args.target == "server:50051" and svc["depends_on"]["server"]["condition"] == "service_healthy"
     assert services["server"]["environment"]["CODECLOOP_ALLOW_INSECURE"] == "1"
@@ -122,6 +126,6 @@ def test_kubernetes_manifests(manifest):
     assert env["CODECLOOP_WORKERS"] == container["resources"]["requests"]["cpu"]  # one encoder per core
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["selector"] == pod["metadata"]["labels"]
-    build_parser().parse_args(["serve", *container.get("args", [])])
+    build_server_parser().parse_args(container.get("args", []))
     if "gpu" in manifest:
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1

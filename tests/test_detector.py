@@ -16,8 +16,8 @@ torch = pytest.importorskip("torch")
 
 import codecloop  # noqa: E402
 from codecloop import Codec, DatasetCarriers  # noqa: E402
-from codecloop.errors import CodecLoopServerError  # noqa: E402
 from codecloop_server.detector import EXAMPLE_DETECTOR, DetectorConfig, DynamicBatcher, TorchDetector  # noqa: E402
+from codecloop_wire.errors import CodecLoopServerError  # noqa: E402
 from tests.conftest import block_signature, save_keyless_detector  # noqa: E402
 
 EPS = 4 / 255

@@ -14,16 +14,16 @@ import subprocess
 import sys
 import textwrap
 
-import codecloop
 import grpc
 import numpy as np
 import pytest
-from codecloop.errors import CodecLoopValueError
-from codecloop.v1 import codecloop_pb2 as pb
-from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
+
+import codecloop
 from codecloop_server import x264_asm
 from codecloop_server.codec import PRESETS, CodecSettings, encode_yuv420p, rgb_to_yuv420p, transcode_rgb, x264_build
-
+from codecloop_wire.errors import CodecLoopValueError
+from codecloop_wire.v1 import codecloop_pb2 as pb
+from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 from tests.conftest import _start_server, block_signature
 from tests.content import realistic_clip
 
@@ -149,7 +149,7 @@ def test_request_may_pin_the_level(two_servers):
     stub_channel = grpc.insecure_channel(two_servers[0])
     stub = pb_grpc.CodecLoopStub(stub_channel)
     carriers = pb.Carriers(dataset=pb.DatasetCarriers(num_clips=1))
-    other = next((level for level in x264_asm.LEVELS if level != x264_asm.default()))
+    other = next(level for level in x264_asm.LEVELS if level != x264_asm.default())
     with pytest.raises(grpc.RpcError) as err:
         stub.Transcode(pb.TranscodeRequest(carriers=carriers, codec=pb.CodecSettings(x264_asm=other)), timeout=60)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

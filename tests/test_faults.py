@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 import codecloop
 from codecloop import Codec, DatasetCarriers
-from codecloop.tensors import to_tensor
-from codecloop.v1 import codecloop_pb2 as pb
-from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
+from codecloop_wire.tensors import to_tensor
+from codecloop_wire.v1 import codecloop_pb2 as pb
+from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 from tests.conftest import _start_server, block_signature
 
 CLEAN_CODES = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}

@@ -22,12 +22,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from codecloop.tensors import to_tensor
-from codecloop.v1 import codecloop_pb2 as pb
-from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
 
 import codecloop
 from codecloop import Codec, DatasetCarriers
+from codecloop_wire.tensors import to_tensor
+from codecloop_wire.v1 import codecloop_pb2 as pb
+from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 from tests.conftest import _start_server, block_signature
 from tests.test_faults import children
 

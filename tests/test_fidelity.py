@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from codecloop_server.codec import (
     CodecSettings,
     decode_h264,
@@ -16,7 +17,6 @@ from codecloop_server.codec import (
     transcode_yuv,
     yuv420p_to_rgb,
 )
-
 from tests.conftest import ffmpeg_or_skip
 from tests.content import realistic_clip
 
@@ -106,7 +106,7 @@ def test_encoder_is_deterministic():
 
 
 def test_settings_validation_names_field():
-    from codecloop.errors import CodecLoopValueError
+    from codecloop_wire.errors import CodecLoopValueError
 
     with pytest.raises(CodecLoopValueError, match=r"codec.crf: 52.*\[0, 51\]"):
         CodecSettings(crf=52)

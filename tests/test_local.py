@@ -11,10 +11,10 @@ import textwrap
 import time
 from pathlib import Path
 
-import codecloop
 import numpy as np
 import pytest
 
+import codecloop
 from tests.conftest import block_signature
 
 
@@ -55,7 +55,7 @@ def _tree(pid: int) -> set[int]:
 
 def _servers_of(folder: Path) -> set[int]:
     """Running `codecloop serve` processes serving ``folder``."""
-    return {p for p, (_, cmd) in _processes().items() if " serve " in cmd and str(folder) in cmd}
+    return {p for p, (_, cmd) in _processes().items() if "codecloop_server" in cmd and str(folder) in cmd}
 
 
 def _gone(pids: set[int], timeout: float = 60.0) -> set[int]:

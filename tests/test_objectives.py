@@ -7,13 +7,13 @@ import math
 
 import numpy as np
 import pytest
-from codecloop import Codec
-from codecloop import jsonutil
+
+from codecloop import Codec, jsonutil
 from codecloop.cli import build_parser
-from codecloop.errors import CodecLoopValueError
 from codecloop.objectives import Objective
-from codecloop.stats import Decision, detection_stats
 from codecloop.types import CandidateResult, CodecStats, EvaluateResult
+from codecloop_wire.errors import CodecLoopValueError
+from codecloop_wire.stats import Decision, detection_stats
 
 CLEAN = np.array([-0.02, -0.01, 0.0, 0.01, 0.03, -0.03, 0.02, 0.0])
 POISONED = np.array([0.05, 0.04, 0.00, 0.06, 0.02, 0.01, 0.08, 0.03])

@@ -16,7 +16,7 @@ def test_generated_code_is_fresh(tmp_path):
     spec.loader.exec_module(gen)
     written = gen.generate(tmp_path)
     assert {p.name for p in written} == {"codecloop_pb2.py", "codecloop_pb2.pyi", "codecloop_pb2_grpc.py"}
-    committed = ROOT / "client" / "codecloop" / "v1"
+    committed = ROOT / "wire" / "codecloop_wire" / "v1"
     for p in written:
         assert p.read_bytes() == (committed / p.name).read_bytes(), f"{p.name} is stale: run scripts/gen_protos.py"
-    shutil.rmtree(tmp_path / "codecloop")
+    shutil.rmtree(tmp_path / "codecloop_wire")

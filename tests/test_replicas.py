@@ -13,7 +13,6 @@ import codecloop
 from codecloop import Codec, DatasetCarriers
 from codecloop.optimize import Run, RunConfig
 from codecloop.params import make
-
 from tests.conftest import _start_server
 
 CONFIG = RunConfig(

@@ -15,10 +15,10 @@ import pytest
 
 import codecloop
 from codecloop import Codec, DatasetCarriers
-from codecloop.errors import CodecLoopBusyError, CodecLoopLimitError, CodecLoopServerError
 from codecloop_server.scheduler import FairScheduler
 from codecloop_server.service import _status_for
 from codecloop_server.workers import WorkerPool
+from codecloop_wire.errors import CodecLoopBusyError, CodecLoopLimitError, CodecLoopServerError
 from tests.conftest import block_signature
 
 ran: list[str] = []
@@ -150,8 +150,8 @@ def test_prometheus_metrics(client, metrics_url):
 
 
 def test_request_id_in_trailing_metadata(server_target):
-    from codecloop.v1 import codecloop_pb2 as pb
-    from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
+    from codecloop_wire.v1 import codecloop_pb2 as pb
+    from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 
     with grpc.insecure_channel(server_target) as channel:
         stub = pb_grpc.CodecLoopStub(channel)
@@ -160,3 +160,29 @@ def test_request_id_in_trailing_metadata(server_target):
             stub.EvaluateSignature(req, timeout=30)
         ids = [v for k, v in info.value.trailing_metadata() if k == "request-id"]
         assert len(ids) == 1 and len(ids[0]) == 16
+
+
+def test_busy_server_is_told_apart_by_metadata_not_message(tmp_path):
+    """A full queue answers UNAVAILABLE with trailing metadata codecloop-error=busy: the SDK raises
+    CodecLoopBusyError from that (retries off), an unreachable server is CodecLoopUnavailableError."""
+    from codecloop_wire.errors import ERROR_METADATA_KEY
+    from tests.conftest import _start_server
+
+    proc, target = _start_server(["--max-queued-tasks", "4", "--max-client-queued-tasks", "1000"])
+    try:
+        with codecloop.Client(target, max_attempts=1, timeout=120) as c:
+            sig = np.zeros((2, 1, 112, 112, 3), np.float32)
+            with pytest.raises(CodecLoopBusyError, match="max_queued_tasks = 4"):
+                c.fitness(sig, carriers=codecloop.DatasetCarriers(num_clips=8))
+            raw = c._stub.EvaluateSignature.with_call
+            request = c._evaluate_requests(sig, 4 / 255, codecloop.DatasetCarriers(num_clips=8), None, "blind", None, None, None, False, "float32")[0]
+            with pytest.raises(grpc.RpcError) as info:
+                raw(request, timeout=60)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert dict(info.value.trailing_metadata())[ERROR_METADATA_KEY] == "busy"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    with codecloop.Client(target, max_attempts=1, timeout=5) as gone:
+        with pytest.raises(codecloop.CodecLoopUnavailableError):
+            gone.info()

@@ -153,8 +153,9 @@ def test_quotas_key_on_the_token_not_the_claimed_client_id(two_token_server):
 
 def test_repeated_authorization_metadata_is_unauthenticated(two_token_server):
     import grpc
-    from codecloop.v1 import codecloop_pb2 as pb
-    from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
+
+    from codecloop_wire.v1 import codecloop_pb2 as pb
+    from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 
     with grpc.insecure_channel(two_token_server) as channel:
         stub = pb_grpc.CodecLoopStub(channel)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import codecloop
 import numpy as np
 import pytest
+
+import codecloop
+import codecloop_wire.tensors
 from codecloop import Codec, DatasetCarriers
-from codecloop.poison import poison
 from codecloop_server.codec import CodecSettings
 from codecloop_server.tasks import transcode_rgb
-
+from codecloop_wire.poison import poison
 from tests.conftest import block_signature
 
 SMALL = DatasetCarriers(num_clips=6, seed=3)
@@ -88,7 +89,7 @@ def test_population_is_chunked_under_message_limit(server_target):
     """A population bigger than the message limit is split across requests, results unchanged."""
     pop = np.stack([block_signature(s, shape=(16, 112, 112)) for s in range(5)])  # 2.4 MiB each
     with codecloop.Client(server_target) as whole, codecloop.Client(server_target, max_message_bytes=6 << 20) as small:
-        assert len(small._chunks(codecloop.client.pb.EvaluateRequest(), [codecloop.tensors.to_tensor(p) for p in pop])) == 3
+        assert len(small._chunks(codecloop.client.pb.EvaluateRequest(), [codecloop_wire.tensors.to_tensor(p) for p in pop])) == 3
         np.testing.assert_array_equal(small.fitness(pop, carriers=SMALL), whole.fitness(pop, carriers=SMALL))
 
 
@@ -176,8 +177,9 @@ def test_results_identical_to_single_process_path(client):
             feat_sh.release()
             sum_sh.release()
             # and the documented formula, straight: ncc of the residuals, in float64
-            from codecloop.poison import poison
             from scipy.ndimage import uniform_filter
+
+            from codecloop_wire.poison import poison
 
             marked = poison(ds.clips[res.clip_ids[i]], sig, 4 / 255)
             x = tasks.transcode_rgb(marked, settings)[0].astype(np.float64)

@@ -18,7 +18,6 @@ from codecloop.torch_proxy import (  # noqa: E402
     qstep,
     quantize,
 )
-
 from tests.conftest import block_signature  # noqa: E402
 
 SMALL = DatasetCarriers(num_clips=2, seed=5)

@@ -6,14 +6,15 @@ import math
 
 import numpy as np
 import pytest
-from codecloop.errors import CodecLoopValueError
-from codecloop.poison import poison
-from codecloop.stats import Decision, calibrate_threshold, detection_stats, psnr_db
-from codecloop.tensors import from_tensor, to_tensor
-from codecloop_server import scorers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
+
+from codecloop_server import scorers
+from codecloop_wire.errors import CodecLoopValueError
+from codecloop_wire.poison import poison
+from codecloop_wire.stats import Decision, calibrate_threshold, detection_stats, psnr_db
+from codecloop_wire.tensors import from_tensor, to_tensor
 
 
 @pytest.mark.parametrize("dtype,tol", [("float32", 0), ("float16", 1e-3), ("int8", 1 / 127)])
@@ -33,7 +34,7 @@ def test_tensor_roundtrip(dtype, tol):
 )
 def test_from_tensor_never_crashes(shape, dtype, data, scale):
     """Garbage tensors decode or raise CodecLoopValueError; nothing else, and no huge allocation."""
-    from codecloop.v1 import codecloop_pb2 as pb
+    from codecloop_wire.v1 import codecloop_pb2 as pb
 
     msg = pb.Tensor(shape=shape, dtype=dtype if dtype in pb.DType.values() else 0, data=data, scale=scale)
     try:

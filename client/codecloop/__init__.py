@@ -6,16 +6,6 @@
 """
 
 from codecloop.client import Client
-from codecloop.errors import (
-    CodecLoopAuthError,
-    CodecLoopBusyError,
-    CodecLoopError,
-    CodecLoopLimitError,
-    CodecLoopServerError,
-    CodecLoopUnavailableError,
-    CodecLoopValueError,
-)
-from codecloop.poison import poison
 from codecloop.types import (
     CandidateDone,
     CandidateResult,
@@ -26,10 +16,20 @@ from codecloop.types import (
     Progress,
     TranscodeResult,
 )
-
-__version__ = "0.1.0"
+from codecloop_wire import __version__
+from codecloop_wire.errors import (
+    CodecLoopAuthError,
+    CodecLoopBusyError,
+    CodecLoopError,
+    CodecLoopLimitError,
+    CodecLoopServerError,
+    CodecLoopUnavailableError,
+    CodecLoopValueError,
+)
+from codecloop_wire.poison import poison
 
 __all__ = [
+    "__version__",
     "CandidateDone",
     "CandidateResult",
     "Client",

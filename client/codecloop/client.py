@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
 
-from codecloop.errors import (
-    CodecLoopAuthError,
-    CodecLoopBusyError,
-    CodecLoopError,
-    CodecLoopLimitError,
-    CodecLoopServerError,
-    CodecLoopUnavailableError,
-    CodecLoopValueError,
-)
-from codecloop.tensors import from_tensor, to_tensor
 from codecloop.types import (
     CandidateDone,
     CandidateResult,
@@ -31,8 +22,19 @@ from codecloop.types import (
     StreamEvent,
     TranscodeResult,
 )
-from codecloop.v1 import codecloop_pb2 as pb
-from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
+from codecloop_wire.errors import (
+    ERROR_METADATA_KEY,
+    KINDS,
+    CodecLoopAuthError,
+    CodecLoopError,
+    CodecLoopLimitError,
+    CodecLoopServerError,
+    CodecLoopUnavailableError,
+    CodecLoopValueError,
+)
+from codecloop_wire.tensors import from_tensor, to_tensor
+from codecloop_wire.v1 import codecloop_pb2 as pb
+from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 _SERVICE = "codecloop.v1.CodecLoop"
@@ -57,6 +59,10 @@ def _service_config(max_attempts: int) -> str:
 
 def _raise_from(err: grpc.RpcError) -> CodecLoopError:
     code, details = err.code(), err.details() or ""
+    trailing = dict(err.trailing_metadata() or ()) if hasattr(err, "trailing_metadata") else {}
+    kind = trailing.get(ERROR_METADATA_KEY)
+    if kind in KINDS:  # the server named the error's kind (codecloop_wire.errors)
+        return KINDS[kind](details)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return CodecLoopValueError(details)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -64,8 +70,7 @@ def _raise_from(err: grpc.RpcError) -> CodecLoopError:
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return CodecLoopAuthError(details)
     if code == grpc.StatusCode.UNAVAILABLE:
-        # still busy after the retry policy's backoff, or truly unreachable
-        return (CodecLoopBusyError if details.startswith("server busy") else CodecLoopUnavailableError)(details)
+        return CodecLoopUnavailableError(details)  # unreachable, or shutting down
     return CodecLoopServerError(f"{code.name}: {details}", code.name)
 
 
@@ -196,7 +201,7 @@ class Client:
         if self.local is not None:
             self.local.stop()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from scipy import stats as sps
 
-from codecloop import stats
 from codecloop.client import Client
 from codecloop.torch_proxy import ROUNDING, H264Proxy, blind_scores, poison
 from codecloop.types import Codec, DatasetCarriers
+from codecloop_wire import stats
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 ``codecloop.Client()`` and the CLI's ``evaluate`` / ``optimize`` / ``diagnose`` / ``info`` without a
 target use one, the way ``dask.distributed.Client()`` starts a LocalCluster. The server runs as a
-child process (``python -m codecloop.cli serve``; the SDK never imports the server), in its own
+child process (``python -m codecloop_server``; the SDK never imports the server), in its own
 process group so that Ctrl-C in a terminal reaches the client, which then stops it cleanly; the
 server also stops by itself when the client process dies without stopping it (``serve
 --exit-with-parent``: no orphans, even after a SIGKILL).
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import importlib.util
 import os
 import re
 import signal
@@ -22,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from codecloop.errors import CodecLoopUnavailableError, CodecLoopValueError
+from codecloop_wire.errors import CodecLoopUnavailableError, CodecLoopValueError
 
 _LISTENING = re.compile(r"codecloop listening on ([\d.]+):(\d+)")
 
@@ -54,7 +55,11 @@ class LocalServer:
     def start(self) -> str:
         if self._proc is not None:
             raise CodecLoopValueError("LocalServer: already started")
-        cmd = [sys.executable, "-m", "codecloop.cli", "serve", "--host", "127.0.0.1", "--port", "0", "--exit-with-parent"]
+        if importlib.util.find_spec("codecloop_server") is None or importlib.util.find_spec("av") is None:
+            raise CodecLoopUnavailableError(
+                "a private local server needs the codec server: pip install 'codecloop[server]', or give a target"
+            )
+        cmd = [sys.executable, "-m", "codecloop_server", "--host", "127.0.0.1", "--port", "0", "--exit-with-parent"]
         for name, folder in self.datasets.items():
             cmd += ["--dataset", f"{name}={folder}"]
         self._proc = subprocess.Popen(

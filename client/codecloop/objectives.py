@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from codecloop.errors import CodecLoopValueError
-from codecloop.stats import calibrate_threshold
 from codecloop.types import CandidateResult, CodecStats, EvaluateResult
+from codecloop_wire.errors import CodecLoopValueError
+from codecloop_wire.stats import calibrate_threshold
 
 NAMES = ("separation", "centred-separation", "dprime", "tpr", "auc", "margin", "centred-margin")
 _FROM_MEANS = ("separation", "centred-separation")

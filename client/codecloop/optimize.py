@@ -50,10 +50,10 @@ import numpy as np
 
 from codecloop import jsonutil
 from codecloop.client import Client
-from codecloop.errors import CodecLoopValueError
 from codecloop.objectives import Objective
 from codecloop.params import Parameterization
 from codecloop.types import CandidateResult, Codec, DatasetCarriers, EvaluateResult
+from codecloop_wire.errors import CodecLoopValueError
 
 # seconds added to the final-report estimate for best.npy, summary.json and the plots (matplotlib import)
 _REPORT_OVERHEAD_S = 5.0
@@ -139,7 +139,7 @@ class CMABackend(Backend):
         return pickle.dumps((self.es, np.random.get_state()))
 
     @classmethod
-    def restore(cls, blob: bytes) -> "CMABackend":
+    def restore(cls, blob: bytes) -> CMABackend:
         self = cls.__new__(cls)
         self.es, rng = pickle.loads(blob)
         np.random.set_state(rng)
@@ -174,7 +174,7 @@ class NevergradBackend(Backend):
         return pickle.dumps(self.opt)
 
     @classmethod
-    def restore(cls, blob: bytes, popsize: int) -> "NevergradBackend":
+    def restore(cls, blob: bytes, popsize: int) -> NevergradBackend:
         self = cls.__new__(cls)
         self.opt = pickle.loads(blob)
         self.popsize = popsize

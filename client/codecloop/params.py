@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from codecloop.errors import CodecLoopValueError
+from codecloop_wire.errors import CodecLoopValueError
 
 
 def _channels(c: str) -> int:

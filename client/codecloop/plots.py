@@ -3,9 +3,10 @@ score histograms (counts) and ROC curves with a log-scale FPR axis and the opera
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.ticker import MaxNLocator

@@ -25,9 +25,9 @@ import torch
 
 from codecloop import jsonutil
 from codecloop.client import Client
-from codecloop.errors import CodecLoopValueError
 from codecloop.torch_proxy import H264Proxy, RealCodec, blind_scores, poison
 from codecloop.types import Codec, DatasetCarriers
+from codecloop_wire.errors import CodecLoopValueError
 
 MODES = ("proxy:tanh", "proxy:soft", "proxy:ste", "torch-ste", "torch-hybrid")
 

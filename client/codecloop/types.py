@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from codecloop.v1 import codecloop_pb2 as pb
+from codecloop_wire.v1 import codecloop_pb2 as pb
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Codec:
         )  # fmt: skip
 
     @classmethod
-    def from_proto(cls, msg: pb.CodecSettings) -> "Codec":
+    def from_proto(cls, msg: pb.CodecSettings) -> Codec:
         return cls(
             crf=msg.crf, preset=msg.preset, gop=msg.gop, fps=msg.fps, codec=msg.codec, pix_fmt=msg.pix_fmt,
             x264_asm=msg.x264_asm if msg.HasField("x264_asm") else None,
@@ -83,7 +83,7 @@ class CodecStats:
     poisoned_scores: np.ndarray | None = None
 
     @classmethod
-    def from_proto(cls, msg: pb.CodecResult) -> "CodecStats":
+    def from_proto(cls, msg: pb.CodecResult) -> CodecStats:
         names = [f for f in cls.__dataclass_fields__ if f not in ("codec", "clean_scores", "poisoned_scores")]
         per_clip = len(msg.clean_scores) > 0
         return cls(

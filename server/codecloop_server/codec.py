@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Iterable
 
 import av
 import numpy as np
 from av.video.reformatter import Interpolation, VideoReformatter
-from codecloop.errors import CodecLoopValueError
 
 from codecloop_server import x264_asm
+from codecloop_wire.errors import CodecLoopValueError
 
 CODECS = ("libx264",)
 PRESETS = (

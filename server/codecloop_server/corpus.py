@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from codecloop.errors import CodecLoopValueError
 
 from codecloop_server import video_source
+from codecloop_wire.errors import CodecLoopValueError
 
 log = logging.getLogger("codecloop.corpus")
 

@@ -18,15 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
-from codecloop.errors import CodecLoopServerError
 
 from codecloop_server import scorers
+from codecloop_wire.errors import CodecLoopServerError
 
 EXAMPLE_DETECTOR = Path(__file__).parent / "models" / "example_detector.pt"
 

@@ -24,11 +24,11 @@ import functools
 import hashlib
 import os
 from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Hashable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from codecloop import stats
 
 from codecloop_server import scorers, tasks
 from codecloop_server.codec import CodecSettings
@@ -37,6 +37,7 @@ from codecloop_server.scheduler import FairScheduler
 from codecloop_server.shm import SharedArray
 from codecloop_server.tasks import CleanRef, ClipRef, PoisonedScore, ScorerKey
 from codecloop_server.workers import WorkerPool
+from codecloop_wire import stats
 
 if TYPE_CHECKING:
     from codecloop_server.detector import DetectorScorer

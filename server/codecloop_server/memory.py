@@ -23,13 +23,12 @@ RESOURCE_EXHAUSTED naming the limit.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
-
-from codecloop.errors import CodecLoopLimitError
-from codecloop.v1 import codecloop_pb2 as pb
 
 from codecloop_server.corpus import EMBEDDED_NAME, Dataset
+from codecloop_wire.errors import CodecLoopLimitError
+from codecloop_wire.v1 import codecloop_pb2 as pb
 
 SIGNATURE_BYTES_PER_VALUE = 24
 MESSAGE_FACTOR = 6

@@ -11,17 +11,16 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from codecloop import stats
-from codecloop.errors import CodecLoopLimitError, CodecLoopValueError
-from codecloop.tensors import from_tensor
-from codecloop.v1 import codecloop_pb2 as pb
 
-from codecloop_server import scorers
-from codecloop_server import x264_asm
+from codecloop_server import scorers, x264_asm
 from codecloop_server.codec import CodecSettings, x264_build
 from codecloop_server.corpus import EMBEDDED_NAME, Dataset
 from codecloop_server.engine import CarrierSet, EvaluateJob
 from codecloop_server.tasks import ScorerKey
+from codecloop_wire import stats
+from codecloop_wire.errors import CodecLoopLimitError, CodecLoopValueError
+from codecloop_wire.tensors import from_tensor
+from codecloop_wire.v1 import codecloop_pb2 as pb
 
 DEFAULT_EPSILON = 4 / 255
 DEFAULT_NUM_CLIPS = 32

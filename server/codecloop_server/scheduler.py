@@ -29,14 +29,14 @@ import heapq
 import itertools
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Executor
 from concurrent.futures import Future as PoolFuture
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-from codecloop.errors import CodecLoopBusyError, CodecLoopLimitError, CodecLoopServerError
+from typing import Any
 
 from codecloop_server.workers import WorkerDied
+from codecloop_wire.errors import CodecLoopBusyError, CodecLoopLimitError, CodecLoopServerError
 
 MAX_ATTEMPTS = 2  # a task whose worker dies is run once more
 

@@ -27,12 +27,14 @@ score is the same on every machine.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Mapping
+from typing import ClassVar
 
 import numpy as np
-from codecloop.errors import CodecLoopValueError
 from scipy.ndimage import uniform_filter
+
+from codecloop_wire.errors import CodecLoopValueError
 
 Params = tuple[tuple[str, float], ...]
 
@@ -78,7 +80,7 @@ class Scorer(ABC):
             features = features.astype(np.int16) - reference.astype(np.int16)
         return ncc(features, template)
 
-    def _internal_check(self, params: dict[str, float]) -> None:
+    def _internal_check(self, params: dict[str, float]) -> None:  # noqa: B027 - an optional hook: no extra checks by default
         """Extra validation beyond the ranges (e.g. an odd kernel)."""
 
     @abstractmethod

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import grpc
-from codecloop.errors import CodecLoopAuthError
+
+from codecloop_wire.errors import CodecLoopAuthError
 
 # Health checks stay open so that load balancers, Docker and Kubernetes probes need no token.
 OPEN_METHODS_PREFIX = "/grpc.health.v1.Health/"

@@ -7,9 +7,6 @@ import logging
 from dataclasses import dataclass, field
 
 import grpc
-from codecloop.errors import CodecLoopValueError
-from codecloop.v1 import codecloop_pb2 as pb
-from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -20,6 +17,9 @@ from codecloop_server.metrics import Metrics
 from codecloop_server.requests import Limits
 from codecloop_server.security import Authenticator, SecurityConfig, TokenInterceptor, add_port
 from codecloop_server.service import CodecLoopServicer, LenientDecodingInterceptor, deny
+from codecloop_wire.errors import CodecLoopValueError
+from codecloop_wire.v1 import codecloop_pb2 as pb
+from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 
 log = logging.getLogger("codecloop.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CodecLoop"].full_name

@@ -9,14 +9,9 @@ import logging
 import time
 import uuid
 from collections import Counter
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import grpc
-from codecloop import __version__
-from codecloop.errors import CodecLoopAuthError, CodecLoopBusyError, CodecLoopLimitError, CodecLoopValueError
-from codecloop.tensors import to_tensor
-from codecloop.v1 import codecloop_pb2 as pb
-from codecloop.v1 import codecloop_pb2_grpc as pb_grpc
 from google.protobuf.message import DecodeError
 
 from codecloop_server import memory, requests, scorers
@@ -25,6 +20,18 @@ from codecloop_server.corpus import Dataset
 from codecloop_server.engine import CandidateOutcome, Engine, EvaluateJob
 from codecloop_server.metrics import Metrics
 from codecloop_server.security import Authenticator, _one
+from codecloop_wire import __version__
+from codecloop_wire.errors import (
+    ERROR_METADATA_KEY,
+    CodecLoopAuthError,
+    CodecLoopBusyError,
+    CodecLoopLimitError,
+    CodecLoopValueError,
+    kind_of,
+)
+from codecloop_wire.tensors import to_tensor
+from codecloop_wire.v1 import codecloop_pb2 as pb
+from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 
 log = logging.getLogger("codecloop.server")
 SERVICE = pb.DESCRIPTOR.services_by_name["CodecLoop"].full_name
@@ -58,6 +65,8 @@ async def _errors(context: grpc.aio.ServicerContext, method: str, metrics: Metri
         code, message = _status_for(err)
         status = code.name
         log.info(json.dumps({"event": "rejected", "request_id": request_id, "method": method, "message": message}))
+        # the error's kind travels as data, so that no client has to parse the message
+        context.set_trailing_metadata((("request-id", request_id), (ERROR_METADATA_KEY, kind_of(err) or "")))
         await context.abort(code, message)
     except asyncio.CancelledError:
         status = "CANCELLED"  # the client cancelled or its deadline passed

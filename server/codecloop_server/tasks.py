@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from codecloop.poison import poison
 
 from codecloop_server import scorers, shm
 from codecloop_server.codec import CodecSettings, transcode_rgb
 from codecloop_server.scorers import Params
+from codecloop_wire.poison import poison
 
 ScorerKey = tuple[str, Params]  # (scorer name, resolved params)
 

@@ -21,10 +21,11 @@ import multiprocessing
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger("codecloop.server")
 

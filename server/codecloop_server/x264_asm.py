@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from codecloop.errors import CodecLoopValueError
+from codecloop_wire.errors import CodecLoopValueError
 
 # Fastest first. Each needs these CPU features (numpy's runtime detection names), x264's own
 # definition of the level: AVX2 implies FMA3, BMI1/2 and LZCNT in x264's cpu.c.

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from codecloop.v1 import codecloop_pb2 as codecloop_dot_v1_dot_codecloop__pb2
+from codecloop_wire.v1 import codecloop_pb2 as codecloop_dot_v1_dot_codecloop__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

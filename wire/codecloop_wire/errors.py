@@ -1,7 +1,9 @@
 """Typed errors shared by the SDK and the server.
 
 The server maps these to gRPC status codes in exactly one place
-(``codecloop_server.service._status_for``); the SDK raises them back from the status it receives.
+(``codecloop_server.service._status_for``), and names the error's kind in the trailing metadata
+``codecloop-error`` (:data:`KINDS`); the SDK raises the same class back from that kind (or, when a
+call ends without it, from the status code alone), never from the message text.
 """
 
 from __future__ import annotations
@@ -37,3 +39,19 @@ class CodecLoopServerError(CodecLoopError):
     def __init__(self, message: str, code_name: str = "UNKNOWN") -> None:
         super().__init__(message)
         self.code_name = code_name
+
+
+ERROR_METADATA_KEY = "codecloop-error"
+"""Trailing metadata key naming the kind of a refused call (a key of :data:`KINDS`)."""
+
+KINDS: dict[str, type[CodecLoopError]] = {
+    "invalid-argument": CodecLoopValueError,
+    "limit": CodecLoopLimitError,
+    "busy": CodecLoopBusyError,
+    "unauthenticated": CodecLoopAuthError,
+}
+
+
+def kind_of(err: BaseException) -> str | None:
+    """The :data:`KINDS` name of ``err``'s class, None for any other exception."""
+    return next((kind for kind, cls in KINDS.items() if isinstance(err, cls)), None)

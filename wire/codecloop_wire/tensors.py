@@ -8,13 +8,14 @@ it allocates, so a malicious shape cannot make the receiver allocate more than t
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
-from codecloop.errors import CodecLoopValueError
-from codecloop.v1 import codecloop_pb2 as pb
+from codecloop_wire.errors import CodecLoopValueError
+from codecloop_wire.v1 import codecloop_pb2 as pb
 
-_NUMPY = {
+_NUMPY: dict[int, np.dtype[Any]] = {
     pb.FLOAT32: np.dtype("<f4"),
     pb.FLOAT16: np.dtype("<f2"),
     pb.INT8: np.dtype("i1"),
@@ -23,7 +24,7 @@ _NUMPY = {
 WIRE_DTYPES = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "int8": pb.INT8, "uint8": pb.UINT8}
 
 
-def to_tensor(array: np.ndarray, dtype: str = "float32") -> pb.Tensor:
+def to_tensor(array: Any, dtype: str = "float32") -> pb.Tensor:
     """Pack an array; ``dtype`` is the wire type: float32, float16, int8 (symmetric scale) or uint8.
 
     int8 uses ``scale = max|x| / 127`` (1/127 when the array is all zeros) and rounds to nearest.
@@ -61,11 +62,13 @@ def from_tensor(msg: pb.Tensor, field: str, allowed: tuple[int, ...] = tuple(_NU
             f"{field}.data: {len(msg.data)} bytes, but shape {list(shape)} of {pb.DType.Name(msg.dtype)} "
             f"needs exactly {expected}"
         )
-    arr = np.frombuffer(msg.data, dtype=dtype).reshape(shape)
+    arr: np.ndarray = np.frombuffer(msg.data, dtype=dtype).reshape(shape)
     if msg.dtype == pb.UINT8:
         return arr
     if msg.dtype == pb.INT8:
         if not (msg.scale > 0 and math.isfinite(msg.scale)):
             raise CodecLoopValueError(f"{field}.scale: {msg.scale} must be a finite number > 0 for INT8")
-        return arr.astype(np.float32) * np.float32(msg.scale)
-    return arr.astype(np.float32)
+        scaled: np.ndarray = arr.astype(np.float32) * np.float32(msg.scale)
+        return scaled
+    floats: np.ndarray = arr.astype(np.float32)
+    return floats

@@ -28,7 +28,7 @@ DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63odecloop/v
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'codecloop.v1.codecloop_pb2', _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'codecloop_wire.v1.codecloop_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SCORER_PARAMSENTRY']._loaded_options = None

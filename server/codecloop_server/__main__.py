@@ -1,0 +1,7 @@
+"""``python -m codecloop_server`` = ``codecloop serve``."""
+
+import sys
+
+from codecloop_server.cli import main
+
+sys.exit(main())

@@ -1,0 +1,39 @@
+"""The rooms stay apart: the SDK and the server share only the wire package, never each other."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _modules(package: str, folder: Path) -> list[str]:
+    return [package] + [f"{package}.{m.name}" for m in pkgutil.iter_modules([str(folder)]) if m.name != "__main__"]
+
+
+def _loaded_after_import(modules: list[str]) -> set[str]:
+    """Top-level packages in sys.modules after importing ``modules`` in a fresh interpreter."""
+    code = "import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
+    code += "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    return set(out.stdout.split())
+
+
+def test_sdk_imports_neither_server_nor_codec_stack():
+    pytest.importorskip("torch")  # the SDK's torch modules are imported too
+    loaded = _loaded_after_import(_modules("codecloop", ROOT / "client" / "codecloop"))
+    assert "codecloop_wire" in loaded
+    # (grpc itself imports grpc_reflection when it is installed, so that one is not checked)
+    assert not loaded & {"codecloop_server", "av", "skimage", "skvideo", "prometheus_client"}
+
+
+def test_server_imports_no_sdk():
+    modules = [m for m in _modules("codecloop_server", ROOT / "server" / "codecloop_server") if m != "codecloop_server.detector"]
+    loaded = _loaded_after_import(modules + ["codecloop_server.detector"])
+    assert "codecloop_wire" in loaded and "codecloop_server" in loaded
+    assert "codecloop" not in loaded
