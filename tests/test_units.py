@@ -25,6 +25,14 @@ def test_tensor_roundtrip(dtype, tol):
     assert np.max(np.abs(x - y)) <= tol
 
 
+def test_int8_scale_of_subnormal_values_stays_valid():
+    """A float32 scale rounded from a subnormal peak would be 0, which the wire refuses."""
+    with np.errstate(all="raise"):
+        msg = to_tensor(np.array([1e-42, -1e-43], np.float32), "int8")
+    assert msg.scale > 0
+    np.testing.assert_array_equal(from_tensor(msg, "t"), np.zeros(2, np.float32))
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     shape=st.lists(st.integers(-3, 1 << 40), min_size=0, max_size=6),

@@ -36,7 +36,8 @@ def to_tensor(array: Any, dtype: str = "float32") -> pb.Tensor:
     if dtype == "int8":
         peak = float(np.max(np.abs(arr))) if arr.size else 0.0
         scale = peak / 127.0 if peak > 0 else 1.0 / 127.0
-        msg.scale = scale
+        # the wire's scale is a float32: never let a subnormal peak round it to 0 (which is invalid)
+        msg.scale = max(scale, float(np.finfo(np.float32).tiny))
         arr = np.clip(np.rint(arr / np.float32(msg.scale)), -127, 127)
     msg.data = np.ascontiguousarray(arr, dtype=_NUMPY[msg.dtype]).tobytes()
     return msg
