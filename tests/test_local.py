@@ -125,12 +125,16 @@ def _wait_for_server(folder: Path, timeout: float = 300.0) -> set[int]:
 
 def test_ctrl_c_stops_the_private_server(folder, tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "codecloop.cli", "optimize", "--dataset", str(folder), "--preset", "ultrafast", "--train-clips", "4",
-         "--popsize", "4", "--max-minutes", "5", "--no-progress", "--out", str(tmp_path / "run")],
+        [sys.executable, "-m", "codecloop.cli", "optimize", "--dataset", str(folder), "--param", "lowres:4x4:rgb:t=all",
+         "--preset", "ultrafast", "--train-clips", "4", "--popsize", "4", "--max-minutes", "5", "--no-progress", "--out", str(tmp_path / "run")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     tree = _wait_for_server(folder)
-    time.sleep(2)  # let the run get going
+    log = tmp_path / "run" / "log.jsonl"
+    deadline = time.monotonic() + 300
+    while not (log.exists() and log.stat().st_size) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # the run is under way: its first evaluations are logged
+    assert proc.poll() is None, proc.communicate()[0]
     proc.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal sends the command
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "codecloop: interrupted" in out
