@@ -417,7 +417,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:  # Ctrl-C: the with-blocks above have closed clients and stopped a local server
         print("codecloop: interrupted", file=sys.stderr)
-        return 130
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # exit now: an RPC interrupted mid-call can leave gRPC threads that hold up interpreter
+        # shutdown; a private server still running would stop itself (serve --exit-with-parent)
+        os._exit(130)
 
 
 if __name__ == "__main__":
