@@ -75,6 +75,7 @@ class LocalServer:
         assert self._proc.stdout is not None
         # readline blocks: a timer kills a server that neither listens nor exits in time
         timer = threading.Timer(self.start_timeout, self._proc.kill)
+        timer.daemon = True  # never holds up interpreter exit (e.g. after Ctrl-C during start-up)
         timer.start()
         try:
             for line in self._proc.stdout:
