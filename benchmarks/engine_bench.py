@@ -172,7 +172,7 @@ def stage_breakdown(clip: np.ndarray) -> dict[str, float]:
     from codecloop_wire.poison import poison
 
     sig = signatures(1, 7, clip.shape[1])[0]
-    blind = scorers.get("blind")
+    blind = scorers.worker_scorer("blind")
     params = blind.resolve_params({})
     tmpl = blind.template(sig, params)
     settings = CodecSettings()

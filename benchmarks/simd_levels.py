@@ -61,7 +61,7 @@ def transcoder(params: str):
 
 
 def scores(run, clips: list[np.ndarray], sigs: list[np.ndarray], eps: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    blind = scorers.get("blind")
+    blind = scorers.worker_scorer("blind")
     params = blind.resolve_params({})
     clean_feats = [blind.features(run(c)[None], params)[0] for c in clips]
     out = []

@@ -1,4 +1,4 @@
-"""Regenerate the README's outcome table and plots (needs a running server: codecloop serve).
+"""Regenerate the earlier-recipe outcome table and plots of docs/history.md (needs a running server: codecloop serve).
 
     python examples/outcome.py --target 127.0.0.1:50051 --out docs/outcome
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,3 +38,18 @@ def test_server_imports_no_sdk():
     loaded = _loaded_after_import(modules + ["codecloop_server.detector"])
     assert "codecloop_wire" in loaded and "codecloop_server" in loaded
     assert "codecloop" not in loaded
+
+
+def test_scorer_kinds_are_told_apart_in_one_place():
+    """Worker scorers and detectors are two strategies behind scoring.Scoring: the registry holds
+    both as scorers.Registered, and only scoring.py names the detector kind."""
+    from codecloop_server import scorers, scoring
+    from codecloop_server.detector import DetectorScorer
+
+    assert not issubclass(DetectorScorer, scorers.Scorer) and issubclass(DetectorScorer, scorers.Registered)
+    assert set(scoring.Scoring.__subclasses__()) == {scoring.WorkerScoring, scoring.DetectorScoring}
+    server = ROOT / "server" / "codecloop_server"
+    importing = sorted(p.name for p in server.glob("*.py") if re.search(r"import .*\bDetectorScorer\b", p.read_text()))
+    assert importing == ["scoring.py", "server.py"]  # server.py loads the configured detectors
+    engine = (server / "engine.py").read_text()
+    assert "Detector" not in engine and "isinstance" not in engine

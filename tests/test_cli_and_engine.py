@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from codecloop import DatasetCarriers
-from codecloop_server import requests
+from codecloop_server import parse
 from codecloop_server.codec import CodecSettings
 from codecloop_server.corpus import embedded_corpus
 from codecloop_server.engine import Engine
+from codecloop_server.jobs import EvaluateJob
 from codecloop_wire.stats import Decision
 from tests.conftest import block_signature
 
@@ -66,10 +67,10 @@ def test_clean_work_is_done_once_per_clip():
 
         def job(seeds):
             req = DatasetCarriers(num_clips=3).to_proto()
-            return requests.EvaluateJob(
+            return EvaluateJob(
                 candidates=tuple(block_signature(s) for s in seeds),
                 epsilon=4 / 255,
-                carriers=requests.carriers(req, {"embedded": ds}, requests.Limits()),
+                carriers=parse.carriers(req, {"embedded": ds}, parse.Limits()),
                 codecs=(CodecSettings(preset="ultrafast"),),
                 scorer=("blind", (("kernel", 3.0),)),
                 decision=Decision(target_fpr=0.0),

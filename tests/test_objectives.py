@@ -107,7 +107,7 @@ def test_help_shows_defaults():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices
     text = sub["optimize"].format_help()
-    for expected in ("(default: centred-separation)", "(default: 1/64)", "(default: 2/255)", "(default: lowres:7x7:rgb:t=all)", "default: medium"):
+    for expected in ("(default: centred-separation)", "(default: 1/64)", "(default: 4/255)", "(default: lowres:7x7:rgb:t=all)", "default: medium"):
         assert expected in " ".join(text.split()), expected
     assert "(default: 1/64)" in " ".join(sub["evaluate"].format_help().split())
 

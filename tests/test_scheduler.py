@@ -175,7 +175,7 @@ def test_busy_server_is_told_apart_by_metadata_not_message(tmp_path):
             with pytest.raises(CodecLoopBusyError, match="max_queued_tasks = 4"):
                 c.fitness(sig, carriers=codecloop.DatasetCarriers(num_clips=8))
             raw = c._stub.EvaluateSignature.with_call
-            request = c._evaluate_requests(sig, 4 / 255, codecloop.DatasetCarriers(num_clips=8), None, "blind", None, None, None, False, "float32")[0]
+            request = c._evaluate_requests(sig, codecloop.EvaluateOptions(carriers=codecloop.DatasetCarriers(num_clips=8)))[0]
             with pytest.raises(grpc.RpcError) as info:
                 raw(request, timeout=60)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -27,7 +27,8 @@ def test_fitness_defaults_alone(client):
     assert res.num_clips == 32 and len(res.clip_ids) == 32
     s = res.candidates[0].codecs[0]
     info = client.info()
-    assert s.codec == Codec(crf=28, preset="medium", gop=250, fps=25, x264_asm=info.versions["x264_asm"], x264_build=info.versions["x264"])
+    assert s.codec == Codec(codec="libx264", crf=28, preset="medium", pix_fmt="yuv420p", gop=250, fps=25,
+                            x264_asm=info.versions["x264_asm"], x264_build=info.versions["x264"])  # fmt: skip
     assert np.isclose(s.separation, s.poisoned_mean - s.clean_mean)
     assert res.candidates[0].fitness == pytest.approx(fit[0])  # clean side cached: same numbers
 
@@ -165,7 +166,7 @@ def test_results_identical_to_single_process_path(client):
     ds = embedded_corpus()
     settings, key = CodecSettings(), ("blind", (("kernel", 3.0),))
     clips = shm.SharedArray(ds.clips[list(res.clip_ids)])
-    sig_sh, tmpl_sh = shm.SharedArray(sig), shm.SharedArray(scorers.get("blind").template(sig, key[1]))
+    sig_sh, tmpl_sh = shm.SharedArray(sig), shm.SharedArray(scorers.worker_scorer("blind").template(sig, key[1]))
     try:
         for i in range(len(res.clip_ids)):
             ref = tasks.ClipRef(clips.ref, i)

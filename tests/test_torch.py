@@ -54,7 +54,7 @@ def test_torch_detector_matches_server_scorer():
     rng = np.random.default_rng(1)
     clips = rng.integers(0, 256, (3, 2, 16, 24, 3), dtype=np.uint8)
     sig = rng.uniform(-1, 1, (1, 16, 24, 3)).astype(np.float32)
-    blind = scorers.get("blind")
+    blind = scorers.worker_scorer("blind")
     params = blind.resolve_params({})
     want = blind.score(blind.features(clips, params), blind.template(sig, params), None)
     got = blind_scores(torch.from_numpy(clips.astype(np.float32) / 255), torch.from_numpy(sig))

@@ -87,7 +87,7 @@ def test_blind_scorer_finds_signature_and_ignores_content():
     rng = np.random.default_rng(0)
     sig = np.sign(rng.standard_normal((1, 32, 32, 3))).astype(np.float32)
     clips = rng.integers(60, 190, (4, 2, 32, 32, 3), dtype=np.uint8)
-    blind = scorers.get("blind")
+    blind = scorers.worker_scorer("blind")
     params = blind.resolve_params({})
     tmpl = blind.template(sig, params)
     clean = blind.score(blind.features(clips, params), tmpl, None)
@@ -106,7 +106,7 @@ def test_blind_scorer_matches_float_formula():
     clips = rng.integers(0, 256, (3, 4, 24, 20, 3), dtype=np.uint8)
     for sig_t, k in [(1, 3), (4, 5), (1, 13)]:
         sig = rng.uniform(-1, 1, (sig_t, 24, 20, 3)).astype(np.float32)
-        blind = scorers.get("blind")
+        blind = scorers.worker_scorer("blind")
         params = blind.resolve_params({"kernel": k})
         got = blind.score(blind.features(clips, params), blind.template(sig, params), None)
         x = clips.astype(np.float64)

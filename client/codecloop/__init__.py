@@ -6,6 +6,7 @@
 """
 
 from codecloop.client import Client
+from codecloop.options import EvaluateOptions
 from codecloop.types import (
     CandidateDone,
     CandidateResult,
@@ -43,6 +44,7 @@ __all__ = [
     "CodecLoopValueError",
     "CodecStats",
     "DatasetCarriers",
+    "EvaluateOptions",
     "EvaluateResult",
     "Progress",
     "TranscodeResult",

@@ -13,6 +13,7 @@ from fractions import Fraction
 import numpy as np
 
 from codecloop.objectives import NAMES
+from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopError, CodecLoopValueError
 
 
@@ -31,6 +32,11 @@ def fraction(name: str, low: float, high: float, low_open: bool, high_open: bool
         return value
 
     return parse
+
+
+def _fraction(value: float) -> str:
+    """A default as --help shows it and the parser reads it back: 4/255 -> '4/255', 1/64 -> '1/64'."""
+    return str(Fraction(value).limit_denominator(1000))
 
 
 _epsilon = fraction("epsilon", 0.0, 1.0, low_open=True, high_open=False)
@@ -158,19 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--signature", help=".npy of (T, H, W, 3) or a population (P, T, H, W, 3), values in [-1, 1]")
     src.add_argument("--random", choices=["pixel", "block4", "block8", "block16"], help="a random +-1 signature")
     e.add_argument("--seed", type=int, default=0, help="seed of --random")
-    e.add_argument("--epsilon", type=_epsilon, default=4 / 255)
-    e.add_argument("--crf", type=float, action="append", help="repeat for several codec settings (default 28)")
-    e.add_argument("--preset", default="medium")
-    e.add_argument("--gop", type=int, default=250)
-    e.add_argument("--fps", type=int, default=25)
-    e.add_argument("--scorer", default="blind")
-    e.add_argument("--dataset", default="embedded", help="a dataset the server serves, or (no --target) a folder of videos to serve")
-    e.add_argument("--split", default="train")
-    e.add_argument("--clips", type=int, default=32)
-    e.add_argument("--clip-seed", type=int, default=0)
+    e.add_argument("--epsilon", type=_epsilon, default=_fraction(defaults.EPSILON))
+    e.add_argument("--crf", type=float, action="append", help=f"repeat for several codec settings (default {defaults.CRF:g})")
+    e.add_argument("--preset", default=defaults.PRESET)
+    e.add_argument("--gop", type=int, default=defaults.GOP)
+    e.add_argument("--fps", type=int, default=defaults.FPS)
+    e.add_argument("--scorer", default=defaults.SCORER)
+    e.add_argument("--dataset", default=defaults.DATASET, help="a dataset the server serves, or (no --target) a folder of videos to serve")
+    e.add_argument("--split", default=defaults.SPLIT)
+    e.add_argument("--clips", type=int, default=defaults.NUM_CLIPS)
+    e.add_argument("--clip-seed", type=int, default=defaults.SEED)
     rule = e.add_mutually_exclusive_group()
     rule.add_argument("--threshold", type=float, help="explicit decision threshold (instead of --target-fpr)")
-    rule.add_argument("--target-fpr", type=_target_fpr, default="1/64", help="calibrate the threshold on the clean scores to this FPR")
+    rule.add_argument("--target-fpr", type=_target_fpr, default=_fraction(defaults.TARGET_FPR), help="calibrate the threshold on the clean scores to this FPR")
     e.add_argument("--per-clip", action="store_true", help="print every clip's scores")
     e.add_argument("--json", help="also write the full result as JSON to this path")
     e.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for the server to come up")
@@ -186,16 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="cma, nevergrad:<name> (NGOpt, CMA, TwoPointsDE, PSO, ...), torch-ste, torch-hybrid, proxy:tanh|soft|ste",
     )  # fmt: skip
     o.add_argument("--param", default="lowres:7x7:rgb:t=all", help="lowres:HxW[:rgb][:t=N|t=all], tiled:HxW[:rgb], dct:B:K[:per_block][:rgb]")
-    o.add_argument("--epsilon", type=_epsilon, default="2/255", help="L-inf budget, a number or a fraction")
-    o.add_argument("--crf", type=float, action="append", help="repeat for several codec settings; the worst decides (default 28)")
-    o.add_argument("--preset", default="medium")
-    o.add_argument("--scorer", default="blind")
+    o.add_argument("--epsilon", type=_epsilon, default=_fraction(defaults.EPSILON), help="L-inf budget, a number or a fraction")
+    o.add_argument("--crf", type=float, action="append", help=f"repeat for several codec settings; the worst decides (default {defaults.CRF:g})")
+    o.add_argument("--preset", default=defaults.PRESET)
+    o.add_argument("--scorer", default=defaults.SCORER)
     o.add_argument("--objective", default="centred-separation", choices=NAMES, help="see codecloop.objectives")
-    o.add_argument("--target-fpr", type=_target_fpr, default="1/64", help="deployed false-positive rate: objective and reports")
+    o.add_argument("--target-fpr", type=_target_fpr, default=_fraction(defaults.TARGET_FPR), help="deployed false-positive rate: objective and reports")
     o.add_argument("--margin-quantile", type=_quantile, default="0.1", help="margin objectives: low quantile of poisoned scores")
     o.add_argument("--centre-weight", type=float, default=1.0, help="centred-*: weight of |mean clean score|")
-    o.add_argument("--dataset", default="embedded", help="a dataset the server serves, or (no --target) a folder of videos to serve")
-    o.add_argument("--train-clips", type=int, default=32, help="training clips per generation (at most the split's size)")
+    o.add_argument("--dataset", default=defaults.DATASET, help="a dataset the server serves, or (no --target) a folder of videos to serve")
+    o.add_argument("--train-clips", type=int, default=defaults.NUM_CLIPS, help="training clips per generation (at most the split's size)")
     o.add_argument("--fresh-clips", action=argparse.BooleanOptionalAction, default=True,
                    help="draw a different seeded subset of the train split each generation")  # fmt: skip
     o.add_argument("--validation-split", default="validation", help="split the kept signature is chosen on; 'none': by training objective")
@@ -220,11 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("diagnose", help="proxy (each rounding) vs real codec statistics for a signature")
     d.add_argument("--target", default=None, help=_TARGET_HELP)
     d.add_argument("--signature", required=True, help=".npy (T, H, W, 3) in [-1, 1]")
-    d.add_argument("--epsilon", type=_epsilon, default=2 / 255)
-    d.add_argument("--crf", type=float, default=28.0)
-    d.add_argument("--preset", default="medium")
-    d.add_argument("--clips", type=int, default=32)
-    d.add_argument("--split", default="train")
+    d.add_argument("--epsilon", type=_epsilon, default=_fraction(defaults.EPSILON))
+    d.add_argument("--crf", type=float, default=defaults.CRF)
+    d.add_argument("--preset", default=defaults.PRESET)
+    d.add_argument("--clips", type=int, default=defaults.NUM_CLIPS)
+    d.add_argument("--split", default=defaults.SPLIT)
     d.add_argument("--random", type=int, default=20, help="random signatures for the rank correlation")
     d.add_argument("--qp-offset", type=float, default=5.0)
     d.add_argument("--plot", default="diagnose.png")
@@ -254,7 +260,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         else:
             shape = next(tuple(d.clip_shape) for d in client.info().datasets if d.name == args.dataset)
             population = random_signature(args.random, shape, args.seed)[None]
-        codecs = [Codec(crf=c, preset=args.preset, gop=args.gop, fps=args.fps) for c in (args.crf or [28.0])]
+        codecs = [Codec(crf=c, preset=args.preset, gop=args.gop, fps=args.fps) for c in (args.crf or [defaults.CRF])]
         result = client.evaluate(
             population,
             epsilon=args.epsilon,
@@ -299,7 +305,7 @@ def _train(args: argparse.Namespace, client) -> int:
     config = TrainConfig(
         mode=args.optimizer,
         epsilon=args.epsilon,
-        codec=Codec(crf=(args.crf or [28.0])[0], preset=args.preset),
+        codec=Codec(crf=(args.crf or [defaults.CRF])[0], preset=args.preset),
         train=DatasetCarriers(args.dataset, "train", train_clips),
         holdout=DatasetCarriers(args.dataset, "holdout", holdout_clips),
         holdout_fpr=args.target_fpr,
@@ -361,7 +367,7 @@ def _optimize(args: argparse.Namespace) -> int:
         config = RunConfig(
             optimizer=args.optimizer,
             epsilon=args.epsilon,
-            codecs=tuple(Codec(crf=c, preset=args.preset) for c in (args.crf or [28.0])),
+            codecs=tuple(Codec(crf=c, preset=args.preset) for c in (args.crf or [defaults.CRF])),
             scorer=args.scorer,
             objective=Objective(args.objective, args.target_fpr, args.margin_quantile, args.centre_weight),
             train=DatasetCarriers(args.dataset, "train", args.train_clips),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -11,112 +9,22 @@ from typing import Any
 import grpc
 import numpy as np
 
+from codecloop.channel import DEFAULT_MAX_MESSAGE_BYTES, channel_target, error_from, open_channel
+from codecloop.options import Carriers, EvaluateOptions, as_batch, carriers_proto
 from codecloop.types import (
     CandidateDone,
     CandidateResult,
     Codec,
     CodecStats,
-    DatasetCarriers,
     EvaluateResult,
     Progress,
     StreamEvent,
     TranscodeResult,
 )
-from codecloop_wire.errors import (
-    ERROR_METADATA_KEY,
-    KINDS,
-    CodecLoopAuthError,
-    CodecLoopError,
-    CodecLoopLimitError,
-    CodecLoopServerError,
-    CodecLoopUnavailableError,
-    CodecLoopValueError,
-)
+from codecloop_wire.errors import CodecLoopLimitError, CodecLoopServerError, CodecLoopUnavailableError, CodecLoopValueError
 from codecloop_wire.tensors import from_tensor, to_tensor
 from codecloop_wire.v1 import codecloop_pb2 as pb
 from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
-
-DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
-_SERVICE = "codecloop.v1.CodecLoop"
-
-Carriers = DatasetCarriers | np.ndarray | None
-
-
-def _service_config(max_attempts: int) -> str:
-    """gRPC's own retry policy: UNAVAILABLE (a busy server, a lost replica) is retried with
-    exponential backoff (``max_attempts`` 1: no retries); round_robin spreads calls over every
-    address the target resolves to."""
-    retry = {
-        "maxAttempts": max_attempts,
-        "initialBackoff": "0.2s",
-        "maxBackoff": "5s",
-        "backoffMultiplier": 2,
-        "retryableStatusCodes": ["UNAVAILABLE"],
-    }
-    method = {"name": [{"service": _SERVICE}], **({"retryPolicy": retry} if max_attempts > 1 else {})}
-    return json.dumps({"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": [method]})
-
-
-def _raise_from(err: grpc.RpcError) -> CodecLoopError:
-    code, details = err.code(), err.details() or ""
-    trailing = dict(err.trailing_metadata() or ()) if hasattr(err, "trailing_metadata") else {}
-    kind = trailing.get(ERROR_METADATA_KEY)
-    if kind in KINDS:  # the server named the error's kind (codecloop_wire.errors)
-        return KINDS[kind](details)
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return CodecLoopValueError(details)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return CodecLoopLimitError(details)
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return CodecLoopAuthError(details)
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return CodecLoopUnavailableError(details)  # unreachable, or shutting down
-    return CodecLoopServerError(f"{code.name}: {details}", code.name)
-
-
-def as_batch(signatures: Any) -> list[np.ndarray]:
-    """A population as a list of float32 (T or 1, H, W, 3) arrays.
-
-    Accepts a (P, T, H, W, 3) array or torch tensor, or a sequence of (T, H, W, 3) arrays/tensors.
-    A single 4-D array is refused rather than guessed: pass ``sig[None]``.
-    """
-    if hasattr(signatures, "detach"):  # torch.Tensor, without importing torch
-        signatures = signatures.detach().cpu().numpy()
-    if isinstance(signatures, np.ndarray):
-        if signatures.ndim != 5:
-            raise CodecLoopValueError(
-                f"signatures: expected a batch (P, T, H, W, 3), got shape {signatures.shape}; "
-                "wrap one signature as sig[None]"
-            )
-        batch = list(signatures)
-    else:
-        batch = [np.asarray(s.detach().cpu().numpy() if hasattr(s, "detach") else s) for s in signatures]
-    for i, s in enumerate(batch):
-        if s.ndim != 4:
-            raise CodecLoopValueError(f"signatures[{i}]: expected (T, H, W, 3), got shape {s.shape}")
-    return [np.ascontiguousarray(s, dtype=np.float32) for s in batch]
-
-
-def channel_target(target: str | Sequence[str]) -> str:
-    """A gRPC target for one address (``host:port``, ``dns:///name:port``, ...) or several
-    ``ip:port`` replicas (-> ``ipv4:///a:p,b:q`` or ``ipv6:///...``)."""
-    if isinstance(target, str):
-        return target
-    addresses = list(target)
-    if not addresses:
-        raise CodecLoopValueError("target: the list of server addresses is empty")
-    families = set()
-    for address in addresses:
-        host = address.rsplit(":", 1)[0].strip("[]")
-        try:
-            families.add(ipaddress.ip_address(host).version)
-        except ValueError:
-            raise CodecLoopValueError(
-                f"target: {address!r} is not ip:port; for host names use one 'dns:///name:port' target (every A record is a replica)"
-            ) from None
-    if len(families) != 1:
-        raise CodecLoopValueError("target: mix of IPv4 and IPv6 addresses; use one family")
-    return f"ipv{families.pop()}:///" + ",".join(addresses)
 
 
 class Client:
@@ -179,20 +87,7 @@ class Client:
             self._metadata += (("authorization", f"Bearer {token}"),)
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
-        options = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.enable_retries", 1),
-            ("grpc.service_config", _service_config(max_attempts)),
-            # retries replay the request from a buffer; it must hold a whole request to retry at all
-            ("grpc.per_rpc_retry_buffer_size", max_message_bytes),
-            ("grpc.retry_buffer_size", 4 * max_message_bytes),
-        ]
-        if tls or root_certificates or certificate_chain:
-            creds = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
-            self._channel = grpc.secure_channel(self.target, creds, options=options)
-        else:
-            self._channel = grpc.insecure_channel(self.target, options=options)
+        self._channel = open_channel(self.target, max_message_bytes, max_attempts, tls, root_certificates, certificate_chain, private_key)
         self._stub = pb_grpc.CodecLoopStub(self._channel)
 
     def close(self) -> None:
@@ -223,7 +118,7 @@ class Client:
         try:
             resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as err:
-            raise _raise_from(err) from None
+            raise error_from(err) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
     def _meta(self, priority: int = 0) -> tuple[tuple[str, str], ...]:
@@ -233,7 +128,7 @@ class Client:
         try:
             return method(request, timeout=timeout or self.timeout, metadata=self._meta(priority))
         except grpc.RpcError as err:
-            raise _raise_from(err) from None
+            raise error_from(err) from None
 
     def info(self, timeout: float | None = None) -> pb.ServerInfo:
         """Versions, datasets, codecs, presets, scorers and limits of the server."""
@@ -242,36 +137,24 @@ class Client:
     def evaluate(
         self,
         signatures: Any,
+        options: EvaluateOptions | None = None,
         *,
-        epsilon: float = 4 / 255,
-        carriers: Carriers = None,
-        codecs: Codec | Sequence[Codec] | None = None,
-        scorer: str = "blind",
-        scorer_params: dict[str, float] | None = None,
-        threshold: float | None = None,
-        target_fpr: float | None = None,
-        per_clip_scores: bool = False,
-        dtype: str = "float32",
         timeout: float | None = None,
         priority: int = 0,
+        **option_fields: Any,
     ) -> EvaluateResult:
         """Evaluate a population of signatures on the real codec; one result per candidate, in order.
 
         Args:
             signatures: (P, T, H, W, 3) float array / torch tensor, or a sequence of (T, H, W, 3);
                 RGB in [-1, 1]; T = 1 repeats over time.
-            epsilon: L-inf budget in [0, 1] units (4/255 = four uint8 levels).
-            carriers: :class:`DatasetCarriers` (default: embedded train split, 32 clips, seed 0) or
-                inline uint8 clips (N, T, H, W, 3).
-            codecs: one or more :class:`Codec`; default libx264 CRF 28 medium.
-            scorer, scorer_params: detector name and parameters (``info().scorers``).
-            threshold / target_fpr: the decision rule (at most one); default target_fpr = 0.01.
-            per_clip_scores: also return every clip's clean and poisoned score.
-            dtype: wire type of the signatures: float32, float16 or int8 (with a scale).
+            options: an :class:`EvaluateOptions` (epsilon, carriers, codecs, scorer, decision rule,
+                per-clip scores, wire dtype); its fields may also be given as keyword arguments,
+                which override those of ``options``: ``evaluate(x, epsilon=2/255)``.
             timeout: deadline in seconds for the whole call (default: the client's).
             priority: in [-100, 100]; higher runs first on a shared server (e.g. validation calls).
         """
-        requests = self._evaluate_requests(signatures, epsilon, carriers, codecs, scorer, scorer_params, threshold, target_fpr, per_clip_scores, dtype)
+        requests = self._evaluate_requests(signatures, (options or EvaluateOptions()).updated(**option_fields))
         futures: list[Future] = [
             self._stub.EvaluateSignature.future(req, timeout=timeout or self.timeout, metadata=self._meta(priority))
             for req in requests
@@ -281,7 +164,7 @@ class Client:
         except grpc.RpcError as err:
             for f in futures:
                 f.cancel()
-            raise _raise_from(err) from None
+            raise error_from(err) from None
         first = responses[0]
         candidates = tuple(_candidate(r) for resp in responses for r in resp.results)
         expected = sum(len(r.candidates) for r in requests)
@@ -298,18 +181,11 @@ class Client:
     def evaluate_stream(
         self,
         signatures: Any,
+        options: EvaluateOptions | None = None,
         *,
-        epsilon: float = 4 / 255,
-        carriers: Carriers = None,
-        codecs: Codec | Sequence[Codec] | None = None,
-        scorer: str = "blind",
-        scorer_params: dict[str, float] | None = None,
-        threshold: float | None = None,
-        target_fpr: float | None = None,
-        per_clip_scores: bool = False,
-        dtype: str = "float32",
         timeout: float | None = None,
         priority: int = 0,
+        **option_fields: Any,
     ) -> Iterator[StreamEvent]:
         """Like :meth:`evaluate` (same arguments), but yields events as the server produces them.
 
@@ -318,9 +194,7 @@ class Client:
         each candidate's clips are all done, in completion order. Leaving the loop early cancels
         the server-side work.
         """
-        requests = self._evaluate_requests(
-            signatures, epsilon, carriers, codecs, scorer, scorer_params, threshold, target_fpr, per_clip_scores, dtype
-        )
+        requests = self._evaluate_requests(signatures, (options or EvaluateOptions()).updated(**option_fields))
         population = sum(len(r.candidates) for r in requests)
         offset = 0  # candidates in earlier chunks
         done_before = 0  # clip tasks of earlier chunks
@@ -337,52 +211,27 @@ class Client:
                     elif kind == "result":
                         yield CandidateDone(offset + event.result.index, _candidate(event.result.result))
             except grpc.RpcError as err:
-                raise _raise_from(err) from None
+                raise error_from(err) from None
             finally:
                 call.cancel()  # a no-op once complete; stops the server's work when the caller left early
             offset += len(req.candidates)
             done_before += chunk_tasks
 
-    def _evaluate_requests(
-        self,
-        signatures: Any,
-        epsilon: float,
-        carriers: Carriers,
-        codecs: Codec | Sequence[Codec] | None,
-        scorer: str,
-        scorer_params: dict[str, float] | None,
-        threshold: float | None,
-        target_fpr: float | None,
-        per_clip_scores: bool,
-        dtype: str,
-    ) -> list[pb.EvaluateRequest]:
-        """Validate once, then one request per chunk of the population (under the message limit)."""
+    def _evaluate_requests(self, signatures: Any, options: EvaluateOptions) -> list[pb.EvaluateRequest]:
+        """One request per chunk of the population (under the message limit)."""
         batch = as_batch(signatures)
         if not batch:
             raise CodecLoopValueError("signatures: the population is empty")
-        if threshold is not None and target_fpr is not None:
-            raise CodecLoopValueError("threshold, target_fpr: give at most one decision rule")
-        if dtype not in ("float32", "float16", "int8"):
-            raise CodecLoopValueError(f"dtype: {dtype!r} is not one of float32, float16, int8")
-        template = pb.EvaluateRequest(
-            epsilon=epsilon,
-            carriers=_carriers_proto(carriers),
-            codecs=[c.to_proto() for c in _codec_list(codecs)],
-            scorer=pb.Scorer(name=scorer, params=scorer_params or {}),
-            decision=pb.DecisionRule(threshold=threshold)
-            if threshold is not None
-            else pb.DecisionRule(target_fpr=0.01 if target_fpr is None else target_fpr),
-            per_clip_scores=per_clip_scores,
-        )
+        template = options.to_proto()
         requests = []
-        for chunk in self._chunks(template, [to_tensor(s, dtype) for s in batch]):
+        for chunk in self._chunks(template, [to_tensor(s, options.dtype) for s in batch]):
             req = pb.EvaluateRequest()
             req.CopyFrom(template)
             req.candidates.extend(chunk)
             requests.append(req)
         return requests
 
-    def fitness(self, signatures: Any, **kwargs: Any) -> np.ndarray:
+    def fitness(self, signatures: Any, options: EvaluateOptions | None = None, **kwargs: Any) -> np.ndarray:
         """Batched fitness: (P,) float64, one per candidate, in order. **Bigger is better.**
 
         fitness = poisoned mean score - clean mean score after the real codec, on the worst codec
@@ -390,15 +239,15 @@ class Client:
 
             es.tell(X, list(-client.fitness(batch)))
 
-        Keyword arguments are those of :meth:`evaluate`.
+        ``options`` and keyword arguments are those of :meth:`evaluate`.
         """
-        return self.evaluate(signatures, **kwargs).fitness
+        return self.evaluate(signatures, options, **kwargs).fitness
 
     def transcode(
         self,
         signature: Any = None,
         *,
-        epsilon: float = 4 / 255,
+        epsilon: float | None = None,
         carriers: Carriers = None,
         codec: Codec | None = None,
         include_input: bool = False,
@@ -408,11 +257,12 @@ class Client:
         """The carriers (poisoned with ``signature`` when given) after the real codec.
 
         Returns uint8 (N, T, H, W, 3) decoded RGB clips, the encoder's input when ``include_input``,
-        and the encoded size of each clip in bytes.
+        and the encoded size of each clip in bytes. ``epsilon``, ``carriers``, ``codec``: as in
+        :class:`EvaluateOptions` (None: the server's default).
         """
         req = pb.TranscodeRequest(
-            carriers=_carriers_proto(carriers),
-            epsilon=epsilon,
+            carriers=carriers_proto(carriers),
+            epsilon=epsilon,  # None: unset, the server's default
             codec=(codec or Codec()).to_proto(),
             include_input=include_input,
         )
@@ -458,22 +308,3 @@ class Client:
 
 def _candidate(msg: pb.CandidateResult) -> CandidateResult:
     return CandidateResult(fitness=msg.fitness, codecs=tuple(CodecStats.from_proto(c) for c in msg.codecs))
-
-
-def _carriers_proto(carriers: Carriers) -> pb.Carriers:
-    if carriers is None:
-        return DatasetCarriers().to_proto()
-    if isinstance(carriers, DatasetCarriers):
-        return carriers.to_proto()
-    clips = np.asarray(carriers)
-    if clips.dtype != np.uint8:
-        raise CodecLoopValueError(f"carriers: inline clips must be uint8 (N, T, H, W, 3), got {clips.dtype}")
-    return pb.Carriers(clips=to_tensor(clips, "uint8"))
-
-
-def _codec_list(codecs: Codec | Sequence[Codec] | None) -> list[Codec]:
-    if codecs is None:
-        return [Codec()]
-    if isinstance(codecs, Codec):
-        return [codecs]
-    return list(codecs)

@@ -13,7 +13,7 @@ from scipy import stats as sps
 from codecloop.client import Client
 from codecloop.torch_proxy import ROUNDING, H264Proxy, blind_scores, poison
 from codecloop.types import Codec, DatasetCarriers
-from codecloop_wire import stats
+from codecloop_wire import defaults, stats
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,12 @@ def diagnose(
     client: Client,
     signature: np.ndarray,
     *,
-    epsilon: float = 2 / 255,
+    epsilon: float = defaults.EPSILON,
     codec: Codec = Codec(),
-    carriers: DatasetCarriers = DatasetCarriers(num_clips=32),
+    carriers: DatasetCarriers = DatasetCarriers(),
     qp_offset: float = 5.0,
     temperature: float = 0.3,
-    target_fpr: float = 0.01,
+    target_fpr: float = defaults.TARGET_FPR,
     random: int = 20,
     seed: int = 0,
     plot: str | Path | None = None,
@@ -64,7 +64,7 @@ def diagnose(
     correlation between proxy and real separation over ``random`` random signatures, per mode."""
     clean_np = client.transcode(None, carriers=carriers, codec=codec, include_input=True).inputs
     clean = torch.from_numpy(clean_np.astype(np.float32) / 255)
-    qp = codec.crf + qp_offset
+    qp = codec.resolved().crf + qp_offset
     proxies = {r: H264Proxy(qp, r, temperature) for r in ROUNDING if r != "hard"}
     with torch.no_grad():
         coded = {r: p(clean) for r, p in proxies.items()}
@@ -85,21 +85,9 @@ def diagnose(
     }
     rho = {r: float(sps.spearmanr(v, real_sep).statistic) for r, v in proxy_sep.items()}
     if plot is not None:
-        import matplotlib
+        from codecloop import plots
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5.5, 4.5))
-        for r, v in proxy_sep.items():
-            ax.scatter(v, real_sep, label=f"{r}: Spearman ρ = {rho[r]:.2f}", s=18)
-        ax.set_xlabel("proxy separation")
-        ax.set_ylabel(f"real separation ({codec.label()})")
-        ax.set_title(f"{random} random signatures, ε = {epsilon * 255:.3g}/255")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(plot, dpi=100)
-        plt.close(fig)
+        plots.diagnose_plot(Path(plot), proxy_sep, real_sep, rho, codec.label(), epsilon)
     return rows, rho
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from codecloop.types import CandidateResult, CodecStats, EvaluateResult
+from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopValueError
 from codecloop_wire.stats import calibrate_threshold
 
@@ -49,7 +50,7 @@ class Objective:
     """
 
     name: str = "centred-separation"
-    target_fpr: float = 1 / 64
+    target_fpr: float = defaults.TARGET_FPR
     poisoned_quantile: float = 0.1
     centre_weight: float = 1.0
 

@@ -35,9 +35,7 @@ the resumed run asks the same candidates again: no evaluation is lost or counted
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import pickle
 import time
 import warnings
@@ -48,11 +46,12 @@ from typing import Any
 
 import numpy as np
 
-from codecloop import jsonutil
 from codecloop.client import Client
 from codecloop.objectives import Objective
 from codecloop.params import Parameterization
+from codecloop.rundir import RunFolder
 from codecloop.types import CandidateResult, Codec, DatasetCarriers, EvaluateResult
+from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopValueError
 
 # seconds added to the final-report estimate for best.npy, summary.json and the plots (matplotlib import)
@@ -72,11 +71,11 @@ class RunConfig:
     """
 
     optimizer: str = "cma"  # "cma" or "nevergrad:<registry name>", e.g. "nevergrad:TwoPointsDE"
-    epsilon: float = 2 / 255
+    epsilon: float = defaults.EPSILON
     codecs: tuple[Codec, ...] = (Codec(),)
-    scorer: str = "blind"
+    scorer: str = defaults.SCORER
     objective: Objective | str = field(default_factory=Objective)
-    train: DatasetCarriers = DatasetCarriers(split="train", num_clips=32)
+    train: DatasetCarriers = DatasetCarriers(split="train")
     fresh_clips: bool = True
     validation: DatasetCarriers | None = DatasetCarriers(split="validation", num_clips=0)
     validate_every: int = 4  # generations
@@ -222,20 +221,16 @@ class Run:
     def __init__(self, client: Client, param: Parameterization, config: RunConfig, folder: str | Path) -> None:
         self.client, self.param, self.config = client, param, config
         self.objective: Objective = config.objective  # type: ignore[assignment]  (str converted in RunConfig)
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.folder / "log.jsonl"
-        self.validation_path = self.folder / "validation.jsonl"
-        self.ckpt_path = self.folder / "checkpoint.pkl"
+        self.folder = RunFolder(folder, "checkpoint.pkl")
         self.validation_note = ""
         self._resolve_carriers()
-        if self.ckpt_path.exists():
+        if self.folder.has_checkpoint():
             self._resume()
         else:
             self.state = RunState()
             self.backend = self._new_backend()
-            self.log_path.write_text("")
-            self.validation_path.write_text("")
+            self.folder.log.clear()
+            self.folder.validation_log.clear()
 
     # --- carriers ---------------------------------------------------------------------------------
 
@@ -244,6 +239,7 @@ class Run:
         sizes = {(d.name, split): n for d in self.client.info().datasets for split, n in d.split_clips.items()}
 
         def resolve(carriers: DatasetCarriers, name: str) -> DatasetCarriers:
+            carriers = carriers.resolved()
             splits = sorted(s for d, s in sizes if d == carriers.dataset)
             if not splits:
                 raise CodecLoopValueError(f"{name}.dataset: the server has no dataset {carriers.dataset!r}")
@@ -285,22 +281,18 @@ class Run:
         raise CodecLoopValueError(f"optimizer: {self.config.optimizer!r}; use 'cma' or 'nevergrad:<name>'")
 
     def _resume(self) -> None:
-        blob = pickle.loads(self.ckpt_path.read_bytes())
+        blob = pickle.loads(self.folder.read_checkpoint())
         self.state = blob["state"]
         if self.config.optimizer == "cma":
             self.backend = CMABackend.restore(blob["backend"])
         else:
             self.backend = NevergradBackend.restore(blob["backend"], self.config.popsize)
         # drop log lines of generations that were evaluated but never told (killed mid-generation)
-        for path in (self.log_path, self.validation_path):
-            lines = path.read_text().splitlines() if path.exists() else []
-            kept = [ln for ln in lines if json.loads(ln)["generation"] < self.state.generation]
-            path.write_text("".join(ln + "\n" for ln in kept))
+        for log in (self.folder.log, self.folder.validation_log):
+            log.keep(lambda entry: entry["generation"] < self.state.generation)
 
     def _checkpoint(self) -> None:
-        tmp = self.ckpt_path.with_suffix(".tmp")
-        tmp.write_bytes(pickle.dumps({"state": self.state, "backend": self.backend.state(), "config": self.config}))
-        os.replace(tmp, self.ckpt_path)
+        self.folder.write_checkpoint(pickle.dumps({"state": self.state, "backend": self.backend.state(), "config": self.config}))
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -350,10 +342,10 @@ class Run:
         result = self._evaluate(thetas, self.train_carriers(g))
         fitness = self.objective(result)
         self.backend.tell(thetas, [-float(f) for f in fitness])  # the optimizers minimize
-        with self.log_path.open("a") as log:
-            for i, (f, cand) in enumerate(zip(fitness, result.candidates)):
-                log.write(jsonutil.dumps({"generation": g, "index": i, "evaluation": s.evaluations + i,
-                                          "fitness": float(f), **self._line(cand)}) + "\n")  # fmt: skip
+        self.folder.log.append(*(
+            {"generation": g, "index": i, "evaluation": s.evaluations + i, "fitness": float(f), **self._line(cand)}
+            for i, (f, cand) in enumerate(zip(fitness, result.candidates))
+        ))  # fmt: skip
         best = int(np.argmax(fitness))
         s.generation_best_theta = np.asarray(thetas[best])
         if self.validation is None and fitness[best] > s.best_fitness:
@@ -384,15 +376,14 @@ class Run:
         names, thetas = ("best", "mean"), [s.generation_best_theta, self.backend.recommend()]
         result = self._evaluate(thetas, self.validation)
         values = self.objective(result)
-        with self.validation_path.open("a") as log:
-            for name, theta, value, i in zip(names, thetas, values, range(len(thetas))):
-                entry = {"generation": g, "candidate": name, "fitness": float(value), **self._line(result.candidates[i])}
-                log.write(jsonutil.dumps(entry) + "\n")
-                s.validations.append(entry)
-                if value > s.best_fitness:
-                    s.best_fitness, s.best_theta, s.best_generation = float(value), np.asarray(theta), g
-                    s.best_by, s.best_candidate = "validation", name
-                    s.best_validation = report(result, i, self.objective, self.validation)
+        for name, theta, value, i in zip(names, thetas, values, range(len(thetas))):
+            entry = {"generation": g, "candidate": name, "fitness": float(value), **self._line(result.candidates[i])}
+            self.folder.validation_log.append(entry)
+            s.validations.append(entry)
+            if value > s.best_fitness:
+                s.best_fitness, s.best_theta, s.best_generation = float(value), np.asarray(theta), g
+                s.best_by, s.best_candidate = "validation", name
+                s.best_validation = report(result, i, self.objective, self.validation)
         s.validated_generation = g
 
     def run(self, progress: bool = True) -> dict[str, Any]:
@@ -423,7 +414,7 @@ class Run:
             self.validate()
             self._checkpoint()
         best = self.param(s.best_theta)  # (1, T', H, W, 3)
-        np.save(self.folder / "best.npy", best[0])
+        self.folder.save_best(best[0])
         train = self._evaluate([s.best_theta], self.train, per_clip=True)
         held = self._evaluate([s.best_theta], self.holdout, per_clip=True)
         sections = {
@@ -447,11 +438,11 @@ class Run:
             "parameterization": self.param.describe(),
             "config": asdict(c),
         }
-        jsonutil.write(self.folder / "summary.json", summary)
+        written = self.folder.write_summary(summary)
         from codecloop import plots
 
-        plots.run_plots(self.folder, s.history, s.validations, summary, held.candidates[0].codecs, c.epsilon)
-        return jsonutil.finite(summary)
+        plots.run_plots(self.folder.path, s.history, s.validations, summary, held.candidates[0].codecs, c.epsilon)
+        return written
 
 
 def _gaps(sections: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, float | None]]:

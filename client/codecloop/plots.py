@@ -163,3 +163,18 @@ def roc_figure(holdout: Sequence[CodecStats], epsilon: float | None, target_fpr:
     ax.set_title(", ".join(t for t in (f"ROC, {split} clips", eps_text, f"n = {n}") if t), fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     return fig
+
+
+def diagnose_plot(
+    path: Path, proxy_separation: dict[str, np.ndarray], real_separation: np.ndarray, rho: dict[str, float], codec: str, epsilon: float
+) -> Path:
+    """``codecloop diagnose``: real vs proxy separation of random signatures, one series per rounding."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for r, v in proxy_separation.items():
+        ax.scatter(v, real_separation, label=f"{r}: Spearman ρ = {rho[r]:.2f}", s=18)
+    ax.set_xlabel("proxy separation")
+    ax.set_ylabel(f"real separation ({codec})")
+    ax.set_title(f"{len(real_separation)} random signatures, ε = {fraction_label(epsilon)}")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

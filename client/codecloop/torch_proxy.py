@@ -16,7 +16,7 @@ control. Rounding modes for coefficient / Qstep:
   ``ste``   round(y) forward, identity backward (straight-through),
   ``hard``  round(y), no gradient.
 CRF -> QP: ``qp = crf + qp_offset``; :func:`calibrate_qp_offset` fits the offset so that the
-proxy's PSNR on clean carriers matches the real encoder's (measured: see README).
+proxy's PSNR on clean carriers matches the real encoder's (measured: docs/history.md, "CRF → QP calibration").
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ proxy's separation (hard rounding) is logged beside it.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -23,10 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from codecloop import jsonutil
 from codecloop.client import Client
+from codecloop.rundir import RunFolder
 from codecloop.torch_proxy import H264Proxy, RealCodec, blind_scores, poison
 from codecloop.types import Codec, DatasetCarriers
+from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopValueError
 
 MODES = ("proxy:tanh", "proxy:soft", "proxy:ste", "torch-ste", "torch-hybrid")
@@ -35,15 +37,15 @@ MODES = ("proxy:tanh", "proxy:soft", "proxy:ste", "torch-ste", "torch-hybrid")
 @dataclass
 class TrainConfig:
     mode: str = "torch-hybrid"
-    epsilon: float = 2 / 255
+    epsilon: float = defaults.EPSILON
     codec: Codec = Codec()
     train: DatasetCarriers = DatasetCarriers(split="train", num_clips=16)
     holdout: DatasetCarriers = DatasetCarriers(split="holdout", num_clips=72)
-    holdout_fpr: float = 1 / 64
+    holdout_fpr: float = defaults.TARGET_FPR
     steps: int = 60
     lr: float = 0.1
     validate_every: int = 10
-    qp_offset: float = 5.0  # proxy QP = crf + qp_offset; calibrated at CRF 28 (calibrate_qp_offset, README)
+    qp_offset: float = 5.0  # proxy QP = crf + qp_offset; calibrated at CRF 28 (calibrate_qp_offset, docs/history.md)
     temperature: float = 0.3  # of the tanh / soft rounding
     frames: int = 16  # distinct signature frames, dividing T (each held T/frames frames); 1 = static
     block: int = 1  # spatial block size of the trained pattern; 1 = full resolution
@@ -64,14 +66,13 @@ def train_signature(client: Client, config: TrainConfig, folder: str | Path, pro
     After every validation step the signature and Adam's state go to ``checkpoint.pt``; calling
     again with the same folder resumes from there (log lines after it are dropped).
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    run = RunFolder(folder, "checkpoint.pt")
     torch.manual_seed(config.seed)
     clean_run = client.transcode(None, carriers=config.train, codec=config.codec, include_input=True)
     clean = torch.from_numpy(clean_run.inputs.astype(np.float32) / 255)
     clean_real = torch.from_numpy(clean_run.decoded.astype(np.float32) / 255)
     _, t, h, w, _ = clean.shape
-    qp = config.codec.crf + config.qp_offset
+    qp = config.codec.resolved().crf + config.qp_offset
     rounding = config.mode.split(":")[1] if config.mode.startswith("proxy:") else "soft"
     proxy = H264Proxy(qp, rounding, config.temperature)
     hard_proxy = H264Proxy(qp, "hard")
@@ -90,16 +91,15 @@ def train_signature(client: Client, config: TrainConfig, folder: str | Path, pro
     history: list[dict[str, float]] = []
     best: tuple[float, np.ndarray | None] = (-np.inf, None)
     first_step, elapsed = 0, 0.0
-    ckpt_path, log_path = folder / "checkpoint.pt", folder / "log.jsonl"
-    if ckpt_path.exists():  # resume: state after the last checkpointed optimizer step
-        ckpt = torch.load(ckpt_path, weights_only=False)
+    if run.has_checkpoint():  # resume: state after the last checkpointed optimizer step
+        ckpt = torch.load(io.BytesIO(run.read_checkpoint()), weights_only=False)
         with torch.no_grad():
             raw.copy_(ckpt["raw"])
         opt.load_state_dict(ckpt["opt"])
         first_step, history, best, elapsed = ckpt["next_step"], ckpt["history"], ckpt["best"], ckpt["elapsed"]
-        lines = log_path.read_text().splitlines()
-        log_path.write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"] < first_step))
-    log = log_path.open("a" if first_step else "w")
+        run.log.keep(lambda entry: entry["step"] < first_step)
+    else:
+        run.log.clear()
     bar = None
     if progress:
         from tqdm import tqdm
@@ -124,8 +124,7 @@ def train_signature(client: Client, config: TrainConfig, folder: str | Path, pro
             if s.separation > best[0]:
                 best = (s.separation, sig.detach().numpy().copy())
             history.append(entry)
-        log.write(json.dumps(entry) + "\n")
-        log.flush()
+        run.log.append(entry)
         if step == config.steps:
             break
         opt.zero_grad()
@@ -134,15 +133,15 @@ def train_signature(client: Client, config: TrainConfig, folder: str | Path, pro
         if step % config.validate_every == 0:
             state = {"raw": raw.detach().clone(), "opt": opt.state_dict(), "next_step": step + 1, "history": history,
                      "best": best, "elapsed": time.monotonic() - start}  # fmt: skip
-            torch.save(state, ckpt_path.with_suffix(".tmp"))
-            ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+            blob = io.BytesIO()
+            torch.save(state, blob)
+            run.write_checkpoint(blob.getvalue())
         if bar is not None:
             bar.update(1)
             bar.set_postfix(train_sep=f"{float(train_sep.detach()):.4f}", real_sep=f"{history[-1]['real_separation']:.4f}")
     if bar is not None:
         bar.close()
-    log.close()
-    np.save(folder / "best.npy", best[1])
+    run.save_best(best[1])
     held = client.evaluate(best[1][None], epsilon=config.epsilon, carriers=config.holdout, codecs=config.codec,
                            target_fpr=config.holdout_fpr, per_clip_scores=True)  # fmt: skip
     s = held.candidates[0].codecs[0]
@@ -153,8 +152,8 @@ def train_signature(client: Client, config: TrainConfig, folder: str | Path, pro
         "final": history[-1],
         "holdout": {k: v for k, v in asdict(s).items() if k not in ("clean_scores", "poisoned_scores")} | {"codec": s.codec.label()},
     }
-    jsonutil.write(folder / "summary.json", summary)  # strict JSON: an infinite PSNR becomes null
+    run.write_summary(summary)
     from codecloop import plots
 
-    plots.train_plots(folder, history, s, config.epsilon, config.holdout_fpr)
+    plots.train_plots(run.path, history, s, config.epsilon, config.holdout_fpr)
     return summary

@@ -3,61 +3,69 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
+from codecloop_wire import defaults
 from codecloop_wire.v1 import codecloop_pb2 as pb
 
 
 @dataclass(frozen=True)
 class Codec:
-    """Real-codec settings (server defaults shown). ``crf`` in [0, 51], 0 = lossless.
+    """Real-codec settings. A field left None is not sent: the server applies its default
+    (``codecloop_wire.defaults``: libx264, CRF 28, medium, yuv420p, GOP 250, 25 fps).
+    ``crf`` in [0, 51], 0 = lossless.
 
     ``x264_asm`` / ``x264_build``: the x264 SIMD level and build that produced a result (always
     set in results). In a request, None = the server's; a value pins it (a server running another
     is refused with INVALID_ARGUMENT)."""
 
-    crf: float = 28.0
-    preset: str = "medium"
-    gop: int = 250
-    fps: int = 25
-    codec: str = "libx264"
-    pix_fmt: str = "yuv420p"
+    crf: float | None = None
+    preset: str | None = None
+    gop: int | None = None
+    fps: int | None = None
+    codec: str | None = None
+    pix_fmt: str | None = None
     x264_asm: str | None = None
     x264_build: str | None = None
 
     def to_proto(self) -> pb.CodecSettings:
-        return pb.CodecSettings(
-            codec=self.codec, crf=self.crf, preset=self.preset, pix_fmt=self.pix_fmt, gop=self.gop, fps=self.fps,
-            x264_asm=self.x264_asm, x264_build=self.x264_build,
-        )  # fmt: skip
+        return pb.CodecSettings(**{k: v for k, v in asdict(self).items() if v is not None})
 
     @classmethod
     def from_proto(cls, msg: pb.CodecSettings) -> Codec:
-        return cls(
-            crf=msg.crf, preset=msg.preset, gop=msg.gop, fps=msg.fps, codec=msg.codec, pix_fmt=msg.pix_fmt,
-            x264_asm=msg.x264_asm if msg.HasField("x264_asm") else None,
-            x264_build=msg.x264_build if msg.HasField("x264_build") else None,
-        )  # fmt: skip
+        return cls(**{f.name: getattr(msg, f.name) if msg.HasField(f.name) else None for f in fields(cls)})
+
+    def resolved(self) -> Codec:
+        """Every unset field filled with the server's default (what a request with these settings runs)."""
+        return replace(
+            self,
+            **{f.name: getattr(defaults, f.name.upper()) for f in fields(self) if getattr(self, f.name) is None and hasattr(defaults, f.name.upper())},
+        )
 
     def label(self) -> str:
-        return f"{self.codec} crf={self.crf:g} {self.preset}"
+        c = self.resolved()
+        return f"{c.codec} crf={c.crf:g} {c.preset}"
 
 
 @dataclass(frozen=True)
 class DatasetCarriers:
-    """Carrier clips from a server-side dataset: ``num_clips`` drawn from ``split`` with ``seed``."""
+    """Carrier clips from a server-side dataset: ``num_clips`` drawn from ``split`` with ``seed``.
+    A field left None is not sent: the server applies its default (``codecloop_wire.defaults``:
+    dataset "embedded", split "train", 32 clips, seed 0)."""
 
-    dataset: str = "embedded"
-    split: str = "train"
-    num_clips: int = 32
-    seed: int = 0
+    dataset: str | None = None
+    split: str | None = None
+    num_clips: int | None = None
+    seed: int | None = None
 
     def to_proto(self) -> pb.Carriers:
-        return pb.Carriers(
-            dataset=pb.DatasetCarriers(dataset=self.dataset, split=self.split, num_clips=self.num_clips, seed=self.seed)
-        )
+        return pb.Carriers(dataset=pb.DatasetCarriers(**{k: v for k, v in asdict(self).items() if v is not None}))
+
+    def resolved(self) -> DatasetCarriers:
+        """Every unset field filled with the server's default."""
+        return replace(self, **{f.name: getattr(defaults, f.name.upper()) for f in fields(self) if getattr(self, f.name) is None})
 
 
 @dataclass(frozen=True)

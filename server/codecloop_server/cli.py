@@ -117,7 +117,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _server_config(args: argparse.Namespace):
     """The ServerConfig of ``codecloop serve`` flags (ValueError on inconsistent settings)."""
     from codecloop_server.detector import DetectorConfig
-    from codecloop_server.requests import Limits
+    from codecloop_server.parse import Limits
     from codecloop_server.security import SecurityConfig
     from codecloop_server.server import ServerConfig
 

@@ -24,6 +24,7 @@ import numpy as np
 from av.video.reformatter import Interpolation, VideoReformatter
 
 from codecloop_server import x264_asm
+from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopValueError
 
 CODECS = ("libx264",)
@@ -60,12 +61,12 @@ class CodecSettings:
             bitstream depends on it. Defaults to the server's configured level.
     """
 
-    codec: str = "libx264"
-    crf: float = 28.0
-    preset: str = "medium"
-    pix_fmt: str = "yuv420p"
-    gop: int = 250
-    fps: int = 25
+    codec: str = defaults.CODEC
+    crf: float = defaults.CRF
+    preset: str = defaults.PRESET
+    pix_fmt: str = defaults.PIX_FMT
+    gop: int = defaults.GOP
+    fps: int = defaults.FPS
     x264_asm: str = field(default_factory=x264_asm.default)
 
     def __post_init__(self) -> None:

@@ -206,26 +206,18 @@ class DynamicBatcher:
                 item.future.set_result(float(score))
 
 
-class DetectorScorer(scorers.Scorer):
+class DetectorScorer(scorers.Registered):
     """Registry entry of a configured detector: requests name it like any scorer; it has no
-    parameters and runs in the server process (the engine routes it to its DynamicBatcher)."""
-
-    runs_in_workers = False
+    parameters and runs in the server process (the engine's DetectorScoring feeds its batcher)."""
 
     def __init__(self, name: str, batcher: DynamicBatcher) -> None:
-        self.name = name  # type: ignore[misc]  # per instance: each configured detector has its own name
+        self.name = name  # per instance: each configured detector has its own name
         self.batcher = batcher
         self.uses_key = batcher.detector.uses_key
-        self.description = (  # type: ignore[misc]
+        self.description = (
             f"TorchScript detector {batcher.config.file.name} on {batcher.detector.device}"
             f"{' (clip, signature)' if self.uses_key else ' (clip only)'}, dynamic batches of <= {batcher.config.max_batch_size}"
         )
-
-    def _internal_features(self, clips: np.ndarray, params: dict[str, float]) -> np.ndarray:
-        raise TypeError("a detector scores whole decoded clips in the server process; it has no features")
-
-    def _internal_template(self, signature: np.ndarray, params: dict[str, float]) -> np.ndarray:
-        raise TypeError("a detector takes the signature itself as its key; it has no template")
 
 
 def load(config: DetectorConfig, on_batch: Callable[[int], None] | None = None) -> DetectorScorer:

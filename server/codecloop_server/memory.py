@@ -14,8 +14,8 @@ Why these factors (per float value of a signature: the float32 job copy 4 + its 
 4 + the float64 template in shared memory 8, plus the transient float64 copies made while one
 template is built; per message byte: the message, the copy that decoding a tensor makes, the shared
 copy of inline clips; per reply byte: the decoded clips, their bytes, the reply message, its
-serialized form) is in the README's "Memory bound", together with the measurement that checks the
-bound (tests/test_faults_redteam.py). The sum of the charges of the requests in progress never
+serialized form) is in the README's "Memory bound", the measurement that checks it in docs/benchmarks.md (the
+bound is tested in tests/test_faults_redteam.py). The sum of the charges of the requests in progress never
 exceeds ``max_request_memory_bytes``: a request that would go over is refused at once with
 RESOURCE_EXHAUSTED naming the limit.
 """
@@ -26,7 +26,8 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from codecloop_server.corpus import EMBEDDED_NAME, Dataset
+from codecloop_server.corpus import Dataset
+from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopLimitError
 from codecloop_wire.v1 import codecloop_pb2 as pb
 
@@ -64,9 +65,9 @@ def transcode_charge(req: pb.TranscodeRequest, datasets: dict[str, Dataset]) -> 
         reply = len(clips.data)
     else:
         sel = req.carriers.dataset
-        ds = datasets.get(sel.dataset if sel.HasField("dataset") else EMBEDDED_NAME)
+        ds = datasets.get(sel.dataset if sel.HasField("dataset") else defaults.DATASET)
         t, h, w = ds.clip_shape if ds is not None else (0, 0, 0)
-        reply = max(0, sel.num_clips if sel.HasField("num_clips") else 32) * t * h * w * 3
+        reply = max(0, sel.num_clips if sel.HasField("num_clips") else defaults.NUM_CLIPS) * t * h * w * 3
     reply *= 2 if req.include_input else 1
     nbytes = SIGNATURE_BYTES_PER_VALUE * values + MESSAGE_FACTOR * tensor_bytes + REPLY_FACTOR * reply
     return Charge(nbytes, f"carriers: a reply of {reply} clip bytes, {tensor_bytes} tensor bytes in the request")

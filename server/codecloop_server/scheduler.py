@@ -30,10 +30,9 @@ import itertools
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Executor
 from concurrent.futures import Future as PoolFuture
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from codecloop_server.workers import WorkerDied
 from codecloop_wire.errors import CodecLoopBusyError, CodecLoopLimitError, CodecLoopServerError
@@ -61,9 +60,17 @@ class _Task:
         return self.order < other.order
 
 
+class Pool(Protocol):
+    """What the scheduler needs of its workers (workers.WorkerPool)."""
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> PoolFuture[Any]: ...
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None: ...
+
+
 class FairScheduler:
-    def __init__(self, pool: Executor, slots: int, max_queued: int, max_client_queued: int | None = None) -> None:
-        self.pool = pool  # workers.WorkerPool (anything with an Executor's submit and shutdown)
+    def __init__(self, pool: Pool, slots: int, max_queued: int, max_client_queued: int | None = None) -> None:
+        self.pool = pool
         self.max_client_queued = max_queued if max_client_queued is None else max_client_queued
         self._slots = slots
         self.max_queued = max_queued

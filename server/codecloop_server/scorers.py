@@ -39,15 +39,16 @@ from codecloop_wire.errors import CodecLoopValueError
 Params = tuple[tuple[str, float], ...]
 
 
-class Scorer(ABC):
-    """Base class; subclasses fill the ``_internal_*`` hooks, validation happens here once."""
+class Registered:
+    """What the registry, request parsing and GetServerInfo know of any scorer: a name, a
+    description and validated parameters. :class:`Scorer` (features and templates, run in the codec
+    workers) and detector.DetectorScorer (a model, run in the server) are the two kinds; the engine
+    drives each through its own strategy (scoring.py)."""
 
-    name: ClassVar[str]
-    description: ClassVar[str]
+    name: str
+    description: str
     # name -> (default, low, high); values must be finite and in [low, high]
-    param_ranges: ClassVar[Mapping[str, tuple[float, float, float]]] = {}
-    uses_reference: ClassVar[bool] = False
-    runs_in_workers: ClassVar[bool] = True  # False: a detector, scored in the server (detector.py)
+    param_ranges: Mapping[str, tuple[float, float, float]] = {}
 
     def resolve_params(self, params: Mapping[str, float]) -> Params:
         """Validate ``params`` against ``param_ranges``; return every parameter, defaults filled, sorted."""
@@ -64,6 +65,15 @@ class Scorer(ABC):
         self._internal_check(resolved)
         return tuple(sorted(resolved.items()))
 
+    def _internal_check(self, params: dict[str, float]) -> None:
+        """Extra validation beyond the ranges (e.g. an odd kernel); none by default."""
+
+
+class Scorer(Registered, ABC):
+    """A scorer run in the codec workers; subclasses fill the ``_internal_*`` hooks, validation happens here once."""
+
+    uses_reference: ClassVar[bool] = False
+
     def features(self, clips: np.ndarray, params: Params) -> np.ndarray:
         """uint8 (N, T, H, W, 3) decoded clips -> integer (N, T, H, W, 3) signature-free features."""
         return self._internal_features(clips, dict(params))
@@ -79,9 +89,6 @@ class Scorer(ABC):
             assert reference is not None, f"scorer {self.name} needs the clean clips' features"
             features = features.astype(np.int16) - reference.astype(np.int16)
         return ncc(features, template)
-
-    def _internal_check(self, params: dict[str, float]) -> None:  # noqa: B027 - an optional hook: no extra checks by default
-        """Extra validation beyond the ranges (e.g. an odd kernel)."""
 
     @abstractmethod
     def _internal_features(self, clips: np.ndarray, params: dict[str, float]) -> np.ndarray: ...
@@ -155,7 +162,7 @@ def box_residual(x: np.ndarray, k: int) -> np.ndarray:
 class BlindScorer(Scorer):
     name = "blind"
     description = "ncc(x - box_k(x), w - box_k(w)): noise residual vs the signature's, no clean clip"
-    param_ranges = {"kernel": (3.0, 3.0, 15.0)}
+    param_ranges: ClassVar[Mapping[str, tuple[float, float, float]]] = {"kernel": (3.0, 3.0, 15.0)}
 
     def _internal_check(self, params: dict[str, float]) -> None:
         k = params["kernel"]
@@ -182,10 +189,10 @@ class InformedScorer(Scorer):
         return signature
 
 
-SCORERS: dict[str, Scorer] = {}
+SCORERS: dict[str, Registered] = {}
 
 
-def register(scorer: Scorer) -> Scorer:
+def register(scorer: Registered) -> Registered:
     """Add a scorer to the registry; a name that is already taken is refused."""
     if scorer.name in SCORERS:
         raise ValueError(f"a scorer named {scorer.name!r} is already registered")
@@ -198,12 +205,20 @@ def unregister(name: str) -> None:
     SCORERS.pop(name, None)
 
 
-def get(name: str) -> Scorer:
+def get(name: str) -> Registered:
     """The registered scorer called ``name``, or a CodecLoopValueError naming the choices."""
     try:
         return SCORERS[name]
     except KeyError:
         raise CodecLoopValueError(f"scorer.name: unknown scorer {name!r}; allowed: {sorted(SCORERS)}") from None
+
+
+def worker_scorer(name: str) -> Scorer:
+    """The registered worker scorer ``name`` (what a codec worker runs)."""
+    impl = get(name)
+    if not isinstance(impl, Scorer):
+        raise CodecLoopValueError(f"scorer.name: {name!r} is a detector, scored in the server, not in a codec worker")
+    return impl
 
 
 register(BlindScorer())

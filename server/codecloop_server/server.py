@@ -14,7 +14,7 @@ from codecloop_server import codec, corpus, scorers, x264_asm
 from codecloop_server.detector import DetectorConfig, DetectorScorer
 from codecloop_server.engine import Engine
 from codecloop_server.metrics import Metrics
-from codecloop_server.requests import Limits
+from codecloop_server.parse import Limits
 from codecloop_server.security import Authenticator, SecurityConfig, TokenInterceptor, add_port
 from codecloop_server.service import CodecLoopServicer, LenientDecodingInterceptor, deny
 from codecloop_wire.errors import CodecLoopValueError

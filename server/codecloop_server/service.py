@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf.message import DecodeError
 
-from codecloop_server import memory, requests, scorers
+from codecloop_server import memory, parse, scorers
 from codecloop_server.codec import CODECS, PIX_FMTS, PRESETS
 from codecloop_server.corpus import Dataset
-from codecloop_server.engine import CandidateOutcome, Engine, EvaluateJob
+from codecloop_server.engine import Engine
+from codecloop_server.jobs import CandidateOutcome, EvaluateJob
 from codecloop_server.metrics import Metrics
 from codecloop_server.security import Authenticator, _one
 from codecloop_wire import __version__
@@ -154,7 +155,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
         self,
         engine: Engine,
         datasets: dict[str, Dataset],
-        limits: requests.Limits,
+        limits: parse.Limits,
         versions: dict[str, str],
         metrics: Metrics | None = None,
         max_calls: int = 64,
@@ -200,7 +201,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
         async with _errors(context, "EvaluateSignature", self.metrics):
             request = _decoded(request)
             async with self._slot(context, memory.evaluate_charge(request)) as (client, priority):
-                job = requests.evaluate_job(request, self.datasets, self.limits)
+                job = parse.evaluate_job(request, self.datasets, self.limits)
                 outcomes = await self.engine.evaluate(job, client=client, priority=priority)
                 return pb.EvaluateResponse(
                     results=[_candidate_proto(o, job.per_clip) for o in outcomes],
@@ -216,7 +217,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
         async with _errors(context, "EvaluateSignatureStream", self.metrics):
             request = _decoded(request)
             async with self._slot(context, memory.evaluate_charge(request)) as (client, priority):
-                job = requests.evaluate_job(request, self.datasets, self.limits)
+                job = parse.evaluate_job(request, self.datasets, self.limits)
                 async for event in self._stream(job, client, priority):
                     yield event
 
@@ -256,20 +257,20 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
         async with _errors(context, "Transcode", self.metrics):
             request = _decoded(request)
             async with self._slot(context, memory.transcode_charge(request, self.datasets)) as caller:
-                carriers = requests.carriers(request.carriers, self.datasets, self.limits)
-                requests.check_transcode_reply(carriers, request.include_input, self.limits)  # before any encode
-                codec = requests.codec_settings(request.codec, "codec")
-                eps = requests.epsilon(request)
+                carriers = parse.carriers(request.carriers, self.datasets, self.limits)
+                parse.check_transcode_reply(carriers, request.include_input, self.limits)  # before any encode
+                codec = parse.codec_settings(request.codec, "codec")
+                eps = parse.epsilon(request)
                 sig = None
                 if request.HasField("signature"):
-                    sig = requests.signature(request.signature, "signature", carriers.clip_shape)
+                    sig = parse.signature(request.signature, "signature", carriers.clip_shape)
                 out = await self.engine.transcode(carriers, sig, eps, codec, request.include_input, *caller)
                 return pb.TranscodeResponse(
                     decoded=to_tensor(out.decoded, "uint8"),
                     input=to_tensor(out.inputs, "uint8") if out.inputs is not None else None,
                     encoded_bytes=out.encoded_bytes,
                     clip_ids=carriers.clip_ids,
-                    codec=requests.codec_to_proto(codec),
+                    codec=parse.codec_to_proto(codec),
                 )
 
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
@@ -315,7 +316,7 @@ def _candidate_proto(o: CandidateOutcome, per_clip: bool) -> pb.CandidateResult:
         fitness=o.fitness,
         codecs=[
             pb.CodecResult(
-                codec=requests.codec_to_proto(c.codec),
+                codec=parse.codec_to_proto(c.codec),
                 psnr_db=c.psnr_db,  # +inf when the signature changed no pixel
                 clean_bytes_mean=c.clean_bytes_mean,
                 poisoned_bytes_mean=c.poisoned_bytes_mean,

@@ -56,7 +56,7 @@ class CleanRef:
 def clean_task(clip: ClipRef, settings: CodecSettings, scorer: ScorerKey) -> tuple[np.ndarray, scorers.ClipStats, int]:
     """The clean clip after the codec: scorer features (integer (T, H, W, 3)), their stats, encoded size."""
     decoded, nbytes = transcode_rgb(clip.load(), settings)
-    features = scorers.get(scorer[0]).features(decoded[None], scorer[1])[0]
+    features = scorers.worker_scorer(scorer[0]).features(decoded[None], scorer[1])[0]
     return features, scorers.clip_stats(features), nbytes
 
 
@@ -77,7 +77,7 @@ def poisoned_task(
     Only the poisoned clip's features are computed here; the clean score is the cached clean stats
     against this candidate's template (for a reference-based scorer it is 0 by construction).
     """
-    impl = scorers.get(scorer[0])
+    impl = scorers.worker_scorer(scorer[0])
     original = clip.load()
     marked = poison(original, shm.read(signature), epsilon)
     decoded, nbytes = transcode_rgb(marked, settings)

@@ -1,7 +1,7 @@
 """codecloop's wire contract, shared by the SDK (``codecloop``) and the server (``codecloop_server``):
 the generated gRPC code of ``proto/codecloop/v1/codecloop.proto`` (``codecloop_wire.v1``), the typed
-errors and their status codes (``errors``), the tensor encoding (``tensors``), the poisoning rule
-(``poison``) and the detection statistics (``stats``). Neither side imports the other; both import this.
+errors and their status codes (``errors``), every request default (``defaults``), the tensor encoding
+(``tensors``), the poisoning rule (``poison``) and the detection statistics (``stats``). Neither side imports the other; both import this.
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -1,4 +1,5 @@
-"""Request parsing: protobuf messages -> validated engine jobs, with every default resolved here.
+"""Request parsing: protobuf messages -> validated engine jobs; an unset field takes its value from
+``codecloop_wire.defaults`` (the one place request defaults are written).
 
 Every check raises CodecLoopValueError (-> INVALID_ARGUMENT) or CodecLoopLimitError
 (-> RESOURCE_EXHAUSTED) naming the field and the allowed range. Nothing is clipped or dropped.
@@ -14,18 +15,13 @@ import numpy as np
 
 from codecloop_server import scorers, x264_asm
 from codecloop_server.codec import CodecSettings, x264_build
-from codecloop_server.corpus import EMBEDDED_NAME, Dataset
-from codecloop_server.engine import CarrierSet, EvaluateJob
+from codecloop_server.corpus import Dataset
+from codecloop_server.jobs import CarrierSet, EvaluateJob
 from codecloop_server.tasks import ScorerKey
-from codecloop_wire import stats
+from codecloop_wire import defaults, stats
 from codecloop_wire.errors import CodecLoopLimitError, CodecLoopValueError
 from codecloop_wire.tensors import from_tensor
 from codecloop_wire.v1 import codecloop_pb2 as pb
-
-DEFAULT_EPSILON = 4 / 255
-DEFAULT_NUM_CLIPS = 32
-DEFAULT_SPLIT = "train"
-DEFAULT_TARGET_FPR = 0.01
 
 
 @dataclass(frozen=True)
@@ -56,12 +52,12 @@ def codec_settings(msg: pb.CodecSettings, field: str = "codecs") -> CodecSetting
             raise CodecLoopValueError(f"{field}.{name}: {getattr(msg, name)!r}; this server runs x264 {name} = {mine!r} only")
     try:
         return CodecSettings(
-            codec=_field(msg, "codec", "libx264"),
-            crf=_field(msg, "crf", 28.0),
-            preset=_field(msg, "preset", "medium"),
-            pix_fmt=_field(msg, "pix_fmt", "yuv420p"),
-            gop=_field(msg, "gop", 250),
-            fps=_field(msg, "fps", 25),
+            codec=_field(msg, "codec", defaults.CODEC),
+            crf=_field(msg, "crf", defaults.CRF),
+            preset=_field(msg, "preset", defaults.PRESET),
+            pix_fmt=_field(msg, "pix_fmt", defaults.PIX_FMT),
+            gop=_field(msg, "gop", defaults.GOP),
+            fps=_field(msg, "fps", defaults.FPS),
         )
     except CodecLoopValueError as err:  # "codec.crf: ..." -> "codecs[1].crf: ..."
         raise CodecLoopValueError(str(err).replace("codec.", f"{field}.", 1)) from None
@@ -74,14 +70,14 @@ def codec_to_proto(c: CodecSettings) -> pb.CodecSettings:
 
 
 def epsilon(msg, field: str = "epsilon") -> float:
-    eps = _field(msg, "epsilon", DEFAULT_EPSILON)
+    eps = _field(msg, "epsilon", defaults.EPSILON)
     if not (math.isfinite(eps) and 0 < eps <= 1):
         raise CodecLoopValueError(f"{field}: {eps} is outside the allowed range (0, 1]")
     return eps
 
 
 def scorer_key(msg: pb.Scorer) -> ScorerKey:
-    impl = scorers.get(_field(msg, "name", "blind"))
+    impl = scorers.get(_field(msg, "name", defaults.SCORER))
     return impl.name, impl.resolve_params(dict(msg.params))
 
 
@@ -91,7 +87,7 @@ def decision(msg: pb.DecisionRule) -> stats.Decision:
         if not math.isfinite(msg.threshold):
             raise CodecLoopValueError(f"decision.threshold: {msg.threshold} must be finite")
         return stats.Decision(threshold=msg.threshold)
-    fpr = msg.target_fpr if which == "target_fpr" else DEFAULT_TARGET_FPR
+    fpr = msg.target_fpr if which == "target_fpr" else defaults.TARGET_FPR
     if not (0 <= fpr < 1):
         raise CodecLoopValueError(f"decision.target_fpr: {fpr} is outside the allowed range [0, 1)")
     return stats.Decision(target_fpr=fpr)
@@ -109,16 +105,16 @@ def carriers(msg: pb.Carriers, datasets: dict[str, Dataset], limits: Limits) -> 
         keys = tuple(("inline", hashlib.sha256(c.tobytes()).hexdigest()) for c in clips)
         return CarrierSet(keys=keys, clip_shape=(t, h, w), inline=clips)
     sel = msg.dataset
-    name = _field(sel, "dataset", EMBEDDED_NAME)
+    name = _field(sel, "dataset", defaults.DATASET)
     if name not in datasets:
         raise CodecLoopValueError(f"carriers.dataset: unknown dataset {name!r}; allowed: {sorted(datasets)}")
     ds = datasets[name]
-    num = _field(sel, "num_clips", DEFAULT_NUM_CLIPS)
+    num = _field(sel, "num_clips", defaults.NUM_CLIPS)
     _check_clips(num, int(np.prod(ds.clip_shape)), limits)
-    seed = _field(sel, "seed", 0)
+    seed = _field(sel, "seed", defaults.SEED)
     if seed < 0:  # numpy's default_rng takes non-negative seeds only
         raise CodecLoopValueError(f"carriers.dataset.seed: {seed} is outside the allowed range [0, {2**63 - 1}]")
-    ids = tuple(map(int, ds.select(_field(sel, "split", DEFAULT_SPLIT), num, seed)))
+    ids = tuple(map(int, ds.select(_field(sel, "split", defaults.SPLIT), num, seed)))
     keys = tuple(("dataset", ds.name, ds.digest, i) for i in ids)
     return CarrierSet(keys=keys, clip_shape=ds.clip_shape, dataset=ds.name, clip_ids=ids)
 

@@ -1,0 +1,158 @@
+"""How the engine scores a job's clips: one interface, two strategies.
+
+* :class:`WorkerScoring` (scorers.Scorer): a codec worker encodes, decodes and scores; the clean
+  side's features live in shared memory, each candidate ships a signature and a template.
+* :class:`DetectorScoring` (detector.DetectorScorer): a worker encodes and decodes; the server
+  process keeps the decoded clip and scores it in the detector's dynamic batches.
+
+The engine calls :func:`scoring_for` once per job and then only the :class:`Scoring` methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from codecloop_server import scorers, tasks
+from codecloop_server.caches import CleanEntry
+from codecloop_server.codec import CodecSettings
+from codecloop_server.detector import DetectorScorer
+from codecloop_server.shm import SharedArray
+from codecloop_server.tasks import CleanRef, ClipRef, PoisonedScore, ScorerKey
+
+Who = tuple[str, int]  # (client, priority) in the fair scheduler
+
+
+class Submit(Protocol):
+    """Queues one clip task in the fair scheduler (the engine's ``_run``)."""
+
+    def __call__(self, who: Who, label: str, fn: Callable[..., Any], *args: Any, uses: Iterable[SharedArray | None] = ()) -> asyncio.Future[Any]: ...
+
+
+@dataclass
+class Candidate:
+    """One candidate as its clip tasks read it: the signature and what the strategy derived from it,
+    in shared memory until the request ends."""
+
+    signature: np.ndarray  # float32 (T or 1, H, W, 3)
+    shared: tuple[SharedArray, ...]  # the signature (and a worker scorer's template)
+    template_sq: float = 0.0  # a worker scorer's template sum of squares
+
+    def release(self) -> None:
+        for a in self.shared:
+            a.release()
+
+
+class Scoring(ABC):
+    """A scorer kind as the engine drives it."""
+
+    def __init__(self, submit: Submit, scorer: ScorerKey) -> None:
+        self.submit = submit
+        self.scorer = scorer
+
+    def start_clean(self, who: Who, source: SharedArray | None, ref: ClipRef, codec: CodecSettings) -> asyncio.Future[CleanEntry]:
+        """Queue the clean task now (while the caller still holds ``source``) and return the work
+        that turns its result into a cache entry. Cancelling the work drops the task."""
+        pending = self._internal_clean_task(who, source, ref, codec)
+        work = asyncio.ensure_future(self._internal_clean_entry(pending))
+        work.add_done_callback(lambda _: pending.cancel())  # also when cancelled before it ever awaited
+        return work
+
+    @abstractmethod
+    def prepare(self, signature: np.ndarray) -> Candidate:
+        """A candidate's shared arrays, made once per request (the caller releases them)."""
+
+    @abstractmethod
+    def score(
+        self, who: Who, source: SharedArray | None, ref: ClipRef, entry: CleanEntry, candidate: Candidate, epsilon: float, codec: CodecSettings
+    ) -> Awaitable[PoisonedScore]:
+        """One candidate on one clip, against that clip's clean entry."""
+
+    @abstractmethod
+    def _internal_clean_task(self, who: Who, source: SharedArray | None, ref: ClipRef, codec: CodecSettings) -> asyncio.Future[Any]: ...
+
+    @abstractmethod
+    async def _internal_clean_entry(self, pending: asyncio.Future[Any]) -> CleanEntry: ...
+
+
+class WorkerScoring(Scoring):
+    def __init__(self, submit: Submit, scorer: ScorerKey, impl: scorers.Scorer) -> None:
+        super().__init__(submit, scorer)
+        self.impl = impl
+
+    def _internal_clean_task(self, who: Who, source: SharedArray | None, ref: ClipRef, codec: CodecSettings) -> asyncio.Future[Any]:
+        return self.submit(who, "clean", tasks.clean_task, ref, codec, self.scorer, uses=(source,))
+
+    async def _internal_clean_entry(self, pending: asyncio.Future[Any]) -> CleanEntry:
+        features, clip_stats, nbytes = await pending
+        shared, time_sum = SharedArray(features), SharedArray(clip_stats.time_sum)
+        clean_ref = CleanRef(shared.ref, time_sum.ref, clip_stats.total, clip_stats.squares)
+        return CleanEntry((shared, time_sum), clean_ref, nbytes)
+
+    def prepare(self, signature: np.ndarray) -> Candidate:
+        template = self.impl.template(signature, self.scorer[1])
+        return Candidate(signature, (SharedArray(signature), SharedArray(template)), scorers.template_sq(template))
+
+    def score(
+        self, who: Who, source: SharedArray | None, ref: ClipRef, entry: CleanEntry, candidate: Candidate, epsilon: float, codec: CodecSettings
+    ) -> Awaitable[PoisonedScore]:
+        sig, tmpl = candidate.shared
+        assert entry.ref is not None, "a worker scorer's clean entry has its features in shared memory"
+        return self.submit(
+            who, "poisoned", tasks.poisoned_task, ref, entry.ref, sig.ref, tmpl.ref, candidate.template_sq, epsilon, codec, self.scorer,
+            uses=(source, *entry.shared, *candidate.shared),
+        )  # fmt: skip
+
+
+class DetectorScoring(Scoring):
+    def __init__(self, submit: Submit, scorer: ScorerKey, impl: DetectorScorer) -> None:
+        super().__init__(submit, scorer)
+        self.impl = impl
+
+    def _internal_clean_task(self, who: Who, source: SharedArray | None, ref: ClipRef, codec: CodecSettings) -> asyncio.Future[Any]:
+        return self.submit(who, "clean", tasks.decoded_task, ref, None, 0.0, codec, uses=(source,))
+
+    async def _internal_clean_entry(self, pending: asyncio.Future[Any]) -> CleanEntry:
+        decoded, nbytes, _ = await pending
+        # a keyed detector scores the clean clip per candidate (against its key); a keyless one once
+        score = None if self.impl.uses_key else await self.impl.batcher.score(decoded, None)
+        return CleanEntry((), None, nbytes, decoded=decoded, score=score)
+
+    def prepare(self, signature: np.ndarray) -> Candidate:
+        return Candidate(signature, (SharedArray(signature),))
+
+    def score(
+        self, who: Who, source: SharedArray | None, ref: ClipRef, entry: CleanEntry, candidate: Candidate, epsilon: float, codec: CodecSettings
+    ) -> Awaitable[PoisonedScore]:
+        return self._score(who, source, ref, entry, candidate, epsilon, codec)
+
+    async def _score(
+        self, who: Who, source: SharedArray | None, ref: ClipRef, entry: CleanEntry, candidate: Candidate, epsilon: float, codec: CodecSettings
+    ) -> PoisonedScore:
+        (sig,) = candidate.shared
+        decoded, nbytes, squared_error = await self.submit(
+            who, "poisoned", tasks.decoded_task, ref, sig.ref, epsilon, codec, uses=(source, sig)
+        )
+        key = candidate.signature if self.impl.uses_key else None
+        batcher = self.impl.batcher
+        if entry.score is not None:
+            poisoned, clean = await batcher.score(decoded, key), entry.score
+        else:  # poisoned and clean go to the batcher together: one forward pass when it has room
+            assert entry.decoded is not None, "a detector's clean entry keeps the decoded clip"
+            poisoned, clean = await asyncio.gather(batcher.score(decoded, key), batcher.score(entry.decoded, key))
+        return PoisonedScore(poisoned, clean, nbytes, squared_error)
+
+
+def scoring_for(scorer: ScorerKey, submit: Submit) -> Scoring:
+    """The strategy of the registered scorer ``scorer[0]``: the one place the two kinds are told apart."""
+    impl = scorers.get(scorer[0])
+    if isinstance(impl, DetectorScorer):
+        return DetectorScoring(submit, scorer, impl)
+    if isinstance(impl, scorers.Scorer):
+        return WorkerScoring(submit, scorer, impl)
+    raise TypeError(f"scorer {scorer[0]!r} is of no known kind: {type(impl).__name__}")

@@ -1,0 +1,30 @@
+"""Every request default, in one place.
+
+The server fills an unset ``optional`` field of a request with these values (the proto's comments
+state the same numbers; tests/test_defaults.py checks both, and that an empty request resolves to
+them). The SDK leaves a field unset unless the caller gives it, and the CLI shows and uses these
+as its own defaults, so no other module writes a default value.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+EPSILON: Final = 4 / 255  # L-inf budget in [0, 1] units: four uint8 levels
+TARGET_FPR: Final = 1 / 64  # decision rule: calibrate the threshold on the clean scores to this FPR
+
+# carriers drawn from a server-side dataset
+DATASET: Final = "embedded"
+SPLIT: Final = "train"
+NUM_CLIPS: Final = 32
+SEED: Final = 0
+
+# codec settings
+CODEC: Final = "libx264"
+CRF: Final = 28.0
+PRESET: Final = "medium"
+PIX_FMT: Final = "yuv420p"
+GOP: Final = 250  # x264's own keyint default
+FPS: Final = 25
+
+SCORER: Final = "blind"
