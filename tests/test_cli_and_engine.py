@@ -11,6 +11,7 @@ import pytest
 
 from codecloop import DatasetCarriers
 from codecloop_server import parse
+from codecloop_server.channels import Channel
 from codecloop_server.codec import CodecSettings
 from codecloop_server.corpus import embedded_corpus
 from codecloop_server.engine import Engine
@@ -71,7 +72,7 @@ def test_clean_work_is_done_once_per_clip():
                 candidates=tuple(block_signature(s) for s in seeds),
                 epsilon=4 / 255,
                 carriers=parse.carriers(req, {"embedded": ds}, parse.Limits()),
-                codecs=(CodecSettings(preset="ultrafast"),),
+                channels=(Channel.of(CodecSettings(preset="ultrafast")),),
                 scorer=("blind", (("kernel", 3.0),)),
                 decision=Decision(target_fpr=0.0),
             )

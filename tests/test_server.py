@@ -8,6 +8,7 @@ import pytest
 import codecloop
 import codecloop_wire.tensors
 from codecloop import Codec, DatasetCarriers
+from codecloop_server.channels import Channel
 from codecloop_server.codec import CodecSettings
 from codecloop_server.tasks import transcode_rgb
 from codecloop_wire.poison import poison
@@ -127,7 +128,7 @@ def test_server_info(client):
     info = client.info()
     assert info.versions["codecloop"] == codecloop.__version__
     assert info.versions["x264"].startswith("core ")
-    assert "medium" in info.presets and list(info.codecs) == ["libx264"]
+    assert "medium" in info.presets and list(info.codecs) == ["libx264", "libx265", "libvpx-vp9", "libsvtav1"]
     assert {s.name for s in info.scorers} >= {"blind", "informed"}
     emb = next(d for d in info.datasets if d.name == "embedded")
     assert dict(emb.split_clips) == {"train": 168, "validation": 72, "holdout": 72} and list(emb.clip_shape) == [16, 112, 112]
@@ -170,11 +171,11 @@ def test_results_identical_to_single_process_path(client):
     try:
         for i in range(len(res.clip_ids)):
             ref = tasks.ClipRef(clips.ref, i)
-            features, st, _ = tasks.clean_task(ref, settings, key)
+            features, st, _ = tasks.clean_task(ref, Channel.of(settings), key)
             feat_sh, sum_sh = shm.SharedArray(features), shm.SharedArray(st.time_sum)
             clean_ref = tasks.CleanRef(feat_sh.ref, sum_sh.ref, st.total, st.squares)
             t_sq = scorers.template_sq(tmpl_sh.array)
-            local = tasks.poisoned_task(ref, clean_ref, sig_sh.ref, tmpl_sh.ref, t_sq, 4 / 255, settings, key)
+            local = tasks.poisoned_task(ref, clean_ref, sig_sh.ref, tmpl_sh.ref, t_sq, 4 / 255, Channel.of(settings), key)
             feat_sh.release()
             sum_sh.release()
             # and the documented formula, straight: ncc of the residuals, in float64

@@ -10,11 +10,15 @@ from codecloop.options import EvaluateOptions
 from codecloop.types import (
     CandidateDone,
     CandidateResult,
+    Channel,
     Codec,
     CodecStats,
+    Crop,
     DatasetCarriers,
     EvaluateResult,
+    FrameRate,
     Progress,
+    Resize,
     TranscodeResult,
 )
 from codecloop_wire import __version__
@@ -33,8 +37,12 @@ __all__ = [
     "__version__",
     "CandidateDone",
     "CandidateResult",
+    "Channel",
     "Client",
     "Codec",
+    "Crop",
+    "FrameRate",
+    "Resize",
     "CodecLoopAuthError",
     "CodecLoopBusyError",
     "CodecLoopError",

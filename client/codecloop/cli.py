@@ -34,6 +34,13 @@ def fraction(name: str, low: float, high: float, low_open: bool, high_open: bool
     return parse
 
 
+_CHANNEL_HELP = (
+    "repeatable: a channel the clips go through, a server preset (social, streaming, messaging, reupload) or steps "
+    "like 'resize:0.5:bicubic,libx264:crf=23' (resize:S|WxH[:filter], crop:X:Y:W:H, fps:N, <codec>[:crf=|qp=|bitrate=][:preset=]); "
+    "with --channel and no --crf only the channels are used"
+)
+
+
 def _fraction(value: float) -> str:
     """A default as --help shows it and the parser reads it back: 4/255 -> '4/255', 1/64 -> '1/64'."""
     return str(Fraction(value).limit_denominator(1000))
@@ -166,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="seed of --random")
     e.add_argument("--epsilon", type=_epsilon, default=_fraction(defaults.EPSILON))
     e.add_argument("--crf", type=float, action="append", help=f"repeat for several codec settings (default {defaults.CRF:g})")
+    e.add_argument("--channel", action="append", default=[], help=_CHANNEL_HELP)
     e.add_argument("--preset", default=defaults.PRESET)
     e.add_argument("--gop", type=int, default=defaults.GOP)
     e.add_argument("--fps", type=int, default=defaults.FPS)
@@ -194,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--param", default="lowres:7x7:rgb:t=all", help="lowres:HxW[:rgb][:t=N|t=all], tiled:HxW[:rgb], dct:B:K[:per_block][:rgb]")
     o.add_argument("--epsilon", type=_epsilon, default=_fraction(defaults.EPSILON), help="L-inf budget, a number or a fraction")
     o.add_argument("--crf", type=float, action="append", help=f"repeat for several codec settings; the worst decides (default {defaults.CRF:g})")
+    o.add_argument("--channel", action="append", default=[], help=_CHANNEL_HELP + "; torch modes: one channel")
     o.add_argument("--preset", default=defaults.PRESET)
     o.add_argument("--scorer", default=defaults.SCORER)
     o.add_argument("--objective", default="centred-separation", choices=NAMES, help="see codecloop.objectives")
@@ -248,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from codecloop import Codec, DatasetCarriers
+    from codecloop import Channel, Codec, DatasetCarriers
 
     with _client(args) as client:
         if args.wait > 0:
@@ -260,12 +269,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         else:
             shape = next(tuple(d.clip_shape) for d in client.info().datasets if d.name == args.dataset)
             population = random_signature(args.random, shape, args.seed)[None]
-        codecs = [Codec(crf=c, preset=args.preset, gop=args.gop, fps=args.fps) for c in (args.crf or [defaults.CRF])]
+        codecs = [Codec(crf=c, preset=args.preset, gop=args.gop, fps=args.fps) for c in _crfs(args)]
         result = client.evaluate(
             population,
             epsilon=args.epsilon,
             carriers=carriers,
             codecs=codecs,
+            channels=[Channel.parse(c) for c in args.channel],
             scorer=args.scorer,
             threshold=args.threshold,
             target_fpr=None if args.threshold is not None else args.target_fpr,
@@ -275,13 +285,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.per_clip:
         for i, cand in enumerate(result.candidates):
             for s in cand.codecs:
-                print(f"candidate {i} {s.codec.label()} clean:    " + " ".join(f"{v:.3f}" for v in s.clean_scores))
-                print(f"candidate {i} {s.codec.label()} poisoned: " + " ".join(f"{v:.3f}" for v in s.poisoned_scores))
+                print(f"candidate {i} {s.label()} clean:    " + " ".join(f"{v:.3f}" for v in s.clean_scores))
+                print(f"candidate {i} {s.label()} poisoned: " + " ".join(f"{v:.3f}" for v in s.poisoned_scores))
     if args.json:
         from codecloop import jsonutil
 
         jsonutil.write(args.json, result)
     return 0
+
+
+def _crfs(args: argparse.Namespace) -> list[float]:
+    """The --crf values; none given: the default CRF, unless --channel gave channels (then only those)."""
+    return args.crf or ([] if args.channel else [defaults.CRF])
 
 
 def _split_size(client, dataset: str, split: str) -> int:
@@ -297,15 +312,19 @@ def _split_size(client, dataset: str, split: str) -> int:
 
 
 def _train(args: argparse.Namespace, client) -> int:
-    from codecloop import Codec, DatasetCarriers
+    from codecloop import Channel, Codec, DatasetCarriers
     from codecloop.train import TrainConfig, train_signature
 
+    if len(args.channel) > 1 or (args.channel and args.crf):
+        raise CodecLoopValueError("channel: torch modes train through one codec setting (--crf) or one channel (--channel)")
+    channel = Channel.parse(args.channel[0]) if args.channel else None
     holdout_clips = args.holdout_clips or _split_size(client, args.dataset, "holdout")
     train_clips = min(args.train_clips, _split_size(client, args.dataset, "train"))  # an upper bound, as for optimize
     config = TrainConfig(
         mode=args.optimizer,
         epsilon=args.epsilon,
         codec=Codec(crf=(args.crf or [defaults.CRF])[0], preset=args.preset),
+        channel=channel,
         train=DatasetCarriers(args.dataset, "train", train_clips),
         holdout=DatasetCarriers(args.dataset, "holdout", holdout_clips),
         holdout_fpr=args.target_fpr,
@@ -349,7 +368,7 @@ def _diagnose(args: argparse.Namespace) -> int:
 
 
 def _optimize(args: argparse.Namespace) -> int:
-    from codecloop import Codec, DatasetCarriers
+    from codecloop import Channel, Codec, DatasetCarriers
     from codecloop.objectives import Objective
     from codecloop.optimize import Run, RunConfig
     from codecloop.params import make
@@ -367,7 +386,8 @@ def _optimize(args: argparse.Namespace) -> int:
         config = RunConfig(
             optimizer=args.optimizer,
             epsilon=args.epsilon,
-            codecs=tuple(Codec(crf=c, preset=args.preset) for c in (args.crf or [defaults.CRF])),
+            codecs=tuple(Codec(crf=c, preset=args.preset) for c in _crfs(args)),
+            channels=tuple(Channel.parse(c) for c in args.channel),
             scorer=args.scorer,
             objective=Objective(args.objective, args.target_fpr, args.margin_quantile, args.centre_weight),
             train=DatasetCarriers(args.dataset, "train", args.train_clips),

@@ -14,6 +14,7 @@ from codecloop.options import Carriers, EvaluateOptions, as_batch, carriers_prot
 from codecloop.types import (
     CandidateDone,
     CandidateResult,
+    Channel,
     Codec,
     CodecStats,
     EvaluateResult,
@@ -253,12 +254,14 @@ class Client:
         include_input: bool = False,
         timeout: float | None = None,
         priority: int = 0,
+        channel: Channel | None = None,
     ) -> TranscodeResult:
         """The carriers (poisoned with ``signature`` when given) after the real codec.
 
         Returns uint8 (N, T, H, W, 3) decoded RGB clips, the encoder's input when ``include_input``,
         and the encoded size of each clip in bytes. ``epsilon``, ``carriers``, ``codec``: as in
-        :class:`EvaluateOptions` (None: the server's default).
+        :class:`EvaluateOptions` (None: the server's default); ``channel``: a :class:`Channel`
+        instead of ``codec`` (a preset must expand to one channel).
         """
         req = pb.TranscodeRequest(
             carriers=carriers_proto(carriers),
@@ -266,6 +269,8 @@ class Client:
             codec=(codec or Codec()).to_proto(),
             include_input=include_input,
         )
+        if channel is not None:
+            req.channel.CopyFrom(channel.to_proto())
         if signature is not None:
             sig = as_batch([signature])[0]
             req.signature.CopyFrom(to_tensor(sig, "float32"))
@@ -276,6 +281,7 @@ class Client:
             encoded_bytes=np.array(resp.encoded_bytes, dtype=np.int64),
             clip_ids=tuple(resp.clip_ids),
             codec=Codec.from_proto(resp.codec),
+            channel=Channel.from_proto(resp.channel) if resp.HasField("channel") else None,
         )
 
     def _chunks(self, template: pb.EvaluateRequest, tensors: list[pb.Tensor]) -> list[list[pb.Tensor]]:
@@ -307,4 +313,4 @@ class Client:
 
 
 def _candidate(msg: pb.CandidateResult) -> CandidateResult:
-    return CandidateResult(fitness=msg.fitness, codecs=tuple(CodecStats.from_proto(c) for c in msg.codecs))
+    return CandidateResult(fitness=msg.fitness, codecs=tuple(CodecStats.from_proto(c) for c in msg.codecs), fitness_mean=msg.fitness_mean)

@@ -50,7 +50,7 @@ from codecloop.client import Client
 from codecloop.objectives import Objective
 from codecloop.params import Parameterization
 from codecloop.rundir import RunFolder
-from codecloop.types import CandidateResult, Codec, DatasetCarriers, EvaluateResult
+from codecloop.types import CandidateResult, Channel, Codec, DatasetCarriers, EvaluateResult
 from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopValueError
 
@@ -73,6 +73,7 @@ class RunConfig:
     optimizer: str = "cma"  # "cma" or "nevergrad:<registry name>", e.g. "nevergrad:TwoPointsDE"
     epsilon: float = defaults.EPSILON
     codecs: tuple[Codec, ...] = (Codec(),)
+    channels: tuple[Channel, ...] = ()  # evaluated after codecs; the worst of all decides
     scorer: str = defaults.SCORER
     objective: Objective | str = field(default_factory=Objective)
     train: DatasetCarriers = DatasetCarriers(split="train")
@@ -201,9 +202,9 @@ class RunState:
 
 def _stats_fields(stats, objective: Objective) -> dict[str, Any]:
     """One codec setting's statistics (no per-clip arrays) plus its objective value and label."""
-    out = {k: v for k, v in asdict(stats).items() if k not in ("codec", "clean_scores", "poisoned_scores", "p_value_test")}
+    out = {k: v for k, v in asdict(stats).items() if k not in ("codec", "channel", "clean_scores", "poisoned_scores", "p_value_test")}
     # the x264 level and build that produced these numbers (README: Determinism), archived with them
-    codec = {"codec": stats.codec.label(), "x264_asm": stats.codec.x264_asm, "x264_build": stats.codec.x264_build}
+    codec = {"codec": stats.label(), "x264_asm": stats.codec.x264_asm, "x264_build": stats.codec.x264_build}
     return {**codec, "objective": objective.codec(stats), **out}
 
 
@@ -303,6 +304,7 @@ class Run:
             epsilon=c.epsilon,
             carriers=carriers,
             codecs=c.codecs,
+            channels=c.channels,
             scorer=c.scorer,
             target_fpr=self.objective.target_fpr,
             per_clip_scores=per_clip or self.objective.needs_per_clip,

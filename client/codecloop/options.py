@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from codecloop.types import Codec, DatasetCarriers
+from codecloop.types import Channel, Codec, DatasetCarriers
 from codecloop_wire.errors import CodecLoopValueError
 from codecloop_wire.tensors import to_tensor
 from codecloop_wire.v1 import codecloop_pb2 as pb
@@ -29,7 +29,8 @@ class EvaluateOptions:
         epsilon: L-inf budget in [0, 1] units (4/255 = four uint8 levels); None: the server's, 4/255.
         carriers: :class:`DatasetCarriers` (None: the embedded train split, 32 clips, seed 0) or
             inline uint8 clips (N, T, H, W, 3).
-        codecs: one or more :class:`Codec`; None: one Codec() (libx264 CRF 28 medium).
+        codecs: one or more :class:`Codec`; None (and no channels): one Codec() (libx264 CRF 28 medium).
+        channels: one or more :class:`Channel` (evaluated after ``codecs``; a preset expands in place).
         scorer, scorer_params: detector name and parameters (``Client.info().scorers``); None: "blind".
         threshold / target_fpr: the decision rule (at most one); neither: target_fpr 1/64.
         per_clip_scores: also return every clip's clean and poisoned score.
@@ -39,6 +40,7 @@ class EvaluateOptions:
     epsilon: float | None = None
     carriers: Carriers = None
     codecs: Codec | Sequence[Codec] | None = None
+    channels: Channel | Sequence[Channel] | None = None
     scorer: str | None = None
     scorer_params: Mapping[str, float] | None = None
     threshold: float | None = None
@@ -65,6 +67,7 @@ class EvaluateOptions:
         req = pb.EvaluateRequest(
             carriers=carriers_proto(self.carriers),
             codecs=[c.to_proto() for c in codec_list(self.codecs)],
+            channels=[c.to_proto() for c in ([self.channels] if isinstance(self.channels, Channel) else list(self.channels or ()))],
             scorer=pb.Scorer(name=self.scorer, params=dict(self.scorer_params or {})),
             per_clip_scores=self.per_clip_scores,
         )

@@ -129,7 +129,7 @@ def histogram_figure(holdout: Sequence[CodecStats], epsilon: float | None, split
         ax.hist(s.clean_scores, bins, alpha=0.6, label=f"clean {s.clean_mean:.3f}±{s.clean_std:.3f}")
         ax.hist(s.poisoned_scores, bins, alpha=0.6, label=f"poisoned {s.poisoned_mean:.3f}±{s.poisoned_std:.3f}")
         ax.axvline(s.threshold, color="k", lw=1, label=f"threshold (TPR {s.tpr:.0%}, FPR {s.fpr:.1%})")
-        ax.set_title(", ".join(t for t in (split, s.codec.label(), eps_text, f"n = {len(s.clean_scores)} clips") if t), fontsize=10)
+        ax.set_title(", ".join(t for t in (split, s.label(), eps_text, f"n = {len(s.clean_scores)} clips") if t), fontsize=10)
         ax.set_xlabel("detector score")
         ax.set_ylabel("clips")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -146,7 +146,7 @@ def roc_figure(holdout: Sequence[CodecStats], epsilon: float | None, target_fpr:
     floor = 1 / (2 * n)  # FPR 0 cannot sit on a log axis: drawn at half the smallest non-zero FPR
     for i, s in enumerate(holdout):
         fpr, tpr = roc_curve(s.clean_scores, s.poisoned_scores)
-        ax.plot(np.maximum(fpr, floor), tpr, "-", color=f"C{i}", label=f"{s.codec.label()} AUC {s.auc:.3f}")
+        ax.plot(np.maximum(fpr, floor), tpr, "-", color=f"C{i}", label=f"{s.label()} AUC {s.auc:.3f}")
         ax.plot([max(s.fpr, floor)], [s.tpr], "o", color=f"C{i}", ms=8, label=f"operating point: TPR {s.tpr:.0%} at FPR {s.fpr:.1%}")
     grid = np.logspace(np.log10(floor), 0, 50)
     ax.plot(grid, grid, "k:", lw=1, label="chance")

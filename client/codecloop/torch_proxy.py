@@ -124,7 +124,8 @@ def poison(clean: torch.Tensor, signature: torch.Tensor, epsilon: float) -> torc
 
 
 class RealCodec(torch.autograd.Function):
-    """Forward: the server's real libx264 (``Client.transcode``). Backward: straight-through
+    """Forward: the server's real codec or channel (``Client.transcode``; ``options`` its keyword
+    arguments: epsilon, carriers, codec or channel). Backward: straight-through
     (identity: d decoded / d input = 1) or, with a ``proxy``, the proxy's Jacobian at the input."""
 
     @staticmethod

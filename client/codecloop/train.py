@@ -27,7 +27,7 @@ import torch
 from codecloop.client import Client
 from codecloop.rundir import RunFolder
 from codecloop.torch_proxy import H264Proxy, RealCodec, blind_scores, poison
-from codecloop.types import Codec, DatasetCarriers
+from codecloop.types import Channel, Codec, DatasetCarriers
 from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopValueError
 
@@ -39,6 +39,7 @@ class TrainConfig:
     mode: str = "torch-hybrid"
     epsilon: float = defaults.EPSILON
     codec: Codec = Codec()
+    channel: Channel | None = None  # a channel instead of codec: forward (torch-ste/hybrid) and validation through it
     train: DatasetCarriers = DatasetCarriers(split="train", num_clips=16)
     holdout: DatasetCarriers = DatasetCarriers(split="holdout", num_clips=72)
     holdout_fpr: float = defaults.TARGET_FPR
@@ -68,7 +69,7 @@ def train_signature(client: Client, config: TrainConfig, folder: str | Path, pro
     """
     run = RunFolder(folder, "checkpoint.pt")
     torch.manual_seed(config.seed)
-    clean_run = client.transcode(None, carriers=config.train, codec=config.codec, include_input=True)
+    clean_run = client.transcode(None, carriers=config.train, codec=config.codec, channel=config.channel, include_input=True)
     clean = torch.from_numpy(clean_run.inputs.astype(np.float32) / 255)
     clean_real = torch.from_numpy(clean_run.decoded.astype(np.float32) / 255)
     _, t, h, w, _ = clean.shape
@@ -87,7 +88,8 @@ def train_signature(client: Client, config: TrainConfig, folder: str | Path, pro
         return x.repeat_interleave(t // config.frames, dim=0) if config.frames > 1 else x
 
     opt = torch.optim.Adam([raw], lr=config.lr)
-    options = {"epsilon": config.epsilon, "carriers": config.train, "codec": config.codec}
+    options = {"epsilon": config.epsilon, "carriers": config.train, "codec": config.codec, "channel": config.channel}
+    route = {"codecs": config.codec} if config.channel is None else {"channels": config.channel}  # where evaluations go
     history: list[dict[str, float]] = []
     best: tuple[float, np.ndarray | None] = (-np.inf, None)
     first_step, elapsed = 0, 0.0
@@ -118,7 +120,7 @@ def train_signature(client: Client, config: TrainConfig, folder: str | Path, pro
         if step % config.validate_every == 0 or step == config.steps:
             with torch.no_grad():
                 proxy_sep = _separation(blind_scores(clean_proxy, sig), blind_scores(hard_proxy(poison(clean, sig, config.epsilon)), sig))
-            real = client.evaluate(sig.detach().numpy()[None], epsilon=config.epsilon, carriers=config.train, codecs=config.codec)
+            real = client.evaluate(sig.detach().numpy()[None], epsilon=config.epsilon, carriers=config.train, **route)
             s = real.candidates[0].codecs[0]
             entry |= {"proxy_separation": float(proxy_sep), "real_separation": s.separation, "real_tpr": s.tpr}
             if s.separation > best[0]:
@@ -142,15 +144,15 @@ def train_signature(client: Client, config: TrainConfig, folder: str | Path, pro
     if bar is not None:
         bar.close()
     run.save_best(best[1])
-    held = client.evaluate(best[1][None], epsilon=config.epsilon, carriers=config.holdout, codecs=config.codec,
-                           target_fpr=config.holdout_fpr, per_clip_scores=True)  # fmt: skip
+    held = client.evaluate(best[1][None], epsilon=config.epsilon, carriers=config.holdout, target_fpr=config.holdout_fpr,
+                           per_clip_scores=True, **route)  # fmt: skip
     s = held.candidates[0].codecs[0]
     summary = {
         "config": json.loads(json.dumps(asdict(config), default=str)),
         "elapsed_s": round(time.monotonic() - start, 1),
         "best_real_train_separation": best[0],
         "final": history[-1],
-        "holdout": {k: v for k, v in asdict(s).items() if k not in ("clean_scores", "poisoned_scores")} | {"codec": s.codec.label()},
+        "holdout": {k: v for k, v in asdict(s).items() if k not in ("clean_scores", "poisoned_scores", "channel")} | {"codec": s.label()},
     }
     run.write_summary(summary)
     from codecloop import plots

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import numpy as np
 
 from codecloop_wire import defaults
+from codecloop_wire.errors import CodecLoopValueError
 from codecloop_wire.v1 import codecloop_pb2 as pb
 
 
@@ -15,7 +16,9 @@ from codecloop_wire.v1 import codecloop_pb2 as pb
 class Codec:
     """Real-codec settings. A field left None is not sent: the server applies its default
     (``codecloop_wire.defaults``: libx264, CRF 28, medium, yuv420p, GOP 250, 25 fps).
-    ``crf`` in [0, 51], 0 = lossless.
+    ``codec``: libx264, libx265, libvpx-vp9 or libsvtav1 (``Client.info().codec_info`` lists each
+    one's rate controls, ranges and presets). At most one of ``crf`` / ``qp`` / ``bitrate_kbps``;
+    crf 0 = lossless (libx264, libx265).
 
     ``x264_asm`` / ``x264_build``: the x264 SIMD level and build that produced a result (always
     set in results). In a request, None = the server's; a value pins it (a server running another
@@ -29,6 +32,8 @@ class Codec:
     pix_fmt: str | None = None
     x264_asm: str | None = None
     x264_build: str | None = None
+    qp: int | None = None  # constant quantizer instead of crf (libx264, libx265, libsvtav1)
+    bitrate_kbps: int | None = None  # average bitrate instead of crf, kbit/s
 
     def to_proto(self) -> pb.CodecSettings:
         return pb.CodecSettings(**{k: v for k, v in asdict(self).items() if v is not None})
@@ -38,15 +43,20 @@ class Codec:
         return cls(**{f.name: getattr(msg, f.name) if msg.HasField(f.name) else None for f in fields(cls)})
 
     def resolved(self) -> Codec:
-        """Every unset field filled with the server's default (what a request with these settings runs)."""
-        return replace(
-            self,
-            **{f.name: getattr(defaults, f.name.upper()) for f in fields(self) if getattr(self, f.name) is None and hasattr(defaults, f.name.upper())},
-        )
+        """Unset fields filled with the server's defaults for libx264 (codec, crf when no rate
+        control is given, preset, pix_fmt, gop, fps); another codec's default preset stays None
+        (the server's CodecInfo.default_preset)."""
+        fill = {f.name: getattr(defaults, f.name.upper()) for f in fields(self) if getattr(self, f.name) is None and hasattr(defaults, f.name.upper())}
+        if self.qp is not None or self.bitrate_kbps is not None:
+            fill.pop("crf", None)
+        if (self.codec or defaults.CODEC) not in ("libx264", "libx265"):
+            fill.pop("preset", None)
+        return replace(self, **fill)
 
     def label(self) -> str:
         c = self.resolved()
-        return f"{c.codec} crf={c.crf:g} {c.preset}"
+        rate = f"qp={c.qp}" if c.qp is not None else f"{c.bitrate_kbps}kbps" if c.bitrate_kbps is not None else f"crf={c.crf:g}"
+        return f"{c.codec} {rate} {c.preset or ''}".rstrip()
 
 
 @dataclass(frozen=True)
@@ -69,8 +79,153 @@ class DatasetCarriers:
 
 
 @dataclass(frozen=True)
+class Resize:
+    """Resize every frame to ``width`` x ``height``, or by ``scale`` (rounded to even sides);
+    ``filter``: bicubic (default), bilinear, lanczos, area, neighbor."""
+
+    width: int | None = None
+    height: int | None = None
+    scale: float | None = None
+    filter: str | None = None
+
+
+@dataclass(frozen=True)
+class Crop:
+    """Keep the rectangle (x, y, width, height) of every frame (pixels at that step)."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class FrameRate:
+    """Resample in time to ``fps`` (the latest earlier frame; same duration)."""
+
+    fps: int
+
+
+Step = Resize | Crop | FrameRate | Codec
+
+
+@dataclass(frozen=True)
+class Channel:
+    """Where a video goes: ``steps`` in order (at least one :class:`Codec`), e.g.
+    ``Channel((Resize(scale=0.5), Codec(crf=23)))``; or ``Channel(preset="social")``, a server
+    preset (``Client.info().channel_presets``) that expands to its channels. The output returns to
+    the carriers' size with ``map_back_filter`` (default bicubic) and frame count before scoring.
+    Unset fields: the server's defaults. :meth:`parse` reads the CLI's ``--channel`` syntax."""
+
+    steps: tuple[Step, ...] = ()
+    name: str | None = None
+    map_back_filter: str | None = None
+    input_fps: int | None = None
+    preset: str | None = None
+
+    def to_proto(self) -> pb.Channel:
+        steps = []
+        for s in self.steps:
+            if isinstance(s, Resize):
+                steps.append(pb.ChannelStep(resize=pb.ResizeStep(**{k: v for k, v in asdict(s).items() if v is not None})))
+            elif isinstance(s, Crop):
+                steps.append(pb.ChannelStep(crop=pb.CropStep(**asdict(s))))
+            elif isinstance(s, FrameRate):
+                steps.append(pb.ChannelStep(frame_rate=pb.FrameRateStep(fps=s.fps)))
+            elif isinstance(s, Codec):
+                steps.append(pb.ChannelStep(encode=s.to_proto()))
+            else:
+                raise CodecLoopValueError(f"channel.steps: {s!r} is not a Resize, Crop, FrameRate or Codec")
+        fields_ = {"name": self.name, "map_back_filter": self.map_back_filter, "input_fps": self.input_fps, "preset": self.preset}
+        return pb.Channel(steps=steps, **{k: v for k, v in fields_.items() if v is not None})
+
+    @classmethod
+    def from_proto(cls, msg: pb.Channel) -> Channel:
+        steps: list[Step] = []
+        for step in msg.steps:
+            which = step.WhichOneof("step")
+            if which == "resize":
+                r = step.resize
+                steps.append(Resize(**{k: getattr(r, k) if r.HasField(k) else None for k in ("width", "height", "scale", "filter")}))
+            elif which == "crop":
+                steps.append(Crop(step.crop.x, step.crop.y, step.crop.width, step.crop.height))
+            elif which == "frame_rate":
+                steps.append(FrameRate(step.frame_rate.fps))
+            else:
+                steps.append(Codec.from_proto(step.encode))
+        opt = {k: getattr(msg, k) if msg.HasField(k) else None for k in ("name", "map_back_filter", "input_fps", "preset")}
+        return cls(tuple(steps), **opt)
+
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if self.preset:
+            return self.preset
+        return " > ".join(s.label() if isinstance(s, Codec) else _step_label(s) for s in self.steps)
+
+    @classmethod
+    def parse(cls, spec: str) -> Channel:
+        """The CLI syntax: a preset name (``social``), or comma-separated steps
+        ``resize:0.5[:filter]`` | ``resize:WxH[:filter]`` | ``crop:X:Y:W:H`` | ``fps:N`` |
+        ``<codec>[:crf=N][:qp=N][:bitrate=KBPS][:preset=P][:gop=N][:fps=N]``, e.g.
+        ``"resize:0.5:bicubic,libx264:crf=23"``. The spec is the channel's name."""
+        parts = [p.strip() for p in spec.split(",") if p.strip()]
+        if len(parts) == 1 and ":" not in parts[0] and parts[0] not in (*_CODEC_NAMES, "resize", "crop", "fps"):
+            return cls(preset=parts[0])
+        return cls(tuple(_parse_step(p, spec) for p in parts), name=spec)
+
+
+_CODEC_NAMES = ("libx264", "libx265", "libvpx-vp9", "libsvtav1")
+
+
+def _step_label(s: Resize | Crop | FrameRate) -> str:
+    if isinstance(s, Resize):
+        return f"resize {s.scale:g}" if s.scale is not None else f"resize {s.width}x{s.height}"
+    if isinstance(s, Crop):
+        return f"crop {s.width}x{s.height}+{s.x}+{s.y}"
+    return f"{s.fps} fps"
+
+
+def _parse_step(text: str, spec: str) -> Step:
+    head, *rest = text.split(":")
+    try:
+        if head == "resize":
+            if not rest:
+                raise ValueError("resize needs a scale or WxH")
+            size, flt = rest[0], (rest[1] if len(rest) > 1 else None)
+            if "x" in size:
+                w, h = size.split("x")
+                return Resize(width=int(w), height=int(h), filter=flt)
+            return Resize(scale=float(size), filter=flt)
+        if head == "crop":
+            x, y, w, h = map(int, rest)
+            return Crop(x, y, w, h)
+        if head == "fps":
+            (n,) = rest
+            return FrameRate(int(n))
+        if head in _CODEC_NAMES:
+            keys = {"crf": ("crf", float), "qp": ("qp", int), "bitrate": ("bitrate_kbps", int), "preset": ("preset", str),
+                    "gop": ("gop", int), "fps": ("fps", int)}  # fmt: skip
+            kwargs: dict[str, object] = {}
+            for item in rest:
+                key, _, value = item.partition("=")
+                if key not in keys:
+                    raise ValueError(f"unknown codec option {key!r}; allowed: {sorted(keys)}")
+                name, kind = keys[key]
+                kwargs[name] = kind(value)
+            return Codec(codec=head, **kwargs)  # type: ignore[arg-type]
+    except ValueError as err:
+        raise CodecLoopValueError(f"channel: {spec!r}: step {text!r}: {err}") from None
+    raise CodecLoopValueError(
+        f"channel: {spec!r}: step {text!r} is not resize:, crop:, fps: or a codec {_CODEC_NAMES}; a preset name stands alone"
+    )
+
+
+@dataclass(frozen=True)
 class CodecStats:
-    """Detection statistics of one candidate under one codec setting (see README "Statistics")."""
+    """Detection statistics of one candidate under one codec setting or channel (see README
+    "Statistics"). ``codec``: the (last) encode; ``channel``: the whole channel, when the request
+    gave channels."""
 
     codec: Codec
     clean_mean: float
@@ -89,13 +244,18 @@ class CodecStats:
     poisoned_bytes_mean: float
     clean_scores: np.ndarray | None = None  # (N,) when per_clip_scores was asked for
     poisoned_scores: np.ndarray | None = None
+    channel: Channel | None = None
+
+    def label(self) -> str:
+        return self.channel.label() if self.channel is not None else self.codec.label()
 
     @classmethod
     def from_proto(cls, msg: pb.CodecResult) -> CodecStats:
-        names = [f for f in cls.__dataclass_fields__ if f not in ("codec", "clean_scores", "poisoned_scores")]
+        names = [f for f in cls.__dataclass_fields__ if f not in ("codec", "clean_scores", "poisoned_scores", "channel")]
         per_clip = len(msg.clean_scores) > 0
         return cls(
             codec=Codec.from_proto(msg.codec),
+            channel=Channel.from_proto(msg.channel) if msg.HasField("channel") else None,
             clean_scores=np.array(msg.clean_scores) if per_clip else None,
             poisoned_scores=np.array(msg.poisoned_scores) if per_clip else None,
             **{n: getattr(msg, n) for n in names},
@@ -104,10 +264,12 @@ class CodecStats:
 
 @dataclass(frozen=True)
 class CandidateResult:
-    """``fitness`` = min over codec settings of ``separation``: bigger is better."""
+    """``fitness`` = min over codec settings and channels of ``separation`` (``fitness_mean``: their
+    mean): bigger is better. ``codecs``: codec settings then channels, presets expanded in place."""
 
     fitness: float
     codecs: tuple[CodecStats, ...]
+    fitness_mean: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -134,7 +296,7 @@ class EvaluateResult:
             for s in cand.codecs:
                 psnr = "inf" if math.isinf(s.psnr_db) else f"{s.psnr_db:.1f}"
                 lines.append(
-                    f"{i:>4}  {s.codec.label():<24} {s.clean_mean:>7.3f}±{s.clean_std:<7.3f} "
+                    f"{i:>4}  {s.label():<24} {s.clean_mean:>7.3f}±{s.clean_std:<7.3f} "
                     f"{s.poisoned_mean:>7.3f}±{s.poisoned_std:<7.3f} {s.separation:>8.4f} {s.threshold:>7.3f} "
                     f"{s.tpr:>5.0%} {s.fpr:>5.0%} {s.auc:>5.2f} {s.p_value:>8.2g} {psnr:>6} "
                     f"{s.clean_bytes_mean:>8.0f}→{s.poisoned_bytes_mean:<8.0f}"
@@ -145,11 +307,12 @@ class EvaluateResult:
 
 @dataclass(frozen=True)
 class TranscodeResult:
-    decoded: np.ndarray  # uint8 (N, T, H, W, 3) after libx264 + h264 decode
-    inputs: np.ndarray | None  # uint8 (N, T, H, W, 3) that went into the encoder, when asked for
-    encoded_bytes: np.ndarray  # (N,) int64
+    decoded: np.ndarray  # uint8 (N, T, H, W, 3) after the codec (channel), at the carriers' size
+    inputs: np.ndarray | None  # uint8 (N, T, H, W, 3) that went into the channel, when asked for
+    encoded_bytes: np.ndarray  # (N,) int64, all encodes of the channel
     clip_ids: tuple[int, ...]
-    codec: Codec
+    codec: Codec  # the (last) encode
+    channel: Channel | None = None  # the whole channel, when one was asked for
 
 
 @dataclass(frozen=True)

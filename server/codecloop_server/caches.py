@@ -1,10 +1,10 @@
 """The engine's two caches: clean work shared by every request (:class:`CleanCache`, leased per
 request) and content-addressed results (:class:`ResultCache`).
 
-* clean work (each carrier clip through each codec setting, and the scorer's features of it) is
+* clean work (each carrier clip through each channel, and the scorer's features of it) is
   computed once and shared by every candidate, request and client, so a warm generation of P
   candidates on N clips costs P x N encodes, not (P + 1) x N;
-* every (signature, epsilon, clip, codec, scorer) result is kept in a bounded LRU, so a repeated
+* every (signature, epsilon, clip, channel, scorer) result is kept in a bounded LRU, so a repeated
   evaluation is answered without encoding.
 """
 
@@ -25,7 +25,7 @@ from codecloop_server.tasks import CleanRef, PoisonedScore
 
 @dataclass
 class CleanEntry:
-    """A clean clip after one codec setting. For a worker scorer: its features and their time sum
+    """A clean clip after one channel. For a worker scorer: its features and their time sum
     in shared memory (``ref`` for tasks); for a detector: the decoded clip and, when the detector
     takes no key, its score (a keyed detector scores it per candidate)."""
 
@@ -166,7 +166,7 @@ class CleanLease:
 
 
 class ResultCache:
-    """Content-addressed results: (signature digest, epsilon, clip, codec, scorer) -> PoisonedScore."""
+    """Content-addressed results: (signature digest, epsilon, clip, channel, scorer) -> PoisonedScore."""
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries

@@ -1,10 +1,15 @@
-"""Real libx264 encode and FFmpeg h264 decode through PyAV: ndarray in, ndarray/bytes out.
+"""Real encoders and decoders through PyAV: ndarray in, ndarray/bytes out.
+
+Codecs (:data:`CODECS`, a registry that refuses name collisions): libx264 (decoded by FFmpeg's
+h264), libx265 (hevc), libvpx-vp9 (vp9) and libsvtav1 (libdav1d), all from PyAV's own FFmpeg build.
 
 No transport or scheduling code lives here. Every function is a pure function of its arguments:
-one encoder per clip with ``threads=1`` (x264 frame threading changes the bitstream with the core
-count) at the SIMD level ``CodecSettings.x264_asm`` (x264's own detection picks its AVX-512 code on
-AVX-512 CPUs, which is not repeatable: x264_asm.py), explicit flush, nothing shared between calls
-except a per-thread swscale context cache.
+one encoder per clip with one thread (``threads=1``; x265 ``pools=none:frame-threads=1``; SVT-AV1
+``lp=1``: frame threading changes the bitstream with the core count), libx264 and libx265 at the
+SIMD level ``CodecSettings.x264_asm`` (x264's own detection picks its AVX-512 code on AVX-512 CPUs,
+which is not repeatable: x264_asm.py), explicit flush, nothing shared between calls except a
+per-thread swscale context cache. Codec logs: x265 at ``log-level=error``; SVT-AV1 reads
+``SVT_LOG`` (the engine sets 1, errors only, before its workers start).
 
 Colour conversion is FFmpeg's swscale with ``SWS_BICUBIC`` (what the ``ffmpeg`` CLI uses by
 default for rgb24 <-> yuv420p), BT.601 limited range, so a clip converted here is bit-identical to
@@ -15,8 +20,8 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from fractions import Fraction
 
 import av
@@ -27,8 +32,7 @@ from codecloop_server import x264_asm
 from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopValueError
 
-CODECS = ("libx264",)
-PRESETS = (
+PRESETS = (  # libx264's and libx265's
     "ultrafast",
     "superfast",
     "veryfast",
@@ -41,9 +45,76 @@ PRESETS = (
     "placebo",
 )
 PIX_FMTS = ("yuv420p",)
-CRF_RANGE = (0.0, 51.0)
 GOP_RANGE = (1, 1000)
 FPS_RANGE = (1, 240)
+BITRATE_RANGE = (1, 100_000)  # kbit/s
+MIN_SIZE = 16  # smallest width and height of an encode (libx265 refuses 8x8)
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """What one encoder accepts, and how its settings become encoder options."""
+
+    codec: str
+    decoder: str
+    crf_range: tuple[float, float]
+    qp_range: tuple[int, int] | None  # None: no constant-quantizer mode
+    presets: tuple[str, ...]
+    default_preset: str
+    simd_pinned: bool  # runs at CodecSettings.x264_asm
+    annexb: bool  # a byte stream the decoder's parser splits (h264, hevc); else one packet per frame
+    options: Callable[[CodecSettings], dict[str, str]]
+
+
+def _x264_options(c: CodecSettings) -> dict[str, str]:
+    opts = {"preset": c.preset, **_rate(c, {"crf": "crf", "qp": "qp"})}
+    if c.x264_asm and (params := x264_asm.x264_params(c.x264_asm)):
+        opts["x264-params"] = params
+    return opts
+
+
+def _x265_options(c: CodecSettings) -> dict[str, str]:
+    params = ["log-level=error", "pools=none", "frame-threads=1"]
+    if c.x264_asm and c.x264_asm != x264_asm.NATIVE:
+        params.append(f"asm={c.x264_asm.lower()}")
+    return {"preset": c.preset, **_rate(c, {"crf": "crf", "qp": "qp"}), "x265-params": ":".join(params)}
+
+
+def _vp9_options(c: CodecSettings) -> dict[str, str]:
+    # constant quality is crf with b=0; row-mt off: one thread, one bitstream
+    rate = {"crf": f"{c.crf:g}", "b": "0"} if c.crf is not None else {}
+    return {"deadline": "good", "cpu-used": c.preset, "row-mt": "0", **rate}
+
+
+def _svtav1_options(c: CodecSettings) -> dict[str, str]:
+    params = ["lp=1"] + (["rc=0"] if c.qp is not None else [])
+    return {"preset": c.preset, **_rate(c, {"crf": "crf", "qp": "qp"}), "svtav1-params": ":".join(params)}
+
+
+def _rate(c: CodecSettings, names: dict[str, str]) -> dict[str, str]:
+    """crf / qp as the encoder option of that name (a bitrate goes to the context's bit_rate)."""
+    if c.crf is not None:
+        return {names["crf"]: f"{c.crf:g}"}
+    if c.qp is not None:
+        return {names["qp"]: str(c.qp)}
+    return {}
+
+
+CODECS: dict[str, CodecSpec] = {}
+
+
+def register(spec: CodecSpec) -> CodecSpec:
+    """Add a codec; a name that is already taken is refused."""
+    if spec.codec in CODECS:
+        raise ValueError(f"a codec named {spec.codec!r} is already registered")
+    CODECS[spec.codec] = spec
+    return spec
+
+
+register(CodecSpec("libx264", "h264", (0.0, 51.0), (0, 69), PRESETS, defaults.PRESET, True, True, _x264_options))
+register(CodecSpec("libx265", "hevc", (0.0, 51.0), (0, 51), PRESETS, defaults.PRESET, True, True, _x265_options))
+register(CodecSpec("libvpx-vp9", "vp9", (0.0, 63.0), None, tuple(map(str, range(9))), "4", False, False, _vp9_options))
+register(CodecSpec("libsvtav1", "libdav1d", (1.0, 63.0), (1, 63), tuple(map(str, range(14))), "8", False, False, _svtav1_options))
 
 
 @dataclass(frozen=True)
@@ -51,52 +122,85 @@ class CodecSettings:
     """One real-codec configuration. Frozen: it is a cache key and is never mutated per call.
 
     Attributes:
-        codec: encoder name; only ``libx264``.
-        crf: constant rate factor in [0, 51]; 0 is lossless (never treated as "unset").
-        preset: an x264 preset name (``PRESETS``).
+        codec: encoder name, a key of :data:`CODECS`.
+        crf / qp / bitrate_kbps: the rate control, at most one given; none: ``crf`` =
+            ``defaults.CRF``. crf 0 is lossless for libx264/libx265 (never treated as "unset").
+        preset: a preset of the codec (``CodecSpec.presets``); None: its default.
         pix_fmt: encoder pixel format; only ``yuv420p``.
         gop: maximum keyframe interval in frames (x264 ``keyint``); 250 is x264's own default.
-        fps: frame rate in frames per second (integer); x264's rate control reads it.
-        x264_asm: the SIMD level x264 runs at (x264_asm.py): part of the settings because the
-            bitstream depends on it. Defaults to the server's configured level.
+        fps: frame rate in frames per second (integer); rate control reads it.
+        x264_asm: the SIMD level libx264 and libx265 run at (x264_asm.py): part of the settings
+            because the bitstream depends on it. Defaults to the server's configured level; None
+            for the codecs that do not take it.
     """
 
     codec: str = defaults.CODEC
-    crf: float = defaults.CRF
-    preset: str = defaults.PRESET
+    crf: float | None = None
+    preset: str | None = None
     pix_fmt: str = defaults.PIX_FMT
     gop: int = defaults.GOP
     fps: int = defaults.FPS
-    x264_asm: str = field(default_factory=x264_asm.default)
+    x264_asm: str | None = None
+    qp: int | None = None
+    bitrate_kbps: int | None = None
 
     def __post_init__(self) -> None:
-        if self.codec not in CODECS:
-            raise CodecLoopValueError(f"codec.codec: unknown codec {self.codec!r}; allowed: {CODECS}")
-        if not (CRF_RANGE[0] <= self.crf <= CRF_RANGE[1]) or not np.isfinite(self.crf):
-            raise CodecLoopValueError(f"codec.crf: {self.crf} is outside the allowed range [0, 51]")
-        if self.preset not in PRESETS:
-            raise CodecLoopValueError(f"codec.preset: unknown preset {self.preset!r}; allowed: {PRESETS}")
+        spec = CODECS.get(self.codec)
+        if spec is None:
+            raise CodecLoopValueError(f"codec.codec: unknown codec {self.codec!r}; allowed: {tuple(CODECS)}")
+        given = [n for n in ("crf", "qp", "bitrate_kbps") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise CodecLoopValueError(f"codec.{given[1]}: give at most one of crf, qp, bitrate_kbps (also got {given[0]})")
+        if not given:
+            object.__setattr__(self, "crf", float(defaults.CRF))
+        if self.crf is not None:
+            low, high = spec.crf_range
+            if not (np.isfinite(self.crf) and low <= self.crf <= high):
+                raise CodecLoopValueError(f"codec.crf: {self.crf} is outside the allowed range [{low:g}, {high:g}] for {self.codec}")
+        if self.qp is not None:
+            if spec.qp_range is None:
+                raise CodecLoopValueError(f"codec.qp: {self.codec} offers no constant quantizer; use crf or bitrate_kbps")
+            if not (spec.qp_range[0] <= self.qp <= spec.qp_range[1]):
+                raise CodecLoopValueError(f"codec.qp: {self.qp} is outside the allowed range {list(spec.qp_range)} for {self.codec}")
+        if self.bitrate_kbps is not None and not (BITRATE_RANGE[0] <= self.bitrate_kbps <= BITRATE_RANGE[1]):
+            raise CodecLoopValueError(f"codec.bitrate_kbps: {self.bitrate_kbps} is outside the allowed range {list(BITRATE_RANGE)}")
+        if self.preset is None:
+            object.__setattr__(self, "preset", spec.default_preset)
+        if self.preset not in spec.presets:
+            raise CodecLoopValueError(f"codec.preset: unknown preset {self.preset!r} for {self.codec}; allowed: {spec.presets}")
         if self.pix_fmt not in PIX_FMTS:
             raise CodecLoopValueError(f"codec.pix_fmt: {self.pix_fmt!r} unsupported; allowed: {PIX_FMTS}")
         if not (GOP_RANGE[0] <= self.gop <= GOP_RANGE[1]):
             raise CodecLoopValueError(f"codec.gop: {self.gop} is outside the allowed range [1, 1000]")
         if not (FPS_RANGE[0] <= self.fps <= FPS_RANGE[1]):
             raise CodecLoopValueError(f"codec.fps: {self.fps} is outside the allowed range [1, 240]")
+        if not spec.simd_pinned:
+            if self.x264_asm is not None:
+                raise CodecLoopValueError(f"codec.x264_asm: {self.codec} does not take a SIMD level; leave it unset")
+            return
+        if self.x264_asm is None:
+            object.__setattr__(self, "x264_asm", x264_asm.default())
         if self.x264_asm != x264_asm.NATIVE and not (self.x264_asm in x264_asm.LEVELS and x264_asm.supported(self.x264_asm)):
             # x264 crashes on instructions the CPU lacks: never hand it such a level
             raise CodecLoopValueError(f"codec.x264_asm: {self.x264_asm!r} is not a level this CPU runs; allowed: {x264_asm.default()!r}")
 
     @property
+    def spec(self) -> CodecSpec:
+        return CODECS[self.codec]
+
+    @property
     def crf_text(self) -> str:
-        """CRF as x264 receives it (``28``, ``23.5``)."""
+        """CRF as the encoder receives it (``28``, ``23.5``)."""
         return f"{self.crf:g}"
 
     def ffmpeg_args(self) -> list[str]:
-        """The equivalent ``ffmpeg`` CLI encoder arguments (used by the fidelity test and docs)."""
-        return [
-            "-c:v", self.codec, "-crf", self.crf_text, "-preset", self.preset,
-            "-g", str(self.gop), "-threads", "1", "-pix_fmt", self.pix_fmt,
-        ] + (["-x264-params", params] if (params := x264_asm.x264_params(self.x264_asm)) else [])  # fmt: skip
+        """The equivalent ``ffmpeg`` CLI encoder arguments (used by the fidelity tests and docs)."""
+        args = ["-c:v", self.codec, "-g", str(self.gop), "-threads", "1", "-pix_fmt", self.pix_fmt]
+        if self.bitrate_kbps is not None:
+            args += ["-b:v", f"{self.bitrate_kbps}k"]
+        for key, value in self.spec.options(self).items():
+            args += [f"-{'b:v' if key == 'b' else key}", value]
+        return args
 
 
 _local = threading.local()
@@ -156,29 +260,48 @@ def _encoder(settings: CodecSettings, width: int, height: int) -> av.CodecContex
     ctx.framerate = Fraction(settings.fps, 1)
     ctx.gop_size = settings.gop
     ctx.thread_count = 1
-    ctx.options = {"crf": settings.crf_text, "preset": settings.preset}
-    if params := x264_asm.x264_params(settings.x264_asm):
-        ctx.options = {**ctx.options, "x264-params": params}
+    if settings.bitrate_kbps is not None:
+        ctx.bit_rate = settings.bitrate_kbps * 1000
+    ctx.options = settings.spec.options(settings)
     return ctx
 
 
-def _encode_frames(frames: Iterable[av.VideoFrame], settings: CodecSettings, width: int, height: int) -> bytes:
+def _encode_packets(frames: Iterable[av.VideoFrame], settings: CodecSettings, width: int, height: int) -> list[bytes]:
     ctx = _encoder(settings, width, height)
-    chunks: list[bytes] = []
+    packets: list[bytes] = []
     for i, frame in enumerate(frames):
         frame.pts = i
-        chunks.extend(bytes(p) for p in ctx.encode(frame))
-    chunks.extend(bytes(p) for p in ctx.encode(None))  # explicit flush: B-frames and lookahead
-    return b"".join(chunks)
+        packets.extend(bytes(p) for p in ctx.encode(frame))
+    packets.extend(bytes(p) for p in ctx.encode(None))  # explicit flush: B-frames and lookahead
+    return packets
 
 
-def _decode_frames(bitstream: bytes) -> list[av.VideoFrame]:
-    ctx = av.CodecContext.create("h264", "r")
+def _encode_frames(frames: Iterable[av.VideoFrame], settings: CodecSettings, width: int, height: int) -> bytes:
+    return b"".join(_encode_packets(frames, settings, width, height))
+
+
+def _decode_frames(bitstream: bytes, decoder: str = "h264") -> list[av.VideoFrame]:
+    """Decode an Annex-B byte stream (h264, hevc)."""
+    ctx = av.CodecContext.create(decoder, "r")
     ctx.thread_count = 1
     out = []
     # parse(None) flushes the parser: without it the last access unit stays buffered.
     for packet in [*ctx.parse(bitstream), *ctx.parse(None)]:
         out.extend(ctx.decode(packet))
+    out.extend(ctx.decode(None))
+    return out
+
+
+def _decode_packets(packets: list[bytes], settings: CodecSettings) -> list[av.VideoFrame]:
+    """Decode what :func:`_encode_packets` made with ``settings``."""
+    spec = settings.spec
+    if spec.annexb:
+        return _decode_frames(b"".join(packets), spec.decoder)
+    ctx = av.CodecContext.create(spec.decoder, "r")
+    ctx.thread_count = 1
+    out = []
+    for data in packets:
+        out.extend(ctx.decode(av.Packet(data)))
     out.extend(ctx.decode(None))
     return out
 
@@ -201,19 +324,20 @@ def decode_h264(bitstream: bytes) -> np.ndarray:
 
 def transcode_yuv(frames: np.ndarray, settings: CodecSettings) -> tuple[np.ndarray, int]:
     """Encode then decode one clip: (T, H*3/2, W) yuv420p -> (decoded yuv420p, encoded bytes)."""
-    bitstream = encode_yuv420p(frames, settings)
-    decoded = decode_h264(bitstream)
+    _, h32, w = frames.shape
+    packets = _encode_packets((av.VideoFrame.from_ndarray(f, format="yuv420p") for f in frames), settings, w, h32 * 2 // 3)
+    decoded = np.stack([f.to_ndarray(format="yuv420p") for f in _decode_packets(packets, settings)])
     if decoded.shape != frames.shape:
         raise RuntimeError(f"decoder returned {decoded.shape}, expected {frames.shape}")
-    return decoded, len(bitstream)
+    return decoded, sum(map(len, packets))
 
 
 def transcode_rgb(clip: np.ndarray, settings: CodecSettings) -> tuple[np.ndarray, int]:
-    """uint8 (T, H, W, 3) RGB -> yuv420p -> libx264 -> h264 -> RGB: (decoded (T, H, W, 3), encoded bytes).
+    """uint8 (T, H, W, 3) RGB -> yuv420p -> encoder -> decoder -> RGB: (decoded (T, H, W, 3), encoded bytes).
 
-    Exactly ``yuv420p_to_rgb(decode_h264(encode_yuv420p(rgb_to_yuv420p(clip))))`` (tested), but
-    the swscale output frames go straight into the encoder and out of the decoder, skipping four
-    numpy <-> frame copies per frame.
+    Exactly ``yuv420p_to_rgb(transcode_yuv(rgb_to_yuv420p(clip)))`` (tested), but the swscale
+    output frames go straight into the encoder and out of the decoder, skipping four numpy <-> frame
+    copies per frame.
     """
     t, h, w, _ = clip.shape
     to_yuv, to_rgb = _reformatter("rgb->yuv"), _reformatter("yuv->rgb")
@@ -221,13 +345,13 @@ def transcode_rgb(clip: np.ndarray, settings: CodecSettings) -> tuple[np.ndarray
         to_yuv.reformat(av.VideoFrame.from_ndarray(f, format="rgb24"), format="yuv420p", interpolation=Interpolation.BICUBIC)
         for f in clip
     )
-    bitstream = _encode_frames(yuv, settings, w, h)
+    packets = _encode_packets(yuv, settings, w, h)
     decoded = [
-        to_rgb.reformat(f, format="rgb24", interpolation=Interpolation.BICUBIC).to_ndarray() for f in _decode_frames(bitstream)
+        to_rgb.reformat(f, format="rgb24", interpolation=Interpolation.BICUBIC).to_ndarray() for f in _decode_packets(packets, settings)
     ]
     if len(decoded) != t:
         raise RuntimeError(f"decoder returned {len(decoded)} frames, expected {t}")
-    return np.stack(decoded), len(bitstream)
+    return np.stack(decoded), sum(map(len, packets))
 
 
 @functools.cache
@@ -238,6 +362,20 @@ def x264_build() -> str:
     if marker < 0:
         return "unknown"
     return bitstream[marker + 7 : bitstream.find(b" - ", marker + 7)].decode()
+
+
+@functools.cache
+def encoder_version(codec: str) -> str:
+    """The encoder library's version as far as this build tells it: x264's and x265's from the
+    string they write into every bitstream, for the others the FFmpeg build they come with."""
+    if codec == "libx264":
+        return x264_build()
+    if codec == "libx265":
+        bitstream = encode_yuv420p(np.full((1, 24, 16), 128, np.uint8), CodecSettings("libx265", preset="ultrafast"))
+        marker = bitstream.find(b"x265 (build ")
+        if marker >= 0:
+            return bitstream[marker : bitstream.find(b":[", marker)].decode(errors="replace")  # "x265 (build 216) - 4.2+1-e444744"
+    return f"in FFmpeg {getattr(av, 'ffmpeg_version_info', '?')} (PyAV {av.__version__})"
 
 
 def versions() -> dict[str, str]:

@@ -4,8 +4,8 @@ Transport-free: the gRPC layer (service.py) parses requests into jobs (jobs.py, 
 the errors. Frames never travel with a task: dataset clips live in shared memory for the server's
 lifetime, a request's signatures and inline clips for the request's, and a task carries references.
 
-Work is done once (caches.py): clean work per (clip, codec, scorer) is shared by every candidate,
-request and client; every (signature, epsilon, clip, codec, scorer) result is kept. How a clip is
+Work is done once (caches.py): clean work per (clip, channel, scorer) is shared by every candidate,
+request and client; every (signature, epsilon, clip, channel, scorer) result is kept. How a clip is
 scored is the job's scoring strategy (scoring.py: in the codec workers, or by a detector here).
 
 Tasks are queued in candidate order, so candidates finish (and stream out) roughly in order.
@@ -27,7 +27,7 @@ import numpy as np
 
 from codecloop_server import tasks
 from codecloop_server.caches import CleanCache, CleanEntry, ResultCache, signature_digest
-from codecloop_server.codec import CodecSettings
+from codecloop_server.channels import Channel
 from codecloop_server.corpus import Dataset
 from codecloop_server.jobs import CandidateFn, CandidateOutcome, CarrierSet, EvaluateJob, ProgressFn, TranscodeOutcome, candidate_outcome
 from codecloop_server.scheduler import FairScheduler
@@ -60,6 +60,8 @@ class Engine:
         # numpy loads, so no BLAS/OpenMP thread pool oversubscribes the cores.
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = "1"
+        # SVT-AV1 prints its whole configuration to stderr on every encoder open; errors only
+        os.environ.setdefault("SVT_LOG", "1")
         self.pool = WorkerPool(self.workers, task_timeout_s)
         # workers + 1 in flight: no worker idles between tasks, and the rest stays in fair queues
         self.scheduler = FairScheduler(self.pool, self.workers + 1, max_queued_tasks, max_client_queued_tasks)
@@ -140,7 +142,7 @@ class Engine:
         ``client`` and ``priority`` place its tasks in the fair scheduler (scheduler.py).
         """
         scoring = scoring_for(job.scorer, self._run)
-        total = len(job.candidates) * len(job.codecs) * len(job.carriers)
+        total = len(job.candidates) * len(job.channels) * len(job.carriers)
         self.scheduler.admit(client, total)
         who: Who = (client, priority)
         done = 0
@@ -159,9 +161,9 @@ class Engine:
         pending: list[asyncio.Future[CandidateOutcome]] = []
         try:
             clean: list[list[CleanEntry]] = []
-            for codec in job.codecs:
-                starts = [functools.partial(scoring.start_clean, who, source, ref, codec) for ref in refs]
-                keys = [(key, codec, job.scorer) for key in job.carriers.keys]
+            for channel in job.channels:
+                starts = [functools.partial(scoring.start_clean, who, source, ref, channel) for ref in refs]
+                keys = [(key, channel, job.scorer) for key in job.carriers.keys]
                 clean.append(list(await asyncio.gather(*map(lease.acquire, keys, starts))))
             candidates = [scoring.prepare(sig) for sig in job.candidates]
             pending = [
@@ -194,17 +196,17 @@ class Engine:
         tick: Callable[[asyncio.Future[PoisonedScore]], None],
         on_candidate: CandidateFn | None,
     ) -> CandidateOutcome:
-        """Candidate ``index`` on every clip under every codec (results cached by content)."""
+        """Candidate ``index`` on every clip through every channel (results cached by content)."""
         candidate = candidates[index]
         digest = signature_digest(candidate.signature)
         futures: list[asyncio.Future[PoisonedScore]] = []
-        for codec, entries in zip(job.codecs, clean):
+        for channel, entries in zip(job.channels, clean):
             for key, ref, entry in zip(job.carriers.keys, refs, entries):
 
-                def run(ref: ClipRef = ref, entry: CleanEntry = entry, codec: CodecSettings = codec) -> Awaitable[PoisonedScore]:
-                    return scoring.score(who, source, ref, entry, candidate, job.epsilon, codec)
+                def run(ref: ClipRef = ref, entry: CleanEntry = entry, channel: Channel = channel) -> Awaitable[PoisonedScore]:
+                    return scoring.score(who, source, ref, entry, candidate, job.epsilon, channel)
 
-                fut = asyncio.ensure_future(self._score((digest, job.epsilon, key, codec, job.scorer), run))
+                fut = asyncio.ensure_future(self._score((digest, job.epsilon, key, channel, job.scorer), run))
                 fut.add_done_callback(tick)
                 futures.append(fut)
         try:
@@ -213,7 +215,7 @@ class Engine:
             for f in futures:  # one failed: the rest of this candidate is not needed
                 f.cancel()
         n = len(refs)
-        results = [flat[i * n : (i + 1) * n] for i in range(len(job.codecs))]
+        results = [flat[i * n : (i + 1) * n] for i in range(len(job.channels))]
         outcome = candidate_outcome(job, results, [[e.encoded_bytes for e in entries] for entries in clean])
         if on_candidate is not None:
             on_candidate(index, outcome)
@@ -224,12 +226,12 @@ class Engine:
         carriers: CarrierSet,
         signature: np.ndarray | None,
         epsilon: float,
-        codec: CodecSettings,
+        channel: Channel,
         include_input: bool = False,
         client: str = "anonymous",
         priority: int = 0,
     ) -> TranscodeOutcome:
-        """The carriers through the codec (poisoned with ``signature`` when given). Outputs are filled
+        """The carriers through the channel (poisoned with ``signature`` when given). Outputs are filled
         clip by clip as tasks finish, so the server holds each decoded clip about once."""
         self.scheduler.admit(client, len(carriers))
         who: Who = (client, priority)
@@ -238,7 +240,7 @@ class Engine:
         futures: list[asyncio.Future[Any]] = []
         try:
             futures = [
-                self._run(who, "transcode", tasks.transcode_task, ref, sig.ref if sig else None, epsilon, codec, include_input, uses=(source, sig))
+                self._run(who, "transcode", tasks.transcode_task, ref, sig.ref if sig else None, epsilon, channel, include_input, uses=(source, sig))
                 for ref in refs
             ]
         finally:

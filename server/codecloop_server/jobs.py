@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from codecloop_server.codec import CodecSettings
+from codecloop_server.channels import Channel
 from codecloop_server.tasks import PoisonedScore, ScorerKey
 from codecloop_wire import stats
 
@@ -35,15 +35,16 @@ class EvaluateJob:
     candidates: tuple[np.ndarray, ...]  # float32 (T or 1, H, W, 3) in [-1, 1]
     epsilon: float
     carriers: CarrierSet
-    codecs: tuple[CodecSettings, ...]
+    channels: tuple[Channel, ...]  # codecs given alone are one-step channels
     scorer: ScorerKey
     decision: stats.Decision
     per_clip: bool = False
+    report_channels: bool = False  # results name their channel (the request gave channels)
 
 
 @dataclass(frozen=True)
 class CodecOutcome:
-    codec: CodecSettings
+    channel: Channel
     stats: dict[str, Any]
     psnr_db: float
     clean_bytes_mean: float
@@ -54,8 +55,9 @@ class CodecOutcome:
 
 @dataclass(frozen=True)
 class CandidateOutcome:
-    fitness: float  # min over codecs of separation
+    fitness: float  # min over channels of separation
     codecs: tuple[CodecOutcome, ...]
+    fitness_mean: float  # mean over channels of separation
 
 
 @dataclass(frozen=True)
@@ -70,16 +72,16 @@ CandidateFn = Callable[[int, CandidateOutcome], None]
 
 
 def candidate_outcome(job: EvaluateJob, results: list[list[PoisonedScore]], clean_bytes: list[list[int]]) -> CandidateOutcome:
-    """Statistics of one candidate: ``results[c][i]`` its score on clip i under codec c,
-    ``clean_bytes[c][i]`` the encoded size of that clean clip."""
+    """Statistics of one candidate: ``results[c][i]`` its score on clip i through channel c,
+    ``clean_bytes[c][i]`` the encoded size of that clean clip (all encodes of the channel)."""
     values_per_clip = int(np.prod(job.carriers.clip_shape)) * 3
     codecs = []
-    for codec, per_clip, sizes in zip(job.codecs, results, clean_bytes):
+    for channel, per_clip, sizes in zip(job.channels, results, clean_bytes):
         poisoned = np.array([r.poisoned for r in per_clip])
         clean_scores = np.array([r.clean for r in per_clip])
         codecs.append(
             CodecOutcome(
-                codec=codec,
+                channel=channel,
                 stats=stats.detection_stats(clean_scores, poisoned, job.decision),
                 psnr_db=stats.psnr_db(sum(r.squared_error for r in per_clip), values_per_clip * len(per_clip)),
                 clean_bytes_mean=float(np.mean(sizes)),
@@ -88,4 +90,5 @@ def candidate_outcome(job: EvaluateJob, results: list[list[PoisonedScore]], clea
                 poisoned_scores=poisoned,
             )
         )
-    return CandidateOutcome(fitness=min(c.stats["separation"] for c in codecs), codecs=tuple(codecs))
+    separations = [c.stats["separation"] for c in codecs]
+    return CandidateOutcome(fitness=min(separations), codecs=tuple(codecs), fitness_mean=float(np.mean(separations)))

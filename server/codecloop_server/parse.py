@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from codecloop_server import scorers, x264_asm
+from codecloop_server import channels, scorers, x264_asm
 from codecloop_server.codec import CodecSettings, x264_build
 from codecloop_server.corpus import Dataset
 from codecloop_server.jobs import CarrierSet, EvaluateJob
@@ -45,7 +45,8 @@ def _field(msg, name: str, default):
     return getattr(msg, name) if msg.HasField(name) else default
 
 
-def codec_settings(msg: pb.CodecSettings, field: str = "codecs") -> CodecSettings:
+def codec_settings(msg: pb.CodecSettings, field: str = "codecs", fps: int = defaults.FPS) -> CodecSettings:
+    """A CodecSettings message -> validated settings (``fps``: the frame rate when it is unset)."""
     # x264_asm / x264_build are the server's; a client may only pin them (refuse any other server)
     for name, mine in (("x264_asm", x264_asm.default()), ("x264_build", x264_build())):
         if msg.HasField(name) and getattr(msg, name) != mine:
@@ -53,20 +54,79 @@ def codec_settings(msg: pb.CodecSettings, field: str = "codecs") -> CodecSetting
     try:
         return CodecSettings(
             codec=_field(msg, "codec", defaults.CODEC),
-            crf=_field(msg, "crf", defaults.CRF),
-            preset=_field(msg, "preset", defaults.PRESET),
+            crf=_field(msg, "crf", None),  # no rate control given: CodecSettings takes defaults.CRF
+            qp=_field(msg, "qp", None),
+            bitrate_kbps=_field(msg, "bitrate_kbps", None),
+            preset=_field(msg, "preset", None),  # the codec's default preset
             pix_fmt=_field(msg, "pix_fmt", defaults.PIX_FMT),
             gop=_field(msg, "gop", defaults.GOP),
-            fps=_field(msg, "fps", defaults.FPS),
+            fps=_field(msg, "fps", fps),
+            x264_asm=_field(msg, "x264_asm", None),
         )
     except CodecLoopValueError as err:  # "codec.crf: ..." -> "codecs[1].crf: ..."
         raise CodecLoopValueError(str(err).replace("codec.", f"{field}.", 1)) from None
 
 
 def codec_to_proto(c: CodecSettings) -> pb.CodecSettings:
+    """Every field of the resolved settings (x264_build for libx264 only)."""
     return pb.CodecSettings(
-        codec=c.codec, crf=c.crf, preset=c.preset, pix_fmt=c.pix_fmt, gop=c.gop, fps=c.fps, x264_asm=c.x264_asm, x264_build=x264_build()
-    )
+        codec=c.codec, crf=c.crf, qp=c.qp, bitrate_kbps=c.bitrate_kbps, preset=c.preset, pix_fmt=c.pix_fmt, gop=c.gop, fps=c.fps,
+        x264_asm=c.x264_asm, x264_build=x264_build() if c.codec == "libx264" else None,
+    )  # fmt: skip
+
+
+def _step(msg: pb.ChannelStep, field: str, fps: int) -> channels.Step:
+    which = msg.WhichOneof("step")
+    if which is None:
+        raise CodecLoopValueError(f"{field}: empty step; set one of resize, crop, frame_rate, encode")
+    if which == "encode":
+        return codec_settings(msg.encode, f"{field}.encode", fps)
+    try:
+        if which == "resize":
+            r = msg.resize
+            return channels.Resize(_field(r, "width", None), _field(r, "height", None), _field(r, "scale", None), _field(r, "filter", defaults.RESIZE_FILTER))
+        if which == "crop":
+            c = msg.crop
+            return channels.Crop(c.x, c.y, c.width, c.height)
+        return channels.FrameRate(msg.frame_rate.fps)
+    except CodecLoopValueError as err:  # "resize.scale: ..." -> "channels[0].steps[1].resize.scale: ..."
+        raise CodecLoopValueError(f"{field}.{err}") from None
+
+
+def channel_list(msg: pb.Channel, field: str, clip_shape: tuple[int, int, int]) -> tuple[channels.Channel, ...]:
+    """One channel, or a preset's channels; each checked against clips of ``clip_shape`` (T, H, W)."""
+    if msg.HasField("preset"):
+        if msg.steps:
+            raise CodecLoopValueError(f"{field}.preset: a preset brings its own steps; leave steps empty")
+        found = channels.preset(msg.preset, f"{field}.preset").channels
+    else:
+        input_fps = _field(msg, "input_fps", defaults.INPUT_FPS)
+        steps, fps = [], input_fps
+        for j, step in enumerate(msg.steps):
+            steps.append(_step(step, f"{field}.steps[{j}]", fps))
+            fps = steps[-1].fps if isinstance(steps[-1], channels.FrameRate) else fps
+        try:
+            found = (channels.Channel(tuple(steps), _field(msg, "map_back_filter", defaults.RESIZE_FILTER), input_fps, _field(msg, "name", "")),)
+        except CodecLoopValueError as err:  # "channel.steps: ..." -> "channels[0].steps: ..."
+            raise CodecLoopValueError(str(err).replace("channel.", f"{field}.", 1)) from None
+    for c in found:
+        c.check(clip_shape, field)
+    return found
+
+
+def channel_to_proto(c: channels.Channel) -> pb.Channel:
+    """Every field of the resolved channel."""
+    steps = []
+    for s in c.steps:
+        if isinstance(s, channels.Resize):
+            steps.append(pb.ChannelStep(resize=pb.ResizeStep(width=s.width, height=s.height, scale=s.scale, filter=s.filter)))
+        elif isinstance(s, channels.Crop):
+            steps.append(pb.ChannelStep(crop=pb.CropStep(x=s.x, y=s.y, width=s.width, height=s.height)))
+        elif isinstance(s, channels.FrameRate):
+            steps.append(pb.ChannelStep(frame_rate=pb.FrameRateStep(fps=s.fps)))
+        else:
+            steps.append(pb.ChannelStep(encode=codec_to_proto(s)))
+    return pb.Channel(name=c.name, steps=steps, map_back_filter=c.map_back_filter, input_fps=c.input_fps)
 
 
 def epsilon(msg, field: str = "epsilon") -> float:
@@ -166,19 +226,29 @@ def evaluate_job(req: pb.EvaluateRequest, datasets: dict[str, Dataset], limits: 
     if len(req.codecs) > limits.max_codecs:
         raise CodecLoopLimitError(f"codecs: {len(req.codecs)} settings exceed the server limit max_codecs = {limits.max_codecs}")
     eps = epsilon(req)
-    codecs = tuple(codec_settings(c, f"codecs[{i}]") for i, c in enumerate(req.codecs)) or (CodecSettings(),)
-    if len(set(codecs)) != len(codecs):
-        raise CodecLoopValueError("codecs: the same codec settings appear twice; each must be distinct")
+    carrier_set = carriers(req.carriers, datasets, limits)
+    found = [channels.Channel.of(codec_settings(c, f"codecs[{i}]")) for i, c in enumerate(req.codecs)]
+    for i, c in enumerate(req.channels):
+        found.extend(channel_list(c, f"channels[{i}]", carrier_set.clip_shape))
+        if len(found) > limits.max_codecs:
+            break
+    if len(found) > limits.max_codecs:
+        raise CodecLoopLimitError(
+            f"codecs, channels: {len(found)} or more codec settings and channels (presets expanded) exceed the server limit max_codecs = {limits.max_codecs}"
+        )
+    found = found or [channels.Channel.of(CodecSettings())]
+    if len(set(found)) != len(found):
+        raise CodecLoopValueError("codecs, channels: the same codec settings or channel steps appear twice; each must be distinct")
     scorer = scorer_key(req.scorer)
     rule = decision(req.decision)
-    carrier_set = carriers(req.carriers, datasets, limits)
     t, h, w = carrier_set.clip_shape
-    work = n_cand * len(carrier_set) * len(codecs) * t * h * w
+    work = n_cand * len(carrier_set) * len(found) * t * h * w
     if work > limits.max_work_pixels:
         raise CodecLoopLimitError(
-            f"candidates x clips x codecs x T*H*W = {work} exceeds the server limit max_work_pixels = {limits.max_work_pixels}"
+            f"candidates x clips x channels x T*H*W = {work} exceeds the server limit max_work_pixels = {limits.max_work_pixels}"
         )
     sigs = tuple(signature(c, f"candidates[{i}]", (t, h, w)) for i, c in enumerate(req.candidates))
     return EvaluateJob(
-        candidates=sigs, epsilon=eps, carriers=carrier_set, codecs=codecs, scorer=scorer, decision=rule, per_clip=req.per_clip_scores
-    )
+        candidates=sigs, epsilon=eps, carriers=carrier_set, channels=tuple(found), scorer=scorer, decision=rule, per_clip=req.per_clip_scores,
+        report_channels=len(req.channels) > 0,
+    )  # fmt: skip

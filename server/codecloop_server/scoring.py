@@ -20,7 +20,7 @@ import numpy as np
 
 from codecloop_server import scorers, tasks
 from codecloop_server.caches import CleanEntry
-from codecloop_server.codec import CodecSettings
+from codecloop_server.channels import Channel
 from codecloop_server.detector import DetectorScorer
 from codecloop_server.shm import SharedArray
 from codecloop_server.tasks import CleanRef, ClipRef, PoisonedScore, ScorerKey
@@ -55,10 +55,10 @@ class Scoring(ABC):
         self.submit = submit
         self.scorer = scorer
 
-    def start_clean(self, who: Who, source: SharedArray | None, ref: ClipRef, codec: CodecSettings) -> asyncio.Future[CleanEntry]:
+    def start_clean(self, who: Who, source: SharedArray | None, ref: ClipRef, channel: Channel) -> asyncio.Future[CleanEntry]:
         """Queue the clean task now (while the caller still holds ``source``) and return the work
         that turns its result into a cache entry. Cancelling the work drops the task."""
-        pending = self._internal_clean_task(who, source, ref, codec)
+        pending = self._internal_clean_task(who, source, ref, channel)
         work = asyncio.ensure_future(self._internal_clean_entry(pending))
         work.add_done_callback(lambda _: pending.cancel())  # also when cancelled before it ever awaited
         return work
@@ -69,12 +69,12 @@ class Scoring(ABC):
 
     @abstractmethod
     def score(
-        self, who: Who, source: SharedArray | None, ref: ClipRef, entry: CleanEntry, candidate: Candidate, epsilon: float, codec: CodecSettings
+        self, who: Who, source: SharedArray | None, ref: ClipRef, entry: CleanEntry, candidate: Candidate, epsilon: float, channel: Channel
     ) -> Awaitable[PoisonedScore]:
         """One candidate on one clip, against that clip's clean entry."""
 
     @abstractmethod
-    def _internal_clean_task(self, who: Who, source: SharedArray | None, ref: ClipRef, codec: CodecSettings) -> asyncio.Future[Any]: ...
+    def _internal_clean_task(self, who: Who, source: SharedArray | None, ref: ClipRef, channel: Channel) -> asyncio.Future[Any]: ...
 
     @abstractmethod
     async def _internal_clean_entry(self, pending: asyncio.Future[Any]) -> CleanEntry: ...
@@ -85,8 +85,8 @@ class WorkerScoring(Scoring):
         super().__init__(submit, scorer)
         self.impl = impl
 
-    def _internal_clean_task(self, who: Who, source: SharedArray | None, ref: ClipRef, codec: CodecSettings) -> asyncio.Future[Any]:
-        return self.submit(who, "clean", tasks.clean_task, ref, codec, self.scorer, uses=(source,))
+    def _internal_clean_task(self, who: Who, source: SharedArray | None, ref: ClipRef, channel: Channel) -> asyncio.Future[Any]:
+        return self.submit(who, "clean", tasks.clean_task, ref, channel, self.scorer, uses=(source,))
 
     async def _internal_clean_entry(self, pending: asyncio.Future[Any]) -> CleanEntry:
         features, clip_stats, nbytes = await pending
@@ -99,12 +99,12 @@ class WorkerScoring(Scoring):
         return Candidate(signature, (SharedArray(signature), SharedArray(template)), scorers.template_sq(template))
 
     def score(
-        self, who: Who, source: SharedArray | None, ref: ClipRef, entry: CleanEntry, candidate: Candidate, epsilon: float, codec: CodecSettings
+        self, who: Who, source: SharedArray | None, ref: ClipRef, entry: CleanEntry, candidate: Candidate, epsilon: float, channel: Channel
     ) -> Awaitable[PoisonedScore]:
         sig, tmpl = candidate.shared
         assert entry.ref is not None, "a worker scorer's clean entry has its features in shared memory"
         return self.submit(
-            who, "poisoned", tasks.poisoned_task, ref, entry.ref, sig.ref, tmpl.ref, candidate.template_sq, epsilon, codec, self.scorer,
+            who, "poisoned", tasks.poisoned_task, ref, entry.ref, sig.ref, tmpl.ref, candidate.template_sq, epsilon, channel, self.scorer,
             uses=(source, *entry.shared, *candidate.shared),
         )  # fmt: skip
 
@@ -114,8 +114,8 @@ class DetectorScoring(Scoring):
         super().__init__(submit, scorer)
         self.impl = impl
 
-    def _internal_clean_task(self, who: Who, source: SharedArray | None, ref: ClipRef, codec: CodecSettings) -> asyncio.Future[Any]:
-        return self.submit(who, "clean", tasks.decoded_task, ref, None, 0.0, codec, uses=(source,))
+    def _internal_clean_task(self, who: Who, source: SharedArray | None, ref: ClipRef, channel: Channel) -> asyncio.Future[Any]:
+        return self.submit(who, "clean", tasks.decoded_task, ref, None, 0.0, channel, uses=(source,))
 
     async def _internal_clean_entry(self, pending: asyncio.Future[Any]) -> CleanEntry:
         decoded, nbytes, _ = await pending
@@ -127,16 +127,16 @@ class DetectorScoring(Scoring):
         return Candidate(signature, (SharedArray(signature),))
 
     def score(
-        self, who: Who, source: SharedArray | None, ref: ClipRef, entry: CleanEntry, candidate: Candidate, epsilon: float, codec: CodecSettings
+        self, who: Who, source: SharedArray | None, ref: ClipRef, entry: CleanEntry, candidate: Candidate, epsilon: float, channel: Channel
     ) -> Awaitable[PoisonedScore]:
-        return self._score(who, source, ref, entry, candidate, epsilon, codec)
+        return self._score(who, source, ref, entry, candidate, epsilon, channel)
 
     async def _score(
-        self, who: Who, source: SharedArray | None, ref: ClipRef, entry: CleanEntry, candidate: Candidate, epsilon: float, codec: CodecSettings
+        self, who: Who, source: SharedArray | None, ref: ClipRef, entry: CleanEntry, candidate: Candidate, epsilon: float, channel: Channel
     ) -> PoisonedScore:
         (sig,) = candidate.shared
         decoded, nbytes, squared_error = await self.submit(
-            who, "poisoned", tasks.decoded_task, ref, sig.ref, epsilon, codec, uses=(source, sig)
+            who, "poisoned", tasks.decoded_task, ref, sig.ref, epsilon, channel, uses=(source, sig)
         )
         key = candidate.signature if self.impl.uses_key else None
         batcher = self.impl.batcher

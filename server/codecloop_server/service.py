@@ -15,7 +15,9 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from codecloop_server import memory, parse, scorers
-from codecloop_server.codec import CODECS, PIX_FMTS, PRESETS
+from codecloop_server.channels import FILTERS, Channel
+from codecloop_server.channels import PRESETS as channel_presets
+from codecloop_server.codec import CODECS, MIN_SIZE, PIX_FMTS, PRESETS, encoder_version
 from codecloop_server.corpus import Dataset
 from codecloop_server.engine import Engine
 from codecloop_server.jobs import CandidateOutcome, EvaluateJob
@@ -204,7 +206,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
                 job = parse.evaluate_job(request, self.datasets, self.limits)
                 outcomes = await self.engine.evaluate(job, client=client, priority=priority)
                 return pb.EvaluateResponse(
-                    results=[_candidate_proto(o, job.per_clip) for o in outcomes],
+                    results=[_candidate_proto(o, job) for o in outcomes],
                     scorer=job.scorer[0],
                     epsilon=job.epsilon,
                     num_clips=len(job.carriers),
@@ -223,7 +225,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
 
     async def _stream(self, job: EvaluateJob, client: str, priority: int) -> AsyncIterator[pb.EvaluateEvent]:
         """Started, then progress and per-candidate results as they happen."""
-        total = len(job.candidates) * len(job.codecs) * len(job.carriers)
+        total = len(job.candidates) * len(job.channels) * len(job.carriers)
         yield pb.EvaluateEvent(
             started=pb.EvaluateEvent.Started(
                 num_candidates=len(job.candidates),
@@ -242,7 +244,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
                 queue.put_nowait(pb.EvaluateEvent(progress=pb.EvaluateEvent.Progress(clip_tasks_done=done, clip_tasks=total)))
 
         def on_candidate(index: int, outcome: CandidateOutcome) -> None:
-            queue.put_nowait(pb.EvaluateEvent(result=pb.EvaluateEvent.Result(index=index, result=_candidate_proto(outcome, job.per_clip))))
+            queue.put_nowait(pb.EvaluateEvent(result=pb.EvaluateEvent.Result(index=index, result=_candidate_proto(outcome, job))))
 
         task = asyncio.ensure_future(self.engine.evaluate(job, on_candidate, on_progress, client, priority))
         task.add_done_callback(lambda _: queue.put_nowait(None))
@@ -259,18 +261,25 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
             async with self._slot(context, memory.transcode_charge(request, self.datasets)) as caller:
                 carriers = parse.carriers(request.carriers, self.datasets, self.limits)
                 parse.check_transcode_reply(carriers, request.include_input, self.limits)  # before any encode
-                codec = parse.codec_settings(request.codec, "codec")
+                if request.HasField("channel"):
+                    found = parse.channel_list(request.channel, "channel", carriers.clip_shape)
+                    if len(found) != 1:
+                        raise CodecLoopValueError(f"channel.preset: {request.channel.preset!r} has {len(found)} channels; Transcode takes one")
+                    channel = found[0]
+                else:
+                    channel = Channel.of(parse.codec_settings(request.codec, "codec"))
                 eps = parse.epsilon(request)
                 sig = None
                 if request.HasField("signature"):
                     sig = parse.signature(request.signature, "signature", carriers.clip_shape)
-                out = await self.engine.transcode(carriers, sig, eps, codec, request.include_input, *caller)
+                out = await self.engine.transcode(carriers, sig, eps, channel, request.include_input, *caller)
                 return pb.TranscodeResponse(
                     decoded=to_tensor(out.decoded, "uint8"),
                     input=to_tensor(out.inputs, "uint8") if out.inputs is not None else None,
                     encoded_bytes=out.encoded_bytes,
                     clip_ids=carriers.clip_ids,
-                    codec=parse.codec_to_proto(codec),
+                    codec=parse.codec_to_proto(channel.final_codec),
+                    channel=parse.channel_to_proto(channel) if request.HasField("channel") else None,
                 )
 
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
@@ -293,9 +302,21 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
                 )
                 for d in self.datasets.values()
             ],
-            codecs=CODECS,
+            codecs=list(CODECS),
             presets=PRESETS,
             pix_fmts=PIX_FMTS,
+            codec_info=[
+                pb.CodecInfo(
+                    codec=spec.codec, decoder=spec.decoder, crf_range=spec.crf_range, qp_range=spec.qp_range or (), bitrate=True,
+                    presets=spec.presets, default_preset=spec.default_preset, min_size=MIN_SIZE, version=encoder_version(spec.codec),
+                )
+                for spec in CODECS.values()
+            ],
+            channel_presets=[
+                pb.ChannelPreset(name=p.name, description=p.description, channels=[parse.channel_to_proto(c) for c in p.channels])
+                for p in channel_presets.values()
+            ],
+            resize_filters=list(FILTERS),
             scorers=[
                 pb.ScorerInfo(name=s.name, description=s.description, default_params={k: v[0] for k, v in s.param_ranges.items()})
                 for s in scorers.SCORERS.values()
@@ -311,12 +332,15 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
         )
 
 
-def _candidate_proto(o: CandidateOutcome, per_clip: bool) -> pb.CandidateResult:
+def _candidate_proto(o: CandidateOutcome, job: EvaluateJob) -> pb.CandidateResult:
+    per_clip = job.per_clip
     return pb.CandidateResult(
         fitness=o.fitness,
+        fitness_mean=o.fitness_mean,
         codecs=[
             pb.CodecResult(
-                codec=parse.codec_to_proto(c.codec),
+                codec=parse.codec_to_proto(c.channel.final_codec),
+                channel=parse.channel_to_proto(c.channel) if job.report_channels else None,
                 psnr_db=c.psnr_db,  # +inf when the signature changed no pixel
                 clean_bytes_mean=c.clean_bytes_mean,
                 poisoned_bytes_mean=c.poisoned_bytes_mean,

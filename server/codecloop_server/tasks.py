@@ -1,7 +1,8 @@
 """The clip-level work units that codec worker processes run: pure functions of their arguments.
 
-One task is one carrier clip through one codec setting: poison (for candidates), RGB -> yuv420p,
-real libx264 encode, h264 decode, yuv420p -> RGB, scorer features and scores. Frames, signatures
+One task is one carrier clip through one channel (channels.py): poison (for candidates), the
+channel's steps (RGB -> yuv420p, a real encode, its decode, yuv420p -> RGB, and any resize, crop or
+frame-rate change), scorer features and scores. Frames, signatures
 and clean features arrive as shared-memory references (shm.ArrayRef), results are a few numbers.
 """
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from codecloop_server import scorers, shm
+from codecloop_server.channels import Channel
 from codecloop_server.codec import CodecSettings, transcode_rgb
 from codecloop_server.scorers import Params
 from codecloop_wire.poison import poison
@@ -53,9 +55,9 @@ class CleanRef:
         return scorers.ClipStats(shm.read(self.time_sum), self.total, self.squares, count)
 
 
-def clean_task(clip: ClipRef, settings: CodecSettings, scorer: ScorerKey) -> tuple[np.ndarray, scorers.ClipStats, int]:
-    """The clean clip after the codec: scorer features (integer (T, H, W, 3)), their stats, encoded size."""
-    decoded, nbytes = transcode_rgb(clip.load(), settings)
+def clean_task(clip: ClipRef, channel: Channel, scorer: ScorerKey) -> tuple[np.ndarray, scorers.ClipStats, int]:
+    """The clean clip after the channel: scorer features (integer (T, H, W, 3)), their stats, encoded size."""
+    decoded, nbytes = channel.apply(clip.load())
     features = scorers.worker_scorer(scorer[0]).features(decoded[None], scorer[1])[0]
     return features, scorers.clip_stats(features), nbytes
 
@@ -67,7 +69,7 @@ def poisoned_task(
     template: shm.ArrayRef,
     t_sq: float,
     epsilon: float,
-    settings: CodecSettings,
+    channel: Channel,
     scorer: ScorerKey,
 ) -> PoisonedScore:
     """Score one candidate on one clip; the clean side comes from the server's cache.
@@ -80,7 +82,7 @@ def poisoned_task(
     impl = scorers.worker_scorer(scorer[0])
     original = clip.load()
     marked = poison(original, shm.read(signature), epsilon)
-    decoded, nbytes = transcode_rgb(marked, settings)
+    decoded, nbytes = channel.apply(marked)
     features = impl.features(decoded[None], scorer[1])[0]
     tmpl = shm.read(template)
     time_varying = tmpl.shape[0] > 1
@@ -97,12 +99,12 @@ def poisoned_task(
     )
 
 
-def decoded_task(clip: ClipRef, signature: shm.ArrayRef | None, epsilon: float, settings: CodecSettings) -> tuple[np.ndarray, int, int]:
+def decoded_task(clip: ClipRef, signature: shm.ArrayRef | None, epsilon: float, channel: Channel) -> tuple[np.ndarray, int, int]:
     """For a detector (scored in the server): (decoded uint8 (T, H, W, 3), encoded bytes, squared
     error of the poisoning); the clean clip when ``signature`` is None."""
     original = clip.load()
     marked = original if signature is None else poison(original, shm.read(signature), epsilon)
-    decoded, nbytes = transcode_rgb(marked, settings)
+    decoded, nbytes = channel.apply(marked)
     return decoded, nbytes, _squared_error(marked, original)
 
 
@@ -112,14 +114,14 @@ def _squared_error(marked: np.ndarray, original: np.ndarray) -> int:
 
 
 def transcode_task(
-    clip: ClipRef, signature: shm.ArrayRef | None, epsilon: float, settings: CodecSettings, include_input: bool
+    clip: ClipRef, signature: shm.ArrayRef | None, epsilon: float, channel: Channel, include_input: bool
 ) -> tuple[np.ndarray | None, np.ndarray, int]:
     """(encoder input uint8 when ``include_input``, decoded uint8, encoded bytes) for one clip,
     clean when signature is None. The input comes back only when asked for: it is a clip's worth of
     pipe transfer and server memory."""
     clean = clip.load()
     marked = clean if signature is None else poison(clean, shm.read(signature), epsilon)
-    decoded, nbytes = transcode_rgb(marked, settings)
+    decoded, nbytes = channel.apply(marked)
     return (marked if include_input else None), decoded, nbytes
 
 

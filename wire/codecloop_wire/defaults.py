@@ -28,3 +28,7 @@ GOP: Final = 250  # x264's own keyint default
 FPS: Final = 25
 
 SCORER: Final = "blind"
+
+# channels
+RESIZE_FILTER: Final = "bicubic"  # a resize step's filter, and how a channel's output returns to the carriers' size
+INPUT_FPS: Final = FPS  # the carriers' frame rate as a channel sees it

@@ -53,7 +53,7 @@ class Carriers(_message.Message):
     def __init__(self, dataset: _Optional[_Union[DatasetCarriers, _Mapping]] = ..., clips: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class CodecSettings(_message.Message):
-    __slots__ = ("codec", "crf", "preset", "pix_fmt", "gop", "fps", "x264_asm", "x264_build")
+    __slots__ = ("codec", "crf", "preset", "pix_fmt", "gop", "fps", "x264_asm", "x264_build", "qp", "bitrate_kbps")
     CODEC_FIELD_NUMBER: _ClassVar[int]
     CRF_FIELD_NUMBER: _ClassVar[int]
     PRESET_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,8 @@ class CodecSettings(_message.Message):
     FPS_FIELD_NUMBER: _ClassVar[int]
     X264_ASM_FIELD_NUMBER: _ClassVar[int]
     X264_BUILD_FIELD_NUMBER: _ClassVar[int]
+    QP_FIELD_NUMBER: _ClassVar[int]
+    BITRATE_KBPS_FIELD_NUMBER: _ClassVar[int]
     codec: str
     crf: float
     preset: str
@@ -70,7 +72,65 @@ class CodecSettings(_message.Message):
     fps: int
     x264_asm: str
     x264_build: str
-    def __init__(self, codec: _Optional[str] = ..., crf: _Optional[float] = ..., preset: _Optional[str] = ..., pix_fmt: _Optional[str] = ..., gop: _Optional[int] = ..., fps: _Optional[int] = ..., x264_asm: _Optional[str] = ..., x264_build: _Optional[str] = ...) -> None: ...
+    qp: int
+    bitrate_kbps: int
+    def __init__(self, codec: _Optional[str] = ..., crf: _Optional[float] = ..., preset: _Optional[str] = ..., pix_fmt: _Optional[str] = ..., gop: _Optional[int] = ..., fps: _Optional[int] = ..., x264_asm: _Optional[str] = ..., x264_build: _Optional[str] = ..., qp: _Optional[int] = ..., bitrate_kbps: _Optional[int] = ...) -> None: ...
+
+class ResizeStep(_message.Message):
+    __slots__ = ("width", "height", "scale", "filter")
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    width: int
+    height: int
+    scale: float
+    filter: str
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., scale: _Optional[float] = ..., filter: _Optional[str] = ...) -> None: ...
+
+class CropStep(_message.Message):
+    __slots__ = ("x", "y", "width", "height")
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    x: int
+    y: int
+    width: int
+    height: int
+    def __init__(self, x: _Optional[int] = ..., y: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+
+class FrameRateStep(_message.Message):
+    __slots__ = ("fps",)
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    fps: int
+    def __init__(self, fps: _Optional[int] = ...) -> None: ...
+
+class ChannelStep(_message.Message):
+    __slots__ = ("resize", "crop", "frame_rate", "encode")
+    RESIZE_FIELD_NUMBER: _ClassVar[int]
+    CROP_FIELD_NUMBER: _ClassVar[int]
+    FRAME_RATE_FIELD_NUMBER: _ClassVar[int]
+    ENCODE_FIELD_NUMBER: _ClassVar[int]
+    resize: ResizeStep
+    crop: CropStep
+    frame_rate: FrameRateStep
+    encode: CodecSettings
+    def __init__(self, resize: _Optional[_Union[ResizeStep, _Mapping]] = ..., crop: _Optional[_Union[CropStep, _Mapping]] = ..., frame_rate: _Optional[_Union[FrameRateStep, _Mapping]] = ..., encode: _Optional[_Union[CodecSettings, _Mapping]] = ...) -> None: ...
+
+class Channel(_message.Message):
+    __slots__ = ("name", "steps", "map_back_filter", "input_fps", "preset")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    MAP_BACK_FILTER_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FPS_FIELD_NUMBER: _ClassVar[int]
+    PRESET_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    steps: _containers.RepeatedCompositeFieldContainer[ChannelStep]
+    map_back_filter: str
+    input_fps: int
+    preset: str
+    def __init__(self, name: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[ChannelStep, _Mapping]]] = ..., map_back_filter: _Optional[str] = ..., input_fps: _Optional[int] = ..., preset: _Optional[str] = ...) -> None: ...
 
 class Scorer(_message.Message):
     __slots__ = ("name", "params")
@@ -96,7 +156,7 @@ class DecisionRule(_message.Message):
     def __init__(self, threshold: _Optional[float] = ..., target_fpr: _Optional[float] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("candidates", "epsilon", "carriers", "codecs", "scorer", "decision", "per_clip_scores")
+    __slots__ = ("candidates", "epsilon", "carriers", "codecs", "scorer", "decision", "per_clip_scores", "channels")
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     CARRIERS_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +164,7 @@ class EvaluateRequest(_message.Message):
     SCORER_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     PER_CLIP_SCORES_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
     candidates: _containers.RepeatedCompositeFieldContainer[Tensor]
     epsilon: float
     carriers: Carriers
@@ -111,10 +172,11 @@ class EvaluateRequest(_message.Message):
     scorer: Scorer
     decision: DecisionRule
     per_clip_scores: bool
-    def __init__(self, candidates: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., epsilon: _Optional[float] = ..., carriers: _Optional[_Union[Carriers, _Mapping]] = ..., codecs: _Optional[_Iterable[_Union[CodecSettings, _Mapping]]] = ..., scorer: _Optional[_Union[Scorer, _Mapping]] = ..., decision: _Optional[_Union[DecisionRule, _Mapping]] = ..., per_clip_scores: _Optional[bool] = ...) -> None: ...
+    channels: _containers.RepeatedCompositeFieldContainer[Channel]
+    def __init__(self, candidates: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., epsilon: _Optional[float] = ..., carriers: _Optional[_Union[Carriers, _Mapping]] = ..., codecs: _Optional[_Iterable[_Union[CodecSettings, _Mapping]]] = ..., scorer: _Optional[_Union[Scorer, _Mapping]] = ..., decision: _Optional[_Union[DecisionRule, _Mapping]] = ..., per_clip_scores: _Optional[bool] = ..., channels: _Optional[_Iterable[_Union[Channel, _Mapping]]] = ...) -> None: ...
 
 class CodecResult(_message.Message):
-    __slots__ = ("codec", "clean_mean", "clean_std", "poisoned_mean", "poisoned_std", "separation", "threshold", "tpr", "fpr", "auc", "p_value", "p_value_test", "psnr_db", "clean_bytes_mean", "poisoned_bytes_mean", "clean_scores", "poisoned_scores")
+    __slots__ = ("codec", "clean_mean", "clean_std", "poisoned_mean", "poisoned_std", "separation", "threshold", "tpr", "fpr", "auc", "p_value", "p_value_test", "psnr_db", "clean_bytes_mean", "poisoned_bytes_mean", "clean_scores", "poisoned_scores", "channel")
     CODEC_FIELD_NUMBER: _ClassVar[int]
     CLEAN_MEAN_FIELD_NUMBER: _ClassVar[int]
     CLEAN_STD_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +194,7 @@ class CodecResult(_message.Message):
     POISONED_BYTES_MEAN_FIELD_NUMBER: _ClassVar[int]
     CLEAN_SCORES_FIELD_NUMBER: _ClassVar[int]
     POISONED_SCORES_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
     codec: CodecSettings
     clean_mean: float
     clean_std: float
@@ -149,15 +212,18 @@ class CodecResult(_message.Message):
     poisoned_bytes_mean: float
     clean_scores: _containers.RepeatedScalarFieldContainer[float]
     poisoned_scores: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, codec: _Optional[_Union[CodecSettings, _Mapping]] = ..., clean_mean: _Optional[float] = ..., clean_std: _Optional[float] = ..., poisoned_mean: _Optional[float] = ..., poisoned_std: _Optional[float] = ..., separation: _Optional[float] = ..., threshold: _Optional[float] = ..., tpr: _Optional[float] = ..., fpr: _Optional[float] = ..., auc: _Optional[float] = ..., p_value: _Optional[float] = ..., p_value_test: _Optional[str] = ..., psnr_db: _Optional[float] = ..., clean_bytes_mean: _Optional[float] = ..., poisoned_bytes_mean: _Optional[float] = ..., clean_scores: _Optional[_Iterable[float]] = ..., poisoned_scores: _Optional[_Iterable[float]] = ...) -> None: ...
+    channel: Channel
+    def __init__(self, codec: _Optional[_Union[CodecSettings, _Mapping]] = ..., clean_mean: _Optional[float] = ..., clean_std: _Optional[float] = ..., poisoned_mean: _Optional[float] = ..., poisoned_std: _Optional[float] = ..., separation: _Optional[float] = ..., threshold: _Optional[float] = ..., tpr: _Optional[float] = ..., fpr: _Optional[float] = ..., auc: _Optional[float] = ..., p_value: _Optional[float] = ..., p_value_test: _Optional[str] = ..., psnr_db: _Optional[float] = ..., clean_bytes_mean: _Optional[float] = ..., poisoned_bytes_mean: _Optional[float] = ..., clean_scores: _Optional[_Iterable[float]] = ..., poisoned_scores: _Optional[_Iterable[float]] = ..., channel: _Optional[_Union[Channel, _Mapping]] = ...) -> None: ...
 
 class CandidateResult(_message.Message):
-    __slots__ = ("fitness", "codecs")
+    __slots__ = ("fitness", "codecs", "fitness_mean")
     FITNESS_FIELD_NUMBER: _ClassVar[int]
     CODECS_FIELD_NUMBER: _ClassVar[int]
+    FITNESS_MEAN_FIELD_NUMBER: _ClassVar[int]
     fitness: float
     codecs: _containers.RepeatedCompositeFieldContainer[CodecResult]
-    def __init__(self, fitness: _Optional[float] = ..., codecs: _Optional[_Iterable[_Union[CodecResult, _Mapping]]] = ...) -> None: ...
+    fitness_mean: float
+    def __init__(self, fitness: _Optional[float] = ..., codecs: _Optional[_Iterable[_Union[CodecResult, _Mapping]]] = ..., fitness_mean: _Optional[float] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
     __slots__ = ("results", "scorer", "epsilon", "num_clips", "clip_ids")
@@ -213,32 +279,36 @@ class EvaluateEvent(_message.Message):
     def __init__(self, started: _Optional[_Union[EvaluateEvent.Started, _Mapping]] = ..., progress: _Optional[_Union[EvaluateEvent.Progress, _Mapping]] = ..., result: _Optional[_Union[EvaluateEvent.Result, _Mapping]] = ...) -> None: ...
 
 class TranscodeRequest(_message.Message):
-    __slots__ = ("carriers", "signature", "epsilon", "codec", "include_input")
+    __slots__ = ("carriers", "signature", "epsilon", "codec", "include_input", "channel")
     CARRIERS_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_INPUT_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
     carriers: Carriers
     signature: Tensor
     epsilon: float
     codec: CodecSettings
     include_input: bool
-    def __init__(self, carriers: _Optional[_Union[Carriers, _Mapping]] = ..., signature: _Optional[_Union[Tensor, _Mapping]] = ..., epsilon: _Optional[float] = ..., codec: _Optional[_Union[CodecSettings, _Mapping]] = ..., include_input: _Optional[bool] = ...) -> None: ...
+    channel: Channel
+    def __init__(self, carriers: _Optional[_Union[Carriers, _Mapping]] = ..., signature: _Optional[_Union[Tensor, _Mapping]] = ..., epsilon: _Optional[float] = ..., codec: _Optional[_Union[CodecSettings, _Mapping]] = ..., include_input: _Optional[bool] = ..., channel: _Optional[_Union[Channel, _Mapping]] = ...) -> None: ...
 
 class TranscodeResponse(_message.Message):
-    __slots__ = ("decoded", "input", "encoded_bytes", "clip_ids", "codec")
+    __slots__ = ("decoded", "input", "encoded_bytes", "clip_ids", "codec", "channel")
     DECODED_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     ENCODED_BYTES_FIELD_NUMBER: _ClassVar[int]
     CLIP_IDS_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
     decoded: Tensor
     input: Tensor
     encoded_bytes: _containers.RepeatedScalarFieldContainer[int]
     clip_ids: _containers.RepeatedScalarFieldContainer[int]
     codec: CodecSettings
-    def __init__(self, decoded: _Optional[_Union[Tensor, _Mapping]] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., encoded_bytes: _Optional[_Iterable[int]] = ..., clip_ids: _Optional[_Iterable[int]] = ..., codec: _Optional[_Union[CodecSettings, _Mapping]] = ...) -> None: ...
+    channel: Channel
+    def __init__(self, decoded: _Optional[_Union[Tensor, _Mapping]] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., encoded_bytes: _Optional[_Iterable[int]] = ..., clip_ids: _Optional[_Iterable[int]] = ..., codec: _Optional[_Union[CodecSettings, _Mapping]] = ..., channel: _Optional[_Union[Channel, _Mapping]] = ...) -> None: ...
 
 class GetServerInfoRequest(_message.Message):
     __slots__ = ()
@@ -318,7 +388,7 @@ class Limits(_message.Message):
     def __init__(self, max_candidates: _Optional[int] = ..., max_clips: _Optional[int] = ..., max_clip_pixels: _Optional[int] = ..., max_work_pixels: _Optional[int] = ..., max_codecs: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_client_calls: _Optional[int] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("versions", "datasets", "codecs", "presets", "pix_fmts", "scorers", "limits", "workers", "load")
+    __slots__ = ("versions", "datasets", "codecs", "presets", "pix_fmts", "scorers", "limits", "workers", "load", "codec_info", "channel_presets", "resize_filters")
     class VersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -342,6 +412,9 @@ class ServerInfo(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
+    CODEC_INFO_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_PRESETS_FIELD_NUMBER: _ClassVar[int]
+    RESIZE_FILTERS_FIELD_NUMBER: _ClassVar[int]
     versions: _containers.ScalarMap[str, str]
     datasets: _containers.RepeatedCompositeFieldContainer[DatasetInfo]
     codecs: _containers.RepeatedScalarFieldContainer[str]
@@ -351,4 +424,39 @@ class ServerInfo(_message.Message):
     limits: Limits
     workers: int
     load: _containers.ScalarMap[str, float]
-    def __init__(self, versions: _Optional[_Mapping[str, str]] = ..., datasets: _Optional[_Iterable[_Union[DatasetInfo, _Mapping]]] = ..., codecs: _Optional[_Iterable[str]] = ..., presets: _Optional[_Iterable[str]] = ..., pix_fmts: _Optional[_Iterable[str]] = ..., scorers: _Optional[_Iterable[_Union[ScorerInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., workers: _Optional[int] = ..., load: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    codec_info: _containers.RepeatedCompositeFieldContainer[CodecInfo]
+    channel_presets: _containers.RepeatedCompositeFieldContainer[ChannelPreset]
+    resize_filters: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, versions: _Optional[_Mapping[str, str]] = ..., datasets: _Optional[_Iterable[_Union[DatasetInfo, _Mapping]]] = ..., codecs: _Optional[_Iterable[str]] = ..., presets: _Optional[_Iterable[str]] = ..., pix_fmts: _Optional[_Iterable[str]] = ..., scorers: _Optional[_Iterable[_Union[ScorerInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., workers: _Optional[int] = ..., load: _Optional[_Mapping[str, float]] = ..., codec_info: _Optional[_Iterable[_Union[CodecInfo, _Mapping]]] = ..., channel_presets: _Optional[_Iterable[_Union[ChannelPreset, _Mapping]]] = ..., resize_filters: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CodecInfo(_message.Message):
+    __slots__ = ("codec", "decoder", "crf_range", "qp_range", "bitrate", "presets", "default_preset", "min_size", "version")
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    DECODER_FIELD_NUMBER: _ClassVar[int]
+    CRF_RANGE_FIELD_NUMBER: _ClassVar[int]
+    QP_RANGE_FIELD_NUMBER: _ClassVar[int]
+    BITRATE_FIELD_NUMBER: _ClassVar[int]
+    PRESETS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_PRESET_FIELD_NUMBER: _ClassVar[int]
+    MIN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    codec: str
+    decoder: str
+    crf_range: _containers.RepeatedScalarFieldContainer[float]
+    qp_range: _containers.RepeatedScalarFieldContainer[int]
+    bitrate: bool
+    presets: _containers.RepeatedScalarFieldContainer[str]
+    default_preset: str
+    min_size: int
+    version: str
+    def __init__(self, codec: _Optional[str] = ..., decoder: _Optional[str] = ..., crf_range: _Optional[_Iterable[float]] = ..., qp_range: _Optional[_Iterable[int]] = ..., bitrate: _Optional[bool] = ..., presets: _Optional[_Iterable[str]] = ..., default_preset: _Optional[str] = ..., min_size: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+
+class ChannelPreset(_message.Message):
+    __slots__ = ("name", "description", "channels")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    channels: _containers.RepeatedCompositeFieldContainer[Channel]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., channels: _Optional[_Iterable[_Union[Channel, _Mapping]]] = ...) -> None: ...

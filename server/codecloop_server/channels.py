@@ -1,0 +1,262 @@
+"""Channels: where a video goes between the marker and the detector, as an ordered list of steps
+(resize, crop, frame-rate change, encode + decode), applied to RGB clips. ndarray in, ndarray out.
+
+A channel ends where it started: its output is resized back to the carriers' H x W with
+``map_back_filter`` (when the size differs) and mapped back in time (carrier frame i, at time
+i / input_fps, takes the latest output frame at or before that time), so every scorer compares
+clips of the carriers' shape. A crop comes back as a zoom of the kept rectangle.
+
+A channel of one encode step is exactly :func:`codec.transcode_rgb` (what ``codecs`` always ran).
+Presets (:data:`PRESETS`, a registry that refuses name collisions) are named channel sets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import av
+import numpy as np
+from av.video.reformatter import Interpolation
+
+from codecloop_server.codec import MIN_SIZE, CodecSettings, _reformatter, transcode_rgb
+from codecloop_wire import defaults
+from codecloop_wire.errors import CodecLoopValueError
+
+FILTERS = {
+    "bicubic": Interpolation.BICUBIC,
+    "bilinear": Interpolation.BILINEAR,
+    "lanczos": Interpolation.LANCZOS,
+    "area": Interpolation.AREA,
+    "neighbor": Interpolation.POINT,
+}
+MAX_STEPS = 8
+MAX_SIDE = 8192
+SCALE_RANGE = (0.0, 4.0)  # (low open]
+
+
+def _check_filter(name: str, field_name: str) -> None:
+    if name not in FILTERS:
+        raise CodecLoopValueError(f"{field_name}: unknown filter {name!r}; allowed: {tuple(FILTERS)}")
+
+
+@dataclass(frozen=True)
+class Resize:
+    """Every frame to ``width`` x ``height``, or both sides times ``scale`` rounded to the nearest even number."""
+
+    width: int | None = None
+    height: int | None = None
+    scale: float | None = None
+    filter: str = defaults.RESIZE_FILTER
+
+    def __post_init__(self) -> None:
+        if self.scale is None:
+            if self.width is None or self.height is None:
+                raise CodecLoopValueError("resize: give width and height, or scale")
+            for name in ("width", "height"):
+                if not 2 <= getattr(self, name) <= MAX_SIDE:
+                    raise CodecLoopValueError(f"resize.{name}: {getattr(self, name)} is outside the allowed range [2, {MAX_SIDE}]")
+        else:
+            if self.width is not None or self.height is not None:
+                raise CodecLoopValueError("resize: give width and height, or scale, not both")
+            if not (math.isfinite(self.scale) and SCALE_RANGE[0] < self.scale <= SCALE_RANGE[1]):
+                raise CodecLoopValueError(f"resize.scale: {self.scale} is outside the allowed range (0, 4]")
+        _check_filter(self.filter, "resize.filter")
+
+    def size(self, h: int, w: int) -> tuple[int, int]:
+        if self.scale is None:
+            assert self.width is not None and self.height is not None
+            return self.height, self.width
+        return max(2, 2 * round(h * self.scale / 2)), max(2, 2 * round(w * self.scale / 2))
+
+
+@dataclass(frozen=True)
+class Crop:
+    """The rectangle (x, y, width, height) of every frame."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        if self.x < 0 or self.y < 0 or self.width < 1 or self.height < 1:
+            raise CodecLoopValueError(f"crop: x, y = {self.x}, {self.y} must be >= 0 and width, height = {self.width}, {self.height} >= 1")
+
+
+@dataclass(frozen=True)
+class FrameRate:
+    """Resample in time to ``fps`` (nearest earlier frame; the clip keeps its duration)."""
+
+    fps: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.fps <= 240:
+            raise CodecLoopValueError(f"frame_rate.fps: {self.fps} is outside the allowed range [1, 240]")
+
+
+Step = Resize | Crop | FrameRate | CodecSettings
+
+
+def _step_name(step: Step) -> str:
+    return {Resize: "resize", Crop: "crop", FrameRate: "frame_rate", CodecSettings: "encode"}[type(step)]
+
+
+@dataclass(frozen=True)
+class Channel:
+    """Steps applied in order. ``name`` is a label (not part of the identity: two channels with the
+    same steps are the same work)."""
+
+    steps: tuple[Step, ...]
+    map_back_filter: str = defaults.RESIZE_FILTER
+    input_fps: int = defaults.INPUT_FPS
+    name: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.steps) <= MAX_STEPS:
+            raise CodecLoopValueError(f"channel.steps: {len(self.steps)} steps; a channel has 1 to {MAX_STEPS}")
+        if not any(isinstance(s, CodecSettings) for s in self.steps):
+            raise CodecLoopValueError("channel.steps: no encode step; a channel encodes at least once")
+        _check_filter(self.map_back_filter, "channel.map_back_filter")
+        if not 1 <= self.input_fps <= 240:
+            raise CodecLoopValueError(f"channel.input_fps: {self.input_fps} is outside the allowed range [1, 240]")
+
+    @classmethod
+    def of(cls, codec: CodecSettings) -> Channel:
+        """The one-step channel that a CodecSettings given alone is."""
+        return cls((codec,))
+
+    @property
+    def final_codec(self) -> CodecSettings:
+        """The last encode step (what a result's ``codec`` reports)."""
+        return next(s for s in reversed(self.steps) if isinstance(s, CodecSettings))
+
+    @property
+    def is_codec(self) -> bool:
+        """One encode step with the default mapping: exactly a CodecSettings given alone."""
+        return len(self.steps) == 1 and self.input_fps == defaults.INPUT_FPS
+
+    def check(self, clip_shape: tuple[int, int, int], field_name: str = "channel") -> None:
+        """Refuse (naming the step) a channel that cannot run on clips of (T, H, W)."""
+        t, h, w = clip_shape
+        rate = self.input_fps
+        for i, step in enumerate(self.steps):
+            where = f"{field_name}.steps[{i}].{_step_name(step)}"
+            if isinstance(step, Resize):
+                h, w = step.size(h, w)
+            elif isinstance(step, Crop):
+                if step.x + step.width > w or step.y + step.height > h:
+                    raise CodecLoopValueError(
+                        f"{where}: the rectangle x={step.x} y={step.y} {step.width}x{step.height} does not fit a {w}x{h} frame"
+                    )
+                h, w = step.height, step.width
+            elif isinstance(step, FrameRate):
+                t, rate = _frames_at(t, rate, step.fps), step.fps
+            else:
+                if h % 2 or w % 2 or h < MIN_SIZE or w < MIN_SIZE:
+                    raise CodecLoopValueError(f"{where}: a {w}x{h} frame; an encode needs even width and height of at least {MIN_SIZE}")
+
+    def apply(self, clip: np.ndarray) -> tuple[np.ndarray, int]:
+        """uint8 (T, H, W, 3) RGB through every step and back to (T, H, W, 3): (output, encoded bytes of all encodes)."""
+        if self.is_codec:
+            return transcode_rgb(clip, self.final_codec)
+        t, h, w, _ = clip.shape
+        x, rate, total = clip, self.input_fps, 0
+        for step in self.steps:
+            if isinstance(step, Resize):
+                x = resize(x, *step.size(x.shape[1], x.shape[2]), step.filter)
+            elif isinstance(step, Crop):
+                x = np.ascontiguousarray(x[:, step.y : step.y + step.height, step.x : step.x + step.width])
+            elif isinstance(step, FrameRate):
+                x, rate = x[_resample_indices(len(x), rate, step.fps)], step.fps
+            else:
+                x, nbytes = transcode_rgb(np.ascontiguousarray(x), step)
+                total += nbytes
+        if x.shape[1:3] != (h, w):
+            x = resize(x, h, w, self.map_back_filter)
+        if rate != self.input_fps or len(x) != t:
+            x = x[np.minimum(len(x) - 1, np.floor(np.arange(t) * rate / self.input_fps + 1e-9).astype(int))]
+        return np.ascontiguousarray(x), total
+
+
+def _frames_at(t: int, rate: int, fps: int) -> int:
+    """Frames of a T-frame clip at ``rate`` resampled to ``fps`` (same duration)."""
+    return max(1, math.ceil(t * fps / rate - 1e-9))
+
+
+def _resample_indices(t: int, rate: int, fps: int) -> np.ndarray:
+    """Output frame j (time j / fps) <- the latest input frame at or before it."""
+    return np.minimum(t - 1, np.floor(np.arange(_frames_at(t, rate, fps)) * rate / fps + 1e-9).astype(int))
+
+
+def resize(clip: np.ndarray, height: int, width: int, filter: str) -> np.ndarray:
+    """uint8 (T, H, W, 3) RGB -> (T, height, width, 3) with swscale (``filter``, FILTERS), per frame."""
+    r = _reformatter(f"resize:{filter}")
+    interpolation = FILTERS[filter]
+    return np.stack(
+        [
+            r.reformat(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24"), width=width, height=height,
+                       interpolation=interpolation).to_ndarray()
+            for f in clip
+        ]
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    channels: tuple[Channel, ...]
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register(preset: Preset) -> Preset:
+    """Add a channel preset; a name that is already taken is refused."""
+    if preset.name in PRESETS:
+        raise ValueError(f"a channel preset named {preset.name!r} is already registered")
+    PRESETS[preset.name] = preset
+    return preset
+
+
+def preset(name: str, field_name: str = "channel.preset") -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise CodecLoopValueError(f"{field_name}: unknown preset {name!r}; allowed: {sorted(PRESETS)}") from None
+
+
+def _named(name: str, steps: Sequence[Step]) -> Channel:
+    return Channel(tuple(steps), name=name)
+
+
+register(Preset(
+    "social",
+    "H.264 at CRF 23 and 28 (preset medium) after a downscale to 3/4 size (bicubic), as feeds re-encode uploads",
+    (
+        _named("social-crf23", [Resize(scale=0.75), CodecSettings("libx264", crf=23)]),
+        _named("social-crf28", [Resize(scale=0.75), CodecSettings("libx264", crf=28)]),
+    ),
+))  # fmt: skip
+register(Preset(
+    "streaming",
+    "a VP9 and an AV1 ladder: full size and half size, VP9 CRF 32 / 36 (cpu-used 4), SVT-AV1 CRF 35 / 40 (preset 8)",
+    (
+        _named("vp9-full", [CodecSettings("libvpx-vp9", crf=32)]),
+        _named("vp9-half", [Resize(scale=0.5), CodecSettings("libvpx-vp9", crf=36)]),
+        _named("av1-full", [CodecSettings("libsvtav1", crf=35)]),
+        _named("av1-half", [Resize(scale=0.5), CodecSettings("libsvtav1", crf=40)]),
+    ),
+))  # fmt: skip
+register(Preset(
+    "messaging",
+    "H.264 CRF 35 (preset veryfast) at half size, 15 fps, as messengers send video",
+    (_named("messaging", [Resize(scale=0.5), FrameRate(15), CodecSettings("libx264", crf=35, preset="veryfast", fps=15)]),),
+))  # fmt: skip
+register(Preset(
+    "reupload",
+    "a re-upload: H.264 CRF 23, then 3/4 size and H.265 CRF 28",
+    (_named("reupload", [CodecSettings("libx264", crf=23), Resize(scale=0.75), CodecSettings("libx265", crf=28)]),),
+))  # fmt: skip
