@@ -82,8 +82,13 @@ def test_channels_end_to_end(client):
     assert alone.channel is None  # a request without channels gets the old reply, field for field
     np.testing.assert_array_equal(alone.poisoned_scores, cand.codecs[1].poisoned_scores)
     assert alone.poisoned_bytes_mean == cand.codecs[1].poisoned_bytes_mean
-    # a downscale then H.264 CRF 23 costs fewer bytes than full size, and the signature is weaker
+    # a downscale then H.264 CRF 23 costs fewer bytes than full size
     assert cand.codecs[2].poisoned_bytes_mean < cand.codecs[1].poisoned_bytes_mean
+    # clean work is per (clip, channel): a new candidate through the same channels encodes no clean clip
+    before = client.info().load
+    client.evaluate(block_signature(9)[None], epsilon=4 / 255, carriers=SMALL, codecs=Codec(crf=35), channels=chans)
+    after = client.info().load
+    assert after["clean_encodes"] == before["clean_encodes"] and after["poisoned_encodes"] - before["poisoned_encodes"] == 7 * 4
 
 
 def test_transcode_through_a_channel_is_the_local_channel(client):

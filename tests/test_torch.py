@@ -120,3 +120,23 @@ def test_train_resumes_from_checkpoint(client, tmp_path):
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3, 4]  # the step after the checkpoint is re-run once, nothing twice
     assert resumed["final"]["real_separation"] == pytest.approx(straight["final"]["real_separation"], rel=1e-5)
+
+
+def test_torch_training_through_a_channel(client, tmp_path):
+    """torch-ste forwards through a channel (RealCodec -> Transcode(channel)); validation and the
+    held-out report go through the same channel."""
+    from codecloop import Channel
+    from codecloop.train import TrainConfig, train_signature
+
+    channel = Channel.parse("resize:0.5,libx265:crf=30:preset=ultrafast")
+    config = TrainConfig(
+        mode="torch-ste", channel=channel, train=DatasetCarriers(split="train", num_clips=2),
+        holdout=DatasetCarriers(split="holdout", num_clips=4), steps=1, validate_every=1, frames=1, block=8,
+    )  # fmt: skip
+    summary = train_signature(client, config, tmp_path, progress=False)
+    assert summary["holdout"]["codec"] == "resize:0.5,libx265:crf=30:preset=ultrafast"
+    sig = torch.from_numpy(np.load(tmp_path / "best.npy")).requires_grad_(True)
+    clean = torch.from_numpy(client.transcode(None, carriers=config.train, include_input=True).inputs.astype(np.float32) / 255)
+    out = RealCodec.apply(sig, clean, client, {"epsilon": 4 / 255, "carriers": config.train, "channel": channel}, None)
+    direct = client.transcode(sig.detach().numpy(), epsilon=4 / 255, carriers=config.train, channel=channel)
+    np.testing.assert_array_equal((out.detach().numpy() * 255).round().astype(np.uint8), direct.decoded)
