@@ -1,4 +1,10 @@
-"""Engine benchmark: the codec limit, the server over gRPC, and the naive ffmpeg-CLI loop, in one run.
+"""Engine benchmark: the codec limit, the same per-clip work in-process, the server over gRPC, and the
+naive ffmpeg-CLI loop, in one run.
+
+LIMIT: libx264 encode + h264 decode of yuv420p frames (codec only). LIMIT-same-work: everything the
+server does per (candidate, clip) with the clean side warm (poison, conversions, encode, decode,
+features, both scores), in a process pool of the same size, no server. The server's own overhead
+(gRPC, scheduling, IPC, statistics) is server / LIMIT-same-work.
 
     python benchmarks/engine_bench.py            # full (about 6 minutes on 2 cores)
     python benchmarks/engine_bench.py --quick    # 112x112 only, smaller tables
@@ -76,6 +82,60 @@ def limit_clips_per_s(yuv_clips: np.ndarray, preset: str, workers: int, repeats:
         for _ in range(repeats):
             t = time.perf_counter()
             n = sum(pool.map(_limit_worker, [(c, preset, 28.0) for c in chunks]))
+            rates.append(n / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
+# --- (a') LIMIT-same-work: the whole per-clip pipeline in-process, one process per core, no server -----
+
+_SAME: dict[str, object] = {}
+
+
+def _same_init(clips: np.ndarray, preset: str) -> None:
+    """Pool initializer: this worker's copy of the clips; clean features are computed on first use."""
+    _SAME.update(clips=clips, preset=preset, clean={})
+
+
+def _same_work_worker(args: tuple[list[int], np.ndarray]) -> int:
+    """What the server does per (candidate, clip) with the clean side warm: poison, RGB -> yuv420p,
+    libx264, h264, yuv420p -> RGB, blind features, the poisoned and the clean score. The best loop a
+    user could write with the same library code, without gRPC, scheduling, IPC or statistics."""
+    from codecloop_server import scorers
+    from codecloop_server.codec import CodecSettings, transcode_rgb
+    from codecloop_wire.poison import poison
+
+    indices, sigs = args
+    clips, clean = _SAME["clips"], _SAME["clean"]
+    settings = CodecSettings(preset=_SAME["preset"])
+    blind = scorers.worker_scorer("blind")
+    params = blind.resolve_params({})
+    for i in indices:
+        if i not in clean:  # the warm-up pass: clean features once per clip, like the server's cache
+            feats = blind.features(transcode_rgb(clips[i], settings)[0][None], params)[0]
+            clean[i] = (feats, scorers.clip_stats(feats))
+    n = 0
+    for sig in sigs:
+        tmpl = blind.template(sig, params)
+        t_sq = scorers.template_sq(tmpl)
+        for i in indices:
+            decoded, _ = transcode_rgb(poison(clips[i], sig, 4 / 255), settings)
+            feats = blind.features(decoded[None], params)[0]
+            scorers.ncc_from_stats(scorers.clip_stats(feats), tmpl, feats, t_sq)
+            scorers.ncc_from_stats(clean[i][1], tmpl, None, t_sq)
+            n += 1
+    return n
+
+
+def same_work_clips_per_s(clips: np.ndarray, preset: str, workers: int, p: int, hw: int, seed: int, repeats: int = 3) -> float:
+    """P candidates x N clips through the in-process pipeline, clips split across ``workers`` processes."""
+    parts = [list(range(k, len(clips), workers)) for k in range(workers)]
+    with mp.get_context("spawn").Pool(workers, initializer=_same_init, initargs=(clips, preset)) as pool:
+        pool.map(_same_work_worker, [(part, signatures(1, seed - 1, hw)) for part in parts])  # warm: clean side, imports
+        rates = []
+        for r in range(repeats):
+            sigs = signatures(p, seed + r, hw)
+            t = time.perf_counter()
+            n = sum(pool.map(_same_work_worker, [(part, sigs) for part in parts]))
             rates.append(n / (time.perf_counter() - t))
     return statistics.median(rates)
 
@@ -179,12 +239,14 @@ def stage_breakdown(clip: np.ndarray) -> dict[str, float]:
     marked = poison(clip, sig, 4 / 255)
     decoded, _ = transcode_rgb(marked, settings)
     features = blind.features(decoded[None], params)
-    from codecloop_server.codec import rgb_to_yuv420p, transcode_yuv, yuv420p_to_rgb
+    from codecloop_server.codec import rgb_to_yuv420p, transcode_yuv, yuv420p_frames, yuv420p_to_rgb
 
     yuv = rgb_to_yuv420p(marked)
     stages = {
         "poison": lambda: poison(clip, sig, 4 / 255),
-        "rgb->yuv420p + yuv420p->rgb (swscale)": lambda: yuv420p_to_rgb(rgb_to_yuv420p(marked)),
+        "rgb->yuv420p, 16 swscale calls": lambda: rgb_to_yuv420p(marked),
+        "rgb->yuv420p frames, one swscale call": lambda: yuv420p_frames(marked),
+        "yuv420p->rgb, 16 swscale calls": lambda: yuv420p_to_rgb(yuv),
         "libx264 encode + h264 decode (LIMIT)": lambda: transcode_yuv(yuv, settings),
         "whole fused transcode_rgb": lambda: transcode_rgb(marked, settings),
         "scorer features": lambda: blind.features(decoded[None], params),
@@ -224,9 +286,10 @@ def main() -> None:
                 if size != hw:
                     continue
                 limit = limit_clips_per_s(yuv, preset, w)
+                same = same_work_clips_per_s(clips, preset, w, P_DEFAULT, hw, seed=3000)
                 rate, deltas = server_clips_per_s(srv, P_DEFAULT, N_DEFAULT, preset, hw, seed=1000)
                 naive = naive_clips_per_s(clips[:8], preset) if shutil.which("ffmpeg") and hw == 112 else float("nan")
-                rows.append((f"{hw}x{hw} {preset}", limit, rate, naive, deltas))
+                rows.append((f"{hw}x{hw} {preset}", limit, same, rate, naive, deltas))
             if hw == 112:
                 rss = srv.peak_rss_mib()
                 scaling = []
@@ -254,10 +317,11 @@ def main() -> None:
         finally:
             srv.close()
 
-    print("\n| clips | LIMIT clips/s | server clips/s | naive CLI clips/s | server/LIMIT | server/naive | encodes in a warm generation |")
-    print("|---|---|---|---|---|---|---|")
-    for name, limit, rate, naive, deltas in rows:
-        print(f"| {name} | {limit:.1f} | {rate:.1f} | {naive:.1f} | {rate / limit:.2f} | {rate / naive:.1f} | "
+    print("\n| clips | LIMIT clips/s | LIMIT-same-work clips/s | server clips/s | naive CLI clips/s | server/LIMIT | server/same-work | "
+          "server/naive | encodes in a warm generation |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, limit, same, rate, naive, deltas in rows:
+        print(f"| {name} | {limit:.1f} | {same:.1f} | {rate:.1f} | {naive:.1f} | {rate / limit:.2f} | {rate / same:.2f} | {rate / naive:.1f} | "
               f"{int(deltas['poisoned_encodes'])} poisoned + {int(deltas['clean_encodes'])} clean (P x N = {P_DEFAULT * N_DEFAULT}) |")  # fmt: skip
     print(f"\nserver peak RSS (VmHWM), 112x112 server: main process {rss[0]:.0f} MiB, main + {w} workers {rss[1]:.0f} MiB "
           "(shared-memory pages count in every process that touches them)")  # fmt: skip

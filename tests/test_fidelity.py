@@ -131,3 +131,18 @@ def test_rgb_pipeline_matches_ffmpeg_cli_end_to_end(tmp_path):
     staged, staged_bytes = transcode_yuv(rgb_to_yuv420p(clip), settings)
     np.testing.assert_array_equal(fused, yuv420p_to_rgb(staged))
     assert nbytes == staged_bytes
+
+
+@pytest.mark.parametrize("shape", [(16, 112, 112), (8, 64, 96), (3, 16, 16), (5, 30, 46)])
+def test_one_call_conversion_equals_per_frame(shape):
+    """yuv420p_frames (one swscale call on the frames side by side, what transcode_rgb encodes) is
+    bit-identical to the per-frame conversion the CLI test checks, on real-looking and on noise clips."""
+    from codecloop_server.codec import yuv420p_frames
+
+    t, h, w = shape
+    rng = np.random.default_rng(t * h + w)
+    clips = [realistic_clip(s, t, h, w, cut=s == 1) for s in range(3)] if h >= 32 else []
+    clips += [rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8), np.repeat(rng.integers(0, 256, (t, h, 1, 3), dtype=np.uint8), w, axis=2)]
+    for clip in clips:
+        batched = np.stack([f.to_ndarray() for f in yuv420p_frames(clip)])
+        np.testing.assert_array_equal(batched, rgb_to_yuv420p(clip))

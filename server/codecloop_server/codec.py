@@ -237,6 +237,31 @@ def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
     return np.stack(out)
 
 
+def yuv420p_frames(clip: np.ndarray) -> list[av.VideoFrame]:
+    """uint8 (T, H, W, 3) RGB -> T yuv420p frames, bit-identical to :func:`rgb_to_yuv420p`'s
+    per-frame conversion (tested) but in ONE swscale call on the frames placed side by side.
+
+    Why that is exact: for RGB input swscale reads chroma at half width by averaging pixel pairs
+    (W is even, so no pair straddles two frames) and then scales it 1:1, so no horizontal filter
+    reaches into the neighbouring frame; the vertical filter works within each column, i.e. within
+    one frame. (Stacked vertically it would not be exact.) One call instead of T saves swscale's
+    per-call set-up (benchmarks/engine_bench.py, stage breakdown).
+    """
+    t, h, w, _ = clip.shape
+    wide = np.ascontiguousarray(clip.transpose(1, 0, 2, 3)).reshape(h, t * w, 3)
+    big = _reformatter("rgb->yuv wide").reformat(
+        av.VideoFrame.from_ndarray(wide, format="rgb24"), format="yuv420p", interpolation=Interpolation.BICUBIC
+    )
+    planes = [np.frombuffer(big.planes[i], np.uint8).reshape(rows, -1)[:, : cols * t] for i, rows, cols in ((0, h, w), (1, h // 2, w // 2), (2, h // 2, w // 2))]
+    return [
+        av.VideoFrame.from_ndarray(
+            np.concatenate([p[:, k * (p.shape[1] // t) : (k + 1) * (p.shape[1] // t)].reshape(-1) for p in planes]).reshape(h * 3 // 2, w),
+            format="yuv420p",
+        )
+        for k in range(t)
+    ]
+
+
 def yuv420p_to_rgb(frames: np.ndarray) -> np.ndarray:
     """Inverse of :func:`rgb_to_yuv420p` (swscale bicubic, BT.601 limited): (T, H*3/2, W) -> (T, H, W, 3)."""
     r = _reformatter("yuv->rgb")
@@ -335,17 +360,13 @@ def transcode_yuv(frames: np.ndarray, settings: CodecSettings) -> tuple[np.ndarr
 def transcode_rgb(clip: np.ndarray, settings: CodecSettings) -> tuple[np.ndarray, int]:
     """uint8 (T, H, W, 3) RGB -> yuv420p -> encoder -> decoder -> RGB: (decoded (T, H, W, 3), encoded bytes).
 
-    Exactly ``yuv420p_to_rgb(transcode_yuv(rgb_to_yuv420p(clip)))`` (tested), but the swscale
-    output frames go straight into the encoder and out of the decoder, skipping four numpy <-> frame
-    copies per frame.
+    Exactly ``yuv420p_to_rgb(transcode_yuv(rgb_to_yuv420p(clip)))`` (tested), but the RGB ->
+    yuv420p conversion is one swscale call for the whole clip (:func:`yuv420p_frames`) and the
+    decoder's frames go straight into swscale, skipping numpy <-> frame copies.
     """
     t, h, w, _ = clip.shape
-    to_yuv, to_rgb = _reformatter("rgb->yuv"), _reformatter("yuv->rgb")
-    yuv = (
-        to_yuv.reformat(av.VideoFrame.from_ndarray(f, format="rgb24"), format="yuv420p", interpolation=Interpolation.BICUBIC)
-        for f in clip
-    )
-    packets = _encode_packets(yuv, settings, w, h)
+    to_rgb = _reformatter("yuv->rgb")
+    packets = _encode_packets(yuv420p_frames(clip), settings, w, h)
     decoded = [
         to_rgb.reformat(f, format="rgb24", interpolation=Interpolation.BICUBIC).to_ndarray() for f in _decode_packets(packets, settings)
     ]
