@@ -14,6 +14,7 @@ from codecloop_server import channels
 from codecloop_server.codec import CODECS, CodecSettings, _decode_frames, rgb_to_yuv420p, transcode_rgb, transcode_yuv
 from codecloop_wire.errors import CodecLoopValueError
 from codecloop_wire.poison import poison
+from codecloop_wire.stats import psnr_db
 from tests.conftest import block_signature, ffmpeg_or_skip
 from tests.content import realistic_clip
 
@@ -134,8 +135,7 @@ def test_each_codec_repeats_on_realistic_content(codec):
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b) ** 2)
-    return 10 * np.log10(255**2 / mse)
+    return psnr_db(int(np.sum((a.astype(np.int64) - b) ** 2)), a.size)
 
 
 def test_resize_step_matches_ffmpeg_cli(tmp_path):

@@ -13,6 +13,7 @@ from fractions import Fraction
 import numpy as np
 
 from codecloop.objectives import NAMES
+from codecloop.units import fraction_label
 from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopError, CodecLoopValueError
 
@@ -39,11 +40,6 @@ _CHANNEL_HELP = (
     "like 'resize:0.5:bicubic,libx264:crf=23' (resize:S|WxH[:filter], crop:X:Y:W:H, fps:N, <codec>[:crf=|qp=|bitrate=][:preset=]); "
     "with --channel and no --crf only the channels are used"
 )
-
-
-def _fraction(value: float) -> str:
-    """A default as --help shows it and the parser reads it back: 4/255 -> '4/255', 1/64 -> '1/64'."""
-    return str(Fraction(value).limit_denominator(1000))
 
 
 _epsilon = fraction("epsilon", 0.0, 1.0, low_open=True, high_open=False)
@@ -171,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--signature", help=".npy of (T, H, W, 3) or a population (P, T, H, W, 3), values in [-1, 1]")
     src.add_argument("--random", choices=["pixel", "block4", "block8", "block16"], help="a random +-1 signature")
     e.add_argument("--seed", type=int, default=0, help="seed of --random")
-    e.add_argument("--epsilon", type=_epsilon, default=_fraction(defaults.EPSILON))
+    e.add_argument("--epsilon", type=_epsilon, default=fraction_label(defaults.EPSILON))
     e.add_argument("--crf", type=float, action="append", help=f"repeat for several codec settings (default {defaults.CRF:g})")
     e.add_argument("--channel", action="append", default=[], help=_CHANNEL_HELP)
     e.add_argument("--preset", default=defaults.PRESET)
@@ -184,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--clip-seed", type=int, default=defaults.SEED)
     rule = e.add_mutually_exclusive_group()
     rule.add_argument("--threshold", type=float, help="explicit decision threshold (instead of --target-fpr)")
-    rule.add_argument("--target-fpr", type=_target_fpr, default=_fraction(defaults.TARGET_FPR), help="calibrate the threshold on the clean scores to this FPR")
+    rule.add_argument("--target-fpr", type=_target_fpr, default=fraction_label(defaults.TARGET_FPR), help="calibrate the threshold on the clean scores to this FPR")
     e.add_argument("--per-clip", action="store_true", help="print every clip's scores")
     e.add_argument("--json", help="also write the full result as JSON to this path")
     e.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for the server to come up")
@@ -200,13 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="cma, nevergrad:<name> (NGOpt, CMA, TwoPointsDE, PSO, ...), torch-ste, torch-hybrid, proxy:tanh|soft|ste",
     )  # fmt: skip
     o.add_argument("--param", default="lowres:7x7:rgb:t=all", help="lowres:HxW[:rgb][:t=N|t=all], tiled:HxW[:rgb], dct:B:K[:per_block][:rgb]")
-    o.add_argument("--epsilon", type=_epsilon, default=_fraction(defaults.EPSILON), help="L-inf budget, a number or a fraction")
+    o.add_argument("--epsilon", type=_epsilon, default=fraction_label(defaults.EPSILON), help="L-inf budget, a number or a fraction")
     o.add_argument("--crf", type=float, action="append", help=f"repeat for several codec settings; the worst decides (default {defaults.CRF:g})")
     o.add_argument("--channel", action="append", default=[], help=_CHANNEL_HELP + "; torch modes: one channel")
     o.add_argument("--preset", default=defaults.PRESET)
     o.add_argument("--scorer", default=defaults.SCORER)
     o.add_argument("--objective", default="centred-separation", choices=NAMES, help="see codecloop.objectives")
-    o.add_argument("--target-fpr", type=_target_fpr, default=_fraction(defaults.TARGET_FPR), help="deployed false-positive rate: objective and reports")
+    o.add_argument("--target-fpr", type=_target_fpr, default=fraction_label(defaults.TARGET_FPR), help="deployed false-positive rate: objective and reports")
     o.add_argument("--margin-quantile", type=_quantile, default="0.1", help="margin objectives: low quantile of poisoned scores")
     o.add_argument("--centre-weight", type=float, default=1.0, help="centred-*: weight of |mean clean score|")
     o.add_argument("--dataset", default=defaults.DATASET, help="a dataset the server serves, or (no --target) a folder of videos to serve")
@@ -235,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("diagnose", help="proxy (each rounding) vs real codec statistics for a signature")
     d.add_argument("--target", default=None, help=_TARGET_HELP)
     d.add_argument("--signature", required=True, help=".npy (T, H, W, 3) in [-1, 1]")
-    d.add_argument("--epsilon", type=_epsilon, default=_fraction(defaults.EPSILON))
+    d.add_argument("--epsilon", type=_epsilon, default=fraction_label(defaults.EPSILON))
     d.add_argument("--crf", type=float, default=defaults.CRF)
     d.add_argument("--preset", default=defaults.PRESET)
     d.add_argument("--clips", type=int, default=defaults.NUM_CLIPS)
@@ -372,7 +368,6 @@ def _optimize(args: argparse.Namespace) -> int:
     from codecloop.objectives import Objective
     from codecloop.optimize import Run, RunConfig
     from codecloop.params import make
-    from codecloop.plots import fraction_label
 
     started = time.monotonic()  # --max-minutes counts from here: a local server's start-up is in it
     with _client(args) as client:

@@ -4,7 +4,6 @@ score histograms (counts) and ROC curves with a log-scale FPR axis and the opera
 from __future__ import annotations
 
 from collections.abc import Sequence
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from codecloop.types import CodecStats
+from codecloop.units import fraction_label
 
 
 def roc_curve(clean: np.ndarray, poisoned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -20,12 +20,6 @@ def roc_curve(clean: np.ndarray, poisoned: np.ndarray) -> tuple[np.ndarray, np.n
     fpr = np.array([(clean > t).mean() for t in thresholds])
     tpr = np.array([(poisoned > t).mean() for t in thresholds])
     return fpr, tpr
-
-
-def fraction_label(x: float) -> str:
-    """0.015625 -> '1/64', 0.00784 -> '2/255', 0.3 -> '3/10'; other values as %.3g."""
-    f = Fraction(x).limit_denominator(1000)
-    return f"{f.numerator}/{f.denominator}" if abs(float(f) - x) < 1e-9 and f.denominator > 1 else f"{x:.3g}"
 
 
 def _pyplot():

@@ -12,6 +12,16 @@ from codecloop_wire.errors import CodecLoopValueError
 from codecloop_wire.v1 import codecloop_pb2 as pb
 
 
+def _given(obj: object, exclude: tuple[str, ...] = ()) -> dict[str, object]:
+    """The dataclass's fields that are set (not None): what a request carries; the rest stays unset."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj) if f.name not in exclude and getattr(obj, f.name) is not None}  # type: ignore[arg-type]
+
+
+def _present(msg: object, names: list[str]) -> dict[str, object]:
+    """The ``optional`` proto fields ``names`` of ``msg``, None where absent (0 is a value, not absence)."""
+    return {k: getattr(msg, k) if msg.HasField(k) else None for k in names}  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class Codec:
     """Real-codec settings. A field left None is not sent: the server applies its default
@@ -36,11 +46,11 @@ class Codec:
     bitrate_kbps: int | None = None  # average bitrate instead of crf, kbit/s
 
     def to_proto(self) -> pb.CodecSettings:
-        return pb.CodecSettings(**{k: v for k, v in asdict(self).items() if v is not None})
+        return pb.CodecSettings(**_given(self))
 
     @classmethod
     def from_proto(cls, msg: pb.CodecSettings) -> Codec:
-        return cls(**{f.name: getattr(msg, f.name) if msg.HasField(f.name) else None for f in fields(cls)})
+        return cls(**_present(msg, [f.name for f in fields(cls)]))
 
     def resolved(self) -> Codec:
         """Unset fields filled with the server's defaults for libx264 (codec, crf when no rate
@@ -71,7 +81,7 @@ class DatasetCarriers:
     seed: int | None = None
 
     def to_proto(self) -> pb.Carriers:
-        return pb.Carriers(dataset=pb.DatasetCarriers(**{k: v for k, v in asdict(self).items() if v is not None}))
+        return pb.Carriers(dataset=pb.DatasetCarriers(**_given(self)))
 
     def resolved(self) -> DatasetCarriers:
         """Every unset field filled with the server's default."""
@@ -127,7 +137,7 @@ class Channel:
         steps = []
         for s in self.steps:
             if isinstance(s, Resize):
-                steps.append(pb.ChannelStep(resize=pb.ResizeStep(**{k: v for k, v in asdict(s).items() if v is not None})))
+                steps.append(pb.ChannelStep(resize=pb.ResizeStep(**_given(s))))
             elif isinstance(s, Crop):
                 steps.append(pb.ChannelStep(crop=pb.CropStep(**asdict(s))))
             elif isinstance(s, FrameRate):
@@ -136,8 +146,7 @@ class Channel:
                 steps.append(pb.ChannelStep(encode=s.to_proto()))
             else:
                 raise CodecLoopValueError(f"channel.steps: {s!r} is not a Resize, Crop, FrameRate or Codec")
-        fields_ = {"name": self.name, "map_back_filter": self.map_back_filter, "input_fps": self.input_fps, "preset": self.preset}
-        return pb.Channel(steps=steps, **{k: v for k, v in fields_.items() if v is not None})
+        return pb.Channel(steps=steps, **_given(self, exclude=("steps",)))
 
     @classmethod
     def from_proto(cls, msg: pb.Channel) -> Channel:
@@ -145,16 +154,14 @@ class Channel:
         for step in msg.steps:
             which = step.WhichOneof("step")
             if which == "resize":
-                r = step.resize
-                steps.append(Resize(**{k: getattr(r, k) if r.HasField(k) else None for k in ("width", "height", "scale", "filter")}))
+                steps.append(Resize(**_present(step.resize, ["width", "height", "scale", "filter"])))
             elif which == "crop":
                 steps.append(Crop(step.crop.x, step.crop.y, step.crop.width, step.crop.height))
             elif which == "frame_rate":
                 steps.append(FrameRate(step.frame_rate.fps))
             else:
                 steps.append(Codec.from_proto(step.encode))
-        opt = {k: getattr(msg, k) if msg.HasField(k) else None for k in ("name", "map_back_filter", "input_fps", "preset")}
-        return cls(tuple(steps), **opt)
+        return cls(tuple(steps), **_present(msg, ["name", "map_back_filter", "input_fps", "preset"]))
 
     def label(self) -> str:
         if self.name:

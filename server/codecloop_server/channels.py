@@ -21,6 +21,7 @@ import numpy as np
 from av.video.reformatter import Interpolation
 
 from codecloop_server.codec import MIN_SIZE, CodecSettings, _reformatter, transcode_rgb
+from codecloop_server.registry import Registry
 from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopValueError
 
@@ -167,16 +168,16 @@ class Channel:
             if isinstance(step, Resize):
                 x = resize(x, *step.size(x.shape[1], x.shape[2]), step.filter)
             elif isinstance(step, Crop):
-                x = np.ascontiguousarray(x[:, step.y : step.y + step.height, step.x : step.x + step.width])
+                x = x[:, step.y : step.y + step.height, step.x : step.x + step.width]  # a view: the next step copies
             elif isinstance(step, FrameRate):
-                x, rate = x[_resample_indices(len(x), rate, step.fps)], step.fps
+                x, rate = x[_latest_frames(_frames_at(len(x), rate, step.fps), len(x), rate, step.fps)], step.fps
             else:
-                x, nbytes = transcode_rgb(np.ascontiguousarray(x), step)
+                x, nbytes = transcode_rgb(x, step)
                 total += nbytes
         if x.shape[1:3] != (h, w):
             x = resize(x, h, w, self.map_back_filter)
         if rate != self.input_fps or len(x) != t:
-            x = x[np.minimum(len(x) - 1, np.floor(np.arange(t) * rate / self.input_fps + 1e-9).astype(int))]
+            x = x[_latest_frames(t, len(x), rate, self.input_fps)]
         return np.ascontiguousarray(x), total
 
 
@@ -185,9 +186,10 @@ def _frames_at(t: int, rate: int, fps: int) -> int:
     return max(1, math.ceil(t * fps / rate - 1e-9))
 
 
-def _resample_indices(t: int, rate: int, fps: int) -> np.ndarray:
-    """Output frame j (time j / fps) <- the latest input frame at or before it."""
-    return np.minimum(t - 1, np.floor(np.arange(_frames_at(t, rate, fps)) * rate / fps + 1e-9).astype(int))
+def _latest_frames(count: int, available: int, rate: int, fps: int) -> np.ndarray:
+    """Indices of ``count`` frames at ``fps`` taken from ``available`` frames at ``rate``: frame j
+    (time j / fps) is the latest input frame at or before that time."""
+    return np.minimum(available - 1, np.floor(np.arange(count) * rate / fps + 1e-9).astype(int))
 
 
 def resize(clip: np.ndarray, height: int, width: int, filter: str) -> np.ndarray:
@@ -210,22 +212,12 @@ class Preset:
     channels: tuple[Channel, ...]
 
 
-PRESETS: dict[str, Preset] = {}
+PRESETS: Registry[Preset] = Registry("preset")
 
 
 def register(preset: Preset) -> Preset:
     """Add a channel preset; a name that is already taken is refused."""
-    if preset.name in PRESETS:
-        raise ValueError(f"a channel preset named {preset.name!r} is already registered")
-    PRESETS[preset.name] = preset
-    return preset
-
-
-def preset(name: str, field_name: str = "channel.preset") -> Preset:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise CodecLoopValueError(f"{field_name}: unknown preset {name!r}; allowed: {sorted(PRESETS)}") from None
+    return PRESETS.add(preset.name, preset)
 
 
 def _named(name: str, steps: Sequence[Step]) -> Channel:

@@ -29,6 +29,7 @@ import numpy as np
 from av.video.reformatter import Interpolation, VideoReformatter
 
 from codecloop_server import x264_asm
+from codecloop_server.registry import Registry
 from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopValueError
 
@@ -100,15 +101,12 @@ def _rate(c: CodecSettings, names: dict[str, str]) -> dict[str, str]:
     return {}
 
 
-CODECS: dict[str, CodecSpec] = {}
+CODECS: Registry[CodecSpec] = Registry("codec")
 
 
 def register(spec: CodecSpec) -> CodecSpec:
     """Add a codec; a name that is already taken is refused."""
-    if spec.codec in CODECS:
-        raise ValueError(f"a codec named {spec.codec!r} is already registered")
-    CODECS[spec.codec] = spec
-    return spec
+    return CODECS.add(spec.codec, spec)
 
 
 register(CodecSpec("libx264", "h264", (0.0, 51.0), (0, 69), PRESETS, defaults.PRESET, True, True, _x264_options))
@@ -145,9 +143,7 @@ class CodecSettings:
     bitrate_kbps: int | None = None
 
     def __post_init__(self) -> None:
-        spec = CODECS.get(self.codec)
-        if spec is None:
-            raise CodecLoopValueError(f"codec.codec: unknown codec {self.codec!r}; allowed: {tuple(CODECS)}")
+        spec = CODECS.lookup(self.codec, "codec.codec")
         given = [n for n in ("crf", "qp", "bitrate_kbps") if getattr(self, n) is not None]
         if len(given) > 1:
             raise CodecLoopValueError(f"codec.{given[1]}: give at most one of crf, qp, bitrate_kbps (also got {given[0]})")

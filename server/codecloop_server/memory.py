@@ -14,8 +14,8 @@ Why these factors (per float value of a signature: the float32 job copy 4 + its 
 4 + the float64 template in shared memory 8, plus the transient float64 copies made while one
 template is built; per message byte: the message, the copy that decoding a tensor makes, the shared
 copy of inline clips; per reply byte: the decoded clips, their bytes, the reply message, its
-serialized form) is in the README's "Memory bound", the measurement that checks it in docs/benchmarks.md (the
-bound is tested in tests/test_faults_redteam.py). The sum of the charges of the requests in progress never
+serialized form) is in the README's "Memory bound"; the bound is tested in tests/test_faults_redteam.py
+and its measurement is in docs/benchmarks.md. The sum of the charges of the requests in progress never
 exceeds ``max_request_memory_bytes``: a request that would go over is refused at once with
 RESOURCE_EXHAUSTED naming the limit.
 """

@@ -98,7 +98,7 @@ def channel_list(msg: pb.Channel, field: str, clip_shape: tuple[int, int, int]) 
     if msg.HasField("preset"):
         if msg.steps:
             raise CodecLoopValueError(f"{field}.preset: a preset brings its own steps; leave steps empty")
-        found = channels.preset(msg.preset, f"{field}.preset").channels
+        found = channels.PRESETS.lookup(msg.preset, f"{field}.preset").channels
     else:
         input_fps = _field(msg, "input_fps", defaults.INPUT_FPS)
         steps, fps = [], input_fps

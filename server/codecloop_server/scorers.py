@@ -34,6 +34,7 @@ from typing import ClassVar
 import numpy as np
 from scipy.ndimage import uniform_filter
 
+from codecloop_server.registry import Registry
 from codecloop_wire.errors import CodecLoopValueError
 
 Params = tuple[tuple[str, float], ...]
@@ -189,15 +190,12 @@ class InformedScorer(Scorer):
         return signature
 
 
-SCORERS: dict[str, Registered] = {}
+SCORERS: Registry[Registered] = Registry("scorer")
 
 
 def register(scorer: Registered) -> Registered:
     """Add a scorer to the registry; a name that is already taken is refused."""
-    if scorer.name in SCORERS:
-        raise ValueError(f"a scorer named {scorer.name!r} is already registered")
-    SCORERS[scorer.name] = scorer
-    return scorer
+    return SCORERS.add(scorer.name, scorer)
 
 
 def unregister(name: str) -> None:
@@ -207,10 +205,7 @@ def unregister(name: str) -> None:
 
 def get(name: str) -> Registered:
     """The registered scorer called ``name``, or a CodecLoopValueError naming the choices."""
-    try:
-        return SCORERS[name]
-    except KeyError:
-        raise CodecLoopValueError(f"scorer.name: unknown scorer {name!r}; allowed: {sorted(SCORERS)}") from None
+    return SCORERS.lookup(name, "scorer.name")
 
 
 def worker_scorer(name: str) -> Scorer:
