@@ -35,6 +35,9 @@ DOCUMENTED = {
     "name": defaults.SCORER,
     "target_fpr": defaults.TARGET_FPR,
     "epsilon": defaults.EPSILON,
+    "eta": defaults.RACE_ETA,
+    "finalists": defaults.RACE_FINALISTS,
+    "centre_weight": defaults.RACE_CENTRE_WEIGHT,
 }
 
 

@@ -194,3 +194,34 @@ def test_unknown_optimizer_and_split(client, tmp_path):
         Run(client, make("dct:8:2", SHAPE), _config("nevergrad:NoSuchThing", 8), tmp_path)
     with pytest.raises(CodecLoopValueError, match=r"holdout.split: dataset 'embedded' has no split 'test'"):
         Run(client, make("dct:8:2", SHAPE), replace(_config("cma", 8), holdout=DatasetCarriers(split="test")), tmp_path)
+
+
+def test_a_racing_run_scores_fewer_clips_and_keeps_the_race_winner(client, tmp_path):
+    """Each generation is a race: the log says how many clips each candidate got and its rank; the
+    generation's best is the race's winner; the run repeats exactly (seeded draws, deterministic race)."""
+    from codecloop import Racing
+
+    config = _config("cma", 8, train=DatasetCarriers(num_clips=8), racing=Racing(first_clips=2))
+    assert config.racing == Racing(first_clips=2, centre_weight=1.0)  # ranks by the objective, centred-separation
+    run = Run(client, make("lowres:7x7", SHAPE), config, tmp_path / "a")
+    summary = run.run(progress=False)
+    log = _log(tmp_path / "a")
+    for g in (0, 1):  # schedule (4, 2), (2, 4), (1, 8): clips 2, 2, 4, 8
+        lines = [e for e in log if e["generation"] == g]
+        assert sorted(e["clips"] for e in lines) == [2, 2, 4, 8]
+        assert sorted(e["race_rank"] for e in lines) == [0, 1, 2, 3]
+        winner = next(e for e in lines if e["race_rank"] == 0)
+        assert winner["clips"] == 8 and run.state.history[g]["max"] == winner["fitness"]
+        assert run.state.history[g]["candidate_clips"] == 16
+    assert summary["candidate_clips"] == 32 < summary["evaluations"] * 8
+    Run(client, make("lowres:7x7", SHAPE), config, tmp_path / "b").run(progress=False)
+    assert _log(tmp_path / "b") == log
+
+
+def test_racing_needs_a_mean_objective():
+    from codecloop import Racing
+
+    with pytest.raises(CodecLoopValueError, match="racing: a race ranks by separation or centred-separation; objective 'tpr'"):
+        _config("cma", 8, objective="tpr", racing=Racing())
+    with pytest.raises(CodecLoopValueError, match="racing.centre_weight: 3"):
+        _config("cma", 8, racing=Racing(centre_weight=3))

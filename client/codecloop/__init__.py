@@ -18,6 +18,7 @@ from codecloop.types import (
     EvaluateResult,
     FrameRate,
     Progress,
+    Racing,
     Resize,
     TranscodeResult,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "EvaluateOptions",
     "EvaluateResult",
     "Progress",
+    "Racing",
     "TranscodeResult",
     "poison",
 ]

@@ -13,6 +13,7 @@ from fractions import Fraction
 import numpy as np
 
 from codecloop.objectives import NAMES
+from codecloop.types import Racing
 from codecloop.units import fraction_label
 from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopError, CodecLoopValueError
@@ -215,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation period: generations (default 4), torch modes: steps (default 10)")  # fmt: skip
     o.add_argument("--holdout-clips", type=int, default=0, help="0 = the whole holdout split; at most its size")
     o.add_argument("--popsize", type=int, default=16)
+    o.add_argument("--racing", nargs="?", const="", default=None, metavar="SPEC",
+                   help="race each generation (successive halving): SPEC = first_clips=N,eta=N,finalists=N, any subset; "
+                   "bare --racing: the server's defaults (4, 2, 1)")  # fmt: skip
     o.add_argument("--budget", type=int, default=None, help="evaluations (candidates); default: no limit but --max-minutes")
     o.add_argument("--max-minutes", type=float, default=9.0, help="wall-clock limit, final validation and held-out report included")
     o.add_argument("--patience", type=int, default=0, help="stop after this many generations without a better kept signature (0: never)")
@@ -363,6 +367,17 @@ def _diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _racing(spec: str) -> Racing:
+    """``first_clips=4,eta=2,finalists=2`` (any subset; empty: the server's defaults) -> Racing."""
+    fields: dict[str, int] = {}
+    for part in filter(None, spec.split(",")):
+        name, _, value = part.partition("=")
+        if name not in ("first_clips", "eta", "finalists") or not value.isdigit():
+            raise CodecLoopValueError(f"--racing: {part!r}; use first_clips=N, eta=N, finalists=N separated by commas")
+        fields[name] = int(value)
+    return Racing(**fields)
+
+
 def _optimize(args: argparse.Namespace) -> int:
     from codecloop import Channel, Codec, DatasetCarriers
     from codecloop.objectives import Objective
@@ -396,6 +411,7 @@ def _optimize(args: argparse.Namespace) -> int:
             patience=args.patience,
             sigma0=args.sigma0,
             seed=args.seed,
+            racing=None if args.racing is None else _racing(args.racing),
         )
         summary = Run(client, make(args.param, shape), config, args.out).run(progress=not args.no_progress)
     sel = summary["selected"]

@@ -205,10 +205,11 @@ class Client:
                 for event in call:
                     kind = event.WhichOneof("event")
                     if kind == "started":
-                        per_candidate = event.started.clip_tasks // event.started.num_candidates
                         chunk_tasks = event.started.clip_tasks
+                        # several chunks (never a race): each candidate costs the same
+                        total = chunk_tasks if len(requests) == 1 else chunk_tasks // event.started.num_candidates * population
                     elif kind == "progress":
-                        yield Progress(done_before + event.progress.clip_tasks_done, per_candidate * population)
+                        yield Progress(done_before + event.progress.clip_tasks_done, total)
                     elif kind == "result":
                         yield CandidateDone(offset + event.result.index, _candidate(event.result.result))
             except grpc.RpcError as err:
@@ -230,6 +231,11 @@ class Client:
             req.CopyFrom(template)
             req.candidates.extend(chunk)
             requests.append(req)
+        if len(requests) > 1 and options.racing is not None:
+            raise CodecLoopValueError(
+                f"racing: a race must see the whole population in one request, and these {len(batch)} signatures need "
+                f"{len(requests)} (message limit {self.max_message_bytes} bytes); send fewer or smaller (dtype='int8') signatures"
+            )
         return requests
 
     def fitness(self, signatures: Any, options: EvaluateOptions | None = None, **kwargs: Any) -> np.ndarray:
@@ -240,9 +246,12 @@ class Client:
 
             es.tell(X, list(-client.fitness(batch)))
 
-        ``options`` and keyword arguments are those of :meth:`evaluate`.
+        ``options`` and keyword arguments are those of :meth:`evaluate`. With ``racing`` the values
+        are the race's order, ``P - 1 - race_rank`` (:attr:`EvaluateResult.race_fitness`): raced
+        candidates rest on different clips, so only their order is comparable; a rank-based
+        optimizer (CMA-ES) sees exactly what the race decided.
         """
-        return self.evaluate(signatures, options, **kwargs).fitness
+        return self.evaluate(signatures, options, **kwargs).race_fitness
 
     def transcode(
         self,
@@ -313,4 +322,10 @@ class Client:
 
 
 def _candidate(msg: pb.CandidateResult) -> CandidateResult:
-    return CandidateResult(fitness=msg.fitness, codecs=tuple(CodecStats.from_proto(c) for c in msg.codecs), fitness_mean=msg.fitness_mean)
+    return CandidateResult(
+        fitness=msg.fitness,
+        codecs=tuple(CodecStats.from_proto(c) for c in msg.codecs),
+        fitness_mean=msg.fitness_mean,
+        num_clips=msg.num_clips,
+        race_rank=msg.race_rank if msg.HasField("race_rank") else None,
+    )

@@ -50,7 +50,7 @@ from codecloop.client import Client
 from codecloop.objectives import Objective
 from codecloop.params import Parameterization
 from codecloop.rundir import RunFolder
-from codecloop.types import CandidateResult, Channel, Codec, DatasetCarriers, EvaluateResult
+from codecloop.types import CandidateResult, Channel, Codec, DatasetCarriers, EvaluateResult, Racing
 from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopValueError
 
@@ -87,10 +87,20 @@ class RunConfig:
     patience: int = 0  # generations without a better kept signature before stopping; 0 = never
     sigma0: float = 2.0
     seed: int = 0
+    racing: Racing | None = None  # each generation a race (its centre_weight: the objective's)
 
     def __post_init__(self) -> None:
         if isinstance(self.objective, str):
             self.objective = Objective(self.objective)
+        if self.racing is not None:
+            if self.objective.name not in ("separation", "centred-separation"):
+                raise CodecLoopValueError(
+                    f"racing: a race ranks by separation or centred-separation; objective {self.objective.name!r} is neither"
+                )
+            weight = self.objective.centre_weight if self.objective.name == "centred-separation" else 0.0
+            if self.racing.centre_weight is not None and self.racing.centre_weight != weight:
+                raise CodecLoopValueError(f"racing.centre_weight: {self.racing.centre_weight}; the objective {self.objective.name!r} needs {weight}")
+            self.racing = replace(self.racing, centre_weight=weight)
         if self.popsize < 2:
             raise CodecLoopValueError(f"popsize: {self.popsize} must be >= 2")
         if self.validate_every < 1:
@@ -188,6 +198,8 @@ class RunState:
     evaluations: int = 0
     elapsed: float = 0.0  # seconds spent in generations and validations (summed over resumes)
     last_generation_s: float = 0.0  # the last generation's seconds (its population, no validation)
+    last_generation_clips: int = 0  # candidate-clips the last generation scored (fewer than popsize x clips in a race)
+    candidate_clips: int = 0  # candidate-clips scored in all generations (each through every codec setting)
     best_fitness: float = -math.inf  # the kept signature's selection score (validation objective when validating)
     best_theta: np.ndarray | None = None
     best_generation: int = -1
@@ -297,7 +309,7 @@ class Run:
 
     # --- the loop ---------------------------------------------------------------------------------
 
-    def _evaluate(self, thetas: list[np.ndarray], carriers: DatasetCarriers, per_clip: bool = False) -> EvaluateResult:
+    def _evaluate(self, thetas: list[np.ndarray], carriers: DatasetCarriers, per_clip: bool = False, racing: Racing | None = None) -> EvaluateResult:
         c = self.config
         return self.client.evaluate(
             self.param(np.stack(thetas)),
@@ -308,11 +320,12 @@ class Run:
             scorer=c.scorer,
             target_fpr=self.objective.target_fpr,
             per_clip_scores=per_clip or self.objective.needs_per_clip,
+            racing=racing,
         )
 
     def _clip_seconds(self) -> float:
         """Seconds per candidate-clip in the last generation (0 before the first)."""
-        return self.state.last_generation_s / (self.config.popsize * self.train.num_clips)
+        return self.state.last_generation_s / max(1, self.state.last_generation_clips)
 
     def _validation_seconds(self) -> float:
         """Estimated seconds of one validation (two candidates) at the last generation's pace."""
@@ -341,23 +354,29 @@ class Run:
         t0 = time.monotonic()
         s, g = self.state, self.state.generation
         thetas = self.backend.ask()
-        result = self._evaluate(thetas, self.train_carriers(g))
-        fitness = self.objective(result)
-        self.backend.tell(thetas, [-float(f) for f in fitness])  # the optimizers minimize
+        result = self._evaluate(thetas, self.train_carriers(g), racing=self.config.racing)
+        fitness = self.objective(result)  # each candidate on its own clips (fewer for one a race dropped)
+        # a race's candidates rest on different clips: only the race's order compares them
+        ranking = result.race_fitness if result.raced else fitness
+        self.backend.tell(thetas, [-float(f) for f in ranking])  # the optimizers minimize
         self.folder.log.append(*(
-            {"generation": g, "index": i, "evaluation": s.evaluations + i, "fitness": float(f), **self._line(cand)}
+            {"generation": g, "index": i, "evaluation": s.evaluations + i, "fitness": float(f), "clips": cand.num_clips,
+             "race_rank": cand.race_rank, **self._line(cand)}
             for i, (f, cand) in enumerate(zip(fitness, result.candidates))
         ))  # fmt: skip
-        best = int(np.argmax(fitness))
+        best = int(np.argmax(ranking))
         s.generation_best_theta = np.asarray(thetas[best])
         if self.validation is None and fitness[best] > s.best_fitness:
             s.best_fitness, s.best_theta, s.best_generation = float(fitness[best]), s.generation_best_theta, g
+        clips = sum(c.num_clips for c in result.candidates)
         s.history.append({
-            "generation": g, "max": float(fitness.max()), "mean": float(fitness.mean()),
-            "best_tpr": self._line(result.candidates[best])["tpr"], "clip_ids": list(result.clip_ids),
+            "generation": g, "max": float(fitness[best]), "mean": float(fitness.mean()),
+            "best_tpr": self._line(result.candidates[best])["tpr"], "clip_ids": list(result.clip_ids), "candidate_clips": clips,
         })  # fmt: skip
         s.generation += 1
         s.evaluations += len(thetas)
+        s.last_generation_clips = clips
+        s.candidate_clips += clips
         s.last_generation_s = time.monotonic() - t0  # the pace estimate: population only
         if self.validation is not None and s.generation % self.config.validate_every == 0:
             self.validate()
@@ -435,6 +454,7 @@ class Run:
             "validation_note": self.validation_note or None,
             "generations": s.generation,
             "evaluations": s.evaluations,
+            "candidate_clips": s.candidate_clips,  # training clips scored, over all candidates (a race scores fewer)
             "elapsed_s": round(s.elapsed, 1),  # generations, validations and this report, over all resumes
             "wall_s": None if search_s is None else round(search_s + time.monotonic() - t0, 1),  # this call, report included
             "parameterization": self.param.describe(),

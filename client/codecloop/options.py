@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from codecloop.types import Channel, Codec, DatasetCarriers
+from codecloop.types import Channel, Codec, DatasetCarriers, Racing
 from codecloop_wire.errors import CodecLoopValueError
 from codecloop_wire.tensors import to_tensor
 from codecloop_wire.v1 import codecloop_pb2 as pb
@@ -35,6 +35,8 @@ class EvaluateOptions:
         threshold / target_fpr: the decision rule (at most one); neither: target_fpr 1/64.
         per_clip_scores: also return every clip's clean and poisoned score.
         dtype: wire type of the signatures: float32, float16 or int8 (with a scale).
+        racing: a :class:`Racing` (successive halving inside the request); None: every candidate
+            on every clip.
     """
 
     epsilon: float | None = None
@@ -47,6 +49,7 @@ class EvaluateOptions:
     target_fpr: float | None = None
     per_clip_scores: bool = False
     dtype: str = "float32"
+    racing: Racing | None = None
 
     def __post_init__(self) -> None:
         if self.threshold is not None and self.target_fpr is not None:
@@ -73,6 +76,8 @@ class EvaluateOptions:
         )
         if self.epsilon is not None:
             req.epsilon = self.epsilon
+        if self.racing is not None:
+            req.racing.CopyFrom(self.racing.to_proto())
         if self.threshold is not None:
             req.decision.threshold = self.threshold
         elif self.target_fpr is not None:

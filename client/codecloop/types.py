@@ -89,6 +89,30 @@ class DatasetCarriers:
 
 
 @dataclass(frozen=True)
+class Racing:
+    """Racing (successive halving) inside one request: spend clips only where the ranking is still
+    undecided. Round 1 scores every candidate on the first ``first_clips`` carriers; each round the
+    best ``max(finalists, ceil(alive / eta))`` go on to ``eta`` times as many clips (nested and
+    paired: the first n carriers), until the finalists have all N. Candidates are ranked by
+    ``min over codec settings of (separation - centre_weight * |clean_mean|)`` on the clips they
+    share. A field left None takes the server's default (``codecloop_wire.defaults``: first_clips
+    min(4, N), eta 2, finalists 1, centre_weight 0).
+
+    Results: each candidate's statistics rest on :attr:`CandidateResult.num_clips` clips and carry
+    its :attr:`CandidateResult.race_rank` (0 = best). With P candidates, N clips and the defaults
+    the race runs about ``P * first_clips * log2(N / first_clips) / 2 + 2 * N`` clip encodes per
+    codec setting instead of ``P * N`` (``EvaluateResult.clip_tasks`` is the exact count)."""
+
+    first_clips: int | None = None
+    eta: int | None = None
+    finalists: int | None = None
+    centre_weight: float | None = None
+
+    def to_proto(self) -> pb.Racing:
+        return pb.Racing(**_given(self))
+
+
+@dataclass(frozen=True)
 class Resize:
     """Resize every frame to ``width`` x ``height``, or by ``scale`` (rounded to even sides);
     ``filter``: bicubic (default), bilinear, lanczos, area, neighbor."""
@@ -277,6 +301,8 @@ class CandidateResult:
     fitness: float
     codecs: tuple[CodecStats, ...]
     fitness_mean: float = math.nan
+    num_clips: int = 0  # the clips these statistics rest on: the first num_clips of the request's
+    race_rank: int | None = None  # racing only: the race's order, 0 = best
 
 
 @dataclass(frozen=True)
@@ -291,6 +317,26 @@ class EvaluateResult:
     def fitness(self) -> np.ndarray:
         """(P,) float64, one per candidate, in request order; bigger is better."""
         return np.array([c.fitness for c in self.candidates], dtype=np.float64)
+
+    @property
+    def raced(self) -> bool:
+        return any(c.race_rank is not None for c in self.candidates)
+
+    @property
+    def race_fitness(self) -> np.ndarray:
+        """(P,) float64 ``P - 1 - race_rank``: the race's order as a fitness (bigger is better, the
+        winner has P - 1). A race compares candidates on different numbers of clips, so their
+        ``fitness`` values are not comparable with each other; their order is what the race decided.
+        Without a race: :attr:`fitness`."""
+        if not self.raced:
+            return self.fitness
+        return np.array([len(self.candidates) - 1 - (c.race_rank or 0) for c in self.candidates], dtype=np.float64)
+
+    @property
+    def clip_tasks(self) -> int:
+        """Poisoned clip encodes behind these results (candidates x clips x codec settings), cache
+        hits included."""
+        return sum(c.num_clips * len(c.codecs) for c in self.candidates)
 
     def table(self) -> str:
         """The seed report's table, one row per candidate and codec setting."""

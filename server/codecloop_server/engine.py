@@ -21,6 +21,7 @@ import functools
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -139,10 +140,12 @@ class Engine:
         """One outcome per candidate, in order. Cancelling this coroutine drops its queued tasks,
         clean ones included (unless another request still waits for the same clean entry).
 
-        ``client`` and ``priority`` place its tasks in the fair scheduler (scheduler.py).
+        ``client`` and ``priority`` place its tasks in the fair scheduler (scheduler.py). A race
+        (``job.racing``) runs its rounds here; without one there is a single round of every
+        candidate on every clip.
         """
         scoring = scoring_for(job.scorer, self._run)
-        total = len(job.candidates) * len(job.channels) * len(job.carriers)
+        total = job.clip_tasks()
         self.scheduler.admit(client, total)
         who: Who = (client, priority)
         done = 0
@@ -158,7 +161,7 @@ class Engine:
         lease = self.clean_cache.lease()
         source, refs = self._clip_source(job.carriers)
         candidates: list[Candidate] = []
-        pending: list[asyncio.Future[CandidateOutcome]] = []
+        pending: list[asyncio.Future[None]] = []
         try:
             clean: list[list[CleanEntry]] = []
             for channel in job.channels:
@@ -166,11 +169,18 @@ class Engine:
                 keys = [(key, channel, job.scorer) for key in job.carriers.keys]
                 clean.append(list(await asyncio.gather(*map(lease.acquire, keys, starts))))
             candidates = [scoring.prepare(sig) for sig in job.candidates]
-            pending = [
-                asyncio.ensure_future(self._candidate(job, scoring, who, source, refs, clean, candidates, index, tick, on_candidate))
-                for index in range(len(job.candidates))
-            ]
-            return list(await asyncio.gather(*pending))
+            race = _Race(job, clean, on_candidate)
+            before = 0
+            for alive, clips in job.rounds():
+                def add(index: int, lo: int = before, hi: int = clips) -> Awaitable[None]:
+                    return self._clips(job, scoring, who, source, refs, clean, candidates[index], lo, hi, tick, race.scores[index])
+
+                running = race.start_round(alive)
+                pending = [asyncio.ensure_future(race.finish_when_done(i, add(i))) for i in running]
+                await asyncio.gather(*pending)
+                race.end_round(clips)
+                before = clips
+            return race.outcomes()
         finally:
             for p in pending:
                 p.cancel()
@@ -183,7 +193,7 @@ class Engine:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _candidate(
+    async def _clips(
         self,
         job: EvaluateJob,
         scoring: Scoring,
@@ -191,17 +201,18 @@ class Engine:
         source: SharedArray | None,
         refs: list[ClipRef],
         clean: list[list[CleanEntry]],
-        candidates: list[Candidate],
-        index: int,
+        candidate: Candidate,
+        lo: int,
+        hi: int,
         tick: Callable[[asyncio.Future[PoisonedScore]], None],
-        on_candidate: CandidateFn | None,
-    ) -> CandidateOutcome:
-        """Candidate ``index`` on every clip through every channel (results cached by content)."""
-        candidate = candidates[index]
+        scores: list[list[PoisonedScore]],
+    ) -> None:
+        """Score ``candidate`` on carriers ``lo:hi`` through every channel (results cached by
+        content); append them to ``scores[channel]``."""
         digest = signature_digest(candidate.signature)
         futures: list[asyncio.Future[PoisonedScore]] = []
         for channel, entries in zip(job.channels, clean):
-            for key, ref, entry in zip(job.carriers.keys, refs, entries):
+            for key, ref, entry in zip(job.carriers.keys[lo:hi], refs[lo:hi], entries[lo:hi]):
 
                 def run(ref: ClipRef = ref, entry: CleanEntry = entry, channel: Channel = channel) -> Awaitable[PoisonedScore]:
                     return scoring.score(who, source, ref, entry, candidate, job.epsilon, channel)
@@ -214,12 +225,9 @@ class Engine:
         finally:
             for f in futures:  # one failed: the rest of this candidate is not needed
                 f.cancel()
-        n = len(refs)
-        results = [flat[i * n : (i + 1) * n] for i in range(len(job.channels))]
-        outcome = candidate_outcome(job, results, [[e.encoded_bytes for e in entries] for entries in clean])
-        if on_candidate is not None:
-            on_candidate(index, outcome)
-        return outcome
+        n = hi - lo
+        for c in range(len(job.channels)):
+            scores[c].extend(flat[c * n : (c + 1) * n])
 
     async def transcode(
         self,
@@ -279,3 +287,51 @@ class Engine:
             **{f"queued_tasks{{client={c}}}": float(n) for c, n in self.scheduler.queued_by_client().items()},
             **{f"dispatched_tasks{{client={c}}}": float(n) for c, n in self.scheduler.dispatched.items()},
         }
+
+
+class _Race:
+    """The bookkeeping of an evaluation's rounds: which candidates are still in, their scores so
+    far, and their outcomes. Without racing there is one round, and each candidate's outcome is
+    reported (``on_candidate``) as soon as its clips are done; in a race, a candidate's outcome is
+    reported when a round drops it, the finalists' when the last round ends (their ranks need all)."""
+
+    def __init__(self, job: EvaluateJob, clean: list[list[CleanEntry]], on_candidate: CandidateFn | None) -> None:
+        self.job, self.on_candidate = job, on_candidate
+        self.clean_bytes = [[e.encoded_bytes for e in entries] for entries in clean]
+        count = len(job.candidates)
+        self.scores: list[list[list[PoisonedScore]]] = [[[] for _ in job.channels] for _ in range(count)]
+        self.alive = list(range(count))  # in the race's order after each round
+        self.ranked: list[CandidateOutcome | None] = [None] * count
+
+    def start_round(self, alive: int) -> list[int]:
+        """The candidates of the next round: the best ``alive`` of the last round's order."""
+        self.alive = self.alive[:alive]
+        return self.alive
+
+    async def finish_when_done(self, index: int, work: Awaitable[None]) -> None:
+        await work
+        if self.job.racing is None:  # no ranks to wait for: report it now
+            self._report(index, candidate_outcome(self.job, self.scores[index], self.clean_bytes))
+
+    def end_round(self, clips: int) -> None:
+        """Rank the round's candidates by race value on their ``clips``; report those the next round
+        drops (all of them after the last round) with their ranks."""
+        racing = self.job.racing
+        if racing is None:
+            return
+        outcomes = {i: candidate_outcome(self.job, self.scores[i], self.clean_bytes) for i in self.alive}
+        self.alive.sort(key=lambda i: (-racing.value(outcomes[i]), i))
+        rounds = self.job.rounds()
+        last = clips == rounds[-1][1]
+        keep = 0 if last else next(alive for alive, n in rounds if n > clips)
+        for i in sorted(self.alive[keep:]):
+            self._report(i, replace(outcomes[i], race_rank=self.alive.index(i)))
+
+    def _report(self, index: int, outcome: CandidateOutcome) -> None:
+        self.ranked[index] = outcome
+        if self.on_candidate is not None:
+            self.on_candidate(index, outcome)
+
+    def outcomes(self) -> list[CandidateOutcome]:
+        assert all(o is not None for o in self.ranked), "every candidate was reported"
+        return [o for o in self.ranked if o is not None]

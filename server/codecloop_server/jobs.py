@@ -31,6 +31,30 @@ class CarrierSet:
 
 
 @dataclass(frozen=True)
+class Racing:
+    """Successive halving over the carriers (proto ``Racing``; validated by parse.py)."""
+
+    first_clips: int  # clips of round 1, in [1, N]
+    eta: int  # survivors' share 1/eta and clip growth per round, >= 2
+    finalists: int  # candidates that get all N clips, in [1, P]
+    centre_weight: float  # race value = min over channels of separation - centre_weight * |clean_mean|
+
+    def rounds(self, candidates: int, clips: int) -> tuple[tuple[int, int], ...]:
+        """``(candidates in the round, clips they have after it)`` per round; the last has ``clips``."""
+        out = []
+        alive, n = candidates, min(self.first_clips, clips)
+        while True:
+            out.append((alive, n))
+            if n >= clips:
+                return tuple(out)
+            alive, n = max(self.finalists, -(-alive // self.eta)), min(clips, n * self.eta)
+
+    def value(self, outcome: CandidateOutcome) -> float:
+        """The race value of a candidate's outcome on its clips (bigger is better)."""
+        return min(float(c.stats["separation"]) - self.centre_weight * abs(float(c.stats["clean_mean"])) for c in outcome.codecs)
+
+
+@dataclass(frozen=True)
 class EvaluateJob:
     candidates: tuple[np.ndarray, ...]  # float32 (T or 1, H, W, 3) in [-1, 1]
     epsilon: float
@@ -40,6 +64,19 @@ class EvaluateJob:
     decision: stats.Decision
     per_clip: bool = False
     report_channels: bool = False  # results name their channel (the request gave channels)
+    racing: Racing | None = None
+
+    def rounds(self) -> tuple[tuple[int, int], ...]:
+        """``(candidates, clips)`` per round: one round of every candidate on every clip unless racing."""
+        p, n = len(self.candidates), len(self.carriers)
+        return self.racing.rounds(p, n) if self.racing is not None else ((p, n),)
+
+    def clip_tasks(self) -> int:
+        """Poisoned clip tasks the job runs (the race's schedule), over all channels."""
+        total, before = 0, 0
+        for alive, clips in self.rounds():
+            total, before = total + alive * (clips - before), clips
+        return total * len(self.channels)
 
 
 @dataclass(frozen=True)
@@ -58,6 +95,8 @@ class CandidateOutcome:
     fitness: float  # min over channels of separation
     codecs: tuple[CodecOutcome, ...]
     fitness_mean: float  # mean over channels of separation
+    num_clips: int  # the clips these statistics rest on: the first num_clips carriers
+    race_rank: int | None = None  # racing: the race's order, 0 = best
 
 
 @dataclass(frozen=True)
@@ -72,8 +111,8 @@ CandidateFn = Callable[[int, CandidateOutcome], None]
 
 
 def candidate_outcome(job: EvaluateJob, results: list[list[PoisonedScore]], clean_bytes: list[list[int]]) -> CandidateOutcome:
-    """Statistics of one candidate: ``results[c][i]`` its score on clip i through channel c,
-    ``clean_bytes[c][i]`` the encoded size of that clean clip (all encodes of the channel)."""
+    """Statistics of one candidate: ``results[c][i]`` its score on clip i through channel c (the
+    first n carriers), ``clean_bytes[c][i]`` the encoded size of that clean clip (n or more)."""
     values_per_clip = int(np.prod(job.carriers.clip_shape)) * 3
     codecs = []
     for channel, per_clip, sizes in zip(job.channels, results, clean_bytes):
@@ -84,11 +123,13 @@ def candidate_outcome(job: EvaluateJob, results: list[list[PoisonedScore]], clea
                 channel=channel,
                 stats=stats.detection_stats(clean_scores, poisoned, job.decision),
                 psnr_db=stats.psnr_db(sum(r.squared_error for r in per_clip), values_per_clip * len(per_clip)),
-                clean_bytes_mean=float(np.mean(sizes)),
+                clean_bytes_mean=float(np.mean(sizes[: len(per_clip)])),
                 poisoned_bytes_mean=float(np.mean([r.encoded_bytes for r in per_clip])),
                 clean_scores=clean_scores,
                 poisoned_scores=poisoned,
             )
         )
     separations = [c.stats["separation"] for c in codecs]
-    return CandidateOutcome(fitness=min(separations), codecs=tuple(codecs), fitness_mean=float(np.mean(separations)))
+    return CandidateOutcome(
+        fitness=min(separations), codecs=tuple(codecs), fitness_mean=float(np.mean(separations)), num_clips=len(results[0])
+    )

@@ -16,7 +16,7 @@ import numpy as np
 from codecloop_server import channels, scorers, x264_asm
 from codecloop_server.codec import CodecSettings, x264_build
 from codecloop_server.corpus import Dataset
-from codecloop_server.jobs import CarrierSet, EvaluateJob
+from codecloop_server.jobs import CarrierSet, EvaluateJob, Racing
 from codecloop_server.tasks import ScorerKey
 from codecloop_wire import defaults, stats
 from codecloop_wire.errors import CodecLoopLimitError, CodecLoopValueError
@@ -217,6 +217,23 @@ def signature(msg: pb.Tensor, field: str, clip_shape: tuple[int, ...]) -> np.nda
     return sig
 
 
+def racing(msg: pb.Racing, candidates: int, clips: int) -> Racing:
+    """A Racing message -> validated settings for ``candidates`` signatures on ``clips`` carriers."""
+    first = _field(msg, "first_clips", min(defaults.RACE_FIRST_CLIPS, clips))
+    if not 1 <= first <= clips:
+        raise CodecLoopValueError(f"racing.first_clips: {first} is outside the allowed range [1, {clips}] (the carrier clips)")
+    eta = _field(msg, "eta", defaults.RACE_ETA)
+    if not 2 <= eta <= 16:
+        raise CodecLoopValueError(f"racing.eta: {eta} is outside the allowed range [2, 16]")
+    finalists = _field(msg, "finalists", defaults.RACE_FINALISTS)
+    if not 1 <= finalists <= candidates:
+        raise CodecLoopValueError(f"racing.finalists: {finalists} is outside the allowed range [1, {candidates}] (the candidates)")
+    weight = _field(msg, "centre_weight", defaults.RACE_CENTRE_WEIGHT)
+    if not 0 <= weight <= 1000:  # also refuses NaN
+        raise CodecLoopValueError(f"racing.centre_weight: {weight} is outside the allowed range [0, 1000]")
+    return Racing(first_clips=first, eta=eta, finalists=finalists, centre_weight=weight)
+
+
 def evaluate_job(req: pb.EvaluateRequest, datasets: dict[str, Dataset], limits: Limits) -> EvaluateJob:
     n_cand = len(req.candidates)
     if n_cand == 0:
@@ -248,7 +265,8 @@ def evaluate_job(req: pb.EvaluateRequest, datasets: dict[str, Dataset], limits: 
             f"candidates x clips x channels x T*H*W = {work} exceeds the server limit max_work_pixels = {limits.max_work_pixels}"
         )
     sigs = tuple(signature(c, f"candidates[{i}]", (t, h, w)) for i, c in enumerate(req.candidates))
+    race = racing(req.racing, n_cand, len(carrier_set)) if req.HasField("racing") else None
     return EvaluateJob(
         candidates=sigs, epsilon=eps, carriers=carrier_set, channels=tuple(found), scorer=scorer, decision=rule, per_clip=req.per_clip_scores,
-        report_channels=len(req.channels) > 0,
+        report_channels=len(req.channels) > 0, racing=race,
     )  # fmt: skip

@@ -225,7 +225,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
 
     async def _stream(self, job: EvaluateJob, client: str, priority: int) -> AsyncIterator[pb.EvaluateEvent]:
         """Started, then progress and per-candidate results as they happen."""
-        total = len(job.candidates) * len(job.channels) * len(job.carriers)
+        total = job.clip_tasks()
         yield pb.EvaluateEvent(
             started=pb.EvaluateEvent.Started(
                 num_candidates=len(job.candidates),
@@ -337,6 +337,8 @@ def _candidate_proto(o: CandidateOutcome, job: EvaluateJob) -> pb.CandidateResul
     return pb.CandidateResult(
         fitness=o.fitness,
         fitness_mean=o.fitness_mean,
+        num_clips=o.num_clips,
+        race_rank=o.race_rank,  # None: unset (no race)
         codecs=[
             pb.CodecResult(
                 codec=parse.codec_to_proto(c.channel.final_codec),

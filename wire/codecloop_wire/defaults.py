@@ -32,3 +32,9 @@ SCORER: Final = "blind"
 # channels
 RESIZE_FILTER: Final = "bicubic"  # a resize step's filter, and how a channel's output returns to the carriers' size
 INPUT_FPS: Final = FPS  # the carriers' frame rate as a channel sees it
+
+# racing (successive halving inside one request)
+RACE_FIRST_CLIPS: Final = 4  # clips of round 1 (fewer when the carriers have fewer)
+RACE_ETA: Final = 2  # each round keeps 1/eta of the candidates and gives them eta times the clips
+RACE_FINALISTS: Final = 1  # candidates that get every clip
+RACE_CENTRE_WEIGHT: Final = 0.0  # race value = separation - centre_weight * |clean_mean|

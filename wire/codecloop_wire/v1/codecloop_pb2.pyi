@@ -156,7 +156,7 @@ class DecisionRule(_message.Message):
     def __init__(self, threshold: _Optional[float] = ..., target_fpr: _Optional[float] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("candidates", "epsilon", "carriers", "codecs", "scorer", "decision", "per_clip_scores", "channels")
+    __slots__ = ("candidates", "epsilon", "carriers", "codecs", "scorer", "decision", "per_clip_scores", "channels", "racing")
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     CARRIERS_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +165,7 @@ class EvaluateRequest(_message.Message):
     DECISION_FIELD_NUMBER: _ClassVar[int]
     PER_CLIP_SCORES_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    RACING_FIELD_NUMBER: _ClassVar[int]
     candidates: _containers.RepeatedCompositeFieldContainer[Tensor]
     epsilon: float
     carriers: Carriers
@@ -173,7 +174,20 @@ class EvaluateRequest(_message.Message):
     decision: DecisionRule
     per_clip_scores: bool
     channels: _containers.RepeatedCompositeFieldContainer[Channel]
-    def __init__(self, candidates: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., epsilon: _Optional[float] = ..., carriers: _Optional[_Union[Carriers, _Mapping]] = ..., codecs: _Optional[_Iterable[_Union[CodecSettings, _Mapping]]] = ..., scorer: _Optional[_Union[Scorer, _Mapping]] = ..., decision: _Optional[_Union[DecisionRule, _Mapping]] = ..., per_clip_scores: _Optional[bool] = ..., channels: _Optional[_Iterable[_Union[Channel, _Mapping]]] = ...) -> None: ...
+    racing: Racing
+    def __init__(self, candidates: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., epsilon: _Optional[float] = ..., carriers: _Optional[_Union[Carriers, _Mapping]] = ..., codecs: _Optional[_Iterable[_Union[CodecSettings, _Mapping]]] = ..., scorer: _Optional[_Union[Scorer, _Mapping]] = ..., decision: _Optional[_Union[DecisionRule, _Mapping]] = ..., per_clip_scores: _Optional[bool] = ..., channels: _Optional[_Iterable[_Union[Channel, _Mapping]]] = ..., racing: _Optional[_Union[Racing, _Mapping]] = ...) -> None: ...
+
+class Racing(_message.Message):
+    __slots__ = ("first_clips", "eta", "finalists", "centre_weight")
+    FIRST_CLIPS_FIELD_NUMBER: _ClassVar[int]
+    ETA_FIELD_NUMBER: _ClassVar[int]
+    FINALISTS_FIELD_NUMBER: _ClassVar[int]
+    CENTRE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    first_clips: int
+    eta: int
+    finalists: int
+    centre_weight: float
+    def __init__(self, first_clips: _Optional[int] = ..., eta: _Optional[int] = ..., finalists: _Optional[int] = ..., centre_weight: _Optional[float] = ...) -> None: ...
 
 class CodecResult(_message.Message):
     __slots__ = ("codec", "clean_mean", "clean_std", "poisoned_mean", "poisoned_std", "separation", "threshold", "tpr", "fpr", "auc", "p_value", "p_value_test", "psnr_db", "clean_bytes_mean", "poisoned_bytes_mean", "clean_scores", "poisoned_scores", "channel")
@@ -216,14 +230,18 @@ class CodecResult(_message.Message):
     def __init__(self, codec: _Optional[_Union[CodecSettings, _Mapping]] = ..., clean_mean: _Optional[float] = ..., clean_std: _Optional[float] = ..., poisoned_mean: _Optional[float] = ..., poisoned_std: _Optional[float] = ..., separation: _Optional[float] = ..., threshold: _Optional[float] = ..., tpr: _Optional[float] = ..., fpr: _Optional[float] = ..., auc: _Optional[float] = ..., p_value: _Optional[float] = ..., p_value_test: _Optional[str] = ..., psnr_db: _Optional[float] = ..., clean_bytes_mean: _Optional[float] = ..., poisoned_bytes_mean: _Optional[float] = ..., clean_scores: _Optional[_Iterable[float]] = ..., poisoned_scores: _Optional[_Iterable[float]] = ..., channel: _Optional[_Union[Channel, _Mapping]] = ...) -> None: ...
 
 class CandidateResult(_message.Message):
-    __slots__ = ("fitness", "codecs", "fitness_mean")
+    __slots__ = ("fitness", "codecs", "fitness_mean", "num_clips", "race_rank")
     FITNESS_FIELD_NUMBER: _ClassVar[int]
     CODECS_FIELD_NUMBER: _ClassVar[int]
     FITNESS_MEAN_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLIPS_FIELD_NUMBER: _ClassVar[int]
+    RACE_RANK_FIELD_NUMBER: _ClassVar[int]
     fitness: float
     codecs: _containers.RepeatedCompositeFieldContainer[CodecResult]
     fitness_mean: float
-    def __init__(self, fitness: _Optional[float] = ..., codecs: _Optional[_Iterable[_Union[CodecResult, _Mapping]]] = ..., fitness_mean: _Optional[float] = ...) -> None: ...
+    num_clips: int
+    race_rank: int
+    def __init__(self, fitness: _Optional[float] = ..., codecs: _Optional[_Iterable[_Union[CodecResult, _Mapping]]] = ..., fitness_mean: _Optional[float] = ..., num_clips: _Optional[int] = ..., race_rank: _Optional[int] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
     __slots__ = ("results", "scorer", "epsilon", "num_clips", "clip_ids")

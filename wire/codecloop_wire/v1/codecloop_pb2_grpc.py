@@ -68,7 +68,8 @@ class CodecLoopServicer:
 
     def EvaluateSignatureStream(self, request, context):
         """The same evaluation, streamed: a Started event, then Progress events and each candidate's
-        result as soon as all of its clips are done (in completion order, with its index).
+        result as soon as all of its clips are done (in completion order, with its index). Racing: a
+        candidate's result comes when the race drops it, the finalists' when the race ends.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
