@@ -89,6 +89,7 @@ def test_a_race_is_plain_evaluations_on_fewer_clips(client, clips):
                 assert race_value(plain.candidates[i]) >= race_value(plain.candidates[j])
     # the strongest signatures (the last ones) win on these clips
     assert raced.candidates[int(np.argmin(ranks))].num_clips == N
+    assert f"{int(np.argmin(ranks)):>4}  race rank 0, statistics on the first {N} clips" in raced.table()
 
 
 def test_centre_weight_ranks_by_centred_separation(client, clips):

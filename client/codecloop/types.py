@@ -346,6 +346,8 @@ class EvaluateResult:
         )
         lines = [f"scorer={self.scorer} epsilon={self.epsilon:.5g} ({self.epsilon * 255:.3g}/255) clips={self.num_clips}", head]
         for i, cand in enumerate(self.candidates):
+            if cand.race_rank is not None:
+                lines.append(f"{i:>4}  race rank {cand.race_rank}, statistics on the first {cand.num_clips} clips")
             for s in cand.codecs:
                 psnr = "inf" if math.isinf(s.psnr_db) else f"{s.psnr_db:.1f}"
                 lines.append(
