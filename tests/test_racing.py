@@ -160,3 +160,14 @@ def test_cli_racing_spec():
     args = build_parser().parse_args(["optimize", "--out", "x", "--racing"])
     assert args.racing == ""
     assert build_parser().parse_args(["optimize", "--out", "x"]).racing is None
+
+
+def test_a_detector_races_too(client, clips):
+    """Racing is the engine's, whichever scoring strategy: the example TorchScript detector."""
+    sigs = population(7)[:4]
+    raced = client.evaluate(sigs, carriers=clips[:8], scorer="example", racing=Racing(first_clips=2))
+    assert sorted(c.race_rank for c in raced.candidates) == [0, 1, 2, 3]
+    assert sorted(c.num_clips for c in raced.candidates) == [2, 2, 4, 8]
+    winner = next(c for c in raced.candidates if c.race_rank == 0)
+    plain = client.evaluate(sigs, carriers=clips[:8], scorer="example")
+    assert winner.fitness == plain.candidates[raced.candidates.index(winner)].fitness
