@@ -44,7 +44,7 @@ class WorkerDied(Exception):
     or hung past the task timeout and was killed."""
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """Make glibc malloc keep freed memory in this process instead of returning it to the kernel.
 
     Why: a clip task allocates and frees some MB (the encoder's buffers, numpy temporaries of
@@ -67,7 +67,7 @@ def _keep_freed_memory() -> None:
 
 def _worker_main(conn: Connection) -> None:
     """A worker: (fn, args) in, ("ok", result) or ("err", exception) out, until None or EOF."""
-    _keep_freed_memory()
+    keep_freed_memory()
     while True:
         try:
             msg = conn.recv()
