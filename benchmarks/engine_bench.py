@@ -3,8 +3,11 @@ naive ffmpeg-CLI loop, in one run.
 
 LIMIT: libx264 encode + h264 decode of yuv420p frames (codec only). LIMIT-same-work: everything the
 server does per (candidate, clip) with the clean side warm (poison, conversions, encode, decode,
-features, both scores), in a process pool of the same size, no server. The server's own overhead
-(gRPC, scheduling, IPC, statistics) is server / LIMIT-same-work.
+features, both scores, the poisoning's squared error), in a process pool of the same size, no
+server. The server's own overhead (gRPC, scheduling, IPC, statistics) is server / LIMIT-same-work.
+Every path runs the very clips the server draws for ``DatasetCarriers(num_clips=N)`` (clip content
+moves the encoder's cost by 10 % and more), and every pool's workers keep freed memory as the
+server's do (workers.keep_freed_memory).
 
     python benchmarks/engine_bench.py            # full (about 6 minutes on 2 cores)
     python benchmarks/engine_bench.py --quick    # 112x112 only, smaller tables
@@ -35,6 +38,7 @@ import numpy as np
 
 import codecloop
 from codecloop import Codec, DatasetCarriers
+from codecloop_wire import defaults
 
 N_DEFAULT, P_DEFAULT = 64, 16
 
@@ -74,9 +78,25 @@ def _limit_worker(args: tuple[np.ndarray, str, float]) -> int:
     return n
 
 
+def _proc_cpu(pids: Sequence[int]) -> tuple[float, int]:
+    """(user + system CPU seconds, minor page faults) summed over processes, from /proc/<pid>/stat."""
+    cpu, faults = 0.0, 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        faults += int(fields[7])
+    return cpu, faults
+
+
+def _pool_init() -> None:
+    from codecloop_server.workers import keep_freed_memory
+
+    keep_freed_memory()
+
+
 def limit_clips_per_s(yuv_clips: np.ndarray, preset: str, workers: int, repeats: int = 3) -> float:
     chunks = [yuv_clips[i::workers] for i in range(workers)]
-    with mp.get_context("spawn").Pool(workers) as pool:
+    with mp.get_context("spawn").Pool(workers, initializer=_pool_init) as pool:
         pool.map(_limit_worker, [(c[:2], preset, 28.0) for c in chunks])  # warm the processes
         rates = []
         for _ in range(repeats):
@@ -93,15 +113,18 @@ _SAME: dict[str, object] = {}
 
 def _same_init(clips: np.ndarray, preset: str) -> None:
     """Pool initializer: this worker's copy of the clips; clean features are computed on first use."""
+    _pool_init()
     _SAME.update(clips=clips, preset=preset, clean={})
 
 
 def _same_work_worker(args: tuple[list[int], np.ndarray]) -> int:
     """What the server does per (candidate, clip) with the clean side warm: poison, RGB -> yuv420p,
-    libx264, h264, yuv420p -> RGB, blind features, the poisoned and the clean score. The best loop a
-    user could write with the same library code, without gRPC, scheduling, IPC or statistics."""
+    libx264, h264, yuv420p -> RGB, blind features, the poisoned and the clean score, the squared
+    error of the poisoning (a result field). The best loop a user could write with the same library
+    code, without gRPC, scheduling, IPC, shared memory or statistics."""
     from codecloop_server import scorers
     from codecloop_server.codec import CodecSettings, transcode_rgb
+    from codecloop_server.tasks import _squared_error
     from codecloop_wire.poison import poison
 
     indices, sigs = args
@@ -118,7 +141,9 @@ def _same_work_worker(args: tuple[list[int], np.ndarray]) -> int:
         tmpl = blind.template(sig, params)
         t_sq = scorers.template_sq(tmpl)
         for i in indices:
-            decoded, _ = transcode_rgb(poison(clips[i], sig, 4 / 255), settings)
+            marked = poison(clips[i], sig, 4 / 255)
+            decoded, _ = transcode_rgb(marked, settings)
+            _squared_error(marked, clips[i])
             feats = blind.features(decoded[None], params)[0]
             scorers.ncc_from_stats(scorers.clip_stats(feats), tmpl, feats, t_sq)
             scorers.ncc_from_stats(clean[i][1], tmpl, None, t_sq)
@@ -126,18 +151,29 @@ def _same_work_worker(args: tuple[list[int], np.ndarray]) -> int:
     return n
 
 
-def same_work_clips_per_s(clips: np.ndarray, preset: str, workers: int, p: int, hw: int, seed: int, repeats: int = 3) -> float:
-    """P candidates x N clips through the in-process pipeline, clips split across ``workers`` processes."""
+def same_work_clips_per_s(
+    clips: np.ndarray, preset: str, workers: int, p: int, hw: int, seed: int, repeats: int = 3
+) -> tuple[float, tuple[float, float]]:
+    """P candidates x N clips through the in-process pipeline, clips split across ``workers`` processes:
+    (clips/s, (worker CPU ms per clip, worker minor page faults per clip)), medians over ``repeats``."""
     parts = [list(range(k, len(clips), workers)) for k in range(workers)]
     with mp.get_context("spawn").Pool(workers, initializer=_same_init, initargs=(clips, preset)) as pool:
         pool.map(_same_work_worker, [(part, signatures(1, seed - 1, hw)) for part in parts])  # warm: clean side, imports
-        rates = []
+        pids = [proc.pid for proc in pool._pool]  # type: ignore[attr-defined]
+        rates, costs = [], []
         for r in range(repeats):
             sigs = signatures(p, seed + r, hw)
+            before = _proc_cpu(pids)
             t = time.perf_counter()
             n = sum(pool.map(_same_work_worker, [(part, sigs) for part in parts]))
             rates.append(n / (time.perf_counter() - t))
-    return statistics.median(rates)
+            after = _proc_cpu(pids)
+            costs.append(((after[0] - before[0]) * 1e3 / n, (after[1] - before[1]) / n))
+    return statistics.median(rates), _median_pair(costs)
+
+
+def _median_pair(pairs: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(c for c, _ in pairs), statistics.median(f for _, f in pairs)
 
 
 # --- (b) the server over gRPC ------------------------------------------------------------------------
@@ -177,6 +213,11 @@ class Server:
         main = value(self.proc.pid)
         return main, main + sum(value(c) for c in children)
 
+    def workers(self) -> list[int]:
+        """Pids of the server's child processes (its codec workers and the resource tracker)."""
+        tasks = Path(f"/proc/{self.proc.pid}/task").iterdir()
+        return sorted({int(c) for task in tasks for c in (task / "children").read_text().split()})
+
     def peak_rss_mib(self) -> tuple[float, float]:
         """(server process VmHWM, sum of VmHWM over it and its workers) in MiB."""
         return self.memory_mib("VmHWM")
@@ -188,17 +229,26 @@ class Server:
 
 
 def server_clips_per_s(srv: Server, p: int, n: int, preset: str, hw: int, seed: int, repeats: int = 3) -> tuple[float, dict]:
+    """(clips/s, figures): the server's counters over the last repeat, and medians of CPU per clip:
+    ``worker_ms`` (the codec workers), ``main_ms`` (the server process), ``client_ms`` (this
+    process), ``faults`` (workers' minor page faults per clip)."""
     carriers, codec = DatasetCarriers(num_clips=n), Codec(preset=preset)
     srv.client.fitness(signatures(1, seed - 1, hw), carriers=carriers, codecs=codec)  # clean side warm
-    rates, deltas = [], {}
+    workers, main, me = srv.workers(), [srv.proc.pid], [os.getpid()]
+    rates, figures, costs = [], {}, []
     for r in range(repeats):
         before = srv.client.info().load
+        cpu0 = [_proc_cpu(workers), _proc_cpu(main), _proc_cpu(me)]
         t = time.perf_counter()
         srv.client.fitness(signatures(p, seed + r, hw), carriers=carriers, codecs=codec)
         rates.append(p * n / (time.perf_counter() - t))
+        cpu1 = [_proc_cpu(workers), _proc_cpu(main), _proc_cpu(me)]
         after = srv.client.info().load
-        deltas = {k: after[k] - before.get(k, 0) for k in ("clean_encodes", "poisoned_encodes")}
-    return statistics.median(rates), deltas
+        figures = {k: after[k] - before.get(k, 0) for k in ("clean_encodes", "poisoned_encodes")}
+        costs.append([(b[0] - a[0]) * 1e3 / (p * n) for a, b in zip(cpu0, cpu1)] + [(cpu1[0][1] - cpu0[0][1]) / (p * n)])
+    for i, k in enumerate(("worker_ms", "main_ms", "client_ms", "faults")):
+        figures[k] = statistics.median(c[i] for c in costs)
+    return statistics.median(rates), figures
 
 
 # --- (c) the naive loop: the ffmpeg CLI per clip ------------------------------------------------------
@@ -240,6 +290,7 @@ def stage_breakdown(clip: np.ndarray) -> dict[str, float]:
     decoded, _ = transcode_rgb(marked, settings)
     features = blind.features(decoded[None], params)
     from codecloop_server.codec import rgb_to_yuv420p, transcode_yuv, yuv420p_frames, yuv420p_to_rgb
+    from codecloop_server.tasks import _squared_error
 
     yuv = rgb_to_yuv420p(marked)
     stages = {
@@ -251,6 +302,7 @@ def stage_breakdown(clip: np.ndarray) -> dict[str, float]:
         "whole fused transcode_rgb": lambda: transcode_rgb(marked, settings),
         "scorer features": lambda: blind.features(decoded[None], params),
         "2 scores (poisoned, clean)": lambda: (blind.score(features, tmpl, None), blind.score(features, tmpl, None)),
+        "squared error of the poisoning": lambda: _squared_error(marked, clip),
     }
     out = {}
     for name, fn in stages.items():
@@ -278,7 +330,7 @@ def main() -> None:
     rows = []
     for hw in sorted({c[0] for c in configs}):
         ds = embedded_corpus((16, hw, hw))
-        clips = ds.clips[ds.splits["train"][:N_DEFAULT]]
+        clips = ds.clips[ds.select("train", N_DEFAULT, defaults.SEED)]  # what DatasetCarriers(num_clips=N) draws
         yuv = np.stack([rgb_to_yuv420p(c) for c in clips])
         srv = Server(w, (16, hw, hw))
         try:
@@ -286,10 +338,10 @@ def main() -> None:
                 if size != hw:
                     continue
                 limit = limit_clips_per_s(yuv, preset, w)
-                same = same_work_clips_per_s(clips, preset, w, P_DEFAULT, hw, seed=3000)
-                rate, deltas = server_clips_per_s(srv, P_DEFAULT, N_DEFAULT, preset, hw, seed=1000)
+                same, same_cost = same_work_clips_per_s(clips, preset, w, P_DEFAULT, hw, seed=3000)
+                rate, figures = server_clips_per_s(srv, P_DEFAULT, N_DEFAULT, preset, hw, seed=1000)
                 naive = naive_clips_per_s(clips[:8], preset) if shutil.which("ffmpeg") and hw == 112 else float("nan")
-                rows.append((f"{hw}x{hw} {preset}", limit, same, rate, naive, deltas))
+                rows.append((f"{hw}x{hw} {preset}", limit, same, rate, naive, figures, same_cost))
             if hw == 112:
                 rss = srv.peak_rss_mib()
                 scaling = []
@@ -320,9 +372,14 @@ def main() -> None:
     print("\n| clips | LIMIT clips/s | LIMIT-same-work clips/s | server clips/s | naive CLI clips/s | server/LIMIT | server/same-work | "
           "server/naive | encodes in a warm generation |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
-    for name, limit, same, rate, naive, deltas in rows:
+    for name, limit, same, rate, naive, deltas, _ in rows:
         print(f"| {name} | {limit:.1f} | {same:.1f} | {rate:.1f} | {naive:.1f} | {rate / limit:.2f} | {rate / same:.2f} | {rate / naive:.1f} | "
               f"{int(deltas['poisoned_encodes'])} poisoned + {int(deltas['clean_encodes'])} clean (P x N = {P_DEFAULT * N_DEFAULT}) |")  # fmt: skip
+    print(f"\nCPU per clip (median ms; {w} workers on {os.cpu_count()} cores: the server and client processes share the cores with the workers):")
+    print("| clips | same-work workers | server workers | server process | client process | minor faults per clip, same-work / server workers |")
+    print("|---|---|---|---|---|---|")
+    for name, _, _, _, _, f, (same_ms, same_faults) in rows:
+        print(f"| {name} | {same_ms:.1f} | {f['worker_ms']:.1f} | {f['main_ms']:.2f} | {f['client_ms']:.2f} | {same_faults:.0f} / {f['faults']:.0f} |")
     print(f"\nserver peak RSS (VmHWM), 112x112 server: main process {rss[0]:.0f} MiB, main + {w} workers {rss[1]:.0f} MiB "
           "(shared-memory pages count in every process that touches them)")  # fmt: skip
     print("\ncost growth, 112x112 ultrafast (clean side warm):\n| P | N | clips/s | seconds |\n|---|---|---|---|")

@@ -146,3 +146,23 @@ def test_one_call_conversion_equals_per_frame(shape):
     for clip in clips:
         batched = np.stack([f.to_ndarray() for f in yuv420p_frames(clip)])
         np.testing.assert_array_equal(batched, rgb_to_yuv420p(clip))
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.int32])
+def test_clip_stats_and_squared_error_are_exact(dtype):
+    """scorers.clip_stats (int32 fast path for small integer types) and tasks._squared_error equal
+    the plain int64 arithmetic, at the extremes of each type."""
+    from codecloop_server.scorers import clip_stats
+    from codecloop_server.tasks import _squared_error
+
+    info = np.iinfo(dtype)
+    low, high = max(info.min, -(2**20)), min(info.max, 2**20)
+    rng = np.random.default_rng(3)
+    for clip in (rng.integers(low, high, (16, 24, 20, 3), endpoint=True).astype(dtype), np.full((9, 4, 6, 3), low, dtype), np.full((9, 4, 6, 3), high, dtype)):
+        wide = clip.astype(np.int64)
+        stats = clip_stats(clip)
+        assert stats.time_sum.dtype == np.int64 and np.array_equal(stats.time_sum, wide.sum(axis=0))
+        assert (stats.total, stats.squares, stats.count) == (int(wide.sum()), int((wide * wide).sum()), clip.size)
+    a, b = rng.integers(0, 256, (2, 16, 24, 20, 3), dtype=np.uint8)
+    assert _squared_error(a, b) == int(((a.astype(np.int64) - b) ** 2).sum())
+    assert _squared_error(np.full_like(a, 255), np.zeros_like(a)) == 255**2 * a.size

@@ -108,12 +108,23 @@ class ClipStats:
     count: int  # T * H * W * 3
 
 
+_SMALL_INTS = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16))
+
+
 def clip_stats(clip: np.ndarray) -> ClipStats:
-    time_sum = clip.sum(axis=0, dtype=np.int64)
-    flat = clip.reshape(-1)
-    # exact integer sum of squares; einsum, not `flat @ flat`: BLAS would start threads per worker
-    squares = int(np.einsum("i,i->", flat, flat, dtype=np.int64))
-    return ClipStats(time_sum, int(time_sum.sum()), squares, flat.size)
+    """The exact :class:`ClipStats` of an integer clip (T, H, W, 3)."""
+    if clip.dtype in _SMALL_INTS and len(clip) < 1 << 16:
+        # |x| <= 2^15, so x^2 <= 2^30 and a sum of fewer than 2^16 frames stay below 2^31: int32
+        # is exact here and about twice as fast as int64 (0.44 -> 0.20 ms for the time sum,
+        # 0.68 -> 0.52 ms for the squares of a 112x112x16 int16 clip); totals in int64
+        time_sum = clip.sum(axis=0, dtype=np.int32).astype(np.int64)
+        squares = int(np.square(clip, dtype=np.int32).sum(dtype=np.int64))
+    else:
+        time_sum = clip.sum(axis=0, dtype=np.int64)
+        flat = clip.reshape(-1)
+        # exact integer sum of squares; einsum, not `flat @ flat`: BLAS would start threads per worker
+        squares = int(np.einsum("i,i->", flat, flat, dtype=np.int64))
+    return ClipStats(time_sum, int(time_sum.sum()), squares, clip.size)
 
 
 def template_sq(template: np.ndarray) -> float:
