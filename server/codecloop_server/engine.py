@@ -37,6 +37,8 @@ from codecloop_server.shm import SharedArray
 from codecloop_server.tasks import ClipRef, PoisonedScore
 from codecloop_server.workers import WorkerPool
 
+MAX_CLIPS_PER_TASK = 4  # poisoned clips of one candidate in one worker task
+
 
 class Engine:
     """Runs jobs on ``workers`` codec processes (spawned: no forked gRPC threads).
@@ -98,17 +100,19 @@ class Engine:
             shared.release()
         self._datasets.clear()
 
-    def _run(self, who: Who, label: str, fn: Callable[..., Any], *args: Any, uses: Iterable[SharedArray | None] = ()) -> asyncio.Future[Any]:
-        """Queue a clip task for client ``who[0]`` at priority ``who[1]``, counted as ``label`` once it
-        ran. ``uses``: the shared arrays it reads, held from now until the task has stopped (ran, or
-        was dropped from the queue)."""
+    def _run(
+        self, who: Who, label: str, fn: Callable[..., Any], *args: Any, uses: Iterable[SharedArray | None] = (), weight: int = 1
+    ) -> asyncio.Future[Any]:
+        """Queue a clip task (``weight`` clips) for client ``who[0]`` at priority ``who[1]``, counted as
+        ``label`` once it ran. ``uses``: the shared arrays it reads, held from now until the task has
+        stopped (ran, or was dropped from the queue)."""
         held = [s.retain() for s in uses if s is not None]
 
         def let_go() -> None:
             for s in held:
                 s.release()
 
-        return self.scheduler.submit(who[0], who[1], fn, *args, label=label, on_finish=let_go)
+        return self.scheduler.submit(who[0], who[1], fn, *args, label=label, on_finish=let_go, weight=weight)
 
     def _clip_source(self, carriers: CarrierSet) -> tuple[SharedArray | None, list[ClipRef]]:
         """The carriers' clips as task references, and the segment the caller must release: None for
@@ -120,14 +124,6 @@ class Engine:
             return None, [ClipRef(source, i) for i in carriers.clip_ids]
         shared = SharedArray(carriers.inline)
         return shared, [ClipRef(shared.ref, i) for i in range(len(carriers))]
-
-    async def _score(self, key: Hashable, run: Callable[[], Awaitable[PoisonedScore]]) -> PoisonedScore:
-        hit = self.result_cache.get(key)
-        if hit is not None:
-            return hit
-        value = await run()
-        self.result_cache.put(key, value)
-        return value
 
     async def evaluate(
         self,
@@ -150,13 +146,12 @@ class Engine:
         who: Who = (client, priority)
         done = 0
 
-        def tick(fut: asyncio.Future[PoisonedScore]) -> None:
+        def tick(clips: int) -> None:
             nonlocal done
-            if fut.cancelled():
-                return
-            done += 1
-            if on_progress is not None:
-                on_progress(done, total)
+            for _ in range(clips):
+                done += 1
+                if on_progress is not None:
+                    on_progress(done, total)
 
         lease = self.clean_cache.lease()
         source, refs = self._clip_source(job.carriers)
@@ -172,8 +167,10 @@ class Engine:
             race = _Race(job, clean, on_candidate)
             before = 0
             for alive, clips in job.rounds():
-                def add(index: int, lo: int = before, hi: int = clips) -> Awaitable[None]:
-                    return self._clips(job, scoring, who, source, refs, clean, candidates[index], lo, hi, tick, race.scores[index])
+                per_task = self._clips_per_task(alive * (clips - before) * len(job.channels))
+
+                def add(index: int, lo: int = before, hi: int = clips, k: int = per_task) -> Awaitable[None]:
+                    return self._clips(job, scoring, who, source, refs, clean, candidates[index], lo, hi, k, tick, race.scores[index])
 
                 running = race.start_round(alive)
                 pending = [asyncio.ensure_future(race.finish_when_done(i, add(i))) for i in running]
@@ -193,6 +190,13 @@ class Engine:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
 
+    def _clips_per_task(self, clips: int) -> int:
+        """Clips per poisoned task for a round of ``clips`` candidate-clips: up to MAX_CLIPS_PER_TASK
+        (each task costs the server process a wake-up and some bookkeeping between the workers'
+        encodes), but small enough that every worker gets at least 8 tasks (no worker idles long
+        at the end of a round while another finishes a big task)."""
+        return max(1, min(MAX_CLIPS_PER_TASK, clips // (8 * self.workers)))
+
     async def _clips(
         self,
         job: EvaluateJob,
@@ -204,30 +208,46 @@ class Engine:
         candidate: Candidate,
         lo: int,
         hi: int,
-        tick: Callable[[asyncio.Future[PoisonedScore]], None],
+        per_task: int,
+        tick: Callable[[int], None],
         scores: list[list[PoisonedScore]],
     ) -> None:
-        """Score ``candidate`` on carriers ``lo:hi`` through every channel (results cached by
-        content); append them to ``scores[channel]``."""
+        """Score ``candidate`` on carriers ``lo:hi`` through every channel, ``per_task`` clips per
+        task, and append the results to ``scores[channel]``. Every (signature, epsilon, clip,
+        channel, scorer) result is cached: only the misses are encoded."""
         digest = signature_digest(candidate.signature)
-        futures: list[asyncio.Future[PoisonedScore]] = []
-        for channel, entries in zip(job.channels, clean):
-            for key, ref, entry in zip(job.carriers.keys[lo:hi], refs[lo:hi], entries[lo:hi]):
+        found: list[list[PoisonedScore | None]] = []
+        futures: list[asyncio.Future[list[PoisonedScore]]] = []
+        for c, (channel, entries) in enumerate(zip(job.channels, clean)):
+            keys: list[Hashable] = [(digest, job.epsilon, key, channel, job.scorer) for key in job.carriers.keys[lo:hi]]
+            row = [self.result_cache.get(k) for k in keys]
+            found.append(row)
+            tick(sum(r is not None for r in row))
+            missing = [i for i, r in enumerate(row) if r is None]
+            for start in range(0, len(missing), per_task):
+                part = missing[start : start + per_task]
 
-                def run(ref: ClipRef = ref, entry: CleanEntry = entry, channel: Channel = channel) -> Awaitable[PoisonedScore]:
-                    return scoring.score(who, source, ref, entry, candidate, job.epsilon, channel)
+                def store(fut: asyncio.Future[list[PoisonedScore]], c: int = c, part: list[int] = part, keys: list[Hashable] = keys) -> None:
+                    if fut.cancelled() or fut.exception() is not None:
+                        return
+                    for i, value in zip(part, fut.result()):
+                        found[c][i] = value
+                        self.result_cache.put(keys[i], value)
+                    tick(len(part))
 
-                fut = asyncio.ensure_future(self._score((digest, job.epsilon, key, channel, job.scorer), run))
-                fut.add_done_callback(tick)
+                fut = asyncio.ensure_future(
+                    scoring.score(who, source, [refs[lo + i] for i in part], [entries[lo + i] for i in part], candidate, job.epsilon, channel)
+                )
+                fut.add_done_callback(store)
                 futures.append(fut)
         try:
-            flat = await asyncio.gather(*futures)
+            await asyncio.gather(*futures)
         finally:
             for f in futures:  # one failed: the rest of this candidate is not needed
                 f.cancel()
-        n = hi - lo
-        for c in range(len(job.channels)):
-            scores[c].extend(flat[c * n : (c + 1) * n])
+        for c, row in enumerate(found):
+            scores[c].extend(r for r in row if r is not None)
+            assert len(scores[c]) == hi, "every clip of the round has its result"
 
     async def transcode(
         self,

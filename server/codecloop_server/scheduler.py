@@ -52,6 +52,7 @@ class _Task:
     args: tuple[Any, ...]
     on_finish: Callable[[], None] | None
     queued_at: float  # time.monotonic() s
+    weight: int = 1  # clips in the task: queues, quotas and counters count clips
     attempt: int = 1
     state: str = "queued"
     pool_future: PoolFuture | None = field(default=None, repr=False)
@@ -81,8 +82,8 @@ class FairScheduler:
         self._seq = itertools.count()
         self.queued = 0
         self.in_flight = 0
-        self.dispatched: Counter[str] = Counter()  # tasks sent to the pool, per client
-        self.ran: Counter[str] = Counter()  # tasks that ran in a worker (to the end or until it died), per label
+        self.dispatched: Counter[str] = Counter()  # clips of the tasks sent to the pool, per client
+        self.ran: Counter[str] = Counter()  # clips of the tasks that ran in a worker (to the end or until it died), per label
         self.on_dispatch: Callable[[float], None] | None = None  # called with each task's queue wait
 
     def admit(self, client: str, tasks: int) -> None:
@@ -111,10 +112,12 @@ class FairScheduler:
         *args: Any,
         label: str = "task",
         on_finish: Callable[[], None] | None = None,
+        weight: int = 1,
     ) -> asyncio.Future[Any]:
-        """Queue ``fn(*args)`` for a worker; the future has its result. Cancel the future to drop it."""
+        """Queue ``fn(*args)`` for a worker; the future has its result. Cancel the future to drop it.
+        ``weight``: the clips the task works on (queue limits, quotas and counters count clips)."""
         fut = asyncio.get_running_loop().create_future()
-        task = _Task((-priority, next(self._seq)), client, label, fut, fn, args, on_finish, time.monotonic())
+        task = _Task((-priority, next(self._seq)), client, label, fut, fn, args, on_finish, time.monotonic(), weight)
         fut.add_done_callback(lambda f: self._withdraw(task) if f.cancelled() else None)
         self._push(task)
         self._pump()
@@ -123,17 +126,17 @@ class FairScheduler:
     def _push(self, task: _Task) -> None:
         task.state = "queued"
         heapq.heappush(self._queues.setdefault(task.client, []), task)
-        self._live[task.client] += 1
-        self.queued += 1
+        self._live[task.client] += task.weight
+        self.queued += task.weight
 
     def _withdraw(self, task: _Task) -> None:
         """Its future was cancelled: drop it if queued; withdraw it from the pool if not yet started there."""
         if task.state == "queued":
             task.state = "dropped"
-            self._live[task.client] -= 1
+            self._live[task.client] -= task.weight
             if not self._live[task.client]:
                 del self._live[task.client]
-            self.queued -= 1
+            self.queued -= task.weight
             self._finish(task)
         elif task.state == "running" and task.pool_future is not None:
             task.pool_future.cancel()  # succeeds only while it waits for a worker; _done follows
@@ -153,10 +156,10 @@ class FairScheduler:
         task = heapq.heappop(queue)
         if queue:
             self._queues[client] = queue  # to the back of the round-robin order
-        self._live[client] -= 1
+        self._live[client] -= task.weight
         if not self._live[client]:
             del self._live[client]
-        self.queued -= 1
+        self.queued -= task.weight
         return task
 
     def _pump(self) -> None:
@@ -164,7 +167,7 @@ class FairScheduler:
         while self.in_flight < self._slots and (task := self._pop()) is not None:
             task.state = "running"
             self.in_flight += 1
-            self.dispatched[task.client] += 1
+            self.dispatched[task.client] += task.weight
             if self.on_dispatch is not None:
                 self.on_dispatch(time.monotonic() - task.queued_at)
             try:
@@ -184,7 +187,7 @@ class FairScheduler:
         self.in_flight -= 1
         err = None if pool_fut.cancelled() else pool_fut.exception()
         if not pool_fut.cancelled():
-            self.ran[task.label] += 1
+            self.ran[task.label] += task.weight
         if isinstance(err, WorkerDied) and not fut.done() and task.attempt < MAX_ATTEMPTS:
             task.attempt += 1
             self._push(task)  # same priority and sequence number: back to the head

@@ -31,7 +31,9 @@ Who = tuple[str, int]  # (client, priority) in the fair scheduler
 class Submit(Protocol):
     """Queues one clip task in the fair scheduler (the engine's ``_run``)."""
 
-    def __call__(self, who: Who, label: str, fn: Callable[..., Any], *args: Any, uses: Iterable[SharedArray | None] = ()) -> asyncio.Future[Any]: ...
+    def __call__(
+        self, who: Who, label: str, fn: Callable[..., Any], *args: Any, uses: Iterable[SharedArray | None] = (), weight: int = 1
+    ) -> asyncio.Future[Any]: ...
 
 
 @dataclass
@@ -69,9 +71,10 @@ class Scoring(ABC):
 
     @abstractmethod
     def score(
-        self, who: Who, source: SharedArray | None, ref: ClipRef, entry: CleanEntry, candidate: Candidate, epsilon: float, channel: Channel
-    ) -> Awaitable[PoisonedScore]:
-        """One candidate on one clip, against that clip's clean entry."""
+        self, who: Who, source: SharedArray | None, refs: list[ClipRef], entries: list[CleanEntry], candidate: Candidate, epsilon: float,
+        channel: Channel,
+    ) -> Awaitable[list[PoisonedScore]]:
+        """One candidate on one or more clips, each against its clean entry; results in order."""
 
     @abstractmethod
     def _internal_clean_task(self, who: Who, source: SharedArray | None, ref: ClipRef, channel: Channel) -> asyncio.Future[Any]: ...
@@ -99,13 +102,16 @@ class WorkerScoring(Scoring):
         return Candidate(signature, (SharedArray(signature), SharedArray(template)), scorers.template_sq(template))
 
     def score(
-        self, who: Who, source: SharedArray | None, ref: ClipRef, entry: CleanEntry, candidate: Candidate, epsilon: float, channel: Channel
-    ) -> Awaitable[PoisonedScore]:
+        self, who: Who, source: SharedArray | None, refs: list[ClipRef], entries: list[CleanEntry], candidate: Candidate, epsilon: float,
+        channel: Channel,
+    ) -> Awaitable[list[PoisonedScore]]:
+        """One task for all of them: the server process wakes once per task, not per clip."""
         sig, tmpl = candidate.shared
-        assert entry.ref is not None, "a worker scorer's clean entry has its features in shared memory"
+        clean: list[CleanRef] = [e.ref for e in entries if e.ref is not None]
+        assert len(clean) == len(entries), "a worker scorer's clean entries have their features in shared memory"
         return self.submit(
-            who, "poisoned", tasks.poisoned_task, ref, entry.ref, sig.ref, tmpl.ref, candidate.template_sq, epsilon, channel, self.scorer,
-            uses=(source, *entry.shared, *candidate.shared),
+            who, "poisoned", tasks.poisoned_tasks, list(zip(refs, clean)), sig.ref, tmpl.ref, candidate.template_sq, epsilon, channel,
+            self.scorer, uses=(source, *(s for e in entries for s in e.shared), *candidate.shared), weight=len(refs),
         )  # fmt: skip
 
 
@@ -127,9 +133,11 @@ class DetectorScoring(Scoring):
         return Candidate(signature, (SharedArray(signature),))
 
     def score(
-        self, who: Who, source: SharedArray | None, ref: ClipRef, entry: CleanEntry, candidate: Candidate, epsilon: float, channel: Channel
-    ) -> Awaitable[PoisonedScore]:
-        return self._score(who, source, ref, entry, candidate, epsilon, channel)
+        self, who: Who, source: SharedArray | None, refs: list[ClipRef], entries: list[CleanEntry], candidate: Candidate, epsilon: float,
+        channel: Channel,
+    ) -> Awaitable[list[PoisonedScore]]:
+        """One task per clip: each decoded clip goes to the detector's batches as soon as it is ready."""
+        return asyncio.gather(*(self._score(who, source, r, e, candidate, epsilon, channel) for r, e in zip(refs, entries)))
 
     async def _score(
         self, who: Who, source: SharedArray | None, ref: ClipRef, entry: CleanEntry, candidate: Candidate, epsilon: float, channel: Channel

@@ -99,6 +99,20 @@ def poisoned_task(
     )
 
 
+def poisoned_tasks(
+    clips: list[tuple[ClipRef, CleanRef]],
+    signature: shm.ArrayRef,
+    template: shm.ArrayRef,
+    t_sq: float,
+    epsilon: float,
+    channel: Channel,
+    scorer: ScorerKey,
+) -> list[PoisonedScore]:
+    """:func:`poisoned_task` for one candidate on several clips, in order: one round trip to the
+    server process for them all (fewer wake-ups of the server between the workers' encodes)."""
+    return [poisoned_task(clip, clean, signature, template, t_sq, epsilon, channel, scorer) for clip, clean in clips]
+
+
 def decoded_task(clip: ClipRef, signature: shm.ArrayRef | None, epsilon: float, channel: Channel) -> tuple[np.ndarray, int, int]:
     """For a detector (scored in the server): (decoded uint8 (T, H, W, 3), encoded bytes, squared
     error of the poisoning); the clean clip when ``signature`` is None."""
