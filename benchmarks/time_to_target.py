@@ -4,10 +4,13 @@ same optimizer and seeds on four fitness back-ends, in one run.
   server         codecloop: one batched EvaluateSignature per generation (a private local server)
   server-racing  the same with racing (successive halving inside the request, Racing())
   local-pool     no server: the same per-clip work (poison, libx264 through PyAV, blind scores) in a
-                 process pool of one process per core, each clip's clean side once per generation
+                 process pool of one process per core, one task per worker per generation (the
+                 population pickled once per worker), each clip's clean side once per generation,
+                 each candidate's template once per worker
   seed-cli       the seed's loop: per candidate and clip, raw frames to disk, `ffmpeg` encodes
                  (libx264, CRF, preset; the CLI's own threading), `ffmpeg` decodes, then the same
-                 scores; sequential, clean clips cached for the whole run (kinder than the seed)
+                 scores; sequential, clean clips cached for the whole run and templates computed
+                 once per candidate (kinder than the seed)
 
 Every generation: CMA-ES asks P thetas (family ``--param``), the back-end scores them on N fresh
 training clips (seeded draw per generation, the same for every back-end) and CMA-ES is told the
@@ -85,15 +88,26 @@ def clean_features(decoded: np.ndarray) -> np.ndarray:
     return blind.features(decoded[None], blind.resolve_params({}))[0]
 
 
-def scores(decoded: np.ndarray, clean: np.ndarray, sig: np.ndarray) -> tuple[float, float]:
-    """(poisoned score, clean score) of one clip against ``sig`` (T or 1, H, W, 3)."""
+def templates(sigs: np.ndarray) -> list[tuple[np.ndarray, float]]:
+    """Each candidate's blind template and its sum of squares, once per generation (as the server)."""
     from codecloop_server import scorers
 
     blind = scorers.worker_scorer("blind")
     params = blind.resolve_params({})
-    tmpl = blind.template(sig, params)
-    t_sq = scorers.template_sq(tmpl)
-    feats = blind.features(decoded[None], params)[0]
+    out = []
+    for sig in sigs:
+        tmpl = blind.template(sig, params)
+        out.append((tmpl, scorers.template_sq(tmpl)))
+    return out
+
+
+def scores(decoded: np.ndarray, clean: np.ndarray, template: tuple[np.ndarray, float]) -> tuple[float, float]:
+    """(poisoned score, clean score) of one clip against a candidate's ``template``."""
+    from codecloop_server import scorers
+
+    blind = scorers.worker_scorer("blind")
+    tmpl, t_sq = template
+    feats = blind.features(decoded[None], blind.resolve_params({}))[0]
     poisoned = scorers.ncc_from_stats(scorers.clip_stats(feats), tmpl, feats, t_sq)
     clean_score = scorers.ncc_from_stats(scorers.clip_stats(clean), tmpl, clean if tmpl.shape[0] > 1 else None, t_sq)
     return poisoned, clean_score
@@ -134,32 +148,39 @@ def _local_init(clips: np.ndarray, crf: float, preset: str, epsilon: float) -> N
     _LOCAL.update(clips=clips, crf=crf, preset=preset, epsilon=epsilon)
 
 
-def _local_clip(args: tuple[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """One clip, every candidate: clean once, then each poisoned clip through PyAV's libx264."""
+def _local_clips(args: tuple[list[int], np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """This worker's clips, every candidate: each clip's clean side once, then each poisoned clip
+    through PyAV's libx264. Per clip: ((P,) poisoned scores, (P,) clean scores)."""
     from codecloop_server.codec import CodecSettings, transcode_rgb
     from codecloop_wire.poison import poison
 
-    index, sigs = args
-    clip = _LOCAL["clips"][index]
+    indices, sigs = args
     settings = CodecSettings(crf=_LOCAL["crf"], preset=_LOCAL["preset"])
-    clean = clean_features(transcode_rgb(clip, settings)[0])
-    out = [scores(transcode_rgb(poison(clip, sig, _LOCAL["epsilon"]), settings)[0], clean, sig) for sig in sigs]
-    return np.array([p for p, _ in out]), np.array([c for _, c in out])
+    tmpls = templates(sigs)
+    out = []
+    for index in indices:
+        clip = _LOCAL["clips"][index]
+        clean = clean_features(transcode_rgb(clip, settings)[0])
+        both = [scores(transcode_rgb(poison(clip, sig, _LOCAL["epsilon"]), settings)[0], clean, t) for sig, t in zip(sigs, tmpls)]
+        out.append((np.array([p for p, _ in both]), np.array([c for _, c in both])))
+    return out
 
 
 class LocalPoolBackend:
-    """The best loop a user could write without the server: a process pool, parallel across clips."""
+    """The best loop a user could write without the server: a process pool, the clips split evenly
+    over one task per worker, so the population is pickled once per worker per generation."""
 
     def __init__(self, dataset, setup: Setup, workers: int) -> None:
-        self.ds, self.setup = dataset, setup
+        self.ds, self.setup, self.workers = dataset, setup, workers
         self.pool = mp.get_context("spawn").Pool(workers, _local_init, (dataset.clips, setup.crf, setup.preset, setup.epsilon))
-        self.pool.map(_local_clip, [(0, np.zeros((1, 1, *dataset.clip_shape[1:], 3), np.float32))] * workers)  # imports, warm
+        self.pool.map(_local_clips, [([0], np.zeros((1, 1, *dataset.clip_shape[1:], 3), np.float32))] * workers)  # imports, warm
 
     def __call__(self, sigs: np.ndarray, seed: int) -> tuple[np.ndarray, int]:
-        ids = self.ds.select("train", self.setup.train_clips, seed)
-        per_clip = self.pool.map(_local_clip, [(int(i), sigs) for i in ids], chunksize=1)
-        poisoned = np.stack([p for p, _ in per_clip], axis=1)  # (P, N)
-        clean = np.stack([c for _, c in per_clip], axis=1)
+        ids = [int(i) for i in self.ds.select("train", self.setup.train_clips, seed)]
+        parts = [ids[k :: self.workers] for k in range(self.workers)]
+        done = dict(zip((i for part in parts for i in part), (r for rs in self.pool.map(_local_clips, [(part, sigs) for part in parts]) for r in rs)))
+        poisoned = np.stack([done[i][0] for i in ids], axis=1)  # (P, N)
+        clean = np.stack([done[i][1] for i in ids], axis=1)
         return np.array([centred(p, c) for p, c in zip(poisoned, clean)]), len(ids) * (len(sigs) + 1)
 
     def close(self) -> None:
@@ -188,6 +209,7 @@ class SeedCliBackend:
         from codecloop_wire.poison import poison
 
         ids = [int(i) for i in self.ds.select("train", self.setup.train_clips, seed)]
+        tmpls = templates(sigs)
         encodes = 0
         poisoned, clean = np.zeros((len(sigs), len(ids))), np.zeros((len(sigs), len(ids)))
         for j, i in enumerate(ids):
@@ -196,7 +218,7 @@ class SeedCliBackend:
                 self.clean[i] = clean_features(self._codec(clip))
                 encodes += 1
             for k, sig in enumerate(sigs):
-                poisoned[k, j], clean[k, j] = scores(self._codec(poison(clip, sig, self.setup.epsilon)), self.clean[i], sig)
+                poisoned[k, j], clean[k, j] = scores(self._codec(poison(clip, sig, self.setup.epsilon)), self.clean[i], tmpls[k])
                 encodes += 1
         return np.array([centred(p, c) for p, c in zip(poisoned, clean)]), encodes
 

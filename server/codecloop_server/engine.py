@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from codecloop_server import tasks
-from codecloop_server.caches import CleanCache, CleanEntry, ResultCache, signature_digest
+from codecloop_server.caches import CleanCache, CleanEntry, ResultCache
 from codecloop_server.channels import Channel
 from codecloop_server.corpus import Dataset
 from codecloop_server.jobs import CandidateFn, CandidateOutcome, CarrierSet, EvaluateJob, ProgressFn, TranscodeOutcome, candidate_outcome
@@ -158,12 +158,19 @@ class Engine:
         candidates: list[Candidate] = []
         pending: list[asyncio.Future[None]] = []
         try:
-            clean: list[list[CleanEntry]] = []
+            acquiring = []
             for channel in job.channels:
                 starts = [functools.partial(scoring.start_clean, who, source, ref, channel) for ref in refs]
                 keys = [(key, channel, job.scorer) for key in job.carriers.keys]
-                clean.append(list(await asyncio.gather(*map(lease.acquire, keys, starts))))
-            candidates = [scoring.prepare(sig) for sig in job.candidates]
+                acquiring.append(asyncio.gather(*map(lease.acquire, keys, starts)))
+            await asyncio.sleep(0)  # each acquire runs to its first await: the clean tasks are queued
+            try:  # the templates are made here while the workers run those clean tasks
+                candidates = [scoring.prepare(sig) for sig in job.candidates]
+            except BaseException:
+                for waiting in acquiring:
+                    waiting.cancel()
+                raise
+            clean: list[list[CleanEntry]] = [list(entries) for entries in await asyncio.gather(*acquiring)]
             race = _Race(job, clean, on_candidate)
             before = 0
             for alive, clips in job.rounds():
@@ -215,7 +222,7 @@ class Engine:
         """Score ``candidate`` on carriers ``lo:hi`` through every channel, ``per_task`` clips per
         task, and append the results to ``scores[channel]``. Every (signature, epsilon, clip,
         channel, scorer) result is cached: only the misses are encoded."""
-        digest = signature_digest(candidate.signature)
+        digest = candidate.digest
         found: list[list[PoisonedScore | None]] = []
         futures: list[asyncio.Future[list[PoisonedScore]]] = []
         for c, (channel, entries) in enumerate(zip(job.channels, clean)):

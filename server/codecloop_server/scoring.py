@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from codecloop_server import scorers, tasks
-from codecloop_server.caches import CleanEntry
+from codecloop_server.caches import CleanEntry, signature_digest
 from codecloop_server.channels import Channel
 from codecloop_server.detector import DetectorScorer
 from codecloop_server.shm import SharedArray
@@ -44,6 +44,10 @@ class Candidate:
     signature: np.ndarray  # float32 (T or 1, H, W, 3)
     shared: tuple[SharedArray, ...]  # the signature (and a worker scorer's template)
     template_sq: float = 0.0  # a worker scorer's template sum of squares
+    digest: str = field(init=False)  # signature_digest(signature): its results' cache address, hashed once
+
+    def __post_init__(self) -> None:
+        self.digest = signature_digest(self.signature)
 
     def release(self) -> None:
         for a in self.shared:

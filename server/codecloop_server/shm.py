@@ -89,8 +89,10 @@ class SharedArray:
 
 _mapped: dict[str, tuple[shared_memory.SharedMemory, np.ndarray]] = {}
 
-COPY_CACHE_BYTES = 32 << 20
-COPY_CACHE_ITEM_BYTES = 4 << 20
+COPY_CACHE_BYTES = 64 << 20
+# a 16x112x112x3 float64 template is 4.8 MB: a candidate's signature and template stay kept while
+# its tasks run (tasks are queued in candidate order)
+COPY_CACHE_ITEM_BYTES = 8 << 20
 # (name, uid) -> read-only copy, least recently used first; guarded by _copies_lock
 _copies: OrderedDict[tuple[str, tuple[int, int]], np.ndarray] = OrderedDict()
 _copies_bytes = 0
