@@ -325,7 +325,9 @@ class Run:
 
     def _clip_seconds(self) -> float:
         """Seconds per candidate-clip in the last generation (0 before the first)."""
-        return self.state.last_generation_s / max(1, self.state.last_generation_clips)
+        # a run checkpointed before clips were counted: every candidate had every clip
+        clips = self.state.last_generation_clips or self.config.popsize * self.train.num_clips
+        return self.state.last_generation_s / clips
 
     def _validation_seconds(self) -> float:
         """Estimated seconds of one validation (two candidates) at the last generation's pace."""

@@ -163,9 +163,10 @@ class Engine:
                 starts = [functools.partial(scoring.start_clean, who, source, ref, channel) for ref in refs]
                 keys = [(key, channel, job.scorer) for key in job.carriers.keys]
                 acquiring.append(asyncio.gather(*map(lease.acquire, keys, starts)))
-            await asyncio.sleep(0)  # each acquire runs to its first await: the clean tasks are queued
-            try:  # the templates are made here while the workers run those clean tasks
-                candidates = [scoring.prepare(sig) for sig in job.candidates]
+            try:
+                await asyncio.sleep(0)  # each acquire runs to its first await: the clean tasks are queued
+                for sig in job.candidates:  # the templates are made while the workers run those clean tasks
+                    candidates.append(scoring.prepare(sig))  # one by one: a failure releases those made
             except BaseException:
                 for waiting in acquiring:
                     waiting.cancel()

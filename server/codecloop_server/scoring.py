@@ -140,8 +140,18 @@ class DetectorScoring(Scoring):
         self, who: Who, source: SharedArray | None, refs: list[ClipRef], entries: list[CleanEntry], candidate: Candidate, epsilon: float,
         channel: Channel,
     ) -> Awaitable[list[PoisonedScore]]:
-        """One task per clip: each decoded clip goes to the detector's batches as soon as it is ready."""
-        return asyncio.gather(*(self._score(who, source, r, e, candidate, epsilon, channel) for r, e in zip(refs, entries)))
+        """One task per clip: each decoded clip goes to the detector's batches as soon as it is ready.
+        One clip failing cancels the others (a finished gather would not)."""
+        parts = [asyncio.ensure_future(self._score(who, source, r, e, candidate, epsilon, channel)) for r, e in zip(refs, entries)]
+        together = asyncio.gather(*parts)
+
+        def stop_the_rest(done: asyncio.Future[list[PoisonedScore]]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                for part in parts:
+                    part.cancel()
+
+        together.add_done_callback(stop_the_rest)
+        return together
 
     async def _score(
         self, who: Who, source: SharedArray | None, ref: ClipRef, entry: CleanEntry, candidate: Candidate, epsilon: float, channel: Channel
