@@ -175,7 +175,7 @@ def test_results_identical_to_single_process_path(client):
             feat_sh, sum_sh = shm.SharedArray(features), shm.SharedArray(st.time_sum)
             clean_ref = tasks.CleanRef(feat_sh.ref, sum_sh.ref, st.total, st.squares)
             t_sq = scorers.template_sq(tmpl_sh.array)
-            local = tasks.poisoned_task(ref, clean_ref, sig_sh.ref, tmpl_sh.ref, t_sq, 4 / 255, Channel.of(settings), key)
+            (local,) = tasks.poisoned_task([(ref, clean_ref)], sig_sh.ref, tmpl_sh.ref, t_sq, 4 / 255, Channel.of(settings), key)
             feat_sh.release()
             sum_sh.release()
             # and the documented formula, straight: ncc of the residuals, in float64

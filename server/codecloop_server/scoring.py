@@ -114,7 +114,7 @@ class WorkerScoring(Scoring):
         clean: list[CleanRef] = [e.ref for e in entries if e.ref is not None]
         assert len(clean) == len(entries), "a worker scorer's clean entries have their features in shared memory"
         return self.submit(
-            who, "poisoned", tasks.poisoned_tasks, list(zip(refs, clean)), sig.ref, tmpl.ref, candidate.template_sq, epsilon, channel,
+            who, "poisoned", tasks.poisoned_task, list(zip(refs, clean)), sig.ref, tmpl.ref, candidate.template_sq, epsilon, channel,
             self.scorer, uses=(source, *(s for e in entries for s in e.shared), *candidate.shared), weight=len(refs),
         )  # fmt: skip
 

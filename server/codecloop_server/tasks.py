@@ -1,7 +1,7 @@
 """The clip-level work units that codec worker processes run: pure functions of their arguments.
 
-One task is one carrier clip through one channel (channels.py): poison (for candidates), the
-channel's steps (RGB -> yuv420p, a real encode, its decode, yuv420p -> RGB, and any resize, crop or
+One task is one carrier clip (a candidate's task: one or more) through one channel (channels.py):
+poison (for candidates), the channel's steps (RGB -> yuv420p, a real encode, its decode, yuv420p -> RGB, and any resize, crop or
 frame-rate change), scorer features and scores. Frames, signatures
 and clean features arrive as shared-memory references (shm.ArrayRef), results are a few numbers.
 """
@@ -63,43 +63,6 @@ def clean_task(clip: ClipRef, channel: Channel, scorer: ScorerKey) -> tuple[np.n
 
 
 def poisoned_task(
-    clip: ClipRef,
-    clean: CleanRef,
-    signature: shm.ArrayRef,
-    template: shm.ArrayRef,
-    t_sq: float,
-    epsilon: float,
-    channel: Channel,
-    scorer: ScorerKey,
-) -> PoisonedScore:
-    """Score one candidate on one clip; the clean side comes from the server's cache.
-
-    ``t_sq`` is the template's sum of squares (scorers.template_sq), computed once per candidate.
-
-    Only the poisoned clip's features are computed here; the clean score is the cached clean stats
-    against this candidate's template (for a reference-based scorer it is 0 by construction).
-    """
-    impl = scorers.worker_scorer(scorer[0])
-    original = clip.load()
-    marked = poison(original, shm.read(signature), epsilon)
-    decoded, nbytes = channel.apply(marked)
-    features = impl.features(decoded[None], scorer[1])[0]
-    tmpl = shm.read(template)
-    time_varying = tmpl.shape[0] > 1
-    if impl.uses_reference:
-        features = features.astype(np.int16) - shm.read(clean.features).astype(np.int16)
-        clean_score = 0.0
-    else:
-        clean_score = scorers.ncc_from_stats(clean.stats(), tmpl, shm.read(clean.features) if time_varying else None, t_sq)
-    return PoisonedScore(
-        poisoned=scorers.ncc_from_stats(scorers.clip_stats(features), tmpl, features, t_sq),
-        clean=clean_score,
-        encoded_bytes=nbytes,
-        squared_error=_squared_error(marked, original),
-    )
-
-
-def poisoned_tasks(
     clips: list[tuple[ClipRef, CleanRef]],
     signature: shm.ArrayRef,
     template: shm.ArrayRef,
@@ -108,9 +71,45 @@ def poisoned_tasks(
     channel: Channel,
     scorer: ScorerKey,
 ) -> list[PoisonedScore]:
-    """:func:`poisoned_task` for one candidate on several clips, in order: one round trip to the
-    server process for them all (fewer wake-ups of the server between the workers' encodes)."""
-    return [poisoned_task(clip, clean, signature, template, t_sq, epsilon, channel, scorer) for clip, clean in clips]
+    """Score one candidate on one or more clips, in order; each clip's clean side comes from the
+    server's cache. One task for several clips is one round trip to the server process (fewer
+    wake-ups of the server between the workers' encodes); the candidate's arrays are read once.
+
+    ``t_sq`` is the template's sum of squares (scorers.template_sq), computed once per candidate.
+    """
+    impl = scorers.worker_scorer(scorer[0])
+    sig, tmpl = shm.read(signature), shm.read(template)
+    return [_poisoned_score(impl, clip.load(), clean, sig, tmpl, t_sq, epsilon, channel, scorer[1]) for clip, clean in clips]
+
+
+def _poisoned_score(
+    impl: scorers.Scorer,
+    original: np.ndarray,
+    clean: CleanRef,
+    sig: np.ndarray,
+    tmpl: np.ndarray,
+    t_sq: float,
+    epsilon: float,
+    channel: Channel,
+    params: Params,
+) -> PoisonedScore:
+    """One clip: only the poisoned clip's features are computed; the clean score is the cached clean
+    stats against this candidate's template (for a reference-based scorer it is 0 by construction)."""
+    marked = poison(original, sig, epsilon)
+    decoded, nbytes = channel.apply(marked)
+    features = impl.features(decoded[None], params)[0]
+    if impl.uses_reference:
+        features = features.astype(np.int16) - shm.read(clean.features).astype(np.int16)
+        clean_score = 0.0
+    else:
+        time_varying = tmpl.shape[0] > 1
+        clean_score = scorers.ncc_from_stats(clean.stats(), tmpl, shm.read(clean.features) if time_varying else None, t_sq)
+    return PoisonedScore(
+        poisoned=scorers.ncc_from_stats(scorers.clip_stats(features), tmpl, features, t_sq),
+        clean=clean_score,
+        encoded_bytes=nbytes,
+        squared_error=_squared_error(marked, original),
+    )
 
 
 def decoded_task(clip: ClipRef, signature: shm.ArrayRef | None, epsilon: float, channel: Channel) -> tuple[np.ndarray, int, int]:
