@@ -177,6 +177,8 @@ class Client:
             epsilon=first.epsilon,
             num_clips=first.num_clips,
             clip_ids=tuple(first.clip_ids),
+            clip_sources=tuple(first.clip_sources),
+            source_names=tuple(first.source_names),
         )
 
     def evaluate_stream(

@@ -9,6 +9,7 @@ import numpy as np
 
 from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopValueError
+from codecloop_wire.stats import OperatingPoint
 from codecloop_wire.v1 import codecloop_pb2 as pb
 
 
@@ -274,24 +275,56 @@ class CodecStats:
     psnr_db: float
     clean_bytes_mean: float
     poisoned_bytes_mean: float
+    num_clips: int = 0  # N: tpr = true_positives / N, fpr = false_positives / N
+    true_positives: int = 0
+    false_positives: int = 0
+    tpr_ci: tuple[float, float] = (0.0, 1.0)  # 95 % Clopper-Pearson
+    fpr_ci: tuple[float, float] = (0.0, 1.0)
+    auc_ci: tuple[float, float] = (0.0, 1.0)  # 95 %, see auc_ci_method
+    auc_ci_method: str = ""
     clean_scores: np.ndarray | None = None  # (N,) when per_clip_scores was asked for
     poisoned_scores: np.ndarray | None = None
     channel: Channel | None = None
+    # the null model (EvaluateOptions.null_model): operating points per clip and per source video
+    null_model: str = ""
+    tpr_at_fpr: tuple[OperatingPoint, ...] = ()
+    video_tpr_at_fpr: tuple[OperatingPoint, ...] = ()
+    clean_p_values: np.ndarray | None = None  # (N,) when per_clip_scores and null_model
+    poisoned_p_values: np.ndarray | None = None
+    clean_z: np.ndarray | None = None  # p = Φ̄(z)
+    poisoned_z: np.ndarray | None = None
+
+    _ARRAYS = ("clean_scores", "poisoned_scores", "clean_p_values", "poisoned_p_values", "clean_z", "poisoned_z")
 
     def label(self) -> str:
         return self.channel.label() if self.channel is not None else self.codec.label()
 
     @classmethod
     def from_proto(cls, msg: pb.CodecResult) -> CodecStats:
-        names = [f for f in cls.__dataclass_fields__ if f not in ("codec", "clean_scores", "poisoned_scores", "channel")]
-        per_clip = len(msg.clean_scores) > 0
+        special = {"codec", "channel", "tpr_at_fpr", "video_tpr_at_fpr", *cls._ARRAYS}
+        names = [f for f in cls.__dataclass_fields__ if f not in special and not f.endswith("_ci") and not f.startswith("_")]
         return cls(
             codec=Codec.from_proto(msg.codec),
             channel=Channel.from_proto(msg.channel) if msg.HasField("channel") else None,
-            clean_scores=np.array(msg.clean_scores) if per_clip else None,
-            poisoned_scores=np.array(msg.poisoned_scores) if per_clip else None,
+            tpr_ci=_interval(msg.tpr_ci),
+            fpr_ci=_interval(msg.fpr_ci),
+            auc_ci=_interval(msg.auc_ci),
+            tpr_at_fpr=tuple(_operating_point(p) for p in msg.tpr_at_fpr),
+            video_tpr_at_fpr=tuple(_operating_point(p) for p in msg.video_tpr_at_fpr),
+            **{a: np.array(getattr(msg, a)) if len(getattr(msg, a)) else None for a in cls._ARRAYS},
             **{n: getattr(msg, n) for n in names},
         )
+
+
+def _interval(msg: pb.Interval) -> tuple[float, float]:
+    return (msg.low, msg.high)
+
+
+def _operating_point(msg: pb.OperatingPoint) -> OperatingPoint:
+    return OperatingPoint(
+        fpr=msg.fpr, threshold=msg.threshold, n=msg.n, true_positives=msg.true_positives, tpr=msg.tpr, tpr_ci=_interval(msg.tpr_ci),
+        false_positives=msg.false_positives, observed_fpr=msg.observed_fpr, observed_fpr_ci=_interval(msg.observed_fpr_ci),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -313,6 +346,8 @@ class EvaluateResult:
     epsilon: float
     num_clips: int
     clip_ids: tuple[int, ...] = field(default=())
+    clip_sources: tuple[int, ...] = field(default=())  # the source video of each clip (inline: each its own)
+    source_names: tuple[str, ...] = field(default=())  # the names of the distinct sources, ascending by index
 
     @property
     def fitness(self) -> np.ndarray:

@@ -153,6 +153,27 @@ def decision(msg: pb.DecisionRule) -> stats.Decision:
     return stats.Decision(target_fpr=fpr)
 
 
+MAX_NULL_FPRS = 16
+
+
+def null_fprs(req: pb.EvaluateRequest, scorer: str) -> tuple[float, ...] | None:
+    """The null model's operating points (EvaluateRequest.null_model), or None when not asked for."""
+    if not req.HasField("null_model"):
+        return None
+    if not isinstance(scorers.get(scorer), scorers.Scorer):
+        raise CodecLoopValueError(
+            f"null_model: scorer {scorer!r} is a detector; the null model is offered for the correlation scorers only "
+            f"({', '.join(n for n, s in scorers.SCORERS.items() if isinstance(s, scorers.Scorer))})"
+        )
+    fprs = tuple(req.null_model.fprs) or stats.DEFAULT_FPRS
+    if len(fprs) > MAX_NULL_FPRS:
+        raise CodecLoopValueError(f"null_model.fprs: {len(fprs)} values; at most {MAX_NULL_FPRS}")
+    for i, f in enumerate(fprs):
+        if not (1e-12 <= f <= 0.5):
+            raise CodecLoopValueError(f"null_model.fprs[{i}]: {f} is outside the allowed range [1e-12, 0.5]")
+    return fprs
+
+
 def carriers(msg: pb.Carriers, datasets: dict[str, Dataset], limits: Limits) -> CarrierSet:
     if msg.WhichOneof("source") == "clips":
         clips = from_tensor(msg.clips, "carriers.clips", allowed=(pb.UINT8,))
@@ -176,7 +197,9 @@ def carriers(msg: pb.Carriers, datasets: dict[str, Dataset], limits: Limits) -> 
         raise CodecLoopValueError(f"carriers.dataset.seed: {seed} is outside the allowed range [0, {2**63 - 1}]")
     ids = tuple(map(int, ds.select(_field(sel, "split", defaults.SPLIT), num, seed)))
     keys = tuple(("dataset", ds.name, ds.digest, i) for i in ids)
-    return CarrierSet(keys=keys, clip_shape=ds.clip_shape, dataset=ds.name, clip_ids=ids)
+    sources = tuple(int(ds.source_of_clip[i]) for i in ids)
+    names = tuple(ds.sources[k] for k in sorted(set(sources)))
+    return CarrierSet(keys=keys, clip_shape=ds.clip_shape, dataset=ds.name, clip_ids=ids, sources=sources, source_names=names)
 
 
 def _check_clips(n: int, clip_pixels: int, limits: Limits) -> None:
@@ -258,6 +281,7 @@ def evaluate_job(req: pb.EvaluateRequest, datasets: dict[str, Dataset], limits: 
         raise CodecLoopValueError("codecs, channels: the same codec settings or channel steps appear twice; each must be distinct")
     scorer = scorer_key(req.scorer)
     rule = decision(req.decision)
+    fprs = null_fprs(req, scorer[0])
     t, h, w = carrier_set.clip_shape
     work = n_cand * len(carrier_set) * len(found) * t * h * w
     if work > limits.max_work_pixels:
@@ -268,5 +292,5 @@ def evaluate_job(req: pb.EvaluateRequest, datasets: dict[str, Dataset], limits: 
     race = racing(req.racing, n_cand, len(carrier_set)) if req.HasField("racing") else None
     return EvaluateJob(
         candidates=sigs, epsilon=eps, carriers=carrier_set, channels=tuple(found), scorer=scorer, decision=rule, per_clip=req.per_clip_scores,
-        report_channels=len(req.channels) > 0, racing=race,
+        report_channels=len(req.channels) > 0, racing=race, null_fprs=fprs,
     )  # fmt: skip

@@ -88,9 +88,10 @@ class Scoring(ABC):
 
 
 class WorkerScoring(Scoring):
-    def __init__(self, submit: Submit, scorer: ScorerKey, impl: scorers.Scorer) -> None:
+    def __init__(self, submit: Submit, scorer: ScorerKey, impl: scorers.Scorer, null: bool) -> None:
         super().__init__(submit, scorer)
         self.impl = impl
+        self.null = null  # place every score in its null (null.py) too
 
     def _internal_clean_task(self, who: Who, source: SharedArray | None, ref: ClipRef, channel: Channel) -> asyncio.Future[Any]:
         return self.submit(who, "clean", tasks.clean_task, ref, channel, self.scorer, uses=(source,))
@@ -115,7 +116,7 @@ class WorkerScoring(Scoring):
         assert len(clean) == len(entries), "a worker scorer's clean entries have their features in shared memory"
         return self.submit(
             who, "poisoned", tasks.poisoned_task, list(zip(refs, clean)), sig.ref, tmpl.ref, candidate.template_sq, epsilon, channel,
-            self.scorer, uses=(source, *(s for e in entries for s in e.shared), *candidate.shared), weight=len(refs),
+            self.scorer, self.null, uses=(source, *(s for e in entries for s in e.shared), *candidate.shared), weight=len(refs),
         )  # fmt: skip
 
 
@@ -170,11 +171,14 @@ class DetectorScoring(Scoring):
         return PoisonedScore(poisoned, clean, nbytes, squared_error)
 
 
-def scoring_for(scorer: ScorerKey, submit: Submit) -> Scoring:
-    """The strategy of the registered scorer ``scorer[0]``: the one place the two kinds are told apart."""
+def scoring_for(scorer: ScorerKey, submit: Submit, null: bool = False) -> Scoring:
+    """The strategy of the registered scorer ``scorer[0]``: the one place the two kinds are told apart.
+    ``null``: scores also in units of their null model (worker scorers only; parse.py refuses it for
+    detectors)."""
     impl = scorers.get(scorer[0])
     if isinstance(impl, DetectorScorer):
+        assert not null, "detectors have no null model"
         return DetectorScoring(submit, scorer, impl)
     if isinstance(impl, scorers.Scorer):
-        return WorkerScoring(submit, scorer, impl)
+        return WorkerScoring(submit, scorer, impl, null)
     raise TypeError(f"scorer {scorer[0]!r} is of no known kind: {type(impl).__name__}")
