@@ -330,20 +330,24 @@ class EvaluateResponse(_message.Message):
 class EvaluateEvent(_message.Message):
     __slots__ = ("started", "progress", "result")
     class Started(_message.Message):
-        __slots__ = ("num_candidates", "scorer", "epsilon", "num_clips", "clip_ids", "clip_tasks")
+        __slots__ = ("num_candidates", "scorer", "epsilon", "num_clips", "clip_ids", "clip_tasks", "clip_sources", "source_names")
         NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
         SCORER_FIELD_NUMBER: _ClassVar[int]
         EPSILON_FIELD_NUMBER: _ClassVar[int]
         NUM_CLIPS_FIELD_NUMBER: _ClassVar[int]
         CLIP_IDS_FIELD_NUMBER: _ClassVar[int]
         CLIP_TASKS_FIELD_NUMBER: _ClassVar[int]
+        CLIP_SOURCES_FIELD_NUMBER: _ClassVar[int]
+        SOURCE_NAMES_FIELD_NUMBER: _ClassVar[int]
         num_candidates: int
         scorer: str
         epsilon: float
         num_clips: int
         clip_ids: _containers.RepeatedScalarFieldContainer[int]
         clip_tasks: int
-        def __init__(self, num_candidates: _Optional[int] = ..., scorer: _Optional[str] = ..., epsilon: _Optional[float] = ..., num_clips: _Optional[int] = ..., clip_ids: _Optional[_Iterable[int]] = ..., clip_tasks: _Optional[int] = ...) -> None: ...
+        clip_sources: _containers.RepeatedScalarFieldContainer[int]
+        source_names: _containers.RepeatedScalarFieldContainer[str]
+        def __init__(self, num_candidates: _Optional[int] = ..., scorer: _Optional[str] = ..., epsilon: _Optional[float] = ..., num_clips: _Optional[int] = ..., clip_ids: _Optional[_Iterable[int]] = ..., clip_tasks: _Optional[int] = ..., clip_sources: _Optional[_Iterable[int]] = ..., source_names: _Optional[_Iterable[str]] = ...) -> None: ...
     class Progress(_message.Message):
         __slots__ = ("clip_tasks_done", "clip_tasks")
         CLIP_TASKS_DONE_FIELD_NUMBER: _ClassVar[int]
