@@ -3,7 +3,10 @@ clips through real libx264), TPR at fixed FPRs per clip and per source video, on
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 
 import grpc
 import numpy as np
@@ -200,3 +203,26 @@ def test_null_model_refused_where_it_does_not_apply(server_target):
     with pytest.raises(grpc.RpcError) as err:
         stub.EvaluateSignature(req, timeout=60)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "null_model" in err.value.details()
+
+
+def test_cli_evaluate_json_carries_intervals_and_p_values(server_target, tmp_path):
+    """`codecloop evaluate --json`: the names outside tools read (tpr_ci, fpr_ci, tpr_at_fpr,
+    clean_p_values / poisoned_p_values next to the scores), and the table prints counts and intervals."""
+    out_json = tmp_path / "e.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "codecloop.cli", "evaluate", "--target", server_target, "--random", "block16", "--epsilon", "3/255",
+         "--dataset", "real", "--split", "holdout", "--clips", "6", "--fpr", "1e-2", "--fpr", "1e-5", "--json", str(out_json)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "TPR k/n [95% CI]" in run.stdout and "null, clips  FPR 1e-02" in run.stdout and "null, videos" in run.stdout
+    s = json.loads(out_json.read_text())["candidates"][0]["codecs"][0]
+    assert len(s["tpr_ci"]) == 2 and len(s["fpr_ci"]) == 2 and s["tpr_ci"][0] <= s["tpr"] <= s["tpr_ci"][1]
+    assert [p["fpr"] for p in s["tpr_at_fpr"]] == [1e-2, 1e-5]
+    assert {"fpr", "threshold", "tpr", "tpr_ci"} <= set(s["tpr_at_fpr"][0])
+    assert len(s["clean_p_values"]) == len(s["clean_scores"]) == 6 == len(s["poisoned_p_values"])
+    bad = subprocess.run(
+        [sys.executable, "-m", "codecloop.cli", "evaluate", "--target", server_target, "--random", "block16", "--fpr", "0.9"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "fpr" in bad.stderr and "Traceback" not in bad.stderr

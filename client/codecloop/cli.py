@@ -46,6 +46,7 @@ _CHANNEL_HELP = (
 _epsilon = fraction("epsilon", 0.0, 1.0, low_open=True, high_open=False)
 _target_fpr = fraction("target-fpr", 0.0, 1.0, low_open=False, high_open=True)
 _quantile = fraction("margin-quantile", 0.0, 1.0, low_open=True, high_open=True)
+_null_fpr = fraction("fpr", 1e-12, 0.5, low_open=False, high_open=False)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -182,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     rule = e.add_mutually_exclusive_group()
     rule.add_argument("--threshold", type=float, help="explicit decision threshold (instead of --target-fpr)")
     rule.add_argument("--target-fpr", type=_target_fpr, default=fraction_label(defaults.TARGET_FPR), help="calibrate the threshold on the clean scores to this FPR")
+    e.add_argument("--fpr", type=_null_fpr, action="append", help="an operating point of the null model (repeat; default 1e-2 1e-3 1e-4 1e-6): TPR at p < FPR")
+    e.add_argument("--no-null", action="store_true", help="skip the null model (per-clip p-values and TPR at fixed FPRs)")
     e.add_argument("--per-clip", action="store_true", help="print every clip's scores")
     e.add_argument("--json", help="also write the full result as JSON to this path")
     e.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for the server to come up")
@@ -270,6 +273,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             shape = next(tuple(d.clip_shape) for d in client.info().datasets if d.name == args.dataset)
             population = random_signature(args.random, shape, args.seed)[None]
         codecs = [Codec(crf=c, preset=args.preset, gop=args.gop, fps=args.fps) for c in _crfs(args)]
+        offered = any(s.name == args.scorer and s.null_model for s in client.info().scorers)
+        if args.fpr and not offered:
+            print(f"codecloop evaluate: --fpr: scorer {args.scorer!r} has no null model (detectors); drop --fpr", file=sys.stderr)
+            return 2
         result = client.evaluate(
             population,
             epsilon=args.epsilon,
@@ -280,6 +287,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             threshold=args.threshold,
             target_fpr=None if args.threshold is not None else args.target_fpr,
             per_clip_scores=args.per_clip or bool(args.json),
+            null_model=False if args.no_null or not offered else (tuple(args.fpr) if args.fpr else True),
         )
     print(result.table())
     if args.per_clip:
@@ -287,6 +295,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             for s in cand.codecs:
                 print(f"candidate {i} {s.label()} clean:    " + " ".join(f"{v:.3f}" for v in s.clean_scores))
                 print(f"candidate {i} {s.label()} poisoned: " + " ".join(f"{v:.3f}" for v in s.poisoned_scores))
+                if s.poisoned_p_values is not None and s.clean_p_values is not None:
+                    print(f"candidate {i} {s.label()} clean p:    " + " ".join(f"{v:.1e}" for v in s.clean_p_values))
+                    print(f"candidate {i} {s.label()} poisoned p: " + " ".join(f"{v:.1e}" for v in s.poisoned_p_values))
     if args.json:
         from codecloop import jsonutil
 

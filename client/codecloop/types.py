@@ -375,10 +375,11 @@ class EvaluateResult:
         return sum(c.num_clips * len(c.codecs) for c in self.candidates)
 
     def table(self) -> str:
-        """The seed report's table, one row per candidate and codec setting."""
+        """The detection table, one row per candidate and codec setting: rates with their counts
+        and 95 % intervals; with the null model, TPR at each FPR per clip and per source video."""
         head = (
             f"{'cand':>4}  {'codec':<24} {'clean μ±σ':>15} {'poisoned μ±σ':>15} {'sep':>8} {'thr':>7} "
-            f"{'TPR':>5} {'FPR':>5} {'AUC':>5} {'p':>8} {'PSNR':>6} {'bytes clean→pois':>17}"
+            f"{'TPR k/n [95% CI]':>22} {'FPR k/n [95% CI]':>22} {'AUC [95% CI]':>17} {'p':>8} {'PSNR':>6} {'bytes clean→pois':>17}"
         )
         lines = [f"scorer={self.scorer} epsilon={self.epsilon:.5g} ({self.epsilon * 255:.3g}/255) clips={self.num_clips}", head]
         for i, cand in enumerate(self.candidates):
@@ -386,14 +387,32 @@ class EvaluateResult:
                 lines.append(f"{i:>4}  race rank {cand.race_rank}, statistics on the first {cand.num_clips} clips")
             for s in cand.codecs:
                 psnr = "inf" if math.isinf(s.psnr_db) else f"{s.psnr_db:.1f}"
+                tpr = f"{s.true_positives}/{s.num_clips} {_ci(s.tpr_ci)}"
+                fpr = f"{s.false_positives}/{s.num_clips} {_ci(s.fpr_ci)}"
+                auc = f"{s.auc:.2f} [{s.auc_ci[0]:.2f},{s.auc_ci[1]:.2f}]"
                 lines.append(
                     f"{i:>4}  {s.label():<24} {s.clean_mean:>7.3f}±{s.clean_std:<7.3f} "
                     f"{s.poisoned_mean:>7.3f}±{s.poisoned_std:<7.3f} {s.separation:>8.4f} {s.threshold:>7.3f} "
-                    f"{s.tpr:>5.0%} {s.fpr:>5.0%} {s.auc:>5.2f} {s.p_value:>8.2g} {psnr:>6} "
+                    f"{tpr:>22} {fpr:>22} {auc:>17} {s.p_value:>8.2g} {psnr:>6} "
                     f"{s.clean_bytes_mean:>8.0f}→{s.poisoned_bytes_mean:<8.0f}"
                 )
-        lines.append("p: " + (self.candidates[0].codecs[0].p_value_test if self.candidates else ""))
+                for unit, points in (("clips", s.tpr_at_fpr), ("videos", s.video_tpr_at_fpr)):
+                    if points:
+                        lines.append(f"{'':>6}null, {unit:<6} " + "  ".join(_point(p) for p in points))
+        first = self.candidates[0].codecs[0] if self.candidates else None
+        lines.append("TPR/FPR at the threshold thr; k/n counts, [95% CI] Clopper-Pearson; AUC [95% CI] Newcombe score interval")
+        lines.append("p: " + (first.p_value_test if first else ""))
+        if first is not None and first.null_model:
+            lines.append("null: marked when p < FPR; TPR k/n [95% CI], clean called marked (false alarms) f/n; " + first.null_model)
         return "\n".join(lines)
+
+
+def _ci(ci: tuple[float, float]) -> str:
+    return f"[{ci[0]:.0%},{ci[1]:.0%}]"
+
+
+def _point(p: OperatingPoint) -> str:
+    return f"FPR {p.fpr:.0e}: TPR {p.true_positives}/{p.n} {_ci(p.tpr_ci)} f {p.false_positives}/{p.n}"
 
 
 @dataclass(frozen=True)

@@ -322,7 +322,10 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
             ],
             resize_filters=list(FILTERS),
             scorers=[
-                pb.ScorerInfo(name=s.name, description=s.description, default_params={k: v[0] for k, v in s.param_ranges.items()})
+                pb.ScorerInfo(
+                    name=s.name, description=s.description, default_params={k: v[0] for k, v in s.param_ranges.items()},
+                    null_model=isinstance(s, scorers.Scorer),
+                )
                 for s in scorers.SCORERS.values()
             ],
             limits=self.limits.to_proto(),

@@ -445,7 +445,7 @@ class SourceNames(_message.Message):
     def __init__(self, names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScorerInfo(_message.Message):
-    __slots__ = ("name", "description", "default_params")
+    __slots__ = ("name", "description", "default_params", "null_model")
     class DefaultParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -456,10 +456,12 @@ class ScorerInfo(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    NULL_MODEL_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     default_params: _containers.ScalarMap[str, float]
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., default_params: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    null_model: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., default_params: _Optional[_Mapping[str, float]] = ..., null_model: _Optional[bool] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_candidates", "max_clips", "max_clip_pixels", "max_work_pixels", "max_codecs", "max_message_bytes", "max_client_calls")
