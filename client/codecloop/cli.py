@@ -1,4 +1,4 @@
-"""``codecloop`` command line: ``evaluate``, ``optimize``, ``diagnose``, ``info``, ``health``, ``mark``; ``serve`` runs the server's own CLI."""
+"""``codecloop`` command line: ``evaluate``, ``optimize``, ``diagnose``, ``info``, ``health``, ``mark``; ``serve`` and ``channel`` run the server's own CLIs."""
 
 from __future__ import annotations
 
@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # `codecloop serve` is the server's own CLI (codecloop_server.cli), run as `python -m codecloop_server`
     sub.add_parser("serve", help="run the gRPC server (python -m codecloop_server; its --help lists the flags)", add_help=False)
+    sub.add_parser("channel", help="run a server channel preset on a video file at its own size (INPUT OUTPUT --channel NAME)", add_help=False)
     e = sub.add_parser("evaluate", help="evaluate a signature and print the detection table")
     e.add_argument("--target", default=None, help=_TARGET_HELP)
     src = e.add_mutually_exclusive_group(required=True)
@@ -448,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["serve"]:  # the server's CLI, in its own process image: the SDK never imports the server
         os.execv(sys.executable, [sys.executable, "-m", "codecloop_server", *argv[1:]])
+    if argv[:1] == ["channel"]:  # a server channel preset on a file (codecloop_server.file_channel), likewise
+        os.execv(sys.executable, [sys.executable, "-m", "codecloop_server.file_channel", *argv[1:]])
     args = build_parser().parse_args(argv)
 
     try:
