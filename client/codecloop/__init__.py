@@ -6,6 +6,7 @@
 """
 
 from codecloop.client import Client
+from codecloop.mark import MarkResult, mark_video
 from codecloop.options import EvaluateOptions
 from codecloop.types import (
     CandidateDone,
@@ -55,8 +56,10 @@ __all__ = [
     "DatasetCarriers",
     "EvaluateOptions",
     "EvaluateResult",
+    "MarkResult",
     "Progress",
     "Racing",
     "TranscodeResult",
+    "mark_video",
     "poison",
 ]

@@ -1,4 +1,4 @@
-"""``codecloop`` command line: ``evaluate``, ``optimize``, ``diagnose``, ``info``, ``health``; ``serve`` runs the server's own CLI."""
+"""``codecloop`` command line: ``evaluate``, ``optimize``, ``diagnose``, ``info``, ``health``, ``mark``; ``serve`` and ``channel`` run the server's own CLIs."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from codecloop import mark
 from codecloop.objectives import NAMES
 from codecloop.types import Racing
 from codecloop.units import fraction_label
@@ -163,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # `codecloop serve` is the server's own CLI (codecloop_server.cli), run as `python -m codecloop_server`
     sub.add_parser("serve", help="run the gRPC server (python -m codecloop_server; its --help lists the flags)", add_help=False)
+    sub.add_parser("channel", help="run a server channel preset on a video file at its own size (INPUT OUTPUT --channel NAME)", add_help=False)
     e = sub.add_parser("evaluate", help="evaluate a signature and print the detection table")
     e.add_argument("--target", default=None, help=_TARGET_HELP)
     src = e.add_mutually_exclusive_group(required=True)
@@ -251,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--target", default=_env("target", "127.0.0.1:" + (_env("port", "50051") or "50051")))
     h.add_argument("--service", default="", help="health service name ('' = the whole server)")
     h.add_argument("--timeout", type=float, default=5.0)
+
+    mark.add_arguments(sub.add_parser("mark", help="add a signature to a video file at its own size, frame rate and length"))
 
     i = sub.add_parser("info", help="print the server's versions, datasets, scorers and limits")
     i.add_argument("--target", default=None, help=_TARGET_HELP)
@@ -456,10 +460,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["serve"]:  # the server's CLI, in its own process image: the SDK never imports the server
         os.execv(sys.executable, [sys.executable, "-m", "codecloop_server", *argv[1:]])
+    if argv[:1] == ["channel"]:  # a server channel preset on a file (codecloop_server.file_channel), likewise
+        os.execv(sys.executable, [sys.executable, "-m", "codecloop_server.file_channel", *argv[1:]])
     args = build_parser().parse_args(argv)
 
     try:
-        return {"evaluate": _evaluate, "optimize": _optimize, "diagnose": _diagnose, "info": _info, "health": _health}[args.command](args)
+        commands = {"evaluate": _evaluate, "optimize": _optimize, "diagnose": _diagnose, "info": _info, "health": _health, "mark": mark.run}
+        return commands[args.command](args)
     except CodecLoopError as err:
         print(f"codecloop: {type(err).__name__}: {err}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ from codecloop_server.codec import CodecSettings, x264_build
 from codecloop_server.corpus import Dataset
 from codecloop_server.jobs import CarrierSet, EvaluateJob, Racing
 from codecloop_server.tasks import ScorerKey
-from codecloop_wire import defaults, stats
+from codecloop_wire import defaults, deploy, stats
 from codecloop_wire.errors import CodecLoopLimitError, CodecLoopValueError
 from codecloop_wire.tensors import from_tensor
 from codecloop_wire.v1 import codecloop_pb2 as pb
@@ -130,10 +130,8 @@ def channel_to_proto(c: channels.Channel) -> pb.Channel:
 
 
 def epsilon(msg, field: str = "epsilon") -> float:
-    eps = _field(msg, "epsilon", defaults.EPSILON)
-    if not (math.isfinite(eps) and 0 < eps <= 1):
-        raise CodecLoopValueError(f"{field}: {eps} is outside the allowed range (0, 1]")
-    return eps
+    """The request's epsilon, checked by the deployment rule's check (``codecloop mark`` runs the same one)."""
+    return deploy.check_epsilon(_field(msg, "epsilon", defaults.EPSILON), field)
 
 
 def scorer_key(msg: pb.Scorer) -> ScorerKey:
@@ -232,12 +230,7 @@ def signature(msg: pb.Tensor, field: str, clip_shape: tuple[int, ...]) -> np.nda
     t, h, w = clip_shape
     if sig.ndim != 4 or sig.shape[0] not in (1, t) or sig.shape[1:] != (h, w, 3):
         raise CodecLoopValueError(f"{field}.shape: {list(sig.shape)} must be ({t} or 1, {h}, {w}, 3) to match the carriers")
-    if not np.isfinite(sig).all():
-        raise CodecLoopValueError(f"{field}: contains NaN or Inf; values must be finite in [-1, 1]")
-    lo, hi = float(sig.min()), float(sig.max())
-    if lo < -1 or hi > 1:
-        raise CodecLoopValueError(f"{field}: values span [{lo:g}, {hi:g}], outside the allowed range [-1, 1]")
-    return sig
+    return deploy.check_signature(sig, field)  # the values check that `codecloop mark` runs too
 
 
 def racing(msg: pb.Racing, candidates: int, clips: int) -> Racing:

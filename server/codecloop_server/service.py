@@ -302,6 +302,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
                     digest=d.digest,
                     description=d.description,
                     split_policy=d.split_policy,
+                    carrier_policy=d.carrier_policy,
                     split_sources={k: pb.SourceNames(names=v) for k, v in d.split_sources().items()},
                 )
                 for d in self.datasets.values()

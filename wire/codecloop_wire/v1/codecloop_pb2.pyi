@@ -407,7 +407,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DatasetInfo(_message.Message):
-    __slots__ = ("name", "split_clips", "clip_shape", "digest", "description", "split_policy", "split_sources")
+    __slots__ = ("name", "split_clips", "clip_shape", "digest", "description", "split_policy", "split_sources", "carrier_policy")
     class SplitClipsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -429,6 +429,7 @@ class DatasetInfo(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     SPLIT_POLICY_FIELD_NUMBER: _ClassVar[int]
     SPLIT_SOURCES_FIELD_NUMBER: _ClassVar[int]
+    CARRIER_POLICY_FIELD_NUMBER: _ClassVar[int]
     name: str
     split_clips: _containers.ScalarMap[str, int]
     clip_shape: _containers.RepeatedScalarFieldContainer[int]
@@ -436,7 +437,8 @@ class DatasetInfo(_message.Message):
     description: str
     split_policy: str
     split_sources: _containers.MessageMap[str, SourceNames]
-    def __init__(self, name: _Optional[str] = ..., split_clips: _Optional[_Mapping[str, int]] = ..., clip_shape: _Optional[_Iterable[int]] = ..., digest: _Optional[str] = ..., description: _Optional[str] = ..., split_policy: _Optional[str] = ..., split_sources: _Optional[_Mapping[str, SourceNames]] = ...) -> None: ...
+    carrier_policy: str
+    def __init__(self, name: _Optional[str] = ..., split_clips: _Optional[_Mapping[str, int]] = ..., clip_shape: _Optional[_Iterable[int]] = ..., digest: _Optional[str] = ..., description: _Optional[str] = ..., split_policy: _Optional[str] = ..., split_sources: _Optional[_Mapping[str, SourceNames]] = ..., carrier_policy: _Optional[str] = ...) -> None: ...
 
 class SourceNames(_message.Message):
     __slots__ = ("names",)
