@@ -6,6 +6,7 @@
 """
 
 from codecloop.client import Client
+from codecloop.detect import Detection, detect_video
 from codecloop.mark import MarkResult, mark_video
 from codecloop.options import EvaluateOptions
 from codecloop.types import (
@@ -61,5 +62,7 @@ __all__ = [
     "Racing",
     "TranscodeResult",
     "mark_video",
+    "detect_video",
+    "Detection",
     "poison",
 ]

@@ -1,4 +1,5 @@
-"""``codecloop`` command line: ``evaluate``, ``optimize``, ``diagnose``, ``info``, ``health``, ``mark``; ``serve`` and ``channel`` run the server's own CLIs."""
+"""``codecloop`` command line: ``evaluate``, ``optimize``, ``diagnose``, ``info``, ``health``, ``mark``, ``detect``;
+``serve`` and ``channel`` run the server's own CLIs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from codecloop import mark
+from codecloop import detect, mark
 from codecloop.objectives import NAMES
 from codecloop.types import Racing
 from codecloop.units import fraction_label
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--timeout", type=float, default=5.0)
 
     mark.add_arguments(sub.add_parser("mark", help="add a signature to a video file at its own size, frame rate and length"))
+    detect.add_arguments(sub.add_parser("detect", help="test video files for a signature: score, p-value and decision per video"))
 
     i = sub.add_parser("info", help="print the server's versions, datasets, scorers and limits")
     i.add_argument("--target", default=None, help=_TARGET_HELP)
@@ -465,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     try:
-        commands = {"evaluate": _evaluate, "optimize": _optimize, "diagnose": _diagnose, "info": _info, "health": _health, "mark": mark.run}
+        commands = {"evaluate": _evaluate, "optimize": _optimize, "diagnose": _diagnose, "info": _info, "health": _health, "mark": mark.run,
+                    "detect": detect.run}
         return commands[args.command](args)
     except CodecLoopError as err:
         print(f"codecloop: {type(err).__name__}: {err}", file=sys.stderr)
