@@ -174,10 +174,16 @@ def test_evaluate_reports_counts_intervals_and_null_statistics(client):
     for point in s.video_tpr_at_fpr:
         assert point.n == len(result.source_names)
         assert point.true_positives == int(np.sum(np.array([p_of_z(z) for z in video]) < point.fpr))
+    # the objective for the deployed operating point: a smooth TPR at p < 1e-3 from the same z-scores
+    soft = codecloop.objectives.Objective("null-tpr").codec(s)
+    assert soft == pytest.approx(float(np.mean(sps.norm.cdf(np.array(s.poisoned_z) - z_of_p(1e-3)))))
+    assert 0 < soft < 1
     # not asked: nothing of the null, and the same statistics otherwise
     plain = client.evaluate(sig[None], epsilon=3 / 255, carriers=codecloop.DatasetCarriers("real", "train", 12), per_clip_scores=True)
     q = plain.candidates[0].codecs[0]
     assert q.null_model == "" and q.tpr_at_fpr == () and q.clean_p_values is None
+    with pytest.raises(codecloop.CodecLoopValueError, match="null model"):
+        codecloop.objectives.Objective("null-tpr").codec(q)
     assert (q.separation, q.tpr_ci, q.auc_ci) == (s.separation, s.tpr_ci, s.auc_ci)
 
 

@@ -441,11 +441,20 @@ def _optimize(args: argparse.Namespace) -> int:
             print(f"{split:>10}: - ({summary['validation_note'] or 'not validated'})")
             continue
         psnr = "inf" if h["psnr_db"] is None else f"{h['psnr_db']:.1f}"
+        ci = h.get("tpr_ci") or (0.0, 1.0)
         print(
-            f"{split:>10} ({h['clips']} clips, {h['codec']}): objective {h['objective']:.4f} TPR {h['tpr']:.0%} FPR {h['fpr']:.1%} "
+            f"{split:>10} ({h['clips']} clips, {h['codec']}): objective {h['objective']:.4f} "
+            f"TPR {h.get('true_positives', '?')}/{h.get('num_clips', '?')} = {h['tpr']:.0%} [{ci[0]:.0%}, {ci[1]:.0%}] "
+            f"FPR {h.get('false_positives', '?')}/{h.get('num_clips', '?')} "
             f"clean {h['clean_mean']:.4f}±{h['clean_std']:.4f} poisoned {h['poisoned_mean']:.4f}±{h['poisoned_std']:.4f} "
             f"sep {h['separation']:.4f} AUC {h['auc']:.3f} p {h['p_value']:.2g} PSNR {psnr} dB"
         )
+        for unit, key in (("clips", "tpr_at_fpr"), ("videos", "video_tpr_at_fpr")):
+            points = [p for p in h.get(key) or [] if p["fpr"] == 1e-3]
+            if points:
+                p = points[0]
+                print(f"{'':>12}null model, {unit}: TPR at p < 1e-3 {p['true_positives']}/{p['n']} "
+                      f"[{p['tpr_ci'][0]:.0%}, {p['tpr_ci'][1]:.0%}], clean called marked {p['false_positives']}/{p['n']}")  # fmt: skip
     print(f"run folder: {args.out} (log.jsonl, checkpoint.pkl, best.npy, summary.json, *.png)")
     return 0
 

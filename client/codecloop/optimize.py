@@ -326,7 +326,7 @@ class Run:
             target_fpr=self.objective.target_fpr,
             per_clip_scores=per_clip or self.objective.needs_per_clip,
             racing=racing,
-            null_model=null and self._null_offered(),
+            null_model=(null or self.objective.needs_null) and self._null_offered(),
         )
 
     def _null_offered(self) -> bool:
