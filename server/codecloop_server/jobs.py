@@ -14,7 +14,7 @@ import numpy as np
 from codecloop_server.channels import Channel
 from codecloop_server.tasks import PoisonedScore, ScorerKey
 from codecloop_wire import stats
-from codecloop_wire.null import p_of_z
+from codecloop_wire.null import p_values
 
 
 @dataclass(frozen=True)
@@ -165,10 +165,9 @@ def null_outcome(job: EvaluateJob, per_clip: list[PoisonedScore]) -> NullOutcome
     sources = np.array(job.carriers.clip_sources()[: len(per_clip)])
     _, clean_video = stats.video_z(clean_z, sources)
     _, poisoned_video = stats.video_z(poisoned_z, sources)
-    p = np.vectorize(p_of_z, otypes=[np.float64])
     return NullOutcome(
         clean_z=clean_z,
         poisoned_z=poisoned_z,
-        tpr_at_fpr=stats.operating_points(p(clean_z), p(poisoned_z), job.null_fprs),
-        video_tpr_at_fpr=stats.operating_points(p(clean_video), p(poisoned_video), job.null_fprs),
+        tpr_at_fpr=stats.operating_points(p_values(clean_z), p_values(poisoned_z), job.null_fprs),
+        video_tpr_at_fpr=stats.operating_points(p_values(clean_video), p_values(poisoned_video), job.null_fprs),
     )

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from codecloop_server import parse
 from codecloop_server.jobs import CandidateOutcome, CodecOutcome, EvaluateJob
 from codecloop_wire import stats
-from codecloop_wire.null import NULL_MODEL, p_of_z
+from codecloop_wire.null import NULL_MODEL, p_values
 from codecloop_wire.v1 import codecloop_pb2 as pb
 
 
@@ -32,7 +30,6 @@ def _null_fields(c: CodecOutcome, per_clip: bool) -> dict[str, Any]:
     if c.null is None:
         return {}
     n = c.null
-    p = np.vectorize(p_of_z, otypes=[np.float64])
     fields: dict[str, Any] = {
         "null_model": NULL_MODEL,
         "tpr_at_fpr": _points(n.tpr_at_fpr),
@@ -41,7 +38,7 @@ def _null_fields(c: CodecOutcome, per_clip: bool) -> dict[str, Any]:
     if per_clip:
         fields.update(
             clean_z=n.clean_z.tolist(), poisoned_z=n.poisoned_z.tolist(),
-            clean_p_values=p(n.clean_z).tolist(), poisoned_p_values=p(n.poisoned_z).tolist(),
+            clean_p_values=p_values(n.clean_z).tolist(), poisoned_p_values=p_values(n.poisoned_z).tolist(),
         )  # fmt: skip
     return fields
 

@@ -52,6 +52,12 @@ def p_of_z(z: float) -> float:
     return float(special.ndtr(-z))
 
 
+def p_values(z: np.ndarray) -> np.ndarray:
+    """:func:`p_of_z` of every element of ``z`` (float64, same shape)."""
+    out: np.ndarray = special.ndtr(-np.asarray(z, np.float64))
+    return out
+
+
 def z_of_p(p: float) -> float:
     """The inverse of :func:`p_of_z`: the z whose tail is ``p`` (p in (0, 1))."""
     return float(-special.ndtri(p))
