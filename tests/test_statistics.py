@@ -17,7 +17,7 @@ import codecloop
 from codecloop_server import corpus, scorers
 from codecloop_server.codec import CodecSettings, transcode_rgb
 from codecloop_wire import stats
-from codecloop_wire.null import GRID, MAX_KEY_CORRELATION, p_of_z, shift_null, stouffer, z_of_p
+from codecloop_wire.null import EMPIRICAL_SHIFTS, GRID, MAX_KEY_CORRELATION, empirical_z, key_shifts, p_of_z, shift_null, stouffer, z_of_p
 from codecloop_wire.v1 import codecloop_pb2 as pb
 from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 from tests.conftest import block_signature
@@ -83,6 +83,13 @@ def test_shift_null_is_the_brute_force_lattice():
     assert shift_null(x.sum(0), w[:1]).z == pytest.approx(_lattice_z(x.sum(0, keepdims=True), w[:1]), rel=1e-9)
     # no variation at all: no evidence
     assert shift_null(np.zeros_like(x), w).p == 1.0
+
+
+def test_empirical_z_is_the_t_prediction_tail():
+    null = np.array([0.1, -0.2, 0.05, 0.3, -0.1, 0.0, 0.2, -0.3])
+    z = empirical_z(0.9, null)
+    t = (0.9 - null.mean()) / (null.std(ddof=1) * math.sqrt(1 + 1 / 8))
+    assert p_of_z(z) == pytest.approx(sps.t.sf(t, 7), rel=1e-9)
 
 
 def test_p_and_z_are_inverse_normal_tails():
@@ -205,10 +212,31 @@ def test_null_model_refused_where_it_does_not_apply(server_target):
     req = pb.EvaluateRequest()
     req.CopyFrom(base)
     req.null_model.SetInParent()
-    req.scorer.name = "example"
+    req.scorer.name = "keyless"
     with pytest.raises(grpc.RpcError) as err:
         stub.EvaluateSignature(req, timeout=60)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "null_model" in err.value.details()
+    offered = {s.name: s.null_model for s in stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=60).scorers}
+    assert offered["blind"] and offered["informed"] and offered["example"] and not offered["keyless"]
+
+
+def test_keyed_detector_empirical_null_is_the_model_on_moved_keys(client):
+    """A detector that takes the key: each clip's z is Student's t of its score over the model's
+    scores of the same decoded clip against 16 moved keys, recomputed here with the model itself."""
+    pytest.importorskip("torch")
+    from tests.test_detector import CARRIERS, CODEC, EPS, EXAMPLE_DETECTOR, direct_scores
+
+    sig = block_signature(31, block=4)
+    res = client.evaluate(sig[None], epsilon=EPS, carriers=CARRIERS, codecs=CODEC, scorer="example", per_clip_scores=True, null_model=True)
+    s = res.candidates[0].codecs[0]
+    keys = [np.roll(sig, shift, axis=(0, 1, 2)) for shift in key_shifts(sig)]
+    assert len(keys) == EMPIRICAL_SHIFTS
+    null_poisoned = np.stack([direct_scores(client, EXAMPLE_DETECTOR, sig, k) for k in keys], axis=1)
+    null_clean = np.stack([direct_scores(client, EXAMPLE_DETECTOR, None, k) for k in keys], axis=1)
+    expect_p = [empirical_z(v, row) for v, row in zip(s.poisoned_scores, null_poisoned)]
+    expect_c = [empirical_z(v, row) for v, row in zip(s.clean_scores, null_clean)]
+    assert s.poisoned_z == pytest.approx(expect_p, rel=1e-9) and s.clean_z == pytest.approx(expect_c, rel=1e-9)
+    assert "Student" in s.null_model and len(s.tpr_at_fpr) == 4
 
 
 def test_cli_evaluate_json_carries_intervals_and_p_values(server_target, tmp_path):

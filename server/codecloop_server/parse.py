@@ -158,10 +158,10 @@ def null_fprs(req: pb.EvaluateRequest, scorer: str) -> tuple[float, ...] | None:
     """The null model's operating points (EvaluateRequest.null_model), or None when not asked for."""
     if not req.HasField("null_model"):
         return None
-    if not isinstance(scorers.get(scorer), scorers.Scorer):
+    if not scorers.offers_null(scorers.get(scorer)):
         raise CodecLoopValueError(
-            f"null_model: scorer {scorer!r} is a detector; the null model is offered for the correlation scorers only "
-            f"({', '.join(n for n, s in scorers.SCORERS.items() if isinstance(s, scorers.Scorer))})"
+            f"null_model: scorer {scorer!r} is a detector without a key input; the null model needs a key to move "
+            f"(offered for: {', '.join(n for n, s in scorers.SCORERS.items() if scorers.offers_null(s))})"
         )
     fprs = tuple(req.null_model.fprs) or stats.DEFAULT_FPRS
     if len(fprs) > MAX_NULL_FPRS:

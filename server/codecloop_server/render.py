@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from codecloop_server import parse
+from codecloop_server import parse, scorers
 from codecloop_server.jobs import CandidateOutcome, CodecOutcome, EvaluateJob
 from codecloop_wire import stats
-from codecloop_wire.null import NULL_MODEL, p_values
+from codecloop_wire.null import EMPIRICAL_NULL_MODEL, NULL_MODEL, p_values
 from codecloop_wire.v1 import codecloop_pb2 as pb
 
 
@@ -25,13 +25,13 @@ def _points(points: tuple[stats.OperatingPoint, ...]) -> list[pb.OperatingPoint]
     ]  # fmt: skip
 
 
-def _null_fields(c: CodecOutcome, per_clip: bool) -> dict[str, Any]:
+def _null_fields(c: CodecOutcome, per_clip: bool, described: str) -> dict[str, Any]:
     """The CodecResult fields of the null model (none when the request did not ask for it)."""
     if c.null is None:
         return {}
     n = c.null
     fields: dict[str, Any] = {
-        "null_model": NULL_MODEL,
+        "null_model": described,
         "tpr_at_fpr": _points(n.tpr_at_fpr),
         "video_tpr_at_fpr": _points(n.video_tpr_at_fpr),
     }
@@ -53,6 +53,7 @@ def _stats_fields(s: dict[str, Any]) -> dict[str, Any]:
 
 def candidate_proto(o: CandidateOutcome, job: EvaluateJob) -> pb.CandidateResult:
     per_clip = job.per_clip
+    described = NULL_MODEL if isinstance(scorers.get(job.scorer[0]), scorers.Scorer) else EMPIRICAL_NULL_MODEL
     return pb.CandidateResult(
         fitness=o.fitness,
         fitness_mean=o.fitness_mean,
@@ -68,7 +69,7 @@ def candidate_proto(o: CandidateOutcome, job: EvaluateJob) -> pb.CandidateResult
                 clean_scores=c.clean_scores.tolist() if per_clip else [],
                 poisoned_scores=c.poisoned_scores.tolist() if per_clip else [],
                 **_stats_fields(c.stats),
-                **_null_fields(c, per_clip),
+                **_null_fields(c, per_clip, described),
             )
             for c in o.codecs
         ],

@@ -325,7 +325,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
             scorers=[
                 pb.ScorerInfo(
                     name=s.name, description=s.description, default_params={k: v[0] for k, v in s.param_ranges.items()},
-                    null_model=isinstance(s, scorers.Scorer),
+                    null_model=scorers.offers_null(s),
                 )
                 for s in scorers.SCORERS.values()
             ],

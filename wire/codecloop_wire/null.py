@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
-from scipy import special
+from scipy import special, stats
 
 GRID = 16  # pixels: the codec's macroblock size; spatial shifts of the null are multiples of it
 MAX_KEY_CORRELATION = 0.25  # shifts whose key correlates with the key by this much or more are left out
@@ -105,6 +105,44 @@ def shift_null(features: np.ndarray, template: np.ndarray) -> NullScore:
         return NullScore(-math.inf, 1.0) if c0 <= mean else NullScore(math.inf, 0.0)
     z = (c0 - mean) / sd
     return NullScore(z, p_of_z(z))
+
+
+EMPIRICAL_SHIFTS = 16  # keys a detector scores per clip for its empirical null
+
+EMPIRICAL_NULL_MODEL = (
+    f"per clip: the detector's score against the key at {EMPIRICAL_SHIFTS} other frame offsets / {GRID}-pixel grid shifts "
+    "(circular; shifts the key correlates with by >= 0.25 left out); p from Student's t of the score over their mean and sd "
+    f"({EMPIRICAL_SHIFTS - 1} degrees of freedom, a prediction interval), reported as z = Φ̄⁻¹(p); per video: Stouffer's z"
+)
+
+
+def key_shifts(key: np.ndarray, count: int = EMPIRICAL_SHIFTS) -> list[tuple[int, int, int]]:
+    """``count`` lattice shifts (frames, rows, columns) of a (T, H, W, 3) key for an empirical null:
+    frame offsets and multiples of :data:`GRID` pixels, spread evenly over the lattice in a fixed
+    order, leaving out the origin and shifts where the moved key correlates with the key by
+    :data:`MAX_KEY_CORRELATION` or more. Fewer than ``count`` unrelated shifts: ValueError."""
+    t, h, w = key.shape[:3]
+    wf = scipy.fft.rfftn(key.astype(np.float64), axes=(0, 1, 2), workers=1)
+    auto = scipy.fft.irfftn((wf * np.conj(wf)).real.sum(axis=-1), s=(t, h, w), workers=1)
+    zero = max(float(auto.flat[0]), 1e-300)
+    sh, sw = _step(h), _step(w)
+    lattice = [(a, b, c) for a in range(t) for b in range(0, h, sh) for c in range(0, w, sw)]
+    usable = [s for s in lattice[1:] if abs(auto[s] / zero) < MAX_KEY_CORRELATION]
+    if len(usable) < count:
+        raise ValueError(f"the key has {len(usable)} unrelated lattice shifts; the empirical null needs {count}")
+    picks = np.linspace(0, len(usable) - 1, count).round().astype(int)
+    return [usable[i] for i in picks]
+
+
+def empirical_z(score: float, null_scores: np.ndarray) -> float:
+    """z = Φ̄⁻¹(p) of ``score`` against K null scores: p = P(t_{K-1} >= (score - mean) / (sd sqrt(1 + 1/K))),
+    the prediction-interval tail for one more draw of a normal sample of K with unknown mean and sd."""
+    k = len(null_scores)
+    mean, sd = float(np.mean(null_scores)), float(np.std(null_scores, ddof=1))
+    if not sd > 0:
+        return -math.inf if score <= mean else math.inf
+    p = float(stats.t.sf((score - mean) / (sd * math.sqrt(1 + 1 / k)), k - 1))
+    return -math.inf if p >= 1 else (math.inf if p <= 0 else z_of_p(p))
 
 
 def stouffer(z: np.ndarray) -> float:
