@@ -75,12 +75,12 @@ def test_shift_null_is_the_brute_force_lattice():
     x = rng.integers(-60, 60, (4, 48, 64, 3))
     w = rng.normal(size=(4, 48, 64, 3))
     w -= w.mean()
-    assert shift_null(x, w).z == pytest.approx(_lattice_z(x, w), rel=1e-9)
+    assert shift_null(x, w).z == pytest.approx(_lattice_z(x, w), rel=1e-5)  # float32 FFTs
     # a key constant in time: its frame offsets are the key itself and are left out
     w1 = np.repeat(w[:1], 4, axis=0)
-    assert shift_null(x, w1).z == pytest.approx(_lattice_z(x, w1), rel=1e-9)
+    assert shift_null(x, w1).z == pytest.approx(_lattice_z(x, w1), rel=1e-5)
     # T = 1: the time sum, spatial shifts only
-    assert shift_null(x.sum(0), w[:1]).z == pytest.approx(_lattice_z(x.sum(0, keepdims=True), w[:1]), rel=1e-9)
+    assert shift_null(x.sum(0), w[:1]).z == pytest.approx(_lattice_z(x.sum(0, keepdims=True), w[:1]), rel=1e-5)
     # no variation at all: no evidence
     assert shift_null(np.zeros_like(x), w).p == 1.0
 

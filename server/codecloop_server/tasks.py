@@ -17,7 +17,7 @@ from codecloop_server import scorers, shm
 from codecloop_server.channels import Channel
 from codecloop_server.codec import CodecSettings, transcode_rgb
 from codecloop_server.scorers import Params
-from codecloop_wire.null import shift_null
+from codecloop_wire.null import KeySpectrum, key_spectrum, shift_null
 from codecloop_wire.poison import poison
 
 ScorerKey = tuple[str, Params]  # (scorer name, resolved params)
@@ -85,7 +85,8 @@ def poisoned_task(
     """
     impl = scorers.worker_scorer(scorer[0])
     sig, tmpl = shm.read(signature), shm.read(template)
-    return [_poisoned_score(impl, clip.load(), clean, sig, tmpl, t_sq, epsilon, channel, scorer[1], null) for clip, clean in clips]
+    key = key_spectrum(tmpl) if null else None  # once per task: shared by its clips, clean and poisoned
+    return [_poisoned_score(impl, clip.load(), clean, sig, tmpl, t_sq, epsilon, channel, scorer[1], key) for clip, clean in clips]
 
 
 def _poisoned_score(
@@ -98,7 +99,7 @@ def _poisoned_score(
     epsilon: float,
     channel: Channel,
     params: Params,
-    null: bool,
+    key: KeySpectrum | None,
 ) -> PoisonedScore:
     """One clip: only the poisoned clip's features are computed; the clean score is the cached clean
     stats against this candidate's template (for a reference-based scorer it is 0 by construction)."""
@@ -109,16 +110,16 @@ def _poisoned_score(
     if impl.uses_reference:
         features = features.astype(np.int16) - shm.read(clean.features).astype(np.int16)
         # the clean clip's difference to itself is 0: score 0, no evidence at all (p = 1)
-        clean_score, clean_z = 0.0, (-math.inf if null else math.nan)
+        clean_score, clean_z = 0.0, (-math.inf if key is not None else math.nan)
     else:
         clean_stats = clean.stats()
         clean_side = shm.read(clean.features) if time_varying else None
         clean_score = scorers.ncc_from_stats(clean_stats, tmpl, clean_side, t_sq)
-        clean_z = shift_null(clean_side if time_varying else clean_stats.time_sum, tmpl).z if null else math.nan
+        clean_z = shift_null(clean_side if time_varying else clean_stats.time_sum, key).z if key is not None else math.nan
     poisoned_stats = scorers.clip_stats(features)
     poisoned_z = math.nan
-    if null:
-        poisoned_z = shift_null(features if time_varying else poisoned_stats.time_sum, tmpl).z
+    if key is not None:
+        poisoned_z = shift_null(features if time_varying else poisoned_stats.time_sum, key).z
     return PoisonedScore(
         poisoned=scorers.ncc_from_stats(poisoned_stats, tmpl, features, t_sq),
         clean=clean_score,
