@@ -107,3 +107,51 @@ def ffmpeg_or_skip() -> str:
             pytest.fail("ffmpeg CLI missing in CI: .ci/run must apt-get install ffmpeg")
         pytest.skip("ffmpeg CLI not installed")
     return path
+
+
+# --- test tiers ------------------------------------------------------------------------------------
+# `pytest -m "not slow"` (make test-fast) leaves these out; `make test` runs everything. Chosen from
+# one full `pytest --durations=0` run on the 2-core VM: each took about 3.5 s or more (its own server
+# processes, subprocess CLIs, mypy), together about two thirds of the suite's time. All of a test's
+# parametrizations are in its tier. A name here that its file no longer defines fails collection.
+SLOW_TESTS: dict[str, tuple[str, ...]] = {
+    "test_architecture.py": ("test_sdk_imports_neither_server_nor_codec_stack", "test_server_imports_no_sdk"),
+    "test_channels.py": ("test_cli_evaluate_and_optimize_over_channels",),
+    "test_corpus.py": ("test_ten_minute_720p_video_streams_in_bounded_memory",),
+    "test_deployment.py": ("test_entrypoint_and_healthcheck_run_as_in_the_image",),
+    "test_detector.py": (
+        "test_concurrent_clients_share_detector_batches", "test_training_script_exports_a_loadable_detector_in_both_formats",
+        "test_serve_refuses_a_bad_detector_file_in_one_line",
+    ),
+    "test_determinism.py": ("test_servers_answer_identically", "test_request_may_pin_the_level"),  # one two-server fixture
+    "test_faults.py": ("test_fuzzed_calls_get_clean_statuses", "test_killed_worker_is_replaced_and_the_request_completes", "test_per_client_call_limit"),
+    "test_faults_redteam.py": (
+        "test_sigterm_with_a_stopped_worker_exits", "test_memory_bound_holds_for_the_largest_allowed_request",
+        "test_stopped_worker_is_replaced_and_health_follows", "test_clean_cache_bound_holds_under_cancellation",
+        "test_inline_request_resent_after_deadline_and_joined_by_another", "test_cancelling_streams_at_once_never_crashes_the_server",
+        "test_cancelled_streams_run_none_of_their_clean_encodes",
+    ),
+    "test_local.py": ("test_cli_without_target_serves_a_folder", "test_ctrl_c_stops_the_private_server"),
+    "test_optimize.py": ("test_cli_optimize_end_to_end", "test_run_resumes_without_losing_or_repeating"),
+    "test_replicas.py": ("test_run_survives_a_killed_replica",),
+    "test_security.py": ("test_plaintext_beyond_loopback_and_bad_settings_refused",),
+    "test_sharing.py": ("test_three_optimizer_processes_share_one_server",),
+    "test_style.py": ("test_mypy_strict_on_wire_and_engine",),
+    "test_torch.py": ("test_train_short", "test_train_resumes_from_checkpoint"),
+}  # fmt: skip
+
+
+@pytest.hookimpl(tryfirst=True)  # mark before `-m` deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests named in SLOW_TESTS ``slow``; refuse names their file does not define."""
+    modules = {}
+    for item in items:
+        names = SLOW_TESTS.get(item.path.name)
+        if names is None or not isinstance(item, pytest.Function):
+            continue
+        modules[item.path.name] = item.module
+        if item.originalname in names:
+            item.add_marker(pytest.mark.slow)
+    missing = [f"{file}::{name}" for file, module in modules.items() for name in SLOW_TESTS[file] if not hasattr(module, name)]
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py SLOW_TESTS names tests that do not exist: {', '.join(missing)}")
