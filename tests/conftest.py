@@ -1,4 +1,4 @@
-"""Shared fixtures: a real ``codecloop serve`` process on a free loopback port."""
+"""Shared fixtures: a real ``codecloop serve`` process on a free loopback port; the test tiers."""
 
 from __future__ import annotations
 
@@ -6,42 +6,41 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import threading
-import time
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pytest
 
 import codecloop
+from codecloop.local import LocalServer
 
-SERVER_LINES: dict[str, list[str]] = {}  # target -> what that server printed
+SERVERS: dict[str, LocalServer] = {}  # target -> the launcher of that server
+
+
+class _ServerLines(Mapping[str, list[str]]):
+    """target -> what that server has printed so far (all of its log)."""
+
+    def __getitem__(self, target: str) -> list[str]:
+        return SERVERS[target].lines
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SERVERS)
+
+    def __len__(self) -> int:
+        return len(SERVERS)
+
+
+SERVER_LINES = _ServerLines()
 
 
 def _start_server(extra: list[str]) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "codecloop.cli", "serve", "--host", "127.0.0.1", "--port", "0", "--workers", "2", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group: a test can kill -9 the server with its workers
-    )
-    deadline = time.monotonic() + 300  # first run generates the embedded corpus (about 15 s)
-    lines = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        m = re.search(r"listening on ([\d.]+):(\d+)", line)
-        if m:
-            target = f"{m.group(1)}:{m.group(2)}"
-            SERVER_LINES[target] = lines
-            # keep draining its log: a full pipe would block the server on its next log line
-            threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
-            return proc, target
-    proc.kill()
-    raise RuntimeError("server did not start:\n" + "".join(lines))
+    """A ``codecloop serve`` with 2 workers (``extra``: more flags) on a free loopback port, started by
+    the SDK's launcher (codecloop.local.LocalServer) and stopped by the test. It runs in its own
+    process group, so that a test can kill -9 the server with its workers."""
+    server = LocalServer(args=["--workers", "2", *extra], start_timeout=300, log_lines=None)  # first run builds the embedded corpus (~15 s)
+    target = server.start()
+    SERVERS[target] = server
+    return server.process, target
 
 
 @pytest.fixture(scope="session")
