@@ -142,6 +142,11 @@ class OneFrame(torch.nn.Module):
         return frames.mean(dim=(1, 2, 3))  # frames (B, H, W, 3): not clips
 
 
+class InATuple(torch.nn.Module):
+    def forward(self, clips: torch.Tensor) -> tuple[torch.Tensor]:
+        return (clips.mean(dim=(1, 2, 3, 4)),)
+
+
 class MeanDeviation(torch.nn.Module):
     """A keyless detector: the mean absolute deviation of each clip from its mean."""
 
@@ -210,6 +215,7 @@ def test_detector_file_checks(tmp_path):
                       r"forward returns shape \('s\d+', '2'\); it must return one score per clip, shape \(s\d+,\)"),
         "frames.pt2": (torch.export.export(OneFrame(), (clips[:, 0],), dynamic_shapes=(dynamic,)),
                        r"input 'frames' is torch.float32 with 4 dimensions; it must be float32 \(B, T, H, W, 3\)"),
+        "tuple.pt2": (torch.export.export(InATuple(), (clips,), dynamic_shapes=(dynamic,)), "forward returns 1 outputs in a tuple; it must return one score per clip"),
         "static.pt2": (torch.export.export(MeanDeviation(), (clips,)), "exported for batches of exactly 2 clips; export it with a dynamic batch"),
     }  # fmt: skip
     for name, (program, message) in bad_programs.items():

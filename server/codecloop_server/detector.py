@@ -113,9 +113,12 @@ def _check_program(program: Any, path: Path) -> int:
         )
     output = next(n for n in program.graph.nodes if n.op == "output")
     outs = list(output.args[0])[len(output.args[0]) - len(signature.user_outputs) :]  # buffer mutations come first
-    meta = _fake_tensor(outs[0]) if len(outs) == 1 else None
+    single = len(outs) == 1 and program.call_spec.out_spec.is_leaf()  # not a tuple or list of one tensor
+    meta = _fake_tensor(outs[0]) if single else None
     if meta is None or meta.dim() != 1 or str(meta.shape[0]) != str(batch):
-        got = f"{len(outs)} outputs" if len(outs) != 1 else "a non-tensor" if meta is None else f"shape {tuple(str(d) for d in meta.shape)}"
+        got = f"{len(outs)} outputs in a {program.call_spec.out_spec.type.__name__}" if not single else (
+            "a non-tensor" if meta is None else f"shape {tuple(str(d) for d in meta.shape)}"
+        )
         raise ValueError(f"detector file {path}: forward returns {got}; it must return one score per clip, shape ({batch},)")
     return len(inputs)
 
