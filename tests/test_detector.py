@@ -310,3 +310,18 @@ def test_pad_batches_runs_every_forward_at_max_batch_size():
     scores = asyncio.run(main())
     assert seen == [8]  # three clips, padded to one forward of 8
     assert scores == [det(c[None], np.broadcast_to(k, c.shape)[None].copy())[0] for c, k in zip(clips, keys)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (runs where one is)")
+def test_pt2_on_cuda_scores_like_torchscript_and_the_cpu(tmp_path):
+    """The .pt2 moved to the GPU (torch.export.passes.move_to_device_pass): the legacy file's scores
+    there, and the CPU's within the measured CUDA difference (~4e-7 on scores of ~1e-2)."""
+    export_torchscript(example_model(), str(tmp_path / "example.pt"))
+    rng = np.random.default_rng(5)
+    clips = rng.integers(0, 256, (4, 16, 112, 112, 3), dtype=np.uint8)
+    keys = rng.choice([-1.0, 1.0], (4, 1, 112, 112, 3)).astype(np.float32)
+    gpu = TorchDetector(EXAMPLE_DETECTOR, "cuda")
+    assert gpu.device.type == "cuda" and gpu.format == PT2
+    scores = gpu(clips, keys)
+    np.testing.assert_allclose(scores, TorchDetector(tmp_path / "example.pt", "cuda")(clips, keys), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(scores, TorchDetector(EXAMPLE_DETECTOR, "cpu")(clips, keys), rtol=0, atol=1e-6)
