@@ -110,13 +110,19 @@ def ffmpeg_or_skip() -> str:
 
 # --- test tiers ------------------------------------------------------------------------------------
 # `pytest -m "not slow"` (make test-fast) leaves these out; `make test` runs everything. Chosen from
-# one full `pytest --durations=0` run on the 2-core VM: each took about 3.5 s or more (its own server
-# processes, subprocess CLIs, mypy), together about two thirds of the suite's time. All of a test's
-# parametrizations are in its tier. A name here that its file no longer defines fails collection.
+# `pytest --durations=0` runs on the shared 2-core VM (the whole suite; then the test files merged
+# after it, on a busier machine): each took about 3.5 s or more (5 s in the busier run): its own server
+# processes, subprocess CLIs, 1080p videos, mypy. All of a test's parametrizations are in its tier.
+# A name here that its file no longer defines fails collection.
 SLOW_TESTS: dict[str, tuple[str, ...]] = {
     "test_architecture.py": ("test_sdk_imports_neither_server_nor_codec_stack", "test_server_imports_no_sdk"),
+    "test_carriers.py": ("test_server_flag_and_sdk_publish_the_policy",),
     "test_channels.py": ("test_cli_evaluate_and_optimize_over_channels",),
     "test_corpus.py": ("test_ten_minute_720p_video_streams_in_bounded_memory",),
+    "test_detect.py": (
+        "test_bad_input_is_refused_with_exit_2_and_one_line_naming_it", "test_detect_cli_json_and_bounded_memory_on_a_long_1080p_video",
+        "test_clean_videos_against_many_keys_are_not_called_marked", "test_marked_video_after_crf28_is_detected_and_the_clean_copy_is_not",
+    ),
     "test_deployment.py": ("test_entrypoint_and_healthcheck_run_as_in_the_image",),
     "test_detector.py": (
         "test_concurrent_clients_share_detector_batches", "test_training_script_exports_a_loadable_detector_in_both_formats",
@@ -130,11 +136,20 @@ SLOW_TESTS: dict[str, tuple[str, ...]] = {
         "test_inline_request_resent_after_deadline_and_joined_by_another", "test_cancelling_streams_at_once_never_crashes_the_server",
         "test_cancelled_streams_run_none_of_their_clean_encodes",
     ),
+    "test_file_channel.py": ("test_channel_on_a_file_writes_what_the_channel_delivers", "test_bad_channel_or_input_exit_2_one_line"),
     "test_local.py": ("test_cli_without_target_serves_a_folder", "test_ctrl_c_stops_the_private_server"),
+    "test_mark.py": (
+        "test_a_long_1080p_video_is_marked_in_bounded_memory", "test_bad_input_is_refused_with_exit_2_and_one_line_naming_the_problem",
+        "test_mark_round_trip_keeps_size_rate_length_audio_and_the_mark",
+    ),
     "test_optimize.py": ("test_cli_optimize_end_to_end", "test_run_resumes_without_losing_or_repeating"),
     "test_replicas.py": ("test_run_survives_a_killed_replica",),
     "test_security.py": ("test_plaintext_beyond_loopback_and_bad_settings_refused",),
     "test_sharing.py": ("test_three_optimizer_processes_share_one_server",),
+    "test_statistics.py": (
+        "test_keyed_detector_empirical_null_is_the_model_on_moved_keys", "test_null_p_values_are_calibrated_on_real_clips",
+        "test_cli_evaluate_json_carries_intervals_and_p_values",
+    ),
     "test_style.py": ("test_mypy_strict_on_wire_and_engine",),
     "test_torch.py": ("test_train_short", "test_train_resumes_from_checkpoint"),
 }  # fmt: skip
