@@ -26,9 +26,7 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from fractions import Fraction
@@ -38,6 +36,7 @@ import numpy as np
 
 import codecloop
 from codecloop import Codec, DatasetCarriers
+from codecloop.local import LocalServer
 from codecloop_wire import defaults
 
 N_DEFAULT, P_DEFAULT = 64, 16
@@ -180,20 +179,14 @@ def _median_pair(pairs: Sequence[tuple[float, float]]) -> tuple[float, float]:
 
 
 class Server:
-    """A ``codecloop serve`` subprocess on a free loopback port (``extra``: more serve flags)."""
+    """A ``codecloop serve`` subprocess on a free loopback port (``extra``: more serve flags), started
+    by the SDK's launcher (codecloop.local.LocalServer), with a client."""
 
     def __init__(self, workers: int, clip_shape: tuple[int, int, int] = (16, 112, 112), extra: Sequence[str] = ()) -> None:
-        cmd = [sys.executable, "-m", "codecloop.cli", "serve", "--port", "0", "--workers", str(workers),
-               "--clip-shape", *map(str, clip_shape), "--log-level", "WARNING", *extra]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in self.proc.stdout:
-            m = re.search(r"listening on ([\d.]+):(\d+)", line)
-            if m:
-                self.target = f"{m.group(1)}:{m.group(2)}"
-                break
-        else:
-            raise RuntimeError("server did not start")
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # never let its pipe fill
+        self.server = LocalServer(args=["--workers", str(workers), "--clip-shape", *map(str, clip_shape), "--log-level", "WARNING", *extra])
+        self.target = self.server.start()
+        assert self.server.process is not None
+        self.proc = self.server.process
         self.client = codecloop.Client(self.target, timeout=3600)
 
     def memory_mib(self, field: str) -> tuple[float, float]:
@@ -224,8 +217,7 @@ class Server:
 
     def close(self) -> None:
         self.client.close()
-        self.proc.terminate()
-        self.proc.wait(30)
+        self.server.stop()
 
 
 def server_clips_per_s(srv: Server, p: int, n: int, preset: str, hw: int, seed: int, repeats: int = 3) -> tuple[float, dict]:
