@@ -123,7 +123,7 @@ def _same_work_worker(args: tuple[list[int], np.ndarray]) -> int:
     code, without gRPC, scheduling, IPC, shared memory or statistics."""
     from codecloop_server import scorers
     from codecloop_server.codec import CodecSettings, transcode_rgb
-    from codecloop_server.tasks import _squared_error
+    from codecloop_server.tasks import squared_error
     from codecloop_wire.poison import poison
 
     indices, sigs = args
@@ -142,7 +142,7 @@ def _same_work_worker(args: tuple[list[int], np.ndarray]) -> int:
         for i in indices:
             marked = poison(clips[i], sig, 4 / 255)
             decoded, _ = transcode_rgb(marked, settings)
-            _squared_error(marked, clips[i])
+            squared_error(marked, clips[i])
             feats = blind.features(decoded[None], params)[0]
             scorers.ncc_from_stats(scorers.clip_stats(feats), tmpl, feats, t_sq)
             scorers.ncc_from_stats(clean[i][1], tmpl, None, t_sq)
@@ -282,7 +282,7 @@ def stage_breakdown(clip: np.ndarray) -> dict[str, float]:
     decoded, _ = transcode_rgb(marked, settings)
     features = blind.features(decoded[None], params)
     from codecloop_server.codec import rgb_to_yuv420p, transcode_yuv, yuv420p_frames, yuv420p_to_rgb
-    from codecloop_server.tasks import _squared_error
+    from codecloop_server.tasks import squared_error
 
     yuv = rgb_to_yuv420p(marked)
     stages = {
@@ -294,7 +294,7 @@ def stage_breakdown(clip: np.ndarray) -> dict[str, float]:
         "whole fused transcode_rgb": lambda: transcode_rgb(marked, settings),
         "scorer features": lambda: blind.features(decoded[None], params),
         "2 scores (poisoned, clean)": lambda: (blind.score(features, tmpl, None), blind.score(features, tmpl, None)),
-        "squared error of the poisoning": lambda: _squared_error(marked, clip),
+        "squared error of the poisoning": lambda: squared_error(marked, clip),
     }
     out = {}
     for name, fn in stages.items():

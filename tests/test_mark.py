@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 from codecloop.mark import mark_video
+from codecloop.testing import realistic_clip
 from codecloop_wire import deploy
 from tests.conftest import ffmpeg_or_skip
-from tests.content import realistic_clip
 
 
 def _content(seed: int, t: int, h: int, w: int) -> np.ndarray:
-    """Realistic uint8 (t, h, w, 3) frames of any size: tests/content.py's camera clip at half size (its
+    """Realistic uint8 (t, h, w, 3) frames of any size: codecloop.testing's camera clip at half size (its
     photographs are small), upsampled bilinearly, with fresh sensor noise."""
     from scipy import ndimage
 

@@ -12,11 +12,11 @@ import pytest
 
 import codecloop
 from codecloop import CodecLoopValueError, Racing
+from codecloop.testing import realistic_clip
 from codecloop_server.jobs import Racing as ServerRacing
 from codecloop_wire.tensors import to_tensor
 from codecloop_wire.v1 import codecloop_pb2 as pb
 from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
-from tests.content import realistic_clip
 
 N, P = 16, 8
 
