@@ -195,7 +195,11 @@ def _describe(channel: channels.Channel) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="codecloop channel", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p = argparse.ArgumentParser(
+        prog="codecloop channel",
+        description="Run one channel of a server preset on a video file at its own size, streaming; OUTPUT has the size and frame rate "
+        "the channel delivers (docs/deployment.md).",
+    )  # fmt: skip
     p.add_argument("input", help="video file (its first video stream; audio is copied)")
     p.add_argument("output", help="the channel's output video (.mp4 .mkv ...: the last encode's bitstream)")
     p.add_argument("--channel", required=True, help="a preset channel: social-crf23, social-crf28, messaging, reupload, vp9-full, ...")
