@@ -10,7 +10,9 @@ encoder settings (``CodecSettings``: options, one thread, GOP) at the current fr
 again before the next step. OUTPUT holds the last encode's bitstream as produced (not re-encoded),
 in OUTPUT's container; audio streams are copied packet for packet. Nothing is mapped back: OUTPUT
 has the size and frame rate the channel delivers. Memory: a few frames per step plus the encoders'
-own buffers; never the video.
+own buffers; never the video. On a lossless file of one carrier clip at 25 fps it is the server's
+channel bit for bit: its output mapped back as ``Channel.apply`` maps back equals what the evaluation
+scores (tests/test_file_channel.py).
 
 Run as ``python -m codecloop_server.file_channel`` (the SDK's ``codecloop channel`` executes it: the
 SDK never imports the server). Bad input: exit 2 and one line naming the problem.
