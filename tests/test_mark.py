@@ -177,3 +177,23 @@ def test_bad_input_is_refused_with_exit_2_and_one_line_naming_the_problem(tmp_pa
         assert len(lines) == 1 and message in lines[0], (args, run.stderr)
     assert not (tmp_path / "out.mp4").exists()  # nothing half-written is left behind
     assert not list(tmp_path.glob(".out*"))
+
+
+def test_variable_frame_rate_timestamps_are_kept(tmp_path):
+    """24 fps for 20 frames, then 12 fps: every output frame has its input frame's timestamp."""
+    src, dst = tmp_path / "vfr.mp4", tmp_path / "marked.mp4"
+    subprocess.run(
+        [ffmpeg_or_skip(), "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=160x96:rate=24:duration=2",
+         "-vf", "setpts='if(lt(N,20),N,20+(N-20)*2)/24/TB'", "-fps_mode", "vfr", "-c:v", "libx264", str(src)],
+        check=True, timeout=60,
+    )  # fmt: skip
+
+    def times(path: Path) -> list[str]:
+        out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "frame=pts_time", "-of", "csv=p=0", str(path)],
+                             capture_output=True, text=True, check=True, timeout=60).stdout  # fmt: skip
+        return [line.strip(",") for line in out.split()]
+
+    mark_video(src, dst, _signature(16, 0), 2 / 255)
+    before = times(src)
+    assert len(before) == 48 and float(before[21]) - float(before[20]) == pytest.approx(1 / 12, abs=1e-3)
+    assert times(dst) == before
