@@ -122,6 +122,7 @@ SLOW_TESTS: dict[str, tuple[str, ...]] = {
     "test_detect.py": (
         "test_bad_input_is_refused_with_exit_2_and_one_line_naming_it", "test_detect_cli_json_and_bounded_memory_on_a_long_1080p_video",
         "test_clean_videos_against_many_keys_are_not_called_marked", "test_marked_video_after_crf28_is_detected_and_the_clean_copy_is_not",
+        "test_a_changed_frame_rate_is_undone_by_timestamps", "test_a_static_signature_and_a_video_shorter_than_its_period",
     ),
     "test_deployment.py": ("test_entrypoint_and_healthcheck_run_as_in_the_image",),
     "test_detector.py": (

@@ -143,3 +143,14 @@ def test_bad_input_is_refused_with_exit_2_and_one_line_naming_it(sources, tmp_pa
     run = subprocess.run([sys.executable, "-m", "codecloop.cli", "detect", str(sources["odd"]), str(corrupt), "--signature", sig, "--json"],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert run.returncode == 2 and json.loads(run.stdout.strip().splitlines()[0])["path"] == str(sources["odd"])
+
+
+def test_a_changed_frame_rate_is_undone_by_timestamps(sources, tmp_path):
+    """A platform that converts 25 fps to 15 fps (the ffmpeg CLI's fps filter, CRF 23) drops frames,
+    so counting frames loses the signature's time cycle; --fps 25 places each frame by its timestamp."""
+    sig = _signature(5)
+    mark_video(sources["landscape"], tmp_path / "m.mp4", sig, "3/255", threads=1)
+    _ffmpeg("-i", str(tmp_path / "m.mp4"), "-vf", "fps=15", "-c:v", "libx264", "-crf", "23", "-pix_fmt", "yuv420p", str(tmp_path / "m15.mp4"))
+    by_time = detect_video(tmp_path / "m15.mp4", sig, fps=25)
+    by_count = detect_video(tmp_path / "m15.mp4", sig)
+    assert by_time.marked and by_time.z > by_count.z + 2, (by_time, by_count)
