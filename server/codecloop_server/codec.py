@@ -29,7 +29,7 @@ import numpy as np
 from av.video.reformatter import Interpolation, VideoReformatter
 
 from codecloop_server import x264_asm
-from codecloop_server.registry import Registry
+from codecloop_server.registry import Registry, shown
 from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopValueError
 
@@ -164,9 +164,9 @@ class CodecSettings:
         if self.preset is None:
             object.__setattr__(self, "preset", spec.default_preset)
         if self.preset not in spec.presets:
-            raise CodecLoopValueError(f"codec.preset: unknown preset {self.preset!r} for {self.codec}; allowed: {spec.presets}")
+            raise CodecLoopValueError(f"codec.preset: unknown preset {shown(self.preset)} for {self.codec}; allowed: {spec.presets}")
         if self.pix_fmt not in PIX_FMTS:
-            raise CodecLoopValueError(f"codec.pix_fmt: {self.pix_fmt!r} unsupported; allowed: {PIX_FMTS}")
+            raise CodecLoopValueError(f"codec.pix_fmt: {shown(self.pix_fmt)} unsupported; allowed: {PIX_FMTS}")
         if not (GOP_RANGE[0] <= self.gop <= GOP_RANGE[1]):
             raise CodecLoopValueError(f"codec.gop: {self.gop} is outside the allowed range [1, 1000]")
         if not (FPS_RANGE[0] <= self.fps <= FPS_RANGE[1]):
@@ -179,7 +179,7 @@ class CodecSettings:
             object.__setattr__(self, "x264_asm", x264_asm.default())
         if self.x264_asm != x264_asm.NATIVE and not (self.x264_asm in x264_asm.LEVELS and x264_asm.supported(self.x264_asm)):
             # x264 crashes on instructions the CPU lacks: never hand it such a level
-            raise CodecLoopValueError(f"codec.x264_asm: {self.x264_asm!r} is not a level this CPU runs; allowed: {x264_asm.default()!r}")
+            raise CodecLoopValueError(f"codec.x264_asm: {shown(self.x264_asm)} is not a level this CPU runs; allowed: {x264_asm.default()!r}")
 
     @property
     def spec(self) -> CodecSpec:
