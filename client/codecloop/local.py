@@ -64,7 +64,7 @@ class LocalServer:
             raise CodecLoopUnavailableError(
                 "a private local server needs the codec server: pip install 'codecloop[server]', or give a target"
             )
-        cmd = [sys.executable, "-m", "codecloop_server", "--host", "127.0.0.1", "--port", "0", "--exit-with-parent"]
+        cmd = [sys.executable, "-m", "codecloop_server", "--host", "127.0.0.1", "--port", "0", "--exit-with-parent", "--parent-pid", str(os.getpid())]
         for name, folder in self.datasets.items():
             cmd += ["--dataset", f"{name}={folder}"]
         self._proc = subprocess.Popen(

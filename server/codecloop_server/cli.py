@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     s.add_argument("--log-level", default=_env("log-level", "INFO"))
     s.add_argument("--exit-with-parent", action="store_true", help="stop when the process that started the server dies (codecloop.local)")
+    s.add_argument("--parent-pid", type=int, default=None,
+                   help="with --exit-with-parent: the parent's pid (default: this process's parent when it starts); "
+                        "given, a parent that died while this process was still importing is noticed too")  # fmt: skip
 
     for action in s._actions:
         if action.help is None:
@@ -117,7 +120,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        asyncio.run(serve(_server_config(args), exit_with_parent=args.exit_with_parent))
+        asyncio.run(serve(_server_config(args), exit_with_parent=args.exit_with_parent, parent_pid=args.parent_pid))
     except (ValueError, OSError) as err:  # bad configuration: say what, no traceback
         print(f"codecloop serve: {err}", file=sys.stderr)
         return 2

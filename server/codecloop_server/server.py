@@ -233,11 +233,13 @@ async def _watch_workers(engine: Engine, health_servicer: health.aio.HealthServi
         await asyncio.sleep(every_s)
 
 
-async def serve(config: ServerConfig, exit_with_parent: bool = False) -> None:
+async def serve(config: ServerConfig, exit_with_parent: bool = False, parent_pid: int | None = None) -> None:
     """Run until cancelled (Ctrl-C / SIGTERM), then stop gracefully.
 
     ``exit_with_parent``: also stop when the process that started this one dies (a private server
-    of one client, ``codecloop.local``: no orphan servers even when the client is SIGKILLed)."""
+    of one client, ``codecloop.local``: no orphan servers even when the client is SIGKILLed), also
+    while datasets load; ``parent_pid`` names that process (default: the parent now), so that a
+    parent that died before this process got here is noticed too."""
     import os
     import signal
 
@@ -245,7 +247,7 @@ async def serve(config: ServerConfig, exit_with_parent: bool = False) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    watcher = asyncio.ensure_future(_watch_parent(os.getppid(), stop)) if exit_with_parent else None
+    watcher = asyncio.ensure_future(_watch_parent(parent_pid or os.getppid(), stop)) if exit_with_parent else None
     starting = asyncio.ensure_future(start(config))
     stopping = asyncio.ensure_future(stop.wait())
     # a signal or the parent's death while datasets load ends start-up at once (start() releases the port)
