@@ -407,3 +407,24 @@ def test_crf_0_is_lossless_for_libx264_only():
 
     np.testing.assert_array_equal(x264, yuv420p_to_rgb(rgb_to_yuv420p(clip)))  # only the colour conversion's loss
     assert not np.array_equal(x265, x264)
+
+
+def test_channel_parse_refuses_a_repeated_codec_option():
+    from codecloop import Channel as SdkChannel
+    from codecloop_wire.errors import CodecLoopValueError
+
+    with pytest.raises(CodecLoopValueError, match="codec option 'crf' given twice"):
+        SdkChannel.parse("libx264:crf=23:crf=30")
+    assert SdkChannel.parse("libx264:crf=23:qp=30")  # distinct keys still parse (the server refuses two rate modes)
+
+
+def test_labels_show_an_encode_fps_that_differs_from_the_default(stub):
+    """Two channels that differ only in the encode's fps get different labels (server round trip)."""
+    from codecloop import Codec
+    from codecloop.types import CodecStats
+
+    req = _evaluate([_channel(_encode(preset="ultrafast", fps=15)), _channel(_encode(preset="ultrafast"))])
+    reply = stub.EvaluateSignature(req, timeout=120)
+    labels = [CodecStats.from_proto(c).label() for c in reply.results[0].codecs]
+    assert labels == ["libx264 crf=28 ultrafast 15fps", "libx264 crf=28 ultrafast"], labels
+    assert Codec(fps=25).label() == Codec().label()
