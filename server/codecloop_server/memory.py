@@ -152,12 +152,16 @@ class MemoryBudget:
         self.held_bytes = 0
 
     @contextlib.contextmanager
-    def reserve(self, charge: Charge) -> Iterator[None]:
-        """Hold ``charge`` for the duration of the block, or refuse (CodecLoopLimitError) at once."""
-        mib = charge.nbytes / (1 << 20)
-        if charge.nbytes > self.limit_bytes:
+    def reserve(self, charge: Charge, own: Charge | None = None) -> Iterator[None]:
+        """Hold ``charge`` for the duration of the block, or refuse (CodecLoopLimitError) at once.
+        ``own``: what the same request already holds (its message's charge, when ``charge`` is its
+        worker charge): the two together are the request's need."""
+        need = charge.nbytes + (own.nbytes if own is not None else 0)
+        mib = need / (1 << 20)
+        if need > self.limit_bytes:
+            what = charge.what if own is None else f"{own.what}; {charge.what}"
             raise CodecLoopLimitError(
-                f"{charge.what}: this request needs {mib:.1f} MiB of server memory, over the server limit "
+                f"{what}: this request needs {mib:.1f} MiB of server memory, over the server limit "
                 f"max_request_memory_bytes = {self.limit_bytes}; send fewer or smaller tensors per call"
             )
         if self.held_bytes + charge.nbytes > self.limit_bytes:

@@ -218,9 +218,10 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
     async def EvaluateSignature(self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext) -> pb.EvaluateResponse:
         async with _errors(context, "EvaluateSignature", self.metrics):
             request = _decoded(request)
-            async with self._slot(context, memory.evaluate_charge(request)) as (client, priority):
+            own = memory.evaluate_charge(request)
+            async with self._slot(context, own) as (client, priority):
                 job = parse.evaluate_job(request, self.datasets, self.limits)
-                with self.memory.reserve(self._worker_charge(job.channels, job.carriers.clip_shape, job.clip_tasks())):
+                with self.memory.reserve(self._worker_charge(job.channels, job.carriers.clip_shape, job.clip_tasks()), own):
                     outcomes = await self.engine.evaluate(job, client=client, priority=priority)
                 return self._sized(
                     pb.EvaluateResponse(
@@ -237,9 +238,10 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
     ) -> AsyncIterator[pb.EvaluateEvent]:
         async with _errors(context, "EvaluateSignatureStream", self.metrics):
             request = _decoded(request)
-            async with self._slot(context, memory.evaluate_charge(request)) as (client, priority):
+            own = memory.evaluate_charge(request)
+            async with self._slot(context, own) as (client, priority):
                 job = parse.evaluate_job(request, self.datasets, self.limits)
-                with self.memory.reserve(self._worker_charge(job.channels, job.carriers.clip_shape, job.clip_tasks())):
+                with self.memory.reserve(self._worker_charge(job.channels, job.carriers.clip_shape, job.clip_tasks()), own):
                     async for event in self._stream(job, client, priority):
                         yield self._sized(event)
 
@@ -278,7 +280,8 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
     async def Transcode(self, request: pb.TranscodeRequest, context: grpc.aio.ServicerContext) -> pb.TranscodeResponse:
         async with _errors(context, "Transcode", self.metrics):
             request = _decoded(request)
-            async with self._slot(context, memory.transcode_charge(request, self.datasets)) as caller:
+            own = memory.transcode_charge(request, self.datasets)
+            async with self._slot(context, own) as caller:
                 carriers = parse.carriers(request.carriers, self.datasets, self.limits)
                 parse.check_transcode_reply(carriers, request.include_input, self.limits)  # before any encode
                 if request.HasField("channel"):
@@ -293,7 +296,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
                 sig = None
                 if request.HasField("signature"):
                     sig = parse.signature(request.signature, "signature", carriers.clip_shape)
-                with self.memory.reserve(self._worker_charge((channel,), carriers.clip_shape, len(carriers))):
+                with self.memory.reserve(self._worker_charge((channel,), carriers.clip_shape, len(carriers)), own):
                     out = await self.engine.transcode(carriers, sig, eps, channel, request.include_input, *caller)
                 return pb.TranscodeResponse(
                     decoded=to_tensor(out.decoded, "uint8"),
