@@ -102,7 +102,8 @@ class FrameRate:
 Step = Resize | Crop | FrameRate | CodecSettings
 
 
-def _step_name(step: Step) -> str:
+def step_name(step: Step) -> str:
+    """The field name of a step kind in a channel message (resize, crop, frame_rate, encode)."""
     return {Resize: "resize", Crop: "crop", FrameRate: "frame_rate", CodecSettings: "encode"}[type(step)]
 
 
@@ -161,7 +162,7 @@ class Channel:
     def check(self, clip_shape: tuple[int, int, int], field_name: str = "channel") -> None:
         """Refuse (naming the step) a channel that cannot run on clips of (T, H, W)."""
         for i, step, (_, h, w), _ in self.stages(clip_shape):
-            where = f"{field_name}.steps[{i}].{_step_name(step)}"
+            where = f"{field_name}.steps[{i}].{step_name(step)}"
             if isinstance(step, Crop):
                 if step.x + step.width > w or step.y + step.height > h:
                     raise CodecLoopValueError(

@@ -18,6 +18,11 @@ serialized form) is in the README's "Memory bound"; the bound is tested in tests
 and its measurement is in docs/benchmarks.md. The sum of the charges of the requests in progress never
 exceeds ``max_request_memory_bytes``: a request that would go over is refused at once with
 RESOURCE_EXHAUSTED naming the limit.
+
+Codec workers (docs/limits.md): one clip task's memory is estimated from the (T, H, W) each step of
+its channel makes (:func:`channel_footprint`); a channel over the per-worker bound is refused naming
+the step (:func:`check_worker_memory`), and once parsed a request is also charged what its tasks can
+hold in the workers at once (:func:`worker_charge`), against the same budget.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from codecloop_server.channels import Channel, Crop, FrameRate, Resize, _step_name
+from codecloop_server.channels import Channel, Crop, FrameRate, Resize, step_name
 from codecloop_server.codec import CodecSettings
 from codecloop_server.corpus import Dataset
 from codecloop_wire import defaults
@@ -82,7 +87,7 @@ def channel_footprint(channel: Channel, clip_shape: tuple[int, int, int], field:
             cost = 0
         step_bytes = RGB_BYTES_PER_PIXEL * px_in + cost
         if step_bytes > peak:
-            peak, where, shape = step_bytes, f"{field}.steps[{i}].{_step_name(step)}", after
+            peak, where, shape = step_bytes, f"{field}.steps[{i}].{step_name(step)}", after
         work = max(work, px_in, px_out)
     return Footprint(CARRIER_BYTES_PER_PIXEL * carrier + peak, work, where, shape)
 

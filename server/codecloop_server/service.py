@@ -23,7 +23,7 @@ from codecloop_server.corpus import Dataset
 from codecloop_server.engine import Engine
 from codecloop_server.jobs import CandidateOutcome, EvaluateJob
 from codecloop_server.metrics import Metrics
-from codecloop_server.registry import shown
+from codecloop_server.registry import SHOWN_CHARS, shown
 from codecloop_server.security import Authenticator, _one
 from codecloop_wire import __version__
 from codecloop_wire.errors import (
@@ -100,7 +100,7 @@ async def _errors(context: grpc.aio.ServicerContext, method: str, metrics: Metri
         if metrics is not None:
             metrics.observe(method, status, seconds)
         log.info(json.dumps({"event": "rpc", "request_id": request_id, "method": method, "code": status,
-                             "seconds": round(seconds, 4), "client": client}))  # fmt: skip
+                             "seconds": round(seconds, 4), "client": client[:SHOWN_CHARS]}))  # fmt: skip
 
 
 async def deny(err: BaseException, context: grpc.aio.ServicerContext) -> None:
