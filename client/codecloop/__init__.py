@@ -6,6 +6,8 @@
 """
 
 from codecloop.client import Client
+from codecloop.detect import Detection, detect_video
+from codecloop.mark import MarkResult, mark_video
 from codecloop.options import EvaluateOptions
 from codecloop.types import (
     CandidateDone,
@@ -55,8 +57,12 @@ __all__ = [
     "DatasetCarriers",
     "EvaluateOptions",
     "EvaluateResult",
+    "MarkResult",
     "Progress",
     "Racing",
     "TranscodeResult",
+    "mark_video",
+    "detect_video",
+    "Detection",
     "poison",
 ]

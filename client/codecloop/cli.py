@@ -1,4 +1,5 @@
-"""``codecloop`` command line: ``evaluate``, ``optimize``, ``diagnose``, ``info``, ``health``; ``serve`` runs the server's own CLI."""
+"""``codecloop`` command line: ``evaluate``, ``optimize``, ``diagnose``, ``info``, ``health``, ``mark``, ``detect``;
+``serve`` and ``channel`` run the server's own CLIs."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from codecloop import detect, mark
 from codecloop.objectives import NAMES
 from codecloop.types import Racing
 from codecloop.units import fraction_label
@@ -46,6 +48,7 @@ _CHANNEL_HELP = (
 _epsilon = fraction("epsilon", 0.0, 1.0, low_open=True, high_open=False)
 _target_fpr = fraction("target-fpr", 0.0, 1.0, low_open=False, high_open=True)
 _quantile = fraction("margin-quantile", 0.0, 1.0, low_open=True, high_open=True)
+_null_fpr = fraction("fpr", 1e-12, 0.5, low_open=False, high_open=False)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -162,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # `codecloop serve` is the server's own CLI (codecloop_server.cli), run as `python -m codecloop_server`
     sub.add_parser("serve", help="run the gRPC server (python -m codecloop_server; its --help lists the flags)", add_help=False)
+    sub.add_parser("channel", help="run a server channel preset on a video file at its own size (INPUT OUTPUT --channel NAME)", add_help=False)
     e = sub.add_parser("evaluate", help="evaluate a signature and print the detection table")
     e.add_argument("--target", default=None, help=_TARGET_HELP)
     src = e.add_mutually_exclusive_group(required=True)
@@ -182,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     rule = e.add_mutually_exclusive_group()
     rule.add_argument("--threshold", type=float, help="explicit decision threshold (instead of --target-fpr)")
     rule.add_argument("--target-fpr", type=_target_fpr, default=fraction_label(defaults.TARGET_FPR), help="calibrate the threshold on the clean scores to this FPR")
+    e.add_argument("--fpr", type=_null_fpr, action="append", help="an operating point of the null model (repeat; default 1e-2 1e-3 1e-4 1e-6): TPR at p < FPR")
+    e.add_argument("--no-null", action="store_true", help="skip the null model (per-clip p-values and TPR at fixed FPRs)")
     e.add_argument("--per-clip", action="store_true", help="print every clip's scores")
     e.add_argument("--json", help="also write the full result as JSON to this path")
     e.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for the server to come up")
@@ -194,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--target", default=None, help=_TARGET_HELP)
     o.add_argument(
         "--optimizer", default="cma",
-        help="cma, nevergrad:<name> (NGOpt, CMA, TwoPointsDE, PSO, ...), torch-ste, torch-hybrid, proxy:tanh|soft|ste",
+        help="cma (full covariance), cma:diagonal (separable CMA-ES), nevergrad:<name> (NGOpt, CMA, TwoPointsDE, PSO, ...), torch-ste, torch-hybrid, proxy:tanh|soft|ste",
     )  # fmt: skip
     o.add_argument("--param", default="lowres:7x7:rgb:t=all", help="lowres:HxW[:rgb][:t=N|t=all], tiled:HxW[:rgb], dct:B:K[:per_block][:rgb]")
     o.add_argument("--epsilon", type=_epsilon, default=fraction_label(defaults.EPSILON), help="L-inf budget, a number or a fraction")
@@ -249,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--service", default="", help="health service name ('' = the whole server)")
     h.add_argument("--timeout", type=float, default=5.0)
 
+    mark.add_arguments(sub.add_parser("mark", help="add a signature to a video file at its own size, frame rate and length"))
+    detect.add_arguments(sub.add_parser("detect", help="test video files for a signature: score, p-value and decision per video"))
+
     i = sub.add_parser("info", help="print the server's versions, datasets, scorers and limits")
     i.add_argument("--target", default=None, help=_TARGET_HELP)
     for sp in sub.choices.values():
@@ -270,6 +279,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             shape = next(tuple(d.clip_shape) for d in client.info().datasets if d.name == args.dataset)
             population = random_signature(args.random, shape, args.seed)[None]
         codecs = [Codec(crf=c, preset=args.preset, gop=args.gop, fps=args.fps) for c in _crfs(args)]
+        offered = any(s.name == args.scorer and s.null_model for s in client.info().scorers)
+        if args.fpr and not offered:
+            print(f"codecloop evaluate: --fpr: scorer {args.scorer!r} has no null model (detectors); drop --fpr", file=sys.stderr)
+            return 2
         result = client.evaluate(
             population,
             epsilon=args.epsilon,
@@ -280,6 +293,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             threshold=args.threshold,
             target_fpr=None if args.threshold is not None else args.target_fpr,
             per_clip_scores=args.per_clip or bool(args.json),
+            null_model=False if args.no_null or not offered else (tuple(args.fpr) if args.fpr else True),
         )
     print(result.table())
     if args.per_clip:
@@ -287,6 +301,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             for s in cand.codecs:
                 print(f"candidate {i} {s.label()} clean:    " + " ".join(f"{v:.3f}" for v in s.clean_scores))
                 print(f"candidate {i} {s.label()} poisoned: " + " ".join(f"{v:.3f}" for v in s.poisoned_scores))
+                if s.poisoned_p_values is not None and s.clean_p_values is not None:
+                    print(f"candidate {i} {s.label()} clean p:    " + " ".join(f"{v:.1e}" for v in s.clean_p_values))
+                    print(f"candidate {i} {s.label()} poisoned p: " + " ".join(f"{v:.1e}" for v in s.poisoned_p_values))
     if args.json:
         from codecloop import jsonutil
 
@@ -424,11 +441,20 @@ def _optimize(args: argparse.Namespace) -> int:
             print(f"{split:>10}: - ({summary['validation_note'] or 'not validated'})")
             continue
         psnr = "inf" if h["psnr_db"] is None else f"{h['psnr_db']:.1f}"
+        ci = h.get("tpr_ci") or (0.0, 1.0)
         print(
-            f"{split:>10} ({h['clips']} clips, {h['codec']}): objective {h['objective']:.4f} TPR {h['tpr']:.0%} FPR {h['fpr']:.1%} "
+            f"{split:>10} ({h['clips']} clips, {h['codec']}): objective {h['objective']:.4f} "
+            f"TPR {h.get('true_positives', '?')}/{h.get('num_clips', '?')} = {h['tpr']:.0%} [{ci[0]:.0%}, {ci[1]:.0%}] "
+            f"FPR {h.get('false_positives', '?')}/{h.get('num_clips', '?')} "
             f"clean {h['clean_mean']:.4f}±{h['clean_std']:.4f} poisoned {h['poisoned_mean']:.4f}±{h['poisoned_std']:.4f} "
             f"sep {h['separation']:.4f} AUC {h['auc']:.3f} p {h['p_value']:.2g} PSNR {psnr} dB"
         )
+        for unit, key in (("clips", "tpr_at_fpr"), ("videos", "video_tpr_at_fpr")):
+            points = [p for p in h.get(key) or [] if p["fpr"] == 1e-3]
+            if points:
+                p = points[0]
+                print(f"{'':>12}null model, {unit}: TPR at p < 1e-3 {p['true_positives']}/{p['n']} "
+                      f"[{p['tpr_ci'][0]:.0%}, {p['tpr_ci'][1]:.0%}], clean called marked {p['false_positives']}/{p['n']}")  # fmt: skip
     print(f"run folder: {args.out} (log.jsonl, checkpoint.pkl, best.npy, summary.json, *.png)")
     return 0
 
@@ -445,10 +471,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["serve"]:  # the server's CLI, in its own process image: the SDK never imports the server
         os.execv(sys.executable, [sys.executable, "-m", "codecloop_server", *argv[1:]])
+    if argv[:1] == ["channel"]:  # a server channel preset on a file (codecloop_server.file_channel), likewise
+        os.execv(sys.executable, [sys.executable, "-m", "codecloop_server.file_channel", *argv[1:]])
     args = build_parser().parse_args(argv)
 
     try:
-        return {"evaluate": _evaluate, "optimize": _optimize, "diagnose": _diagnose, "info": _info, "health": _health}[args.command](args)
+        commands = {"evaluate": _evaluate, "optimize": _optimize, "diagnose": _diagnose, "info": _info, "health": _health, "mark": mark.run,
+                    "detect": detect.run}
+        return commands[args.command](args)
     except CodecLoopError as err:
         print(f"codecloop: {type(err).__name__}: {err}", file=sys.stderr)
         return 2

@@ -39,6 +39,8 @@ class Client:
             ``close()``.
         datasets: with ``target=None`` only: folders the private server serves, name -> folder
             (besides the built-in ``embedded`` and ``real``).
+        carriers: with ``target=None`` only: how the private server cuts clips from videos
+            (``serve --carriers``): ``resize`` (its default), ``native`` or ``native:L``.
             Calls are spread over replicas round-robin; a call that finds its replica gone is
             retried on another (UNAVAILABLE, retry policy below).
         timeout: default deadline of every call, seconds.
@@ -59,6 +61,7 @@ class Client:
         target: str | Sequence[str] | None = None,
         *,
         datasets: Mapping[str, str] | None = None,
+        carriers: str | None = None,
         timeout: float = 600.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_attempts: int = 5,
@@ -74,10 +77,10 @@ class Client:
         if target is None:
             from codecloop.local import LocalServer
 
-            self.local = LocalServer(datasets)
+            self.local = LocalServer(datasets, args=["--carriers", carriers] if carriers else [])
             target = self.local.start()
-        elif datasets:
-            raise CodecLoopValueError("datasets: only a private server (target=None) can be given folders; a running server serves its own")
+        elif datasets or carriers:
+            raise CodecLoopValueError("datasets, carriers: only a private server (target=None) can be given folders or a carrier policy; a running server serves its own")
         self.target = channel_target(target)
         self.replicas = replicas if replicas is not None else (1 if isinstance(target, str) else len(target))
         if self.replicas < 1:
@@ -177,6 +180,8 @@ class Client:
             epsilon=first.epsilon,
             num_clips=first.num_clips,
             clip_ids=tuple(first.clip_ids),
+            clip_sources=tuple(first.clip_sources),
+            source_names=tuple(first.source_names),
         )
 
     def evaluate_stream(

@@ -70,7 +70,7 @@ class RunConfig:
     the validation calls and the final report.
     """
 
-    optimizer: str = "cma"  # "cma" or "nevergrad:<registry name>", e.g. "nevergrad:TwoPointsDE"
+    optimizer: str = "cma"  # "cma" (full covariance), "cma:diagonal" or "nevergrad:<registry name>", e.g. "nevergrad:TwoPointsDE"
     epsilon: float = defaults.EPSILON
     codecs: tuple[Codec, ...] = (Codec(),)
     channels: tuple[Channel, ...] = ()  # evaluated after codecs; the worst of all decides
@@ -128,11 +128,21 @@ class Backend(ABC):
     def state(self) -> bytes: ...
 
 
+CMA_COVARIANCES = ("full", "diagonal")
+
+
 class CMABackend(Backend):
-    def __init__(self, dim: int, config: RunConfig) -> None:
+    """pycma's CMA-ES: ``full`` covariance (``cma``), or ``diagonal`` (``cma:diagonal``: separable
+    CMA-ES, pycma's ``CMA_diagonal``; linear cost per generation in the dimension, no eigendecomposition)."""
+
+    def __init__(self, dim: int, config: RunConfig, covariance: str = "full") -> None:
         import cma
 
+        if covariance not in CMA_COVARIANCES:
+            raise CodecLoopValueError(f"optimizer: 'cma:{covariance}'; the covariance is one of {', '.join(CMA_COVARIANCES)}")
         opts = {"popsize": config.popsize, "seed": config.seed + 1, "verbose": -9}
+        if covariance == "diagonal":
+            opts["CMA_diagonal"] = True
         np.random.seed(config.seed)  # pycma samples from numpy's global generator
         self.es = cma.CMAEvolutionStrategy(np.zeros(dim), config.sigma0, opts)
 
@@ -214,7 +224,8 @@ class RunState:
 
 def _stats_fields(stats, objective: Objective) -> dict[str, Any]:
     """One codec setting's statistics (no per-clip arrays) plus its objective value and label."""
-    out = {k: v for k, v in asdict(stats).items() if k not in ("codec", "channel", "clean_scores", "poisoned_scores", "p_value_test")}
+    arrays = ("clean_scores", "poisoned_scores", "clean_p_values", "poisoned_p_values", "clean_z", "poisoned_z")
+    out = {k: v for k, v in asdict(stats).items() if k not in ("codec", "channel", "p_value_test", *arrays)}
     # the x264 level and build that produced these numbers (README: Determinism), archived with them
     codec = {"codec": stats.label(), "x264_asm": stats.codec.x264_asm, "x264_build": stats.codec.x264_build}
     return {**codec, "objective": objective.codec(stats), **out}
@@ -236,6 +247,7 @@ class Run:
         self.objective: Objective = config.objective  # type: ignore[assignment]  (str converted in RunConfig)
         self.folder = RunFolder(folder, "checkpoint.pkl")
         self.validation_note = ""
+        self._null: bool | None = None  # whether the scorer offers the null model (asked once)
         self._resolve_carriers()
         if self.folder.has_checkpoint():
             self._resume()
@@ -288,15 +300,15 @@ class Run:
     def _new_backend(self) -> Backend:
         kind, _, name = self.config.optimizer.partition(":")
         if kind == "cma":
-            return CMABackend(self.param.dim, self.config)
+            return CMABackend(self.param.dim, self.config, name or "full")
         if kind == "nevergrad" and name:
             return NevergradBackend(self.param.dim, self.config, name)
-        raise CodecLoopValueError(f"optimizer: {self.config.optimizer!r}; use 'cma' or 'nevergrad:<name>'")
+        raise CodecLoopValueError(f"optimizer: {self.config.optimizer!r}; use 'cma', 'cma:diagonal' or 'nevergrad:<name>'")
 
     def _resume(self) -> None:
         blob = pickle.loads(self.folder.read_checkpoint())
         self.state = blob["state"]
-        if self.config.optimizer == "cma":
+        if self.config.optimizer.partition(":")[0] == "cma":
             self.backend = CMABackend.restore(blob["backend"])
         else:
             self.backend = NevergradBackend.restore(blob["backend"], self.config.popsize)
@@ -309,7 +321,10 @@ class Run:
 
     # --- the loop ---------------------------------------------------------------------------------
 
-    def _evaluate(self, thetas: list[np.ndarray], carriers: DatasetCarriers, per_clip: bool = False, racing: Racing | None = None) -> EvaluateResult:
+    def _evaluate(
+        self, thetas: list[np.ndarray], carriers: DatasetCarriers, per_clip: bool = False, racing: Racing | None = None, null: bool = False
+    ) -> EvaluateResult:
+        """``null``: with the null model's operating points (validation and reports), when the scorer offers it."""
         c = self.config
         return self.client.evaluate(
             self.param(np.stack(thetas)),
@@ -321,7 +336,13 @@ class Run:
             target_fpr=self.objective.target_fpr,
             per_clip_scores=per_clip or self.objective.needs_per_clip,
             racing=racing,
+            null_model=(null or self.objective.needs_null) and self._null_offered(),
         )
+
+    def _null_offered(self) -> bool:
+        if self._null is None:
+            self._null = any(s.name == self.config.scorer and s.null_model for s in self.client.info().scorers)
+        return self._null
 
     def _clip_seconds(self) -> float:
         """Seconds per candidate-clip in the last generation (0 before the first)."""
@@ -397,7 +418,7 @@ class Run:
         s, g = self.state, self.state.generation - 1
         assert self.validation is not None and s.generation_best_theta is not None
         names, thetas = ("best", "mean"), [s.generation_best_theta, self.backend.recommend()]
-        result = self._evaluate(thetas, self.validation)
+        result = self._evaluate(thetas, self.validation, null=True)
         values = self.objective(result)
         for name, theta, value, i in zip(names, thetas, values, range(len(thetas))):
             entry = {"generation": g, "candidate": name, "fitness": float(value), **self._line(result.candidates[i])}
@@ -438,8 +459,8 @@ class Run:
             self._checkpoint()
         best = self.param(s.best_theta)  # (1, T', H, W, 3)
         self.folder.save_best(best[0])
-        train = self._evaluate([s.best_theta], self.train, per_clip=True)
-        held = self._evaluate([s.best_theta], self.holdout, per_clip=True)
+        train = self._evaluate([s.best_theta], self.train, per_clip=True, null=True)
+        held = self._evaluate([s.best_theta], self.holdout, per_clip=True, null=True)
         sections = {
             "train": report(train, 0, self.objective, self.train),
             "validation": s.best_validation,

