@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import codecloop
@@ -270,3 +270,101 @@ def test_per_client_call_limit():
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# --- channels: steps, sizes, rates, codecs and rate modes, against the per-worker memory bound -----
+
+FUZZ_WORKER_MIB = 768  # a small bound: both sides of it are reached in a few examples
+CHANNEL_CODECS = {  # fast presets only: the fuzz is about sizes and rates, not encoder speed
+    "libx264": ["ultrafast", "superfast"],
+    "libx265": ["ultrafast"],
+    "libvpx-vp9": ["8"],
+    "libsvtav1": ["12", "13"],
+}
+
+
+@st.composite
+def channel_steps(draw) -> pb.Channel:
+    """A channel of 1 to 4 steps: resizes (any legal side, or a scale), crops, frame rates, encodes of
+    the four codecs in crf / qp / bitrate mode (qp for vp9 and bitrate under 64 px included: both are
+    refused), with an input frame rate; sides up to 8192 and rates up to 240 make work of any size."""
+    steps = []
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["resize", "scale", "crop", "fps", "encode", "encode"]))
+        if kind == "resize":
+            side = st.sampled_from([2, 16, 18, 48, 62, 64, 112, 496, 1024, 2048, 4096, 8192]) | st.integers(8, 400).map(lambda v: 2 * v)
+            steps.append(pb.ChannelStep(resize=pb.ResizeStep(width=draw(side), height=draw(side))))
+        elif kind == "scale":
+            steps.append(pb.ChannelStep(resize=pb.ResizeStep(scale=draw(st.sampled_from([0.5, 0.75, 2.0, 4.0]) | st.floats(0.05, 4)))))
+        elif kind == "crop":
+            x, y = draw(st.sampled_from([0, 2, 8])), draw(st.sampled_from([0, 2, 8]))
+            w, h = draw(st.sampled_from([16, 24, 1, 120])), draw(st.sampled_from([16, 24, 3]))
+            steps.append(pb.ChannelStep(crop=pb.CropStep(x=x, y=y, width=w, height=h)))
+        elif kind == "fps":
+            steps.append(pb.ChannelStep(frame_rate=pb.FrameRateStep(fps=draw(st.sampled_from([1, 5, 15, 30, 60, 240])))))
+        else:
+            codec = draw(st.sampled_from(sorted(CHANNEL_CODECS)))
+            mode = draw(st.sampled_from(["crf", "qp", "bitrate_kbps", None]))
+            rate = {"crf": {"crf": 35.0}, "qp": {"qp": 30}, "bitrate_kbps": {"bitrate_kbps": draw(st.sampled_from([50, 400]))}, None: {}}[mode]
+            steps.append(pb.ChannelStep(encode=pb.CodecSettings(codec=codec, preset=draw(st.sampled_from(CHANNEL_CODECS[codec])), **rate)))
+    if not any(s.HasField("encode") for s in steps):
+        steps.append(pb.ChannelStep(encode=pb.CodecSettings(preset="ultrafast")))
+    return pb.Channel(steps=steps, input_fps=draw(st.sampled_from([1, 15, 25, 60])))
+
+
+@pytest.fixture(scope="module")
+def small_worker_server():
+    proc, target = _start_server(["--workers", "1", "--max-worker-memory-mib", str(FUZZ_WORKER_MIB), "--result-cache-entries", "0"])
+    try:
+        with grpc.insecure_channel(target) as channel:
+            yield proc, pb_grpc.CodecLoopStub(channel)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(channel=channel_steps(), transcode=st.booleans())
+@example(  # over the worker bound: RESOURCE_EXHAUSTED naming the step
+    channel=pb.Channel(steps=[pb.ChannelStep(resize=pb.ResizeStep(width=4096, height=4096)), pb.ChannelStep(encode=pb.CodecSettings(preset="ultrafast"))]),
+    transcode=False,
+)
+@example(  # 1920 frames of 496 x 16: once past FFmpeg's image limit in one conversion
+    channel=pb.Channel(
+        steps=[pb.ChannelStep(frame_rate=pb.FrameRateStep(fps=240)), pb.ChannelStep(resize=pb.ResizeStep(width=496, height=16)),
+               pb.ChannelStep(encode=pb.CodecSettings(preset="ultrafast"))],
+        input_fps=1,
+    ),
+    transcode=True,
+)  # fmt: skip
+@example(  # SVT-AV1 bitrate mode under 64 px: INVALID_ARGUMENT
+    channel=pb.Channel(steps=[pb.ChannelStep(resize=pb.ResizeStep(scale=0.5)), pb.ChannelStep(encode=pb.CodecSettings(codec="libsvtav1", bitrate_kbps=150))]),
+    transcode=False,
+)
+@example(  # close to the bound, admitted: the worker's peak is measured
+    channel=pb.Channel(
+        steps=[pb.ChannelStep(resize=pb.ResizeStep(width=1200, height=1200)), pb.ChannelStep(encode=pb.CodecSettings(codec="libx265", preset="ultrafast"))]
+    ),
+    transcode=True,
+)
+def test_fuzzed_channels_get_clean_statuses_within_the_worker_bound(small_worker_server, channel, transcode):
+    """Every channel is answered OK, INVALID_ARGUMENT or RESOURCE_EXHAUSTED (never INTERNAL: no
+    library limit reached, no encoder refusing its settings), and the worker's peak RSS stays under
+    the server's --max-worker-memory-mib."""
+    proc, stub = small_worker_server
+    clips = np.random.default_rng(0).integers(0, 256, (1, 8, 32, 32, 3), dtype=np.uint8)
+    carriers = pb.Carriers(clips=to_tensor(clips, "uint8"))
+    try:
+        if transcode:
+            stub.Transcode(pb.TranscodeRequest(carriers=carriers, channel=channel), timeout=300)
+        else:
+            sig = to_tensor(np.zeros((1, 32, 32, 3), np.float32))
+            stub.EvaluateSignature(pb.EvaluateRequest(candidates=[sig], channels=[channel], carriers=carriers), timeout=300)
+        code, details = grpc.StatusCode.OK, ""
+    except grpc.RpcError as err:
+        code, details = err.code(), err.details()
+    assert code in CLEAN_CODES, f"{code} {details!r}: {channel}"
+    workers = [p for p in children(proc.pid) if "resource_tracker" not in Path(f"/proc/{p}/cmdline").read_text()]
+    for pid in workers:
+        peak = int(next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmHWM:")).split()[1]) * 1024
+        assert peak <= FUZZ_WORKER_MIB << 20, f"worker peak {peak >> 20} MiB after {channel}"

@@ -223,12 +223,16 @@ def test_memory_bound_holds_for_the_largest_allowed_request(server):
     red team's 63 MiB request (111 candidates), are refused before anything is decoded; while the
     largest one is in progress, a second one is refused too."""
     from codecloop_server import memory
+    from codecloop_server.channels import Channel
+    from codecloop_server.codec import CodecSettings
 
+    # besides the message's charge, the request is charged its clip tasks' worker memory (docs/limits.md)
+    worker = memory.worker_charge([memory.channel_footprint(Channel.of(CodecSettings(preset="ultrafast")), (16, 112, 112), "")], 1, 1).nbytes
     per_candidate = memory.evaluate_charge(evaluate_request(candidates=int8_population(1))).nbytes
-    largest = (1024 * MIB) // per_candidate
+    largest = (1024 * MIB - worker) // per_candidate
     req = evaluate_request(candidates=int8_population(largest), num_clips=1)
-    charge = memory.evaluate_charge(req).nbytes
-    assert charge <= 1024 * MIB < memory.evaluate_charge(evaluate_request(candidates=int8_population(largest + 1))).nbytes
+    charge = memory.evaluate_charge(req).nbytes + worker
+    assert charge <= 1024 * MIB < memory.evaluate_charge(evaluate_request(candidates=int8_population(largest + 1))).nbytes + worker
     for n in (largest + 1, 111):
         with pytest.raises(grpc.RpcError) as info:
             server.stub.EvaluateSignature(evaluate_request(candidates=int8_population(n), num_clips=1), timeout=60)

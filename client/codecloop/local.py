@@ -30,10 +30,15 @@ _LISTENING = re.compile(r"codecloop listening on ([\d.]+):(\d+)")
 
 
 def folder_dataset(text: str) -> tuple[str, str] | None:
-    """``(name, folder)`` when ``text`` names an existing folder (served as dataset ``name`` = the
-    folder's own name), else None (``text`` is a dataset name)."""
+    """``(name, folder)`` when ``text`` names an existing folder, else None (``text`` is a dataset
+    name). The dataset is named after the folder, made a valid dataset name (1 to 64 of
+    ``A-Z a-z 0-9 . _ -``, starting with a letter or digit): every other character, ``=`` included,
+    becomes ``_`` (``my=clips`` -> ``my_clips``); a name with no letter or digit left is ``folder``."""
     path = Path(text).expanduser()
-    return (path.resolve().name, str(path.resolve())) if path.is_dir() else None
+    if not path.is_dir():
+        return None
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", path.resolve().name).lstrip("._-")[:64] or "folder"
+    return name, str(path.resolve())
 
 
 class LocalServer:
@@ -63,7 +68,7 @@ class LocalServer:
             raise CodecLoopUnavailableError(
                 "a private local server needs the codec server: pip install 'codecloop[server]', or give a target"
             )
-        cmd = [sys.executable, "-m", "codecloop_server", "--host", "127.0.0.1", "--port", "0", "--exit-with-parent"]
+        cmd = [sys.executable, "-m", "codecloop_server", "--host", "127.0.0.1", "--port", "0", "--exit-with-parent", "--parent-pid", str(os.getpid())]
         for name, folder in self.datasets.items():
             cmd += ["--dataset", f"{name}={folder}"]
         self._proc = subprocess.Popen(

@@ -67,7 +67,8 @@ class Codec:
     def label(self) -> str:
         c = self.resolved()
         rate = f"qp={c.qp}" if c.qp is not None else f"{c.bitrate_kbps}kbps" if c.bitrate_kbps is not None else f"crf={c.crf:g}"
-        return f"{c.codec} {rate} {c.preset or ''}".rstrip()
+        fps = f" {c.fps}fps" if c.fps is not None and c.fps != defaults.FPS else ""  # else two rates print alike
+        return f"{c.codec} {rate} {c.preset or ''}".rstrip() + fps
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,8 @@ def _parse_step(text: str, spec: str) -> Step:
                 if key not in keys:
                     raise ValueError(f"unknown codec option {key!r}; allowed: {sorted(keys)}")
                 name, kind = keys[key]
+                if name in kwargs:
+                    raise ValueError(f"codec option {key!r} given twice")
                 kwargs[name] = kind(value)
             return Codec(codec=head, **kwargs)  # type: ignore[arg-type]
     except ValueError as err:

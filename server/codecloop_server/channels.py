@@ -25,7 +25,7 @@ import numpy as np
 from av.video.reformatter import Interpolation
 
 from codecloop_server.codec import MIN_SIZE, CodecSettings, _reformatter, transcode_rgb
-from codecloop_server.registry import Registry
+from codecloop_server.registry import Registry, shown
 from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopValueError
 
@@ -37,13 +37,15 @@ FILTERS = {
     "neighbor": Interpolation.POINT,
 }
 MAX_STEPS = 8
+MAX_NAME = 256  # characters of a channel's name: it is copied into every result
 MAX_SIDE = 8192
 SCALE_RANGE = (0.0, 4.0)  # (low open]
+SVTAV1_BITRATE_MIN_SIZE = 64  # smallest width and height of a libsvtav1 encode in bitrate mode
 
 
 def _check_filter(name: str, field_name: str) -> None:
     if name not in FILTERS:
-        raise CodecLoopValueError(f"{field_name}: unknown filter {name!r}; allowed: {tuple(FILTERS)}")
+        raise CodecLoopValueError(f"{field_name}: unknown filter {shown(name)}; allowed: {tuple(FILTERS)}")
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,8 @@ class FrameRate:
 Step = Resize | Crop | FrameRate | CodecSettings
 
 
-def _step_name(step: Step) -> str:
+def step_name(step: Step) -> str:
+    """The field name of a step kind in a channel message (resize, crop, frame_rate, encode)."""
     return {Resize: "resize", Crop: "crop", FrameRate: "frame_rate", CodecSettings: "encode"}[type(step)]
 
 
@@ -126,6 +129,8 @@ class Channel:
         _check_filter(self.map_back_filter, "channel.map_back_filter")
         if not 1 <= self.input_fps <= 240:
             raise CodecLoopValueError(f"channel.input_fps: {self.input_fps} is outside the allowed range [1, 240]")
+        if len(self.name) > MAX_NAME:
+            raise CodecLoopValueError(f"channel.name: {len(self.name)} characters; a channel name has at most {MAX_NAME}")
 
     @classmethod
     def of(cls, codec: CodecSettings) -> Channel:
@@ -142,25 +147,40 @@ class Channel:
         """One encode step with the default mapping: exactly a CodecSettings given alone."""
         return len(self.steps) == 1 and self.input_fps == defaults.INPUT_FPS
 
-    def check(self, clip_shape: tuple[int, int, int], field_name: str = "channel") -> None:
-        """Refuse (naming the step) a channel that cannot run on clips of (T, H, W)."""
+    def stages(self, clip_shape: tuple[int, int, int]) -> list[tuple[int, Step, tuple[int, int, int], tuple[int, int, int]]]:
+        """(index, step, (T, H, W) in, (T, H, W) out) of every step on clips of ``clip_shape``, without
+        checking that the steps fit (:meth:`check` does)."""
         t, h, w = clip_shape
-        rate = self.input_fps
+        rate, out = self.input_fps, []
         for i, step in enumerate(self.steps):
-            where = f"{field_name}.steps[{i}].{_step_name(step)}"
+            before = (t, h, w)
             if isinstance(step, Resize):
                 h, w = step.size(h, w)
             elif isinstance(step, Crop):
+                h, w = step.height, step.width
+            elif isinstance(step, FrameRate):
+                t, rate = _frames_at(t, rate, step.fps), step.fps
+            out.append((i, step, before, (t, h, w)))
+        return out
+
+    def check(self, clip_shape: tuple[int, int, int], field_name: str = "channel") -> None:
+        """Refuse (naming the step) a channel that cannot run on clips of (T, H, W)."""
+        for i, step, (_, h, w), _ in self.stages(clip_shape):
+            where = f"{field_name}.steps[{i}].{step_name(step)}"
+            if isinstance(step, Crop):
                 if step.x + step.width > w or step.y + step.height > h:
                     raise CodecLoopValueError(
                         f"{where}: the rectangle x={step.x} y={step.y} {step.width}x{step.height} does not fit a {w}x{h} frame"
                     )
-                h, w = step.height, step.width
-            elif isinstance(step, FrameRate):
-                t, rate = _frames_at(t, rate, step.fps), step.fps
-            else:
+            elif isinstance(step, CodecSettings):
                 if h % 2 or w % 2 or h < MIN_SIZE or w < MIN_SIZE:
                     raise CodecLoopValueError(f"{where}: a {w}x{h} frame; an encode needs even width and height of at least {MIN_SIZE}")
+                if step.codec == "libsvtav1" and step.bitrate_kbps is not None and min(h, w) < SVTAV1_BITRATE_MIN_SIZE:
+                    # SVT-AV1 turns adaptive quantization off under 64 px and then refuses rate control
+                    raise CodecLoopValueError(
+                        f"{where}.bitrate_kbps: libsvtav1 in bitrate mode needs width and height of at least "
+                        f"{SVTAV1_BITRATE_MIN_SIZE}, the frame here is {w}x{h}; use crf or qp at this size"
+                    )
 
     def apply(self, clip: np.ndarray) -> tuple[np.ndarray, int]:
         """uint8 (T, H, W, 3) RGB through every step and back to (T, H, W, 3): (output, encoded bytes of all encodes)."""
@@ -197,16 +217,15 @@ def _latest_frames(count: int, available: int, rate: int, fps: int) -> np.ndarra
 
 
 def resize(clip: np.ndarray, height: int, width: int, filter: str) -> np.ndarray:
-    """uint8 (T, H, W, 3) RGB -> (T, height, width, 3) with swscale (``filter``, FILTERS), per frame."""
+    """uint8 (T, H, W, 3) RGB -> (T, height, width, 3) with swscale (``filter``, FILTERS), per frame,
+    into one preallocated output (no list of frames next to it)."""
     r = _reformatter(f"resize:{filter}")
     interpolation = FILTERS[filter]
-    return np.stack(
-        [
-            r.reformat(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24"), width=width, height=height,
-                       interpolation=interpolation).to_ndarray()
-            for f in clip
-        ]
-    )  # fmt: skip
+    out = np.empty((len(clip), height, width, 3), np.uint8)
+    for k, f in enumerate(clip):
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+        out[k] = r.reformat(frame, width=width, height=height, interpolation=interpolation).to_ndarray()
+    return out
 
 
 @dataclass(frozen=True)

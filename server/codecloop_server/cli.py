@@ -28,9 +28,17 @@ def _env_list(flag: str, parse) -> list:
 
 
 def _dataset_arg(text: str) -> tuple[str, str]:
+    """NAME=FOLDER, split at the first ``=``: a dataset name has no ``=`` (corpus.check_dataset_name),
+    so the folder may contain any character, ``=`` included."""
+    from codecloop_server.corpus import check_dataset_name
+
     name, sep, folder = text.partition("=")
     if not sep or not name or not folder:
         raise argparse.ArgumentTypeError(f"--dataset takes NAME=FOLDER, got {text!r}")
+    try:
+        check_dataset_name(name)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--dataset {text!r}: {err}") from None
     return name, folder
 
 
@@ -76,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-concurrent-rpcs", type=int, default=_env("max-concurrent-rpcs", "64"))
     s.add_argument("--max-client-calls", type=int, default=_env("max-client-calls", "16"), help="calls in progress per client")
     s.add_argument("--max-request-memory-mib", type=int, default=_env("max-request-memory-mib", "4096"),
-                   help="memory charged to the requests in progress, in all (README: Memory bound)")  # fmt: skip
+                   help="memory charged to the requests in progress, in all (README: Memory bound; docs/limits.md)")  # fmt: skip
+    s.add_argument("--max-worker-memory-mib", type=int, default=_env("max-worker-memory-mib", "2048"),
+                   help="a codec worker's memory for one clip task, its base included; bigger channels are refused (docs/limits.md)")  # fmt: skip
     s.add_argument("--task-timeout-s", type=float, default=_env("task-timeout-s", "600"),
                    help="a clip task running longer means a hung worker: it is killed and replaced (0: no limit)")  # fmt: skip
     s.add_argument("--tls-cert", default=_env("tls-cert", None), help="PEM certificate chain: serve TLS")
@@ -93,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     s.add_argument("--log-level", default=_env("log-level", "INFO"))
     s.add_argument("--exit-with-parent", action="store_true", help="stop when the process that started the server dies (codecloop.local)")
+    s.add_argument("--parent-pid", type=int, default=None,
+                   help="with --exit-with-parent: the parent's pid (default: this process's parent when it starts); "
+                        "given, a parent that died while this process was still importing is noticed too")  # fmt: skip
 
     for action in s._actions:
         if action.help is None:
@@ -110,7 +123,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        asyncio.run(serve(_server_config(args), exit_with_parent=args.exit_with_parent))
+        asyncio.run(serve(_server_config(args), exit_with_parent=args.exit_with_parent, parent_pid=args.parent_pid))
     except (ValueError, OSError) as err:  # bad configuration: say what, no traceback
         print(f"codecloop serve: {err}", file=sys.stderr)
         return 2
@@ -138,7 +151,7 @@ def _server_config(args: argparse.Namespace):
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         max_request_memory_bytes=args.max_request_memory_mib << 20,
         task_timeout_s=args.task_timeout_s or None,
-        limits=Limits(max_client_calls=args.max_client_calls),
+        limits=Limits(max_client_calls=args.max_client_calls, max_worker_memory_bytes=args.max_worker_memory_mib << 20),
         security=SecurityConfig(args.tls_cert, args.tls_key, args.tls_client_ca, args.token_file, args.allow_insecure),
         max_queued_tasks=args.max_queued_tasks,
         metrics_port=args.metrics_port,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -29,7 +29,7 @@ import numpy as np
 from av.video.reformatter import Interpolation, VideoReformatter
 
 from codecloop_server import x264_asm
-from codecloop_server.registry import Registry
+from codecloop_server.registry import Registry, shown
 from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopValueError
 
@@ -122,7 +122,8 @@ class CodecSettings:
     Attributes:
         codec: encoder name, a key of :data:`CODECS`.
         crf / qp / bitrate_kbps: the rate control, at most one given; none: ``crf`` =
-            ``defaults.CRF``. crf 0 is lossless for libx264/libx265 (never treated as "unset").
+            ``defaults.CRF``. crf 0 is lossless for libx264 only (libx265 at crf 0 is not lossless:
+            49.1 dB measured; x265 needs ``lossless=1``, not offered); 0 is never treated as "unset".
         preset: a preset of the codec (``CodecSpec.presets``); None: its default.
         pix_fmt: encoder pixel format; only ``yuv420p``.
         gop: maximum keyframe interval in frames (x264 ``keyint``); 250 is x264's own default.
@@ -163,9 +164,9 @@ class CodecSettings:
         if self.preset is None:
             object.__setattr__(self, "preset", spec.default_preset)
         if self.preset not in spec.presets:
-            raise CodecLoopValueError(f"codec.preset: unknown preset {self.preset!r} for {self.codec}; allowed: {spec.presets}")
+            raise CodecLoopValueError(f"codec.preset: unknown preset {shown(self.preset)} for {self.codec}; allowed: {spec.presets}")
         if self.pix_fmt not in PIX_FMTS:
-            raise CodecLoopValueError(f"codec.pix_fmt: {self.pix_fmt!r} unsupported; allowed: {PIX_FMTS}")
+            raise CodecLoopValueError(f"codec.pix_fmt: {shown(self.pix_fmt)} unsupported; allowed: {PIX_FMTS}")
         if not (GOP_RANGE[0] <= self.gop <= GOP_RANGE[1]):
             raise CodecLoopValueError(f"codec.gop: {self.gop} is outside the allowed range [1, 1000]")
         if not (FPS_RANGE[0] <= self.fps <= FPS_RANGE[1]):
@@ -178,7 +179,7 @@ class CodecSettings:
             object.__setattr__(self, "x264_asm", x264_asm.default())
         if self.x264_asm != x264_asm.NATIVE and not (self.x264_asm in x264_asm.LEVELS and x264_asm.supported(self.x264_asm)):
             # x264 crashes on instructions the CPU lacks: never hand it such a level
-            raise CodecLoopValueError(f"codec.x264_asm: {self.x264_asm!r} is not a level this CPU runs; allowed: {x264_asm.default()!r}")
+            raise CodecLoopValueError(f"codec.x264_asm: {shown(self.x264_asm)} is not a level this CPU runs; allowed: {x264_asm.default()!r}")
 
     @property
     def spec(self) -> CodecSpec:
@@ -233,16 +234,41 @@ def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
     return np.stack(out)
 
 
-def yuv420p_frames(clip: np.ndarray) -> list[av.VideoFrame]:
-    """uint8 (T, H, W, 3) RGB -> T yuv420p frames, bit-identical to :func:`rgb_to_yuv420p`'s
-    per-frame conversion (tested) but in ONE swscale call on the frames placed side by side.
+# FFmpeg refuses an image with (w + 128) * (h + 128) >= INT_MAX / 8 (av_image_check_size), and a
+# swscale call costs its input, output and buffers: a conversion of frames side by side takes at
+# most this many pixels per call, and at least one frame (a legal frame, at most 8192 x 8192, is far
+# below the library limit).
+_CHUNK_PIXELS = 1 << 22
+_IMAGE_LIMIT = (2**31 - 1) // 8
+
+
+def frames_per_call(t: int, h: int, w: int) -> int:
+    """Frames of (h, w) that one side-by-side swscale call converts: at least 1, at most ``t``, at
+    most ``_CHUNK_PIXELS`` pixels, and always under FFmpeg's image size limit."""
+    by_library = ((_IMAGE_LIMIT - 1) // (h + 128) - 128) // w
+    return max(1, min(t, _CHUNK_PIXELS // (h * w), by_library))
+
+
+def yuv420p_frames(clip: np.ndarray) -> Iterator[av.VideoFrame]:
+    """uint8 (T, H, W, 3) RGB -> T yuv420p frames (yielded in order), bit-identical to
+    :func:`rgb_to_yuv420p`'s per-frame conversion (tested) but in few swscale calls, each on up to
+    :func:`frames_per_call` frames placed side by side.
 
     Why that is exact: for RGB input swscale reads chroma at half width by averaging pixel pairs
     (W is even, so no pair straddles two frames) and then scales it 1:1, so no horizontal filter
     reaches into the neighbouring frame; the vertical filter works within each column, i.e. within
-    one frame. (Stacked vertically it would not be exact.) One call instead of T saves swscale's
-    per-call set-up (benchmarks/engine_bench.py, stage breakdown).
+    one frame. (Stacked vertically it would not be exact.) Few calls instead of T save swscale's
+    per-call set-up (benchmarks/engine_bench.py, stage breakdown); chunks keep every call under
+    FFmpeg's image size limit and its memory to a few MiB, however many frames a channel makes.
     """
+    t, h, w, _ = clip.shape
+    step = frames_per_call(t, h, w)
+    for first in range(0, t, step):
+        yield from _side_by_side(clip[first : first + step])
+
+
+def _side_by_side(clip: np.ndarray) -> list[av.VideoFrame]:
+    """One swscale call on the frames of ``clip`` placed side by side (see :func:`yuv420p_frames`)."""
     t, h, w, _ = clip.shape
     wide = np.ascontiguousarray(clip.transpose(1, 0, 2, 3)).reshape(h, t * w, 3)
     big = _reformatter("rgb->yuv wide").reformat(
@@ -356,19 +382,63 @@ def transcode_yuv(frames: np.ndarray, settings: CodecSettings) -> tuple[np.ndarr
 def transcode_rgb(clip: np.ndarray, settings: CodecSettings) -> tuple[np.ndarray, int]:
     """uint8 (T, H, W, 3) RGB -> yuv420p -> encoder -> decoder -> RGB: (decoded (T, H, W, 3), encoded bytes).
 
-    Exactly ``yuv420p_to_rgb(transcode_yuv(rgb_to_yuv420p(clip)))`` (tested), but the RGB ->
-    yuv420p conversion is one swscale call for the whole clip (:func:`yuv420p_frames`) and the
-    decoder's frames go straight into swscale, skipping numpy <-> frame copies.
+    Exactly ``yuv420p_to_rgb(transcode_yuv(rgb_to_yuv420p(clip)))`` (tested), streamed: RGB ->
+    yuv420p in side-by-side chunks (:func:`yuv420p_frames`), each packet decoded as soon as the
+    encoder gives it, each decoded frame converted straight into the preallocated output. So besides
+    the input and the output this holds only the codecs' own frame buffers and one chunk, not the
+    clip's yuv420p frames, bitstream or decoded frames (memory.py's per-worker charge counts on it).
     """
     t, h, w, _ = clip.shape
     to_rgb = _reformatter("yuv->rgb")
-    packets = _encode_packets(yuv420p_frames(clip), settings, w, h)
-    decoded = [
-        to_rgb.reformat(f, format="rgb24", interpolation=Interpolation.BICUBIC).to_ndarray() for f in _decode_packets(packets, settings)
-    ]
-    if len(decoded) != t:
-        raise RuntimeError(f"decoder returned {len(decoded)} frames, expected {t}")
-    return np.stack(decoded), sum(map(len, packets))
+    out = np.empty_like(clip)
+    count = 0
+
+    def store(frames: Iterable[av.VideoFrame]) -> None:
+        nonlocal count
+        for f in frames:
+            if count >= t:
+                raise RuntimeError(f"decoder returned more than {t} frames")
+            out[count] = to_rgb.reformat(f, format="rgb24", interpolation=Interpolation.BICUBIC).to_ndarray()
+            count += 1
+
+    enc, dec = _encoder(settings, w, h), _StreamDecoder(settings)
+    nbytes = 0
+    for i, frame in enumerate(yuv420p_frames(clip)):
+        frame.pts = i
+        for packet in enc.encode(frame):
+            data = bytes(packet)
+            nbytes += len(data)
+            store(dec.feed(data))
+    for packet in enc.encode(None):  # explicit flush: B-frames and lookahead
+        data = bytes(packet)
+        nbytes += len(data)
+        store(dec.feed(data))
+    store(dec.flush())
+    if count != t:
+        raise RuntimeError(f"decoder returned {count} frames, expected {t}")
+    return out, nbytes
+
+
+class _StreamDecoder:
+    """Decodes what an encoder of ``settings`` makes, packet by packet, as :func:`_decode_packets`
+    does for the whole list: Annex-B streams (h264, hevc) through the decoder's parser, which keeps
+    an access unit until the next one starts, so feeding packets one at a time or joined gives the
+    same frames (tested); other codecs one packet per frame."""
+
+    def __init__(self, settings: CodecSettings) -> None:
+        self.annexb = settings.spec.annexb
+        self.ctx = av.CodecContext.create(settings.spec.decoder, "r")
+        self.ctx.thread_count = 1
+
+    def feed(self, data: bytes) -> Iterator[av.VideoFrame]:
+        for packet in self.ctx.parse(data) if self.annexb else [av.Packet(data)]:
+            yield from self.ctx.decode(packet)
+
+    def flush(self) -> Iterator[av.VideoFrame]:
+        if self.annexb:  # parse(None) flushes the parser: without it the last access unit stays buffered
+            for packet in self.ctx.parse(None):
+                yield from self.ctx.decode(packet)
+        yield from self.ctx.decode(None)
 
 
 @functools.cache

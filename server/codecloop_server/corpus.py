@@ -29,6 +29,8 @@ import importlib.util
 import json
 import logging
 import os
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,6 +154,19 @@ def assign_splits(source_of_clip: np.ndarray, sources: tuple[str, ...], dataset:
             "the last quarter of each other source's clips, disjoint in frames from train"
         )
     return {k: clip_ids[of_clip == i] for i, k in enumerate(SPLITS)}, policy
+
+
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_dataset_name(name: str) -> None:
+    """CodecLoopValueError unless ``name`` is a dataset name: 1 to 64 of ``A-Z a-z 0-9 . _ -``, not
+    starting with ``.``, ``_`` or ``-`` (so ``serve --dataset NAME=FOLDER`` splits at the first ``=``
+    and the folder may contain any character)."""
+    if not DATASET_NAME.fullmatch(name):
+        raise CodecLoopValueError(
+            f"dataset name {name[:80]!r}: a dataset name is 1 to 64 of A-Z a-z 0-9 . _ - and starts with a letter or digit"
+        )
 
 
 def check_max_clips_per_source(value: int) -> None:
@@ -312,6 +327,8 @@ def _array_clips(arr: np.ndarray, where: str, t: int, h: int, w: int, max_clips:
             f"dataset file {where}: expected uint8 (N, T, H, W, 3) clips or (F, H, W, 3) frames, "
             f"got {arr.dtype} {arr.shape}"
         )
+    if 0 in arr.shape:
+        raise CodecLoopValueError(f"dataset file {where}: shape {arr.shape} has a zero-length axis; no clip can be taken from it")
     if arr.ndim == 5:
         if arr.shape[1:4] != (t, h, w):
             raise CodecLoopValueError(f"dataset file {where}: clips {arr.shape[1:4]} but the dataset is {t, h, w}")
@@ -319,12 +336,29 @@ def _array_clips(arr: np.ndarray, where: str, t: int, h: int, w: int, max_clips:
     return video_source.array_clips(arr, t, h, w, max_clips, policy)
 
 
-def _first_clip_array_shape(folder: Path) -> tuple[int, int, int] | None:
-    for path in sorted(folder.glob("*.npy")):
+def _first_clip_array_shape(files: list[Path]) -> tuple[int, int, int] | None:
+    for path in (p for p in files if p.name.endswith(".npy")):
         arr = np.load(path, mmap_mode="r")
         if arr.ndim == 5:
             return tuple(arr.shape[1:4])  # type: ignore[return-value]
     return None
+
+
+def _regular_files(folder: Path, name: str) -> list[Path]:
+    """The folder's regular files (links followed), sorted. Anything else is skipped and logged: a FIFO
+    or a device named ``x.mp4`` would block the open forever (start-up must stay interruptible)."""
+    files = []
+    for path in sorted(folder.iterdir()):
+        try:
+            mode = path.stat().st_mode
+        except OSError as err:  # e.g. a dangling link
+            log.warning("dataset %s: skipping %s: %s", name, path.name, err.strerror or err)
+            continue
+        if stat.S_ISREG(mode):
+            files.append(path)
+        elif not stat.S_ISDIR(mode):
+            log.warning("dataset %s: skipping %s: not a regular file (a FIFO, socket or device)", name, path.name)
+    return files
 
 
 def folder_dataset(
@@ -346,11 +380,12 @@ def folder_dataset(
     if not folder.is_dir():
         raise CodecLoopValueError(f"dataset {name}: {folder} is not a directory")
     check_max_clips_per_source(max_clips_per_source)
-    t, h, w = clip_shape or _first_clip_array_shape(folder) or DEFAULT_CLIP_SHAPE
+    files = _regular_files(folder, name)
+    t, h, w = clip_shape or _first_clip_array_shape(files) or DEFAULT_CLIP_SHAPE
     if h % 2 or w % 2:
         raise CodecLoopValueError(f"dataset {name}: H and W must be even for yuv420p, got {h}x{w}")
     sources: list[tuple[str, np.ndarray]] = []
-    for path in sorted(folder.iterdir()):
+    for path in files:
         suffix = path.suffix.lower()
         if suffix == ".npy":
             sources.append((path.name, _array_clips(np.load(path, mmap_mode="r"), str(path), t, h, w, max_clips_per_source, policy)))

@@ -18,6 +18,11 @@ serialized form) is in the README's "Memory bound"; the bound is tested in tests
 and its measurement is in docs/benchmarks.md. The sum of the charges of the requests in progress never
 exceeds ``max_request_memory_bytes``: a request that would go over is refused at once with
 RESOURCE_EXHAUSTED naming the limit.
+
+Codec workers (docs/limits.md): one clip task's memory is estimated from the (T, H, W) each step of
+its channel makes (:func:`channel_footprint`); a channel over the per-worker bound is refused naming
+the step (:func:`check_worker_memory`), and once parsed a request is also charged what its tasks can
+hold in the workers at once (:func:`worker_charge`), against the same budget.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from codecloop_server.channels import Channel, Crop, FrameRate, Resize, step_name
+from codecloop_server.codec import CodecSettings
 from codecloop_server.corpus import Dataset
 from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopLimitError
@@ -35,6 +42,54 @@ SIGNATURE_BYTES_PER_VALUE = 24
 MESSAGE_FACTOR = 6
 REPLY_FACTOR = 6
 _ITEMSIZE = {pb.FLOAT32: 4, pb.FLOAT16: 2, pb.INT8: 1, pb.UINT8: 1}
+
+# What one clip task costs a codec worker beyond its own base (docs/limits.md): per pixel (one
+# frame position of T x H x W, three channels) of the carrier clip, of an encode step's frames, of
+# an RGB array a step makes; plus a fixed amount per encoder. Upper bounds of peaks measured with
+# every codec at its slowest preset (docs/limits.md has the measurements).
+CARRIER_BYTES_PER_PIXEL = 64  # the clip, its poisoned copy, float poisoning temporaries, the output, scorer features
+ENCODE_BYTES_PER_PIXEL = 8  # the decoded RGB output and one chunk of conversions (codec.transcode_rgb streams)
+ENCODER_FRAME_BYTES_PER_PIXEL = 16  # a frame the encoder or decoder holds (lookahead, references, reordering)
+ENCODER_MAX_FRAMES = 128  # frames the codecs hold at most, whatever the clip's length (lookahead <= 60 at any preset)
+ENCODE_FIXED_BYTES = 64 << 20  # an encoder's and decoder's own tables (SVT-AV1's are the largest)
+RGB_BYTES_PER_PIXEL = 3
+WORKER_BASE_BYTES = 192 << 20  # a warm worker before any task: 90 MiB measured, plus up to 64 MiB of kept shared copies (shm.py)
+DEFAULT_MAX_WORKER_MEMORY_BYTES = 2 << 30
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What one clip task of a channel costs: ``task_bytes`` of codec-worker memory at its peak (beyond
+    the worker's base), ``work_pixels`` the largest frame count x H x W along the channel (carrier
+    included), and ``where`` the step that makes the peak ("" when the carrier clip itself does)."""
+
+    task_bytes: int
+    work_pixels: int
+    where: str
+    shape: tuple[int, int, int]
+
+
+def channel_footprint(channel: Channel, clip_shape: tuple[int, int, int], field: str) -> Footprint:
+    """The task memory and work of ``channel`` on clips of (T, H, W), from the sizes each step makes
+    (channels.Channel.stages): the carrier part, plus the largest step (its input held while it
+    runs, and what it allocates)."""
+    carrier = clip_shape[0] * clip_shape[1] * clip_shape[2]
+    peak, work, where, shape = 0, carrier, "", clip_shape
+    for i, step, before, after in channel.stages(clip_shape):
+        px_in, px_out = before[0] * before[1] * before[2], after[0] * after[1] * after[2]
+        if isinstance(step, CodecSettings):
+            held = min(after[0], ENCODER_MAX_FRAMES) * after[1] * after[2]
+            cost = ENCODE_BYTES_PER_PIXEL * px_out + ENCODER_FRAME_BYTES_PER_PIXEL * held + ENCODE_FIXED_BYTES
+        elif isinstance(step, (Resize, FrameRate)):
+            cost = RGB_BYTES_PER_PIXEL * px_out
+        else:
+            assert isinstance(step, Crop)  # a view of its input
+            cost = 0
+        step_bytes = RGB_BYTES_PER_PIXEL * px_in + cost
+        if step_bytes > peak:
+            peak, where, shape = step_bytes, f"{field}.steps[{i}].{step_name(step)}", after
+        work = max(work, px_in, px_out)
+    return Footprint(CARRIER_BYTES_PER_PIXEL * carrier + peak, work, where, shape)
 
 
 @dataclass(frozen=True)
@@ -73,6 +128,27 @@ def transcode_charge(req: pb.TranscodeRequest, datasets: dict[str, Dataset]) -> 
     return Charge(nbytes, f"carriers: a reply of {reply} clip bytes, {tensor_bytes} tensor bytes in the request")
 
 
+def check_worker_memory(fp: Footprint, limit_bytes: int) -> None:
+    """Refuse (CodecLoopLimitError naming the step) a channel whose task would take a worker past
+    ``limit_bytes`` (its base included)."""
+    need = WORKER_BASE_BYTES + fp.task_bytes
+    if need > limit_bytes:
+        t, h, w = fp.shape
+        raise CodecLoopLimitError(
+            f"{fp.where}: {t} frames of {w}x{h} here; one clip task of this channel needs about {need / (1 << 20):.0f} MiB "
+            f"in a codec worker, over the per-worker bound max_worker_memory_bytes = {limit_bytes} (docs/limits.md); "
+            "use fewer or smaller frames"
+        )
+
+
+def worker_charge(footprints: list[Footprint], tasks: int, workers: int) -> Charge:
+    """The codec-worker memory a request can hold at once: its largest task on every worker it can
+    occupy (``min(workers, tasks)``), charged against the same budget as the request's own memory."""
+    largest = max(footprints, key=lambda f: f.task_bytes)
+    busy = max(1, min(workers, tasks))
+    return Charge(busy * largest.task_bytes, f"{largest.where or 'carriers'}: {busy} codec workers x {largest.task_bytes} bytes per clip task")
+
+
 class MemoryBudget:
     """The memory charged to the requests in progress, at most ``limit_bytes`` in all."""
 
@@ -81,12 +157,16 @@ class MemoryBudget:
         self.held_bytes = 0
 
     @contextlib.contextmanager
-    def reserve(self, charge: Charge) -> Iterator[None]:
-        """Hold ``charge`` for the duration of the block, or refuse (CodecLoopLimitError) at once."""
-        mib = charge.nbytes / (1 << 20)
-        if charge.nbytes > self.limit_bytes:
+    def reserve(self, charge: Charge, own: Charge | None = None) -> Iterator[None]:
+        """Hold ``charge`` for the duration of the block, or refuse (CodecLoopLimitError) at once.
+        ``own``: what the same request already holds (its message's charge, when ``charge`` is its
+        worker charge): the two together are the request's need."""
+        need = charge.nbytes + (own.nbytes if own is not None else 0)
+        mib = need / (1 << 20)
+        if need > self.limit_bytes:
+            what = charge.what if own is None else f"{own.what}; {charge.what}"
             raise CodecLoopLimitError(
-                f"{charge.what}: this request needs {mib:.1f} MiB of server memory, over the server limit "
+                f"{what}: this request needs {mib:.1f} MiB of server memory, over the server limit "
                 f"max_request_memory_bytes = {self.limit_bytes}; send fewer or smaller tensors per call"
             )
         if self.held_bytes + charge.nbytes > self.limit_bytes:

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from codecloop_server import channels, scorers, x264_asm
+from codecloop_server import channels, memory, scorers, x264_asm
 from codecloop_server.codec import CodecSettings, x264_build
 from codecloop_server.corpus import Dataset
 from codecloop_server.jobs import CarrierSet, EvaluateJob, Racing
+from codecloop_server.registry import shown
 from codecloop_server.tasks import ScorerKey
 from codecloop_wire import defaults, deploy, stats
 from codecloop_wire.errors import CodecLoopLimitError, CodecLoopValueError
@@ -35,9 +36,11 @@ class Limits:
     max_codecs: int = 8
     max_message_bytes: int = 64 << 20  # gRPC send and receive limit, both directions
     max_client_calls: int = 16  # evaluate / transcode calls in progress per client
+    max_worker_memory_bytes: int = memory.DEFAULT_MAX_WORKER_MEMORY_BYTES  # one clip task's worker, base included
 
     def to_proto(self) -> pb.Limits:
-        return pb.Limits(**self.__dict__)
+        """The limits the proto carries (the worker bound is published in ServerInfo.load)."""
+        return pb.Limits(**{k: v for k, v in self.__dict__.items() if k in pb.Limits.DESCRIPTOR.fields_by_name})
 
 
 def _field(msg, name: str, default):
@@ -50,7 +53,7 @@ def codec_settings(msg: pb.CodecSettings, field: str = "codecs", fps: int = defa
     # x264_asm / x264_build are the server's; a client may only pin them (refuse any other server)
     for name, mine in (("x264_asm", x264_asm.default()), ("x264_build", x264_build())):
         if msg.HasField(name) and getattr(msg, name) != mine:
-            raise CodecLoopValueError(f"{field}.{name}: {getattr(msg, name)!r}; this server runs x264 {name} = {mine!r} only")
+            raise CodecLoopValueError(f"{field}.{name}: {shown(getattr(msg, name))}; this server runs x264 {name} = {mine!r} only")
     try:
         return CodecSettings(
             codec=_field(msg, "codec", defaults.CODEC),
@@ -101,17 +104,50 @@ def channel_list(msg: pb.Channel, field: str, clip_shape: tuple[int, int, int]) 
         found = channels.PRESETS.lookup(msg.preset, f"{field}.preset").channels
     else:
         input_fps = _field(msg, "input_fps", defaults.INPUT_FPS)
+        if not 1 <= input_fps <= 240:  # before the steps: an encode's fps defaults to it
+            raise CodecLoopValueError(f"{field}.input_fps: {input_fps} is outside the allowed range [1, 240]")
+        name = _field(msg, "name", "")
+        if len(name) > channels.MAX_NAME:  # before anything copies it
+            raise CodecLoopValueError(f"{field}.name: {len(name)} characters; a channel name has at most {channels.MAX_NAME}")
         steps, fps = [], input_fps
         for j, step in enumerate(msg.steps):
             steps.append(_step(step, f"{field}.steps[{j}]", fps))
             fps = steps[-1].fps if isinstance(steps[-1], channels.FrameRate) else fps
         try:
-            found = (channels.Channel(tuple(steps), _field(msg, "map_back_filter", defaults.RESIZE_FILTER), input_fps, _field(msg, "name", "")),)
+            found = (channels.Channel(tuple(steps), _field(msg, "map_back_filter", defaults.RESIZE_FILTER), input_fps, name),)
         except CodecLoopValueError as err:  # "channel.steps: ..." -> "channels[0].steps: ..."
             raise CodecLoopValueError(str(err).replace("channel.", f"{field}.", 1)) from None
     for c in found:
         c.check(clip_shape, field)
     return found
+
+
+def codec_channel(msg: pb.CodecSettings, field: str, clip_shape: tuple[int, int, int]) -> channels.Channel:
+    """The one-step channel of a CodecSettings given alone, checked against clips of ``clip_shape``."""
+    channel = channels.Channel.of(codec_settings(msg, field))
+    try:
+        channel.check(clip_shape)
+    except CodecLoopValueError as err:  # "channel.steps[0].encode.bitrate_kbps: ..." -> "codecs[0].bitrate_kbps: ..."
+        raise CodecLoopValueError(str(err).replace("channel.steps[0].encode", field, 1)) from None
+    return channel
+
+
+def admit(found: list[channels.Channel], fields: list[str], tasks_per_channel: int, clip_shape: tuple[int, int, int], limits: Limits) -> None:
+    """Refuse, before any encode, channels whose clip tasks would take a codec worker past
+    ``max_worker_memory_bytes``, and a request whose work (``tasks_per_channel`` clip tasks per
+    channel, each of its channel's largest frame count x H x W: memory.channel_footprint) is over
+    ``max_work_pixels``; both name the channel step that makes the most."""
+    prints = [memory.channel_footprint(c, clip_shape, f) for c, f in zip(found, fields, strict=True)]
+    for fp in prints:
+        memory.check_worker_memory(fp, limits.max_worker_memory_bytes)
+    work = tasks_per_channel * sum(fp.work_pixels for fp in prints)
+    if work > limits.max_work_pixels:
+        big = max(prints, key=lambda fp: fp.work_pixels)
+        raise CodecLoopLimitError(
+            f"candidates x clips x channels x frames x H x W = {work} (each channel at its largest step; the largest, "
+            f"{big.where or 'the carriers'}, makes {big.work_pixels} pixels per clip) exceeds the server limit max_work_pixels = "
+            f"{limits.max_work_pixels}"
+        )
 
 
 def channel_to_proto(c: channels.Channel) -> pb.Channel:
@@ -186,7 +222,7 @@ def carriers(msg: pb.Carriers, datasets: dict[str, Dataset], limits: Limits) -> 
     sel = msg.dataset
     name = _field(sel, "dataset", defaults.DATASET)
     if name not in datasets:
-        raise CodecLoopValueError(f"carriers.dataset: unknown dataset {name!r}; allowed: {sorted(datasets)}")
+        raise CodecLoopValueError(f"carriers.dataset: unknown dataset {shown(name)}; allowed: {sorted(datasets)}")
     ds = datasets[name]
     num = _field(sel, "num_clips", defaults.NUM_CLIPS)
     _check_clips(num, int(np.prod(ds.clip_shape)), limits)
@@ -260,27 +296,27 @@ def evaluate_job(req: pb.EvaluateRequest, datasets: dict[str, Dataset], limits: 
         raise CodecLoopLimitError(f"codecs: {len(req.codecs)} settings exceed the server limit max_codecs = {limits.max_codecs}")
     eps = epsilon(req)
     carrier_set = carriers(req.carriers, datasets, limits)
-    found = [channels.Channel.of(codec_settings(c, f"codecs[{i}]")) for i, c in enumerate(req.codecs)]
+    found = [codec_channel(c, f"codecs[{i}]", carrier_set.clip_shape) for i, c in enumerate(req.codecs)]
+    fields = [f"codecs[{i}]" for i in range(len(found))]
     for i, c in enumerate(req.channels):
-        found.extend(channel_list(c, f"channels[{i}]", carrier_set.clip_shape))
+        more = channel_list(c, f"channels[{i}]", carrier_set.clip_shape)
+        found.extend(more)
+        fields.extend(f"channels[{i}]" if len(more) == 1 else f"channels[{i}].preset[{k}]" for k in range(len(more)))
         if len(found) > limits.max_codecs:
             break
     if len(found) > limits.max_codecs:
         raise CodecLoopLimitError(
             f"codecs, channels: {len(found)} or more codec settings and channels (presets expanded) exceed the server limit max_codecs = {limits.max_codecs}"
         )
-    found = found or [channels.Channel.of(CodecSettings())]
+    if not found:
+        found, fields = [channels.Channel.of(CodecSettings())], ["codecs"]
     if len(set(found)) != len(found):
         raise CodecLoopValueError("codecs, channels: the same codec settings or channel steps appear twice; each must be distinct")
     scorer = scorer_key(req.scorer)
     rule = decision(req.decision)
+    admit(found, fields, n_cand * len(carrier_set), carrier_set.clip_shape, limits)
     fprs = null_fprs(req, scorer[0])
     t, h, w = carrier_set.clip_shape
-    work = n_cand * len(carrier_set) * len(found) * t * h * w
-    if work > limits.max_work_pixels:
-        raise CodecLoopLimitError(
-            f"candidates x clips x channels x T*H*W = {work} exceeds the server limit max_work_pixels = {limits.max_work_pixels}"
-        )
     sigs = tuple(signature(c, f"candidates[{i}]", (t, h, w)) for i, c in enumerate(req.candidates))
     race = racing(req.racing, n_cand, len(carrier_set)) if req.HasField("racing") else None
     return EvaluateJob(

@@ -8,6 +8,16 @@ from typing import TypeVar
 from codecloop_wire.errors import CodecLoopValueError
 
 T = TypeVar("T")
+SHOWN_CHARS = 64  # of a client's string echoed in an error message or a log line
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` of a string a client sent, at most about SHOWN_CHARS characters: a longer one
+    is cut and says how long it was, so that no error message or log line echoes a request's bulk."""
+    text = str(value)
+    if len(text) <= SHOWN_CHARS:
+        return repr(text)
+    return f"{text[:SHOWN_CHARS]!r}... ({len(text)} characters)"
 
 
 class Registry(dict[str, T]):
@@ -29,4 +39,4 @@ class Registry(dict[str, T]):
         try:
             return self[name]
         except KeyError:
-            raise CodecLoopValueError(f"{field}: unknown {self.kind} {name!r}; allowed: {sorted(self)}") from None
+            raise CodecLoopValueError(f"{field}: unknown {self.kind} {shown(name)}; allowed: {sorted(self)}") from None

@@ -34,6 +34,7 @@ from concurrent.futures import Future as PoolFuture
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from codecloop_server.registry import shown
 from codecloop_server.workers import WorkerDied
 from codecloop_wire.errors import CodecLoopBusyError, CodecLoopLimitError, CodecLoopServerError
 
@@ -92,7 +93,7 @@ class FairScheduler:
         mine = self._live[client]
         if mine + tasks > self.max_client_queued:
             raise CodecLoopLimitError(
-                f"client {client!r}: {mine} clip tasks queued, this request adds {tasks}, per-client limit "
+                f"client {shown(client)}: {mine} clip tasks queued, this request adds {tasks}, per-client limit "
                 f"max_client_queued_tasks = {self.max_client_queued}; wait for your earlier requests"
             )
         if self.queued + tasks > self.max_queued:

@@ -34,7 +34,7 @@ from typing import ClassVar
 import numpy as np
 from scipy.ndimage import uniform_filter
 
-from codecloop_server.registry import Registry
+from codecloop_server.registry import Registry, shown
 from codecloop_wire.errors import CodecLoopValueError
 
 Params = tuple[tuple[str, float], ...]
@@ -56,7 +56,7 @@ class Registered:
         for key, value in params.items():
             if key not in self.param_ranges:
                 raise CodecLoopValueError(
-                    f"scorer.params: unknown parameter {key!r} for scorer {self.name!r}; "
+                    f"scorer.params: unknown parameter {shown(key)} for scorer {self.name!r}; "
                     f"allowed: {sorted(self.param_ranges) or 'none'}"
                 )
             _, low, high = self.param_ranges[key]

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,6 +27,8 @@ from codecloop_wire.v1 import codecloop_pb2 as pb
 from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 
 log = logging.getLogger("codecloop.server")
+T = TypeVar("T")
+R = TypeVar("R")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CodecLoop"].full_name
 
 
@@ -109,6 +115,7 @@ def load_datasets(config: ServerConfig) -> dict[str, corpus.Dataset]:
     except CodecLoopValueError as err:  # e.g. clips longer than 2 of its videos: serve the rest, say why
         log.warning("dataset %s not served: %s", corpus.REAL_NAME, err)
     for name, folder in config.datasets.items():
+        corpus.check_dataset_name(name)
         if name in datasets:
             raise ValueError(f"dataset name {name!r} is already taken")
         datasets[name] = corpus.folder_dataset(name, folder, config.clip_shape, config.max_clips_per_source, policy)
@@ -154,34 +161,66 @@ async def start(config: ServerConfig) -> RunningServer:
     port = add_port(server, config.host, config.port, config.security)
     if port == 0:
         raise OSError(f"could not bind {config.host}:{config.port}")
-    datasets = await loop.run_in_executor(None, load_datasets, config)
+    try:
+        datasets = await _in_daemon_thread(load_datasets, config)
+    except BaseException:  # cancelled (a signal, the parent gone) or refused: release the port
+        await server.stop(None)
+        raise
     engine = Engine(
         config.workers, config.clean_cache_bytes, config.result_cache_entries, config.max_queued_tasks, config.max_client_queued_tasks,
         config.task_timeout_s,
     )  # fmt: skip
-    for ds in datasets.values():
-        engine.add_dataset(ds)
-    await loop.run_in_executor(None, engine.warm_up)
-    versions = await loop.run_in_executor(None, codec.versions)
-    metrics = Metrics(engine)
     try:
+        for ds in datasets.values():
+            engine.add_dataset(ds)
+        await loop.run_in_executor(None, engine.warm_up)
+        versions = await loop.run_in_executor(None, codec.versions)
+        metrics = Metrics(engine)
         detectors = await loop.run_in_executor(None, load_detectors, config, {d.clip_shape for d in datasets.values()}, metrics)
-    except BaseException:  # a refused detector file: stop the workers and free their shared memory before exiting
+        if config.metrics_port is not None:
+            metrics_port = metrics.serve(config.host, config.metrics_port)
+            print(f"codecloop metrics on http://{config.host}:{metrics_port}/metrics", flush=True)
+        servicer = CodecLoopServicer(
+            engine, datasets, config.limits, versions, metrics, config.max_concurrent_rpcs, config.max_request_memory_bytes, auth
+        )
+        pb_grpc.add_CodecLoopServicer_to_server(servicer, server)
+        await server.start()
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    except BaseException:  # cancelled while warming up, or a refused detector file: stop the workers and free their shared memory
+        await server.stop(None)
         await loop.run_in_executor(None, engine.close)
         raise
-    if config.metrics_port is not None:
-        metrics_port = metrics.serve(config.host, config.metrics_port)
-        print(f"codecloop metrics on http://{config.host}:{metrics_port}/metrics", flush=True)
-    servicer = CodecLoopServicer(
-        engine, datasets, config.limits, versions, metrics, config.max_concurrent_rpcs, config.max_request_memory_bytes, auth
-    )
-    pb_grpc.add_CodecLoopServicer_to_server(servicer, server)
-    await server.start()
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     watch = asyncio.ensure_future(_watch_workers(engine, health_servicer))
     log.info("codecloop serving on %s:%d with %d workers", config.host, port, engine.workers)
     return RunningServer(server=server, engine=engine, health=health_servicer, port=port, detectors=detectors, health_watch=watch)
+
+
+async def _in_daemon_thread(fn: Callable[[T], R], arg: T) -> R:
+    """``fn(arg)`` in a daemon thread. Loading datasets can take minutes (a large video, the first
+    build of a corpus) or block in a read: awaiting it here can be cancelled, and a daemon thread,
+    unlike the default executor's, does not keep the process from exiting once ``serve`` returns."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[R] = loop.create_future()
+
+    def settle(result: R | None, err: BaseException | None) -> None:
+        if done.cancelled():  # start-up was stopped: nobody waits for this any more
+            return
+        if err is not None:
+            done.set_exception(err)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result = fn(arg)
+        except BaseException as err:  # handed to the awaiting coroutine, which raises it
+            loop.call_soon_threadsafe(settle, None, err)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name="codecloop-load", daemon=True).start()
+    return await done
 
 
 async def _watch_workers(engine: Engine, health_servicer: health.aio.HealthServicer, every_s: float = 0.5) -> None:
@@ -199,11 +238,13 @@ async def _watch_workers(engine: Engine, health_servicer: health.aio.HealthServi
         await asyncio.sleep(every_s)
 
 
-async def serve(config: ServerConfig, exit_with_parent: bool = False) -> None:
+async def serve(config: ServerConfig, exit_with_parent: bool = False, parent_pid: int | None = None) -> None:
     """Run until cancelled (Ctrl-C / SIGTERM), then stop gracefully.
 
     ``exit_with_parent``: also stop when the process that started this one dies (a private server
-    of one client, ``codecloop.local``: no orphan servers even when the client is SIGKILLed)."""
+    of one client, ``codecloop.local``: no orphan servers even when the client is SIGKILLed), also
+    while datasets load; ``parent_pid`` names that process (default: the parent now), so that a
+    parent that died before this process got here is noticed too."""
     import os
     import signal
 
@@ -211,13 +252,23 @@ async def serve(config: ServerConfig, exit_with_parent: bool = False) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    watcher = asyncio.ensure_future(_watch_parent(os.getppid(), stop)) if exit_with_parent else None
-    running = await start(config)
-    print(f"codecloop listening on {config.host}:{running.port}", flush=True)
-    await stop.wait()
+    watcher = asyncio.ensure_future(_watch_parent(parent_pid or os.getppid(), stop)) if exit_with_parent else None
+    starting = asyncio.ensure_future(start(config))
+    stopping = asyncio.ensure_future(stop.wait())
+    # a signal or the parent's death while datasets load ends start-up at once (start() releases the port)
+    await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        log.warning("stopped while starting up")
+    else:
+        running = starting.result()  # raises start-up's error
+        print(f"codecloop listening on {config.host}:{running.port}", flush=True)
+        await stopping
+        await running.stop()
     if watcher is not None:
         watcher.cancel()
-    await running.stop()
 
 
 async def _watch_parent(parent: int, stop: asyncio.Event, every_s: float = 0.5) -> None:

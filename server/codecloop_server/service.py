@@ -10,6 +10,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -22,6 +23,7 @@ from codecloop_server.corpus import Dataset
 from codecloop_server.engine import Engine
 from codecloop_server.jobs import CandidateOutcome, EvaluateJob
 from codecloop_server.metrics import Metrics
+from codecloop_server.registry import SHOWN_CHARS, shown
 from codecloop_server.security import Authenticator, _one
 from codecloop_wire import __version__
 from codecloop_wire.errors import (
@@ -37,11 +39,23 @@ from codecloop_wire.v1 import codecloop_pb2 as pb
 from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 
 log = logging.getLogger("codecloop.server")
+ReplyT = TypeVar("ReplyT", pb.EvaluateResponse, pb.EvaluateEvent)
 SERVICE = pb.DESCRIPTOR.services_by_name["CodecLoop"].full_name
 
 
+MAX_DETAILS = 2048  # characters of a status message: metadata past 16 KiB would fail the call itself
+
+
 def _status_for(err: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The one mapping from exceptions to gRPC status codes."""
+    """The one mapping from exceptions to gRPC status codes, with the message cut to MAX_DETAILS
+    characters (every echo of a request's strings is bounded where it is made; this is the backstop)."""
+    code, message = _code_for(err)
+    if len(message) > MAX_DETAILS:
+        message = f"{message[:MAX_DETAILS]}... ({len(message)} characters)"
+    return code, message
+
+
+def _code_for(err: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(err, CodecLoopValueError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(err)
     if isinstance(err, CodecLoopLimitError):
@@ -71,8 +85,10 @@ async def _errors(context: grpc.aio.ServicerContext, method: str, metrics: Metri
         # the error's kind travels as data, so that no client has to parse the message
         context.set_trailing_metadata((("request-id", request_id), (ERROR_METADATA_KEY, kind_of(err) or "")))
         await context.abort(code, message)
-    except asyncio.CancelledError:
-        status = "CANCELLED"  # the client cancelled or its deadline passed
+    except (asyncio.CancelledError, GeneratorExit):
+        # the client cancelled or its deadline passed; a cancelled stream's generator is closed
+        # (GeneratorExit at its yield), which no except Exception sees
+        status = "CANCELLED"
         raise
     except Exception as err:  # anything else is our bug: report it, keep serving
         code, message = _status_for(err)
@@ -84,7 +100,7 @@ async def _errors(context: grpc.aio.ServicerContext, method: str, metrics: Metri
         if metrics is not None:
             metrics.observe(method, status, seconds)
         log.info(json.dumps({"event": "rpc", "request_id": request_id, "method": method, "code": status,
-                             "seconds": round(seconds, 4), "client": client}))  # fmt: skip
+                             "seconds": round(seconds, 4), "client": client[:SHOWN_CHARS]}))  # fmt: skip
 
 
 async def deny(err: BaseException, context: grpc.aio.ServicerContext) -> None:
@@ -145,7 +161,7 @@ def _caller(context: grpc.aio.ServicerContext, auth: Authenticator | None) -> tu
     try:
         priority = int(text or 0)
     except ValueError:
-        raise CodecLoopValueError(f"metadata priority: {text!r} is not an integer") from None
+        raise CodecLoopValueError(f"metadata priority: {shown(text)} is not an integer") from None
     if not -100 <= priority <= 100:
         raise CodecLoopValueError(f"metadata priority: {priority} is outside the allowed range [-100, 100]")
     identity = auth.identity(context) if auth is not None and auth.enabled else None
@@ -185,7 +201,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
             raise CodecLoopLimitError(f"server: {self._total_calls} calls in progress, limit max_concurrent_rpcs = {self.max_calls}; retry later")
         if self._calls[client] >= self.limits.max_client_calls:
             raise CodecLoopLimitError(
-                f"client {client!r}: {self._calls[client]} calls in progress, per-client limit max_client_calls = "
+                f"client {shown(client)}: {self._calls[client]} calls in progress, per-client limit max_client_calls = "
                 f"{self.limits.max_client_calls}; wait for one to finish"
             )
         with self.memory.reserve(charge):
@@ -202,17 +218,21 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
     async def EvaluateSignature(self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext) -> pb.EvaluateResponse:
         async with _errors(context, "EvaluateSignature", self.metrics):
             request = _decoded(request)
-            async with self._slot(context, memory.evaluate_charge(request)) as (client, priority):
+            own = memory.evaluate_charge(request)
+            async with self._slot(context, own) as (client, priority):
                 job = parse.evaluate_job(request, self.datasets, self.limits)
-                outcomes = await self.engine.evaluate(job, client=client, priority=priority)
-                return pb.EvaluateResponse(
-                    results=[render.candidate_proto(o, job) for o in outcomes],
-                    scorer=job.scorer[0],
-                    epsilon=job.epsilon,
-                    num_clips=len(job.carriers),
-                    clip_ids=job.carriers.clip_ids,
-                    clip_sources=job.carriers.clip_sources(),
-                    source_names=job.carriers.source_names,
+                with self.memory.reserve(self._worker_charge(job.channels, job.carriers.clip_shape, job.clip_tasks()), own):
+                    outcomes = await self.engine.evaluate(job, client=client, priority=priority)
+                return self._sized(
+                    pb.EvaluateResponse(
+                        results=[render.candidate_proto(o, job) for o in outcomes],
+                        scorer=job.scorer[0],
+                        epsilon=job.epsilon,
+                        num_clips=len(job.carriers),
+                        clip_ids=job.carriers.clip_ids,
+                        clip_sources=job.carriers.clip_sources(),
+                        source_names=job.carriers.source_names,
+                    )
                 )
 
     async def EvaluateSignatureStream(
@@ -220,10 +240,12 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
     ) -> AsyncIterator[pb.EvaluateEvent]:
         async with _errors(context, "EvaluateSignatureStream", self.metrics):
             request = _decoded(request)
-            async with self._slot(context, memory.evaluate_charge(request)) as (client, priority):
+            own = memory.evaluate_charge(request)
+            async with self._slot(context, own) as (client, priority):
                 job = parse.evaluate_job(request, self.datasets, self.limits)
-                async for event in self._stream(job, client, priority):
-                    yield event
+                with self.memory.reserve(self._worker_charge(job.channels, job.carriers.clip_shape, job.clip_tasks()), own):
+                    async for event in self._stream(job, client, priority):
+                        yield self._sized(event)
 
     async def _stream(self, job: EvaluateJob, client: str, priority: int) -> AsyncIterator[pb.EvaluateEvent]:
         """Started, then progress and per-candidate results as they happen."""
@@ -262,21 +284,24 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
     async def Transcode(self, request: pb.TranscodeRequest, context: grpc.aio.ServicerContext) -> pb.TranscodeResponse:
         async with _errors(context, "Transcode", self.metrics):
             request = _decoded(request)
-            async with self._slot(context, memory.transcode_charge(request, self.datasets)) as caller:
+            own = memory.transcode_charge(request, self.datasets)
+            async with self._slot(context, own) as caller:
                 carriers = parse.carriers(request.carriers, self.datasets, self.limits)
                 parse.check_transcode_reply(carriers, request.include_input, self.limits)  # before any encode
                 if request.HasField("channel"):
                     found = parse.channel_list(request.channel, "channel", carriers.clip_shape)
                     if len(found) != 1:
-                        raise CodecLoopValueError(f"channel.preset: {request.channel.preset!r} has {len(found)} channels; Transcode takes one")
-                    channel = found[0]
+                        raise CodecLoopValueError(f"channel.preset: {shown(request.channel.preset)} has {len(found)} channels; Transcode takes one")
+                    channel, field = found[0], "channel"
                 else:
-                    channel = Channel.of(parse.codec_settings(request.codec, "codec"))
+                    channel, field = parse.codec_channel(request.codec, "codec", carriers.clip_shape), "codec"
+                parse.admit([channel], [field], len(carriers), carriers.clip_shape, self.limits)
                 eps = parse.epsilon(request)
                 sig = None
                 if request.HasField("signature"):
                     sig = parse.signature(request.signature, "signature", carriers.clip_shape)
-                out = await self.engine.transcode(carriers, sig, eps, channel, request.include_input, *caller)
+                with self.memory.reserve(self._worker_charge((channel,), carriers.clip_shape, len(carriers)), own):
+                    out = await self.engine.transcode(carriers, sig, eps, channel, request.include_input, *caller)
                 return pb.TranscodeResponse(
                     decoded=to_tensor(out.decoded, "uint8"),
                     input=to_tensor(out.inputs, "uint8") if out.inputs is not None else None,
@@ -285,6 +310,21 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
                     codec=parse.codec_to_proto(channel.final_codec),
                     channel=parse.channel_to_proto(channel) if request.HasField("channel") else None,
                 )
+
+    def _worker_charge(self, found: tuple[Channel, ...], clip_shape: tuple[int, int, int], tasks: int) -> memory.Charge:
+        """What the request's clip tasks can hold in the codec workers at once (memory.worker_charge)."""
+        return memory.worker_charge([memory.channel_footprint(c, clip_shape, "channel") for c in found], tasks, self.engine.workers)
+
+    def _sized(self, reply: ReplyT) -> ReplyT:
+        """``reply``, or RESOURCE_EXHAUSTED when it is over max_message_bytes: gRPC would fail to send
+        it after the handler returned, outside the status mapping and the RPC log."""
+        size = reply.ByteSize()
+        if size > self.limits.max_message_bytes:
+            raise CodecLoopLimitError(
+                f"reply: {size} bytes, over the server limit max_message_bytes = {self.limits.max_message_bytes}; "
+                "ask for fewer candidates, clips or channels per call, or no per-clip scores"
+            )
+        return reply
 
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
         async with _errors(context, "GetServerInfo", self.metrics):
@@ -335,6 +375,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
                 **self.engine.load(),
                 "request_memory_bytes": float(self.memory.held_bytes),
                 "request_memory_limit_bytes": float(self.memory.limit_bytes),
+                "worker_memory_limit_bytes": float(self.limits.max_worker_memory_bytes),
                 "calls_in_progress": float(self._total_calls),
             },
         )
