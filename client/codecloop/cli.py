@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 
@@ -224,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--patience", type=int, default=0, help="stop after this many generations without a better kept signature (0: never)")
     o.add_argument("--sigma0", type=float, default=2.0, help="initial step size (cma) / mutation sigma (nevergrad)")
     o.add_argument("--seed", type=int, default=0, help="optimizer and training-clip draws")
-    o.add_argument("--out", required=True, help="run folder; an existing one with a checkpoint is resumed")
+    o.add_argument("--out", required=True, help="run folder; one holding a run is resumed if its settings are the same (else refused)")
+    o.add_argument("--overwrite", action="store_true", help="start afresh in --out, removing a run already there")
     o.add_argument("--no-progress", action="store_true")
     o.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for the server")
     o.add_argument("--steps", type=int, default=60, help="torch modes: gradient steps")
@@ -335,7 +337,7 @@ def _train(args: argparse.Namespace, client) -> int:
         block=args.block,
         seed=args.seed,
     )
-    summary = train_signature(client, config, args.out, progress=not args.no_progress)
+    summary = train_signature(client, config, args.out, progress=not args.no_progress, overwrite=args.overwrite)
     h = summary["holdout"]
     print(json.dumps({"elapsed_s": summary["elapsed_s"], "final": summary["final"]}))
     print(
@@ -381,10 +383,14 @@ def _racing(spec: str) -> Racing:
 def _optimize(args: argparse.Namespace) -> int:
     from codecloop import Channel, Codec, DatasetCarriers
     from codecloop.objectives import Objective
-    from codecloop.optimize import Run, RunConfig
+    from codecloop.optimize import REPORT_OVERHEAD_S, Run, RunConfig
     from codecloop.params import make
 
     started = time.monotonic()  # --max-minutes counts from here: a local server's start-up is in it
+    if args.budget is not None and args.budget < args.popsize:
+        raise CodecLoopValueError(f"--budget: {args.budget} evaluations are fewer than one generation (--popsize {args.popsize})")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise CodecLoopValueError(f"--out: {args.out} is a file, not a run folder")
     with _client(args) as client:
         if args.wait > 0:
             client.wait_ready(args.wait)
@@ -393,6 +399,12 @@ def _optimize(args: argparse.Namespace) -> int:
         shape = next((tuple(d.clip_shape) for d in client.info().datasets if d.name == args.dataset), None)
         if shape is None:
             raise CodecLoopValueError(f"dataset: the server has no dataset {args.dataset!r}")
+        max_seconds = args.max_minutes * 60 - (time.monotonic() - started)
+        if max_seconds <= REPORT_OVERHEAD_S:
+            raise CodecLoopValueError(
+                f"--max-minutes: {args.max_minutes:g} ({args.max_minutes * 60:.0f} s) leaves {max_seconds:.0f} s after the server's "
+                f"start-up, no time for one generation and the final report (about {REPORT_OVERHEAD_S:.0f} s); give more"
+            )
         config = RunConfig(
             optimizer=args.optimizer,
             epsilon=args.epsilon,
@@ -407,13 +419,17 @@ def _optimize(args: argparse.Namespace) -> int:
             holdout=DatasetCarriers(args.dataset, "holdout", args.holdout_clips),
             popsize=args.popsize,
             budget=args.budget,
-            max_seconds=args.max_minutes * 60 - (time.monotonic() - started),
+            max_seconds=max_seconds,
             patience=args.patience,
             sigma0=args.sigma0,
             seed=args.seed,
             racing=None if args.racing is None else _racing(args.racing),
         )
-        summary = Run(client, make(args.param, shape), config, args.out).run(progress=not args.no_progress)
+        run = Run(client, make(args.param, shape), config, args.out, overwrite=args.overwrite)
+        if run.resumed:
+            print(f"codecloop: {run.resume_note()}; --max-minutes and --budget count the whole run, over every resume",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        summary = run.run(progress=not args.no_progress)
     sel = summary["selected"]
     print(f"{summary['generations']} generations, {summary['evaluations']} evaluations, {summary['elapsed_s']} s; "
           f"kept: generation {sel['generation']} {sel['candidate']} by {sel['by']}")  # fmt: skip

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from codecloop import runcheck
 from codecloop.client import Client
 from codecloop.objectives import Objective
 from codecloop.params import Parameterization
@@ -55,7 +56,7 @@ from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopValueError
 
 # seconds added to the final-report estimate for best.npy, summary.json and the plots (matplotlib import)
-_REPORT_OVERHEAD_S = 5.0
+REPORT_OVERHEAD_S = 5.0
 
 
 @dataclass
@@ -94,9 +95,7 @@ class RunConfig:
             self.objective = Objective(self.objective)
         if self.racing is not None:
             if self.objective.name not in ("separation", "centred-separation"):
-                raise CodecLoopValueError(
-                    f"racing: a race ranks by separation or centred-separation; objective {self.objective.name!r} is neither"
-                )
+                raise CodecLoopValueError(f"racing: a race ranks by separation or centred-separation; objective {self.objective.name!r} is neither")
             weight = self.objective.centre_weight if self.objective.name == "centred-separation" else 0.0
             if self.racing.centre_weight is not None and self.racing.centre_weight != weight:
                 raise CodecLoopValueError(f"racing.centre_weight: {self.racing.centre_weight}; the objective {self.objective.name!r} needs {weight}")
@@ -231,17 +230,39 @@ def report(result: EvaluateResult, index: int, objective: Objective, carriers: D
 class Run:
     """A resumable optimization run writing into ``folder``."""
 
-    def __init__(self, client: Client, param: Parameterization, config: RunConfig, folder: str | Path) -> None:
+    def __init__(self, client: Client, param: Parameterization, config: RunConfig, folder: str | Path, overwrite: bool = False) -> None:
+        """A run in ``folder``: resumed when the folder holds a checkpoint made with the same
+        settings (:mod:`codecloop.runcheck`; other settings raise ``RunSettingsError`` listing the
+        differences), started afresh when it holds none or ``overwrite`` (the old run's files are
+        removed). Nothing is written before the first generation."""
         self.client, self.param, self.config = client, param, config
         self.objective: Objective = config.objective  # type: ignore[assignment]  (str converted in RunConfig)
         self.folder = RunFolder(folder, "checkpoint.pkl")
         self.validation_note = ""
         self._resolve_carriers()
-        if self.folder.has_checkpoint():
+        self.settings = runcheck.settings(config, parameterization=repr(param), dataset_digests=self._digests)
+        if overwrite and self.folder.path.is_dir():
+            runcheck.clear(self.folder.path)
+        self.resumed = self.folder.has_checkpoint()
+        self._started = False
+        if self.resumed:
             self._resume()
         else:
             self.state = RunState()
             self.backend = self._new_backend()
+
+    def resume_note(self) -> str:
+        """What a resumed run continues from: folder, generation, evaluations and time used."""
+        s = self.state
+        return f"resuming {self.folder.path} at generation {s.generation} ({s.evaluations} evaluations, {s.elapsed:.0f} s used)"
+
+    def _start(self) -> None:
+        """Before the first write: make the folder; a fresh run empties logs a killed first try left."""
+        if self._started:
+            return
+        self._started = True
+        self.folder.create()
+        if not self.resumed:
             self.folder.log.clear()
             self.folder.validation_log.clear()
 
@@ -249,7 +270,8 @@ class Run:
 
     def _resolve_carriers(self) -> None:
         """Check every split exists on the server and turn ``num_clips`` 0 into the split's size."""
-        sizes = {(d.name, split): n for d in self.client.info().datasets for split, n in d.split_clips.items()}
+        datasets = self.client.info().datasets
+        sizes = {(d.name, split): n for d in datasets for split, n in d.split_clips.items()}
 
         def resolve(carriers: DatasetCarriers, name: str) -> DatasetCarriers:
             carriers = carriers.resolved()
@@ -275,6 +297,9 @@ class Run:
                 # a dataset without that split (an older server): run on, keep the best by training objective
                 self.validation_note = f"{err}; the kept signature is the best by training objective"
                 warnings.warn(self.validation_note, stacklevel=2)
+        used = {c.dataset for c in (self.train, self.validation, self.holdout) if c is not None}
+        # a folder whose files changed is another dataset: its digest is part of the run's settings
+        self._digests = {d.name: d.digest for d in datasets if d.name in used}
 
     def train_carriers(self, generation: int) -> DatasetCarriers:
         """The training clips of ``generation``: a fresh seeded draw from the train split, or ``train``."""
@@ -295,6 +320,9 @@ class Run:
 
     def _resume(self) -> None:
         blob = pickle.loads(self.folder.read_checkpoint())
+        # a checkpoint from before settings were stored: its config is compared, without parameterization and digest
+        saved = blob.get("settings") or runcheck.settings(blob["config"], parameterization=repr(self.param), dataset_digests=self._digests)
+        runcheck.check(self.folder.path, saved, self.settings)
         self.state = blob["state"]
         if self.config.optimizer == "cma":
             self.backend = CMABackend.restore(blob["backend"])
@@ -305,7 +333,8 @@ class Run:
             log.keep(lambda entry: entry["generation"] < self.state.generation)
 
     def _checkpoint(self) -> None:
-        self.folder.write_checkpoint(pickle.dumps({"state": self.state, "backend": self.backend.state(), "config": self.config}))
+        blob = {"state": self.state, "backend": self.backend.state(), "config": self.config, "settings": self.settings}
+        self.folder.write_checkpoint(pickle.dumps(blob))
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -337,7 +366,7 @@ class Run:
         """Estimated seconds of what :meth:`finish` still has to do, at the last generation's pace,
         doubled: the report's clean clips are mostly not cached yet, so they are encoded too."""
         report_clips = self.holdout.num_clips + self.train.num_clips
-        return 2 * (report_clips * self._clip_seconds() + self._validation_seconds()) + _REPORT_OVERHEAD_S
+        return 2 * (report_clips * self._clip_seconds() + self._validation_seconds()) + REPORT_OVERHEAD_S
 
     def done(self) -> bool:
         """Budget, patience, or no time left for one more generation plus the final report."""
@@ -354,6 +383,7 @@ class Run:
         """One generation: ask, one batched server call, tell (loss = -objective), log, maybe
         validate, checkpoint. Returns the generation's history entry."""
         t0 = time.monotonic()
+        self._start()
         s, g = self.state, self.state.generation
         thetas = self.backend.ask()
         result = self._evaluate(thetas, self.train_carriers(g), racing=self.config.racing)
@@ -412,6 +442,8 @@ class Run:
     def run(self, progress: bool = True) -> dict[str, Any]:
         """Generations until the budget, time limit or patience runs out; then the final report."""
         start = time.monotonic()
+        if self.state.generation == 0 and self.done():
+            raise self._no_generation()
         bar = None
         if progress:
             from tqdm import tqdm
@@ -426,13 +458,21 @@ class Run:
             bar.close()
         return self.finish(search_s=time.monotonic() - start)
 
+    def _no_generation(self) -> CodecLoopValueError:
+        """Why a fresh run cannot run one generation: the limit that stops it, by name."""
+        c = self.config
+        if c.budget is not None and c.budget < c.popsize:
+            return CodecLoopValueError(f"budget: {c.budget} evaluations are fewer than one generation (popsize {c.popsize})")
+        return CodecLoopValueError(f"max_seconds: {c.max_seconds:.1f} s leave no time for one generation and the final report (about {REPORT_OVERHEAD_S:.0f} s)")
+
     def finish(self, search_s: float | None = None) -> dict[str, Any]:
         """Validate the last generation if it was not, save the kept signature, score it on a
         fixed training sample and on the held-out split, write summary.json and the plots."""
         t0 = time.monotonic()
         s, c = self.state, self.config
         if s.generation == 0:
-            raise CodecLoopValueError("budget: no generation was run (budget < popsize, or max_seconds too small)")
+            raise self._no_generation()
+        self._start()
         if self.validation is not None and s.validated_generation < s.generation - 1:
             self.validate()
             self._checkpoint()
@@ -474,7 +514,5 @@ def _gaps(sections: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, flo
     pairs = (("train", "validation"), ("validation", "holdout"), ("train", "holdout"))
     out = {}
     for metric in ("objective", "tpr", "separation"):
-        out[metric] = {
-            f"{a}_minus_{b}": (sections[a][metric] - sections[b][metric]) if sections[a] and sections[b] else None for a, b in pairs
-        }
+        out[metric] = {f"{a}_minus_{b}": (sections[a][metric] - sections[b][metric]) if sections[a] and sections[b] else None for a, b in pairs}
     return out
