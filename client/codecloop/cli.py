@@ -80,68 +80,31 @@ def random_signature(kind: str, shape: tuple[int, int, int], seed: int) -> np.nd
     return np.repeat(np.repeat(small, block, axis=1), block, axis=2)[:, :h, :w]
 
 
-DEFAULT_TARGET = "127.0.0.1:50051"  # where `codecloop serve` listens by default
-
-
-def _client(args: argparse.Namespace, **kwargs):
-    """A Client for ``--target`` (comma-separated ip:port list = replicas), with the transport
-    settings from the environment: CODECLOOP_TOKEN (bearer token), CODECLOOP_TLS_CA (PEM file of the
-    server's CA: TLS on), CODECLOOP_TLS_CERT / CODECLOOP_TLS_KEY (client certificate, mutual TLS).
-
-    Without ``--target``: a ``--dataset`` that names a folder, or no server answering on
-    127.0.0.1:50051 (and no ``--wait`` for one), starts a private local server for this command
-    (``codecloop.local``), stopped when the command ends; otherwise the server on 127.0.0.1:50051."""
-    from pathlib import Path
-
-    from codecloop import Client
+def _client(args: argparse.Namespace):
+    """The checked Client of the server this command uses, named on stderr (codecloop.serverpick):
+    ``--target``, ``--local``, a ``--dataset`` folder (a private server), else the server on
+    127.0.0.1:50051 when it is a SERVING codecloop server, else a private one."""
+    from codecloop import serverpick
     from codecloop.local import folder_dataset
 
     folder = folder_dataset(args.dataset) if getattr(args, "dataset", None) else None
-    if args.target is None:
-        if folder is None and (getattr(args, "wait", 0) > 0 or _answers(DEFAULT_TARGET)):
-            args.target = DEFAULT_TARGET
-        else:
-            if folder is not None:
-                args.dataset = folder[0]
-            print("codecloop: starting a local server (no --target given) ...", file=sys.stderr, flush=True)
-            return Client(None, datasets=dict([folder]) if folder else None, **kwargs)
-    elif folder is not None and folder[0] != args.dataset:
+    if args.target is not None and folder is not None and folder[0] != args.dataset:
         raise CodecLoopValueError(
             f"dataset: {args.dataset!r} is a folder; a server at --target serves its own datasets "
             "(codecloop serve --dataset NAME=FOLDER there, then --dataset NAME), or drop --target to serve the folder locally"
         )
-
-    def pem(var: str) -> bytes | None:
-        path = os.environ.get(var)
-        return Path(path).read_bytes() if path else None
-
-    target = args.target.split(",") if "," in args.target else args.target
-    return Client(
-        target,
-        token=os.environ.get("CODECLOOP_TOKEN") or None,
-        root_certificates=pem("CODECLOOP_TLS_CA"),
-        certificate_chain=pem("CODECLOOP_TLS_CERT"),
-        private_key=pem("CODECLOOP_TLS_KEY"),
-        **kwargs,
-    )
-
-
-def _answers(target: str, timeout: float = 1.0) -> bool:
-    """Whether a gRPC server accepts connections at ``target`` within ``timeout`` seconds."""
-    import grpc
-
-    with grpc.insecure_channel(target) as channel:
-        try:
-            grpc.channel_ready_future(channel).result(timeout=timeout)
-            return True
-        except grpc.FutureTimeoutError:
-            return False
+    if args.target is None and folder is not None:
+        args.dataset = folder[0]
+    return serverpick.pick(args.target, getattr(args, "local", False), getattr(args, "wait", 0.0), folder)
 
 
 def _health(args: argparse.Namespace) -> int:
     """Exit 0 when the server reports SERVING (the container HEALTHCHECK and exec probes use this)."""
+    from codecloop import serverpick
+
+    print(f"codecloop: server {args.target}", file=sys.stderr, flush=True)
     try:
-        with _client(args) as client:
+        with serverpick.connect(args.target) as client:
             status = client.health(args.service, timeout=args.timeout)
     except Exception as err:  # unreachable, refused, TLS failure: all mean "not healthy"
         print(f"codecloop health: {type(err).__name__}: {err}", file=sys.stderr)
@@ -151,9 +114,18 @@ def _health(args: argparse.Namespace) -> int:
 
 
 _TARGET_HELP = (
-    "server address(es), host:port[,host:port...]; default: the server on 127.0.0.1:50051 if one answers "
-    "(or --wait is given), else a private local server for this command"
+    "server address(es), host:port[,host:port...], checked (health SERVING, a codecloop server) or the command fails; "
+    "default: the server on 127.0.0.1:50051 if it passes that check (or --wait is given), else a private local server"
 )
+_LOCAL_HELP = "use a private local server for this command, whatever listens on 127.0.0.1:50051"
+
+
+def _server_flags(parser: argparse.ArgumentParser) -> None:
+    """--target or --local (one of them at most)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--target", default=None, help=_TARGET_HELP)
+    group.add_argument("--local", action="store_true", help=_LOCAL_HELP)
+    parser.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for the server to become SERVING")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     # `codecloop serve` is the server's own CLI (codecloop_server.cli), run as `python -m codecloop_server`
     sub.add_parser("serve", help="run the gRPC server (python -m codecloop_server; its --help lists the flags)", add_help=False)
     e = sub.add_parser("evaluate", help="evaluate a signature and print the detection table")
-    e.add_argument("--target", default=None, help=_TARGET_HELP)
+    _server_flags(e)
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--signature", help=".npy of (T, H, W, 3) or a population (P, T, H, W, 3), values in [-1, 1]")
     src.add_argument("--random", choices=["pixel", "block4", "block8", "block16"], help="a random +-1 signature")
@@ -185,14 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     rule.add_argument("--target-fpr", type=_target_fpr, default=fraction_label(defaults.TARGET_FPR), help="calibrate the threshold on the clean scores to this FPR")
     e.add_argument("--per-clip", action="store_true", help="print every clip's scores")
     e.add_argument("--json", help="also write the full result as JSON to this path")
-    e.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for the server to come up")
 
     o = sub.add_parser(
         "optimize", help="optimize a signature on the real codec (pycma / nevergrad / torch)",
         description="Search a signature on the real codec; the kept one is chosen on the validation split and "
         "reported on train / validation / held-out clips at --target-fpr (summary.json, plots).",
     )  # fmt: skip
-    o.add_argument("--target", default=None, help=_TARGET_HELP)
+    _server_flags(o)
     o.add_argument(
         "--optimizer", default="cma",
         help="cma, nevergrad:<name> (NGOpt, CMA, TwoPointsDE, PSO, ...), torch-ste, torch-hybrid, proxy:tanh|soft|ste",
@@ -228,14 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--out", required=True, help="run folder; one holding a run is resumed if its settings are the same (else refused)")
     o.add_argument("--overwrite", action="store_true", help="start afresh in --out, removing a run already there")
     o.add_argument("--no-progress", action="store_true")
-    o.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for the server")
     o.add_argument("--steps", type=int, default=60, help="torch modes: gradient steps")
     o.add_argument("--lr", type=float, default=0.1, help="torch modes: Adam learning rate")
     o.add_argument("--frames", type=int, default=16, help="torch modes: distinct signature frames (1 = static)")
     o.add_argument("--block", type=int, default=1, help="torch modes: spatial block size (1 = full resolution)")
 
     d = sub.add_parser("diagnose", help="proxy (each rounding) vs real codec statistics for a signature")
-    d.add_argument("--target", default=None, help=_TARGET_HELP)
+    _server_flags(d)
     d.add_argument("--signature", required=True, help=".npy (T, H, W, 3) in [-1, 1]")
     d.add_argument("--epsilon", type=_epsilon, default=fraction_label(defaults.EPSILON))
     d.add_argument("--crf", type=float, default=defaults.CRF)
@@ -252,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--timeout", type=float, default=5.0)
 
     i = sub.add_parser("info", help="print the server's versions, datasets, scorers and limits")
-    i.add_argument("--target", default=None, help=_TARGET_HELP)
+    _server_flags(i)
     for sp in sub.choices.values():
         _fill_help(sp)
     return p
@@ -262,8 +232,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     from codecloop import Channel, Codec, DatasetCarriers
 
     with _client(args) as client:
-        if args.wait > 0:
-            client.wait_ready(args.wait)
         carriers = DatasetCarriers(dataset=args.dataset, split=args.split, num_clips=args.clips, seed=args.clip_seed)
         if args.signature:
             sig = np.load(args.signature)
@@ -392,8 +360,6 @@ def _optimize(args: argparse.Namespace) -> int:
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise CodecLoopValueError(f"--out: {args.out} is a file, not a run folder")
     with _client(args) as client:
-        if args.wait > 0:
-            client.wait_ready(args.wait)
         if args.optimizer.startswith(("torch-", "proxy:")):
             return _train(args, client)
         shape = next((tuple(d.clip_shape) for d in client.info().datasets if d.name == args.dataset), None)

@@ -39,6 +39,8 @@ class Client:
             ``close()``.
         datasets: with ``target=None`` only: folders the private server serves, name -> folder
             (besides the built-in ``embedded`` and ``real``).
+        server_args: with ``target=None`` only: more ``codecloop serve`` flags for the private
+            server, e.g. ``["--strict-datasets"]``.
             Calls are spread over replicas round-robin; a call that finds its replica gone is
             retried on another (UNAVAILABLE, retry policy below).
         timeout: default deadline of every call, seconds.
@@ -59,6 +61,7 @@ class Client:
         target: str | Sequence[str] | None = None,
         *,
         datasets: Mapping[str, str] | None = None,
+        server_args: Sequence[str] = (),
         timeout: float = 600.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_attempts: int = 5,
@@ -74,10 +77,10 @@ class Client:
         if target is None:
             from codecloop.local import LocalServer
 
-            self.local = LocalServer(datasets)
+            self.local = LocalServer(datasets, server_args)
             target = self.local.start()
-        elif datasets:
-            raise CodecLoopValueError("datasets: only a private server (target=None) can be given folders; a running server serves its own")
+        elif datasets or server_args:
+            raise CodecLoopValueError("datasets, server_args: only a private server (target=None) takes them; a running server has its own")
         self.target = channel_target(target)
         self.replicas = replicas if replicas is not None else (1 if isinstance(target, str) else len(target))
         if self.replicas < 1:
@@ -156,10 +159,7 @@ class Client:
             priority: in [-100, 100]; higher runs first on a shared server (e.g. validation calls).
         """
         requests = self._evaluate_requests(signatures, (options or EvaluateOptions()).updated(**option_fields))
-        futures: list[Future] = [
-            self._stub.EvaluateSignature.future(req, timeout=timeout or self.timeout, metadata=self._meta(priority))
-            for req in requests
-        ]
+        futures: list[Future] = [self._stub.EvaluateSignature.future(req, timeout=timeout or self.timeout, metadata=self._meta(priority)) for req in requests]
         try:
             responses = [f.result() for f in futures]
         except grpc.RpcError as err:
@@ -309,10 +309,7 @@ class Client:
         for i, t in enumerate(tensors):
             size = t.ByteSize() + 16  # field tag and length prefix
             if size > budget:
-                raise CodecLoopLimitError(
-                    f"signatures[{i}]: {size} bytes on the wire exceed the message limit "
-                    f"{self.max_message_bytes} (try dtype='float16' or 'int8')"
-                )
+                raise CodecLoopLimitError(f"signatures[{i}]: {size} bytes on the wire exceed the message limit {self.max_message_bytes} (try dtype='float16' or 'int8')")
             if used + size > budget:
                 chunks.append([])
                 used = 0
