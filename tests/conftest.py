@@ -107,3 +107,9 @@ def ffmpeg_or_skip() -> str:
             pytest.fail("ffmpeg CLI missing in CI: .ci/run must apt-get install ffmpeg")
         pytest.skip("ffmpeg CLI not installed")
     return path
+
+
+def error_lines(stderr: str) -> list[str]:
+    """A CLI command's stderr without the lines naming its server (codecloop.serverpick)."""
+    naming = ("codecloop: server ", "codecloop: private server ", "codecloop: starting a local server ")
+    return [line for line in stderr.strip().splitlines() if not line.startswith(naming)]

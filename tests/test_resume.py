@@ -15,6 +15,7 @@ from codecloop import Codec, DatasetCarriers
 from codecloop.optimize import Run, RunConfig
 from codecloop.params import make
 from codecloop.runcheck import RunSettingsError
+from tests.conftest import error_lines
 
 SHAPE = (16, 112, 112)
 COMMON = ["--dataset", "embedded", "--train-clips", "4", "--popsize", "4", "--holdout-clips", "4", "--validation-clips", "4",
@@ -35,7 +36,7 @@ def test_a_rerun_with_other_settings_is_refused_the_same_resumes_overwrite_resta
 
     changed = optimize(server_target, "--budget", "4", "--epsilon", "2/255", "--param", "dct:8:2", "--seed", "3", "--out", out)
     assert changed.returncode == 2, changed.stderr
-    lines = changed.stderr.strip().splitlines()
+    lines = error_lines(changed.stderr)
     assert "holds a run with other settings (3 differences)" in lines[0] and "--overwrite" in lines[0]
     assert lines[1:] == [
         "  epsilon (--epsilon): 4/255 in the run folder, 2/255 now",
@@ -73,7 +74,7 @@ def test_limits_that_leave_no_generation_are_refused_by_flag_and_write_nothing(s
     out = [] if "--out" in args else ["--out", str(tmp_path / "run")]
     run = optimize(server_target, *args, *out)
     assert run.returncode == 2 and message in run.stderr, run.stderr
-    assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
+    assert len(error_lines(run.stderr)) == 1 and "Traceback" not in run.stderr
     assert not (tmp_path / "run").exists()
 
 

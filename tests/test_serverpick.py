@@ -16,9 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "codecloop.cli", *args], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
-    )
+    return subprocess.run([sys.executable, "-m", "codecloop.cli", *args], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture()

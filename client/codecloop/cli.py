@@ -10,9 +10,11 @@ import sys
 import time
 from fractions import Fraction
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
+from codecloop import userinput
 from codecloop.objectives import NAMES
 from codecloop.types import Racing
 from codecloop.units import fraction_label
@@ -20,18 +22,21 @@ from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopError, CodecLoopValueError
 
 
-def fraction(name: str, low: float, high: float, low_open: bool, high_open: bool):
-    """An argparse type: '4/255', '1/64' or '0.0157' -> float, checked to lie in the interval
-    from ``low`` to ``high`` (open at an end when ``*_open``); the error names ``name`` and the range."""
+def fraction(low: float, high: float, low_open: bool, high_open: bool, levels_hint: bool = False):
+    """An argparse type: '4/255', '1/64' or '0.0157' -> float, checked to lie in the interval from
+    ``low`` to ``high`` (open at an end when ``*_open``); argparse's error names the flag and the
+    range. ``levels_hint``: a whole number of uint8 levels (1 < n <= 255) gets "write n/255"."""
     interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
     def parse(text: str) -> float:
         try:
             value = float(Fraction(text))
         except (ValueError, ZeroDivisionError):
-            raise argparse.ArgumentTypeError(f"{name}: {text!r} is not a number or a fraction like 1/64") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number or a fraction like 1/64") from None
         if value < low or value > high or (low_open and value == low) or (high_open and value == high):
-            raise argparse.ArgumentTypeError(f"{name}: {text} = {value:g} is outside the allowed range {interval}")
+            shown = text if Fraction(text) == Fraction(f"{value:g}") else f"{text} = {value:g}"
+            hint = f"; write {text}/255 for {text} levels of 255" if levels_hint and value.is_integer() and 1 < value <= 255 else ""
+            raise argparse.ArgumentTypeError(f"{shown} is outside the allowed range {interval}{hint}")
         return value
 
     return parse
@@ -44,9 +49,17 @@ _CHANNEL_HELP = (
 )
 
 
-_epsilon = fraction("epsilon", 0.0, 1.0, low_open=True, high_open=False)
-_target_fpr = fraction("target-fpr", 0.0, 1.0, low_open=False, high_open=True)
-_quantile = fraction("margin-quantile", 0.0, 1.0, low_open=True, high_open=True)
+_epsilon = fraction(0.0, 1.0, low_open=True, high_open=False, levels_hint=True)
+_target_fpr = fraction(0.0, 1.0, low_open=False, high_open=True)
+_quantile = fraction(0.0, 1.0, low_open=True, high_open=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line (``codecloop optimize: error: argument --epsilon: ...``), exit
+    code 2, without the usage block argparse prints first (``--help`` shows it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help for usage)\n")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -87,6 +100,8 @@ def _client(args: argparse.Namespace):
     from codecloop import serverpick
     from codecloop.local import folder_dataset
 
+    if getattr(args, "dataset", None):
+        userinput.check_dataset_arg(args.dataset)
     folder = folder_dataset(args.dataset) if getattr(args, "dataset", None) else None
     if args.target is not None and folder is not None and folder[0] != args.dataset:
         raise CodecLoopValueError(
@@ -129,9 +144,9 @@ def _server_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="codecloop", description="Real-codec (libx264) evaluation of video signatures.")
+    p = _Parser(prog="codecloop", description="Real-codec (libx264) evaluation of video signatures.")
     # every subcommand's --help shows the defaults
-    sub = p.add_subparsers(dest="command", required=True, parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_HelpFormatter))
+    sub = p.add_subparsers(dest="command", required=True, parser_class=functools.partial(_Parser, formatter_class=_HelpFormatter))
 
     # `codecloop serve` is the server's own CLI (codecloop_server.cli), run as `python -m codecloop_server`
     sub.add_parser("serve", help="run the gRPC server (python -m codecloop_server; its --help lists the flags)", add_help=False)
@@ -150,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scorer", default=defaults.SCORER)
     e.add_argument("--dataset", default=defaults.DATASET, help="a dataset the server serves, or (no --target) a folder of videos to serve")
     e.add_argument("--split", default=defaults.SPLIT)
-    e.add_argument("--clips", type=int, default=defaults.NUM_CLIPS)
+    e.add_argument("--clips", type=int, default=defaults.NUM_CLIPS, help=f"clips drawn from --split; 0 = all of them (default {defaults.NUM_CLIPS})")
     e.add_argument("--clip-seed", type=int, default=defaults.SEED)
     rule = e.add_mutually_exclusive_group()
     rule.add_argument("--threshold", type=float, help="explicit decision threshold (instead of --target-fpr)")
@@ -179,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--margin-quantile", type=_quantile, default="0.1", help="margin objectives: low quantile of poisoned scores")
     o.add_argument("--centre-weight", type=float, default=1.0, help="centred-*: weight of |mean clean score|")
     o.add_argument("--dataset", default=defaults.DATASET, help="a dataset the server serves, or (no --target) a folder of videos to serve")
-    o.add_argument("--train-clips", type=int, default=defaults.NUM_CLIPS, help="training clips per generation (at most the split's size)")
+    o.add_argument("--train-clips", type=int, default=defaults.NUM_CLIPS, help="training clips per generation; 0 or more than the split holds = all of it")
     o.add_argument("--fresh-clips", action=argparse.BooleanOptionalAction, default=True,
                    help="draw a different seeded subset of the train split each generation")  # fmt: skip
     o.add_argument("--validation-split", default="validation", help="split the kept signature is chosen on; 'none': by training objective")
@@ -210,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--epsilon", type=_epsilon, default=fraction_label(defaults.EPSILON))
     d.add_argument("--crf", type=float, default=defaults.CRF)
     d.add_argument("--preset", default=defaults.PRESET)
-    d.add_argument("--clips", type=int, default=defaults.NUM_CLIPS)
+    d.add_argument("--clips", type=int, default=defaults.NUM_CLIPS, help=f"clips drawn from --split; 0 = all of them (default {defaults.NUM_CLIPS})")
     d.add_argument("--split", default=defaults.SPLIT)
     d.add_argument("--random", type=int, default=20, help="random signatures for the rank correlation")
     d.add_argument("--qp-offset", type=float, default=5.0)
@@ -231,14 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _evaluate(args: argparse.Namespace) -> int:
     from codecloop import Channel, Codec, DatasetCarriers
 
+    sig = userinput.load_signature(args.signature) if args.signature else None  # before a server starts
     with _client(args) as client:
-        carriers = DatasetCarriers(dataset=args.dataset, split=args.split, num_clips=args.clips, seed=args.clip_seed)
-        if args.signature:
-            sig = np.load(args.signature)
+        dataset = userinput.dataset_info(client.info(), args.dataset)
+        clips = userinput.clip_count(dataset, args.split, args.clips)
+        carriers = DatasetCarriers(dataset=args.dataset, split=args.split, num_clips=clips, seed=args.clip_seed)
+        if sig is not None:
             population = sig[None] if sig.ndim == 4 else sig
         else:
-            shape = next(tuple(d.clip_shape) for d in client.info().datasets if d.name == args.dataset)
-            population = random_signature(args.random, shape, args.seed)[None]
+            population = random_signature(args.random, tuple(dataset.clip_shape), args.seed)[None]
         codecs = [Codec(crf=c, preset=args.preset, gop=args.gop, fps=args.fps) for c in _crfs(args)]
         result = client.evaluate(
             population,
@@ -271,14 +287,7 @@ def _crfs(args: argparse.Namespace) -> list[float]:
 
 def _split_size(client, dataset: str, split: str) -> int:
     """Clips in ``split`` of ``dataset`` on the server (CodecLoopValueError naming what is missing)."""
-    from codecloop_wire.errors import CodecLoopValueError
-
-    info = next((d for d in client.info().datasets if d.name == dataset), None)
-    if info is None:
-        raise CodecLoopValueError(f"dataset: the server has no dataset {dataset!r}")
-    if split not in info.split_clips:
-        raise CodecLoopValueError(f"split: dataset {dataset!r} has no split {split!r}; it has {sorted(info.split_clips)}")
-    return info.split_clips[split]
+    return int(userinput.clip_count(userinput.dataset_info(client.info(), dataset), split, 0))
 
 
 def _train(args: argparse.Namespace, client) -> int:
@@ -320,14 +329,15 @@ def _diagnose(args: argparse.Namespace) -> int:
     from codecloop import Codec, DatasetCarriers
     from codecloop.diagnose import diagnose, table
 
-    sig = np.load(args.signature).astype(np.float32)
+    sig = userinput.load_signature(args.signature, population=False)
     with _client(args) as client:
+        clips = userinput.clip_count(userinput.dataset_info(client.info(), defaults.DATASET), args.split, args.clips)
         rows, rho = diagnose(
             client,
             sig,
             epsilon=args.epsilon,
             codec=Codec(crf=args.crf, preset=args.preset),
-            carriers=DatasetCarriers(split=args.split, num_clips=args.clips),
+            carriers=DatasetCarriers(split=args.split, num_clips=clips),
             qp_offset=args.qp_offset,
             random=args.random,
             plot=args.plot,
@@ -362,9 +372,7 @@ def _optimize(args: argparse.Namespace) -> int:
     with _client(args) as client:
         if args.optimizer.startswith(("torch-", "proxy:")):
             return _train(args, client)
-        shape = next((tuple(d.clip_shape) for d in client.info().datasets if d.name == args.dataset), None)
-        if shape is None:
-            raise CodecLoopValueError(f"dataset: the server has no dataset {args.dataset!r}")
+        shape = tuple(userinput.dataset_info(client.info(), args.dataset).clip_shape)
         max_seconds = args.max_minutes * 60 - (time.monotonic() - started)
         if max_seconds <= REPORT_OVERHEAD_S:
             raise CodecLoopValueError(

@@ -103,19 +103,19 @@ class Dataset:
         """Indices of ``num_clips`` clips drawn without replacement from ``split`` (sorted).
 
         The draw is ``numpy.random.default_rng(seed).choice(len(split), num_clips, replace=False)``;
-        asking for the whole split returns it in order whatever the seed.
+        asking for the whole split (or 0 clips: the whole split) returns it in order whatever the seed.
         """
         if split not in self.splits:
             raise CodecLoopValueError(f"carriers.split: unknown split {split!r}; allowed: {sorted(self.splits)}")
         pool = self.splits[split]
         if not len(pool):
             raise CodecLoopValueError(f"carriers.split: split {split!r} of dataset {self.name!r} is empty ({self.split_policy})")
-        if not 1 <= num_clips <= len(pool):
+        if not 0 <= num_clips <= len(pool):
             raise CodecLoopValueError(
-                f"carriers.num_clips: {num_clips} is outside the allowed range [1, {len(pool)}] "
-                f"for dataset {self.name!r} split {split!r}"
+                f"carriers.num_clips: {num_clips} is outside the allowed range [0, {len(pool)}] "
+                f"for dataset {self.name!r} split {split!r} (0 = all {len(pool)})"
             )
-        if num_clips == len(pool):
+        if num_clips in (0, len(pool)):
             return pool.copy()
         pick = np.random.default_rng(seed).choice(len(pool), num_clips, replace=False)
         return np.sort(pool[pick])
