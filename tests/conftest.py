@@ -110,6 +110,6 @@ def ffmpeg_or_skip() -> str:
 
 
 def error_lines(stderr: str) -> list[str]:
-    """A CLI command's stderr without the lines naming its server (codecloop.serverpick)."""
-    naming = ("codecloop: server ", "codecloop: private server ", "codecloop: starting a local server ")
+    """A CLI command's stderr without the lines naming its server (codecloop.serverpick) and dataset split."""
+    naming = ("codecloop: server ", "codecloop: private server ", "codecloop: starting a local server ", "codecloop: dataset ")
     return [line for line in stderr.strip().splitlines() if not line.startswith(naming)]

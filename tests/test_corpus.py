@@ -78,7 +78,8 @@ def test_dataset_select_is_deterministic():
     a, b = ds.select("train", 4, seed=5), ds.select("train", 4, seed=5)
     assert a.tolist() == b.tolist() and len(set(a)) == 4 and a.tolist() == sorted(a)
     assert ds.select("train", 8, seed=9).tolist() == list(range(8))
-    with pytest.raises(CodecLoopValueError, match=r"carriers.num_clips: 9.*\[1, 8\]"):
+    assert ds.select("train", 0, seed=9).tolist() == list(range(8))  # 0 = the whole split
+    with pytest.raises(CodecLoopValueError, match=r"carriers.num_clips: 9.*\[0, 8\].*\(0 = all 8\)"):
         ds.select("train", 9, 0)
     with pytest.raises(CodecLoopValueError, match=r"carriers.split: unknown split 'test'; allowed: \['holdout', 'train', 'validation'\]"):
         ds.select("test", 1, 0)

@@ -31,6 +31,12 @@ def test_a_rerun_with_other_settings_is_refused_the_same_resumes_overwrite_resta
     first = optimize(server_target, "--budget", "4", "--epsilon", "4/255", "--param", "dct:8:3", "--out", out)
     assert first.returncode == 0, first.stderr
     assert "resuming" not in first.stderr
+    # the split the run rests on, printed and recorded: the embedded corpus's photographs per split
+    assert "codecloop: dataset embedded holdout: " in first.stderr
+    dataset = json.loads((tmp_path / "run" / "summary.json").read_text())["dataset"]
+    assert dataset["name"] == "embedded" and dataset["folder"] is None and len(dataset["digest"]) == 16
+    assert [len(dataset["sources"][s]) for s in ("train", "validation", "holdout")] == [7, 3, 3]
+    assert all(src["clips"] == 24 for src in dataset["sources"]["holdout"]) and dataset["skipped"] == []
     checkpoint = tmp_path / "run" / "checkpoint.pkl"
     before = checkpoint.read_bytes()
 

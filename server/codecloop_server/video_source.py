@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from codecloop_wire.errors import CodecLoopValueError
+
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".h264", ".264", ".y4m")
 
 
@@ -70,11 +72,14 @@ def array_clips(frames: np.ndarray, t: int, h: int, w: int, max_clips: int) -> n
 
 
 def count_frames(path: Path) -> int:
-    """Frames of the first video stream: its packets, counted by demuxing without decoding (a 10-minute
+    """Frames of the first video stream (CodecLoopValueError naming the file when it has none): its packets, counted by demuxing without decoding (a 10-minute
     file takes well under a second; container headers' frame counts are missing for many formats)."""
     import av
 
     with av.open(str(path)) as container:
+        if not container.streams.video:  # audio only, or no stream at all
+            n = len(container.streams)
+            raise CodecLoopValueError(f"dataset file {path}: no video stream ({n} other stream{'s' * (n != 1)})")
         stream = container.streams.video[0]
         return sum(1 for packet in container.demux(stream) if packet.size)
 
