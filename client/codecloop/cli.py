@@ -428,8 +428,19 @@ def _optimize(args: argparse.Namespace) -> int:
             f"clean {h['clean_mean']:.4f}±{h['clean_std']:.4f} poisoned {h['poisoned_mean']:.4f}±{h['poisoned_std']:.4f} "
             f"sep {h['separation']:.4f} AUC {h['auc']:.3f} p {h['p_value']:.2g} PSNR {psnr} dB"
         )
-    print(f"run folder: {args.out} (log.jsonl, checkpoint.pkl, best.npy, summary.json, *.png)")
+    f = summary["fidelity"]
+    if "note" in f:
+        print(f"fidelity: {f['note']}")
+    else:
+        parts = [f"{name.replace('_', ' ')}: PSNR {_db(f[name]['psnr_db'])} SSIM {f[name]['ssim']:.4f}" for name in ("before_codec", "after_codec")]
+        print(f"fidelity ({f['clips']} {f['split']} clips, {f['codec']}; marked vs clean; luma SSIM, 11x11 Gaussian): " + "; ".join(parts))
+    print(f"run folder: {args.out} (log.jsonl, checkpoint.pkl, best.npy, summary.json, signature.png, frames.png, *.png)")
     return 0
+
+
+def _db(value: float | None) -> str:
+    """A PSNR in dB; None (identical images) is infinite."""
+    return "inf dB" if value is None else f"{value:.1f} dB"
 
 
 def _info(args: argparse.Namespace) -> int:

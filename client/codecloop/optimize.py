@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from codecloop import datasetview, runcheck
+from codecloop import fidelity as fidelity_metrics
 from codecloop.client import Client
 from codecloop.objectives import Objective
 from codecloop.params import Parameterization
@@ -54,6 +55,8 @@ from codecloop.rundir import RunFolder
 from codecloop.types import CandidateResult, Channel, Codec, DatasetCarriers, EvaluateResult, Racing
 from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopValueError
+
+FIDELITY_CLIPS = 4  # held-out clips the report's PSNR / SSIM and frames.png are measured on
 
 # seconds added to the final-report estimate for best.npy, summary.json and the plots (matplotlib import)
 REPORT_OVERHEAD_S = 5.0
@@ -454,7 +457,9 @@ class Run:
             h = self.step()
             if bar is not None:
                 bar.update(self.config.popsize)
-                bar.set_postfix(kept=f"{self.state.best_fitness:.4f}", gen_max=f"{h['max']:.4f}")
+                # README "Results you can see": kept = the kept signature's selection score, gen_best = this generation's best
+                kept = f"{self.state.best_fitness:.4f}" if math.isfinite(self.state.best_fitness) else "-"
+                bar.set_postfix(kept=kept, gen_best=f"{h['max']:.4f}")
         if bar is not None:
             bar.close()
         return self.finish(search_s=time.monotonic() - start)
@@ -487,6 +492,7 @@ class Run:
             "holdout": report(held, 0, self.objective, self.holdout),
         }
         sections["train"] |= {"clips_per_generation": self.train.num_clips, "fresh_clips": c.fresh_clips}
+        fidelity, clips = self._fidelity(best[0])
         s.elapsed += time.monotonic() - t0
         summary = {
             "target_fpr": self.objective.target_fpr,
@@ -494,6 +500,7 @@ class Run:
             "selected": {"by": s.best_by, "generation": s.best_generation, "candidate": s.best_candidate, "score": s.best_fitness},
             **sections,
             "gap": _gaps(sections),
+            "fidelity": fidelity,
             "validation_note": self.validation_note or None,
             "generations": s.generation,
             "evaluations": s.evaluations,
@@ -508,7 +515,27 @@ class Run:
         from codecloop import plots
 
         plots.run_plots(self.folder.path, s.history, s.validations, summary, held.candidates[0].codecs, c.epsilon)
+        if clips is not None:
+            plots.result_images(self.folder.path, best[0], c.epsilon, clips, fidelity["codec"])
         return written
+
+    def _fidelity(self, signature: np.ndarray) -> tuple[dict[str, Any], tuple[np.ndarray, ...] | None]:
+        """PSNR and SSIM of the kept signature (:mod:`codecloop.fidelity`) on up to
+        :data:`FIDELITY_CLIPS` held-out clips through the first codec setting (else the first
+        channel), and those clips (clean, marked, both after the codec) for frames.png."""
+        c = self.config
+        look = replace(self.holdout, num_clips=min(FIDELITY_CLIPS, self.holdout.num_clips), seed=0)
+        route: dict[str, Any] = {"codec": c.codecs[0]} if c.codecs else {"channel": c.channels[0]}
+        label = c.codecs[0].label() if c.codecs else c.channels[0].label()
+        try:
+            clean = self.client.transcode(None, epsilon=c.epsilon, carriers=look, include_input=True, **route)
+            marked = self.client.transcode(signature, epsilon=c.epsilon, carriers=look, include_input=True, **route)
+        except CodecLoopValueError as err:  # e.g. a channel preset of several channels: no single "after"
+            return {"codec": label, "note": f"not measured: {err}"}, None
+        clips = (clean.inputs, marked.inputs, clean.decoded, marked.decoded)
+        assert clips[0] is not None and clips[1] is not None  # include_input=True
+        measured = fidelity_metrics.report(*clips)  # type: ignore[arg-type]
+        return {"codec": label, "clips": len(clean.decoded), "split": self.holdout.split, "ssim": fidelity_metrics.SSIM_DEFINITION, **measured}, clips
 
 
 def _gaps(sections: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, float | None]]:
