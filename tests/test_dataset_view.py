@@ -4,6 +4,7 @@ audio only, shorter than one clip) are skipped with their reason, or refused wit
 
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 import sys
@@ -79,3 +80,21 @@ def test_cli_info_lists_each_file_its_split_and_the_skipped_ones(folder):
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert strict.returncode == 2 and len(error_lines(strict.stderr)) == 1, strict.stderr
     assert f"file {folder}/d_short.mp4: too short: fewer than 8 frames (one clip)" in strict.stderr
+
+
+def test_server_info_is_typed(client, server_target):
+    from codecloop import Channel, ServerInfo
+    from codecloop.serverinfo import SourceClips
+
+    info = client.info()
+    assert isinstance(info, ServerInfo) and info.workers == 2 and info.limits.max_message_bytes == 64 << 20
+    tiny = info.dataset("tiny")
+    assert tiny.clip_shape == (8, 32, 48) and tiny.folder.endswith(tiny.description.rsplit("/", 1)[-1]) and tiny.skipped == ()
+    assert tiny.sources == (SourceClips("a.npy", {"train": 3}), SourceClips("b.npy", {"holdout": 1}))
+    assert info.dataset("embedded").folder == "" and {s.name for s in info.scorers} >= {"blind", "informed"}
+    assert all(isinstance(c, Channel) for p in info.channel_presets for c in p.channels)
+    with pytest.raises(CodecLoopValueError, match="dataset: the server has no dataset 'nope'; it has embedded, real, tiny"):
+        info.dataset("nope")
+    shown = subprocess.run([sys.executable, "-m", "codecloop.cli", "info", "--target", server_target], capture_output=True, text=True, timeout=120)
+    datasets = {d["name"]: d for d in json.loads(shown.stdout)["datasets"]}
+    assert datasets["tiny"]["clipShape"] == [8, 32, 48]  # numbers, not proto JSON's int64 strings

@@ -7,6 +7,7 @@
 
 from codecloop.client import Client
 from codecloop.options import EvaluateOptions
+from codecloop.serverinfo import DatasetInfo, ServerInfo
 from codecloop.types import (
     CandidateDone,
     CandidateResult,
@@ -53,10 +54,12 @@ __all__ = [
     "CodecLoopValueError",
     "CodecStats",
     "DatasetCarriers",
+    "DatasetInfo",
     "EvaluateOptions",
     "EvaluateResult",
     "Progress",
     "Racing",
+    "ServerInfo",
     "TranscodeResult",
     "poison",
 ]

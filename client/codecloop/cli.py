@@ -453,7 +453,7 @@ def _info(args: argparse.Namespace) -> int:
     if args.dataset:
         print("\n".join(datasetview.lines(userinput.dataset_info(info, args.dataset))))
         return 0
-    out = MessageToDict(info)
+    out = MessageToDict(info.message)
     for d in out.get("datasets", ()):
         d["clipShape"] = [int(x) for x in d.get("clipShape", ())]  # int64 fields are strings in proto JSON
     print(json.dumps(out, indent=2))

@@ -11,6 +11,7 @@ import numpy as np
 
 from codecloop.channel import DEFAULT_MAX_MESSAGE_BYTES, channel_target, error_from, open_channel
 from codecloop.options import Carriers, EvaluateOptions, as_batch, carriers_proto
+from codecloop.serverinfo import ServerInfo
 from codecloop.types import (
     CandidateDone,
     CandidateResult,
@@ -134,9 +135,10 @@ class Client:
         except grpc.RpcError as err:
             raise error_from(err) from None
 
-    def info(self, timeout: float | None = None) -> pb.ServerInfo:
-        """Versions, datasets, codecs, presets, scorers and limits of the server."""
-        return self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout)
+    def info(self, timeout: float | None = None) -> ServerInfo:
+        """Versions, datasets, codecs, presets, scorers and limits of the server, typed
+        (:class:`codecloop.serverinfo.ServerInfo`; ``info.dataset(name)`` finds one dataset)."""
+        return ServerInfo.from_proto(self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout))
 
     def evaluate(
         self,

@@ -1,23 +1,26 @@
 """A dataset as people check it: which file went to which split with how many clips, and which files
 were skipped and why (``codecloop info --dataset``, the lines ``optimize`` prints, summary.json's
-``dataset`` section). Reads the server's DatasetInfo (``sources``, ``skipped``, ``folder``)."""
+``dataset`` section). Reads a :class:`codecloop.serverinfo.DatasetInfo` (``sources``, ``skipped``, ``folder``)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from codecloop.serverinfo import DatasetInfo
 
 SPLITS = ("train", "validation", "holdout")
 
 
-def _splits(split_clips: Any) -> list[str]:
+def _splits(split_clips: Mapping[str, int]) -> list[str]:
     """The dataset's split names, train / validation / holdout first."""
     return [s for s in SPLITS if s in split_clips] + sorted(s for s in split_clips if s not in SPLITS)
 
 
-def lines(dataset: Any) -> list[str]:
+def lines(dataset: DatasetInfo) -> list[str]:
     """Human-readable listing of a DatasetInfo: header, one line per source (file -> split: clips),
     one per skipped file (file -> skipped: reason), totals per split."""
-    t, h, w = (int(x) for x in dataset.clip_shape)
+    t, h, w = dataset.clip_shape
     where = f"folder {dataset.folder}" if dataset.folder else dataset.description
     out = [f"dataset {dataset.name}: {where}; clips of {t} frames x {h}x{w}; digest {dataset.digest}", f"split: {dataset.split_policy}"]
     width = max([len(s.name) for s in dataset.sources] + [len(s.name) for s in dataset.skipped] + [1])
@@ -30,7 +33,7 @@ def lines(dataset: Any) -> list[str]:
     return out
 
 
-def split_lines(dataset: Any) -> list[str]:
+def split_lines(dataset: DatasetInfo) -> list[str]:
     """One short line per split (``train: a.mp4 (12), b.mp4 (8)``) and one per skipped file: what an
     optimize run prints when it starts, so a change of split shows."""
     out = []
@@ -41,7 +44,7 @@ def split_lines(dataset: Any) -> list[str]:
     return out
 
 
-def summary(dataset: Any) -> dict[str, Any]:
+def summary(dataset: DatasetInfo) -> dict[str, Any]:
     """summary.json's ``dataset`` section: name, folder, digest, clip shape, split policy,
     ``sources`` per split (name and clips) and the skipped files with their reasons."""
     return {
@@ -49,10 +52,10 @@ def summary(dataset: Any) -> dict[str, Any]:
         "folder": dataset.folder or None,
         "description": dataset.description,
         "digest": dataset.digest,
-        "clip_shape": [int(x) for x in dataset.clip_shape],
+        "clip_shape": list(dataset.clip_shape),
         "split_policy": dataset.split_policy,
         "sources": {
-            split: [{"name": s.name, "clips": int(s.split_clips[split])} for s in dataset.sources if split in s.split_clips] for split in _splits(dataset.split_clips)
+            split: [{"name": s.name, "clips": s.split_clips[split]} for s in dataset.sources if split in s.split_clips] for split in _splits(dataset.split_clips)
         },
         "skipped": [{"name": s.name, "reason": s.reason} for s in dataset.skipped],
     }

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from codecloop.serverinfo import DatasetInfo, ServerInfo
 from codecloop_wire.errors import CodecLoopValueError
 
 
@@ -52,16 +52,15 @@ def check_dataset_arg(text: str, flag: str = "--dataset") -> None:
         raise CodecLoopValueError(f"{flag}: {text}: no such folder")
 
 
-def dataset_info(info: Any, name: str, flag: str = "--dataset") -> Any:
+def dataset_info(info: ServerInfo, name: str, flag: str = "--dataset") -> DatasetInfo:
     """The DatasetInfo called ``name`` in a ServerInfo, else an error naming the flag and the choices."""
-    found = next((d for d in info.datasets if d.name == name), None)
-    if found is None:
-        names = ", ".join(d.name for d in info.datasets)
-        raise CodecLoopValueError(f"{flag}: the server has no dataset {name!r}; it has {names}")
-    return found
+    try:
+        return info.dataset(name)
+    except CodecLoopValueError as err:
+        raise CodecLoopValueError(f"{flag}: {str(err).removeprefix('dataset: ')}") from None
 
 
-def clip_count(dataset: Any, split: str, clips: int, flag: str = "--clips") -> int:
+def clip_count(dataset: DatasetInfo, split: str, clips: int, flag: str = "--clips") -> int:
     """``clips`` checked against ``split`` of ``dataset`` (a DatasetInfo): 0 means the whole split."""
     if split not in dataset.split_clips:
         raise CodecLoopValueError(f"--split: dataset {dataset.name!r} has no split {split!r}; it has {', '.join(sorted(dataset.split_clips))}")
