@@ -5,6 +5,7 @@ limits that leave no generation are refused by flag before anything is written."
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 from dataclasses import replace
@@ -95,5 +96,12 @@ def test_sdk_run_refuses_other_settings_and_an_old_checkpoint_is_compared_by_con
         Run(client, make("dct:8:2", SHAPE), replace(config, popsize=6, budget=6), tmp_path)
     assert err.value.differences == ["popsize (--popsize): 4 in the run folder, 6 now"]
     assert Run(client, make("dct:8:2", SHAPE), replace(config, budget=100), tmp_path).resumed  # a limit may change
+    # a checkpoint written before settings were stored: its config is what is compared
+    blob = pickle.loads((tmp_path / "checkpoint.pkl").read_bytes())
+    del blob["settings"]
+    (tmp_path / "checkpoint.pkl").write_bytes(pickle.dumps(blob))
+    with pytest.raises(RunSettingsError, match=r"epsilon \(--epsilon\): 4/255 in the run folder, 2/255 now"):
+        Run(client, make("dct:8:2", SHAPE), replace(config, epsilon=2 / 255), tmp_path)
+    assert Run(client, make("dct:8:2", SHAPE), config, tmp_path).resumed
     assert not Run(client, make("dct:8:3", SHAPE), config, tmp_path, overwrite=True).resumed
     assert not (tmp_path / "checkpoint.pkl").exists() and not (tmp_path / "summary.json").exists()

@@ -320,7 +320,11 @@ def _train(args: argparse.Namespace, client) -> int:
         block=args.block,
         seed=args.seed,
     )
-    summary = train_signature(client, config, args.out, progress=not args.no_progress, overwrite=args.overwrite)
+
+    def resumed(note: str) -> None:
+        print(f"codecloop: {note}; --steps counts the whole run, over every resume", file=sys.stderr, flush=True)
+
+    summary = train_signature(client, config, args.out, progress=not args.no_progress, overwrite=args.overwrite, on_resume=resumed)
     h = summary["holdout"]
     print(json.dumps({"elapsed_s": summary["elapsed_s"], "final": summary["final"]}))
     print(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -62,13 +63,21 @@ def _separation(clean_scores: torch.Tensor, poisoned_scores: torch.Tensor) -> to
     return poisoned_scores.mean() - clean_scores.mean()
 
 
-def train_signature(client: Client, config: TrainConfig, folder: str | Path, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+def train_signature(
+    client: Client,
+    config: TrainConfig,
+    folder: str | Path,
+    progress: bool = True,
+    overwrite: bool = False,
+    on_resume: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Train, log (log.jsonl), save best.npy / summary.json / plots in ``folder``; return the summary.
 
     After every validation step the signature and Adam's state go to ``checkpoint.pt``; calling
     again with the same folder and settings resumes from there (log lines after it are dropped);
     other settings raise :class:`codecloop.runcheck.RunSettingsError` (``steps`` may differ);
-    ``overwrite`` removes the old run's files first.
+    ``overwrite`` removes the old run's files first; ``on_resume`` is told what a resume continues
+    (folder, step, seconds used).
     """
     run = RunFolder(folder, "checkpoint.pt")
     settings = runcheck.settings(config)
@@ -108,6 +117,8 @@ def train_signature(client: Client, config: TrainConfig, folder: str | Path, pro
             raw.copy_(ckpt["raw"])
         opt.load_state_dict(ckpt["opt"])
         first_step, history, best, elapsed = ckpt["next_step"], ckpt["history"], ckpt["best"], ckpt["elapsed"]
+        if on_resume is not None:
+            on_resume(f"resuming {run.path} at step {first_step} ({elapsed:.0f} s used)")
         run.log.keep(lambda entry: entry["step"] < first_step)
     else:
         run.log.clear()
