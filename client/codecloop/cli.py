@@ -34,7 +34,7 @@ def fraction(low: float, high: float, low_open: bool, high_open: bool, levels_hi
         except (ValueError, ZeroDivisionError):
             raise argparse.ArgumentTypeError(f"{text!r} is not a number or a fraction like 1/64") from None
         if value < low or value > high or (low_open and value == low) or (high_open and value == high):
-            shown = text if Fraction(text) == Fraction(f"{value:g}") else f"{text} = {value:g}"
+            shown = text if text.strip() == f"{value:g}" else f"{text} = {value:g}"
             hint = f"; write {text}/255 for {text} levels of 255" if levels_hint and value.is_integer() and 1 < value <= 255 else ""
             raise argparse.ArgumentTypeError(f"{shown} is outside the allowed range {interval}{hint}")
         return value
