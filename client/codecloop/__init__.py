@@ -6,6 +6,8 @@
 """
 
 from codecloop.client import Client
+from codecloop.detect import Detection, detect_video
+from codecloop.mark import MarkResult, mark_video
 from codecloop.options import EvaluateOptions
 from codecloop.serverinfo import DatasetInfo, ServerInfo
 from codecloop.types import (
@@ -57,9 +59,13 @@ __all__ = [
     "DatasetInfo",
     "EvaluateOptions",
     "EvaluateResult",
+    "MarkResult",
     "Progress",
     "Racing",
     "ServerInfo",
     "TranscodeResult",
+    "mark_video",
+    "detect_video",
+    "Detection",
     "poison",
 ]

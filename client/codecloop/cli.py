@@ -1,4 +1,5 @@
-"""``codecloop`` command line: ``evaluate``, ``optimize``, ``diagnose``, ``info``, ``health``; ``serve`` runs the server's own CLI."""
+"""``codecloop`` command line: ``evaluate``, ``optimize``, ``diagnose``, ``info``, ``health``, ``mark``, ``detect``;
+``serve`` and ``channel`` run the server's own CLIs."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import NoReturn
 
 import numpy as np
 
-from codecloop import userinput
+from codecloop import detect, mark, userinput
 from codecloop.objectives import NAMES
 from codecloop.types import Racing
 from codecloop.units import fraction_label
@@ -52,6 +53,7 @@ _CHANNEL_HELP = (
 _epsilon = fraction(0.0, 1.0, low_open=True, high_open=False, levels_hint=True)
 _target_fpr = fraction(0.0, 1.0, low_open=False, high_open=True)
 _quantile = fraction(0.0, 1.0, low_open=True, high_open=True)
+_null_fpr = fraction(1e-12, 0.5, low_open=False, high_open=False)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -153,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # `codecloop serve` is the server's own CLI (codecloop_server.cli), run as `python -m codecloop_server`
     sub.add_parser("serve", help="run the gRPC server (python -m codecloop_server; its --help lists the flags)", add_help=False)
+    sub.add_parser("channel", help="run a server channel preset on a video file at its own size (INPUT OUTPUT --channel NAME)", add_help=False)
     e = sub.add_parser("evaluate", help="evaluate a signature and print the detection table")
     _server_flags(e)
     src = e.add_mutually_exclusive_group(required=True)
@@ -173,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     rule = e.add_mutually_exclusive_group()
     rule.add_argument("--threshold", type=float, help="explicit decision threshold (instead of --target-fpr)")
     rule.add_argument("--target-fpr", type=_target_fpr, default=fraction_label(defaults.TARGET_FPR), help="calibrate the threshold on the clean scores to this FPR")
+    e.add_argument("--fpr", type=_null_fpr, action="append", help="an operating point of the null model (repeat; default 1e-2 1e-3 1e-4 1e-6): TPR at p < FPR")
+    e.add_argument("--no-null", action="store_true", help="skip the null model (per-clip p-values and TPR at fixed FPRs)")
     e.add_argument("--per-clip", action="store_true", help="print every clip's scores")
     e.add_argument("--json", help="also write the full result as JSON to this path")
 
@@ -239,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--service", default="", help="health service name ('' = the whole server)")
     h.add_argument("--timeout", type=float, default=5.0)
 
+    mark.add_arguments(sub.add_parser("mark", help="add a signature to a video file at its own size, frame rate and length"))
+    detect.add_arguments(sub.add_parser("detect", help="test video files for a signature: score, p-value and decision per video"))
+
     i = sub.add_parser("info", help="print the server's versions, datasets, scorers and limits")
     _server_flags(i)
     i.add_argument("--dataset", default=None, help="list this dataset (a name, or a folder to serve privately): each file -> split, clips, skipped files")
@@ -262,6 +270,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         else:
             population = random_signature(args.random, tuple(dataset.clip_shape), args.seed)[None]
         codecs = [Codec(crf=c, preset=args.preset, gop=args.gop, fps=args.fps) for c in _crfs(args)]
+        offered = any(s.name == args.scorer and s.null_model for s in client.info().scorers)
+        if args.fpr and not offered:
+            print(f"codecloop evaluate: --fpr: scorer {args.scorer!r} has no null model (detectors); drop --fpr", file=sys.stderr)
+            return 2
         result = client.evaluate(
             population,
             epsilon=args.epsilon,
@@ -272,6 +284,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             threshold=args.threshold,
             target_fpr=None if args.threshold is not None else args.target_fpr,
             per_clip_scores=args.per_clip or bool(args.json),
+            null_model=False if args.no_null or not offered else (tuple(args.fpr) if args.fpr else True),
         )
     print(result.table())
     if args.per_clip:
@@ -279,6 +292,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             for s in cand.codecs:
                 print(f"candidate {i} {s.label()} clean:    " + " ".join(f"{v:.3f}" for v in s.clean_scores))
                 print(f"candidate {i} {s.label()} poisoned: " + " ".join(f"{v:.3f}" for v in s.poisoned_scores))
+                if s.poisoned_p_values is not None and s.clean_p_values is not None:
+                    print(f"candidate {i} {s.label()} clean p:    " + " ".join(f"{v:.1e}" for v in s.clean_p_values))
+                    print(f"candidate {i} {s.label()} poisoned p: " + " ".join(f"{v:.1e}" for v in s.poisoned_p_values))
     if args.json:
         from codecloop import jsonutil
 
@@ -427,11 +443,20 @@ def _optimize(args: argparse.Namespace) -> int:
             print(f"{split:>10}: - ({summary['validation_note'] or 'not validated'})")
             continue
         psnr = "inf" if h["psnr_db"] is None else f"{h['psnr_db']:.1f}"
+        ci = h.get("tpr_ci") or (0.0, 1.0)
         print(
-            f"{split:>10} ({h['clips']} clips, {h['codec']}): objective {h['objective']:.4f} TPR {h['tpr']:.0%} FPR {h['fpr']:.1%} "
+            f"{split:>10} ({h['clips']} clips, {h['codec']}): objective {h['objective']:.4f} "
+            f"TPR {h.get('true_positives', '?')}/{h.get('num_clips', '?')} = {h['tpr']:.0%} [{ci[0]:.0%}, {ci[1]:.0%}] "
+            f"FPR {h.get('false_positives', '?')}/{h.get('num_clips', '?')} "
             f"clean {h['clean_mean']:.4f}±{h['clean_std']:.4f} poisoned {h['poisoned_mean']:.4f}±{h['poisoned_std']:.4f} "
             f"sep {h['separation']:.4f} AUC {h['auc']:.3f} p {h['p_value']:.2g} PSNR {psnr} dB"
         )
+        for unit, key in (("clips", "tpr_at_fpr"), ("videos", "video_tpr_at_fpr")):
+            points = [p for p in h.get(key) or [] if p["fpr"] == 1e-3]
+            if points:
+                p = points[0]
+                print(f"{'':>12}null model, {unit}: TPR at p < 1e-3 {p['true_positives']}/{p['n']} "
+                      f"[{p['tpr_ci'][0]:.0%}, {p['tpr_ci'][1]:.0%}], clean called marked {p['false_positives']}/{p['n']}")  # fmt: skip
     f = summary["fidelity"]
     if "note" in f:
         print(f"fidelity: {f['note']}")
@@ -468,10 +493,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["serve"]:  # the server's CLI, in its own process image: the SDK never imports the server
         os.execv(sys.executable, [sys.executable, "-m", "codecloop_server", *argv[1:]])
+    if argv[:1] == ["channel"]:  # a server channel preset on a file (codecloop_server.file_channel), likewise
+        os.execv(sys.executable, [sys.executable, "-m", "codecloop_server.file_channel", *argv[1:]])
     args = build_parser().parse_args(argv)
 
     try:
-        return {"evaluate": _evaluate, "optimize": _optimize, "diagnose": _diagnose, "info": _info, "health": _health}[args.command](args)
+        commands = {"evaluate": _evaluate, "optimize": _optimize, "diagnose": _diagnose, "info": _info, "health": _health, "mark": mark.run,
+                    "detect": detect.run}
+        return commands[args.command](args)
     except CodecLoopError as err:
         print(f"codecloop: {type(err).__name__}: {err}", file=sys.stderr)
         return 2

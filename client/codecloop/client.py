@@ -40,6 +40,8 @@ class Client:
             ``close()``.
         datasets: with ``target=None`` only: folders the private server serves, name -> folder
             (besides the built-in ``embedded`` and ``real``).
+        carriers: with ``target=None`` only: how the private server cuts clips from videos
+            (``serve --carriers``): ``resize`` (its default), ``native`` or ``native:L``.
         server_args: with ``target=None`` only: more ``codecloop serve`` flags for the private
             server, e.g. ``["--strict-datasets"]``.
             Calls are spread over replicas round-robin; a call that finds its replica gone is
@@ -62,6 +64,7 @@ class Client:
         target: str | Sequence[str] | None = None,
         *,
         datasets: Mapping[str, str] | None = None,
+        carriers: str | None = None,
         server_args: Sequence[str] = (),
         timeout: float = 600.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
@@ -78,10 +81,10 @@ class Client:
         if target is None:
             from codecloop.local import LocalServer
 
-            self.local = LocalServer(datasets, server_args)
+            self.local = LocalServer(datasets, args=[*(["--carriers", carriers] if carriers else []), *server_args])
             target = self.local.start()
-        elif datasets or server_args:
-            raise CodecLoopValueError("datasets, server_args: only a private server (target=None) takes them; a running server has its own")
+        elif datasets or carriers or server_args:
+            raise CodecLoopValueError("datasets, carriers, server_args: only a private server (target=None) takes them; a running server has its own")
         self.target = channel_target(target)
         self.replicas = replicas if replicas is not None else (1 if isinstance(target, str) else len(target))
         if self.replicas < 1:
@@ -179,6 +182,8 @@ class Client:
             epsilon=first.epsilon,
             num_clips=first.num_clips,
             clip_ids=tuple(first.clip_ids),
+            clip_sources=tuple(first.clip_sources),
+            source_names=tuple(first.source_names),
         )
 
     def evaluate_stream(

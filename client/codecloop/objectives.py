@@ -15,6 +15,7 @@ better. The decision that is deployed is "score > a threshold calibrated so that
 | ``auc`` | P(p > c) + P(tie) / 2 |
 | ``margin`` | quantile(p, q) - quantile(c, 1 - f): a smooth stand-in for the TPR at FPR f (>= 0 means a fraction >= 1 - q of poisoned clips clear the clean (1 - f) quantile) |
 | ``centred-margin`` | margin - w * abs(mean(c)) |
+| ``null-tpr`` | mean over poisoned clips of Φ((z_i - z_a) / τ): a smooth stand-in for the TPR at p < a under the null model (docs/statistics.md), z_i the clip's score in units of its null, z_a = Φ̄⁻¹(a), a = ``null_fpr`` (default 1e-3), τ = 1; asks the server for the null model on every evaluation |
 
 Quantiles interpolate linearly between order statistics (numpy's default), so ``margin`` moves
 continuously with every score. The default is ``centred-separation``: on 32 to 72 clips the
@@ -28,13 +29,15 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import special
 
 from codecloop.types import CandidateResult, CodecStats, EvaluateResult
 from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopValueError
+from codecloop_wire.null import z_of_p
 from codecloop_wire.stats import calibrate_threshold
 
-NAMES = ("separation", "centred-separation", "dprime", "tpr", "auc", "margin", "centred-margin")
+NAMES = ("separation", "centred-separation", "dprime", "tpr", "auc", "margin", "centred-margin", "null-tpr")
 _FROM_MEANS = ("separation", "centred-separation")
 
 
@@ -53,6 +56,8 @@ class Objective:
     target_fpr: float = defaults.TARGET_FPR
     poisoned_quantile: float = 0.1
     centre_weight: float = 1.0
+    null_fpr: float = 1e-3  # a of ``null-tpr``
+    null_temperature: float = 1.0  # τ of ``null-tpr``, z units
 
     def __post_init__(self) -> None:
         if self.name not in NAMES:
@@ -63,6 +68,15 @@ class Objective:
             raise CodecLoopValueError(f"poisoned_quantile: {self.poisoned_quantile} is outside the allowed range (0, 1)")
         if not (self.centre_weight >= 0 and math.isfinite(self.centre_weight)):
             raise CodecLoopValueError(f"centre_weight: {self.centre_weight} must be finite and >= 0")
+        if not 1e-12 <= self.null_fpr <= 0.5:
+            raise CodecLoopValueError(f"null_fpr: {self.null_fpr} is outside the allowed range [1e-12, 0.5]")
+        if not (self.null_temperature > 0 and math.isfinite(self.null_temperature)):
+            raise CodecLoopValueError(f"null_temperature: {self.null_temperature} must be finite and > 0")
+
+    @property
+    def needs_null(self) -> bool:
+        """Whether the request must ask for the null model (per-clip z-scores)."""
+        return self.name == "null-tpr"
 
     @property
     def needs_per_clip(self) -> bool:
@@ -90,8 +104,19 @@ class Objective:
         margin = float(np.quantile(poisoned, self.poisoned_quantile) - np.quantile(clean, 1 - self.target_fpr))
         return margin if self.name == "margin" else margin - centring
 
+    def null_tpr(self, poisoned_z: np.ndarray) -> float:
+        """``null-tpr`` of (N,) poisoned clips' null z-scores."""
+        z = np.asarray(poisoned_z, np.float64)
+        if z.ndim != 1 or len(z) == 0:
+            raise CodecLoopValueError(f"poisoned_z: shape {z.shape} must be (N,), N >= 1")
+        return float(np.mean(special.ndtr((z - z_of_p(self.null_fpr)) / self.null_temperature)))
+
     def codec(self, stats: CodecStats) -> float:
         """The objective of one candidate under one codec setting."""
+        if self.name == "null-tpr":
+            if stats.poisoned_z is None:
+                raise CodecLoopValueError("objective 'null-tpr' needs the null model: evaluate with null_model=True, per_clip_scores=True")
+            return self.null_tpr(stats.poisoned_z)
         if self.name in _FROM_MEANS:  # the server's means are those of the per-clip scores, bit for bit
             return float(stats.separation) - (self.centre_weight * abs(stats.clean_mean) if self.name != "separation" else 0.0)
         if stats.clean_scores is None or stats.poisoned_scores is None:

@@ -216,7 +216,8 @@ class RunState:
 
 def _stats_fields(stats, objective: Objective) -> dict[str, Any]:
     """One codec setting's statistics (no per-clip arrays) plus its objective value and label."""
-    out = {k: v for k, v in asdict(stats).items() if k not in ("codec", "channel", "clean_scores", "poisoned_scores", "p_value_test")}
+    arrays = ("clean_scores", "poisoned_scores", "clean_p_values", "poisoned_p_values", "clean_z", "poisoned_z")
+    out = {k: v for k, v in asdict(stats).items() if k not in ("codec", "channel", "p_value_test", *arrays)}
     # the x264 level and build that produced these numbers (README: Determinism), archived with them
     codec = {"codec": stats.label(), "x264_asm": stats.codec.x264_asm, "x264_build": stats.codec.x264_build}
     return {**codec, "objective": objective.codec(stats), **out}
@@ -242,6 +243,7 @@ class Run:
         self.objective: Objective = config.objective  # type: ignore[assignment]  (str converted in RunConfig)
         self.folder = RunFolder(folder, "checkpoint.pkl")
         self.validation_note = ""
+        self._null: bool | None = None  # whether the scorer offers the null model (asked once)
         self._resolve_carriers()
         self.settings = runcheck.settings(config, parameterization=repr(param), dataset_digests=self._digests)
         if overwrite and self.folder.path.is_dir():
@@ -342,7 +344,10 @@ class Run:
 
     # --- the loop ---------------------------------------------------------------------------------
 
-    def _evaluate(self, thetas: list[np.ndarray], carriers: DatasetCarriers, per_clip: bool = False, racing: Racing | None = None) -> EvaluateResult:
+    def _evaluate(
+        self, thetas: list[np.ndarray], carriers: DatasetCarriers, per_clip: bool = False, racing: Racing | None = None, null: bool = False
+    ) -> EvaluateResult:
+        """``null``: with the null model's operating points (validation and reports), when the scorer offers it."""
         c = self.config
         return self.client.evaluate(
             self.param(np.stack(thetas)),
@@ -354,7 +359,13 @@ class Run:
             target_fpr=self.objective.target_fpr,
             per_clip_scores=per_clip or self.objective.needs_per_clip,
             racing=racing,
+            null_model=(null or self.objective.needs_null) and self._null_offered(),
         )
+
+    def _null_offered(self) -> bool:
+        if self._null is None:
+            self._null = any(s.name == self.config.scorer and s.null_model for s in self.client.info().scorers)
+        return self._null
 
     def _clip_seconds(self) -> float:
         """Seconds per candidate-clip in the last generation (0 before the first)."""
@@ -431,7 +442,7 @@ class Run:
         s, g = self.state, self.state.generation - 1
         assert self.validation is not None and s.generation_best_theta is not None
         names, thetas = ("best", "mean"), [s.generation_best_theta, self.backend.recommend()]
-        result = self._evaluate(thetas, self.validation)
+        result = self._evaluate(thetas, self.validation, null=True)
         values = self.objective(result)
         for name, theta, value, i in zip(names, thetas, values, range(len(thetas))):
             entry = {"generation": g, "candidate": name, "fitness": float(value), **self._line(result.candidates[i])}
@@ -484,8 +495,8 @@ class Run:
             self._checkpoint()
         best = self.param(s.best_theta)  # (1, T', H, W, 3)
         self.folder.save_best(best[0])
-        train = self._evaluate([s.best_theta], self.train, per_clip=True)
-        held = self._evaluate([s.best_theta], self.holdout, per_clip=True)
+        train = self._evaluate([s.best_theta], self.train, per_clip=True, null=True)
+        held = self._evaluate([s.best_theta], self.holdout, per_clip=True, null=True)
         sections = {
             "train": report(train, 0, self.objective, self.train),
             "validation": s.best_validation,

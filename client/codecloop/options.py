@@ -37,6 +37,10 @@ class EvaluateOptions:
         dtype: wire type of the signatures: float32, float16 or int8 (with a scale).
         racing: a :class:`Racing` (successive halving inside the request); None: every candidate
             on every clip.
+        null_model: True (default operating points 1e-2, 1e-3, 1e-4, 1e-6) or a sequence of
+            nominal FPRs: every clip's score also gets a p-value under the null model, and the
+            statistics carry TPR at those FPRs per clip and per source video (README "Statistics").
+            Correlation scorers only; costs a few FFTs per clip. False: not asked.
     """
 
     epsilon: float | None = None
@@ -50,6 +54,7 @@ class EvaluateOptions:
     per_clip_scores: bool = False
     dtype: str = "float32"
     racing: Racing | None = None
+    null_model: bool | Sequence[float] = False
 
     def __post_init__(self) -> None:
         if self.threshold is not None and self.target_fpr is not None:
@@ -78,6 +83,10 @@ class EvaluateOptions:
             req.epsilon = self.epsilon
         if self.racing is not None:
             req.racing.CopyFrom(self.racing.to_proto())
+        if self.null_model is not False:
+            req.null_model.SetInParent()  # present: asked for, with the server's default FPRs when empty
+            if self.null_model is not True:
+                req.null_model.fprs.extend(float(f) for f in self.null_model)
         if self.threshold is not None:
             req.decision.threshold = self.threshold
         elif self.target_fpr is not None:

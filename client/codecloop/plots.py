@@ -12,6 +12,7 @@ from matplotlib.ticker import MaxNLocator
 
 from codecloop.types import CodecStats
 from codecloop.units import fraction_label
+from codecloop_wire import stats
 
 
 def roc_curve(clean: np.ndarray, poisoned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,8 +90,11 @@ def curves_figure(history: Sequence[dict[str, Any]], validations: Sequence[dict[
         for split, marker, color in (("train", "P", "C0"), ("validation", "*", "C1"), ("holdout", "D", "C3")):
             section = summary.get(split)
             if section:
-                ax.plot([sel["generation"] if split == "validation" else last], [section[key]], marker, color=color, ms=10,
-                        label=f"kept signature, {split} ({section['clips']} clips): {section[key]:.3g}")  # fmt: skip
+                x, y = sel["generation"] if split == "validation" else last, section[key]
+                ci = section.get("tpr_ci") if key == "tpr" else None
+                yerr = [[y - ci[0]], [ci[1] - y]] if ci else None  # the kept signature's TPR with its 95 % interval
+                ax.errorbar([x], [y], yerr=yerr, fmt=marker, color=color, ms=10, capsize=4,
+                            label=f"kept signature, {split} ({section['clips']} clips): {y:.3g}")  # fmt: skip
         ax.set_xlabel("generation")
         # under the axes: inside, the legend covered the kept signature's markers at the last generation
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
@@ -121,7 +125,10 @@ def histogram_figure(holdout: Sequence[CodecStats], epsilon: float | None, split
         bins = np.linspace(scores.min(), scores.max(), 30)
         ax.hist(s.clean_scores, bins, alpha=0.6, label=f"clean {s.clean_mean:.3f}±{s.clean_std:.3f}")
         ax.hist(s.poisoned_scores, bins, alpha=0.6, label=f"poisoned {s.poisoned_mean:.3f}±{s.poisoned_std:.3f}")
-        ax.axvline(s.threshold, color="k", lw=1, label=f"threshold (TPR {s.tpr:.0%}, FPR {s.fpr:.1%})")
+        ax.axvline(
+            s.threshold, color="k", lw=1,
+            label=f"threshold: TPR {s.true_positives}/{s.num_clips} [{s.tpr_ci[0]:.0%}, {s.tpr_ci[1]:.0%}], FPR {s.false_positives}/{s.num_clips}",
+        )  # fmt: skip
         ax.set_title(", ".join(t for t in (split, s.label(), eps_text, f"n = {len(s.clean_scores)} clips") if t), fontsize=10)
         ax.set_xlabel("detector score")
         ax.set_ylabel("clips")
@@ -131,30 +138,48 @@ def histogram_figure(holdout: Sequence[CodecStats], epsilon: float | None, split
 
 
 def roc_figure(holdout: Sequence[CodecStats], epsilon: float | None, target_fpr: float | None, split: str = "held-out"):
-    """ROC curves on a log-scale FPR axis (FPR 0 drawn at 1/(2n)), each codec setting's operating
-    point (its threshold's FPR and TPR) marked, and the target FPR as a vertical line."""
+    """ROC curves on a log-scale FPR axis (FPR 0 drawn at 1/(2n)) with a pointwise 95 %
+    Clopper-Pearson band on TPR, each codec setting's operating point with its TPR and FPR
+    intervals as error bars, the target FPR as a vertical line, and, with the null model, TPR at
+    each fixed FPR (p < FPR) with its interval: the low-FPR points the clean clips alone cannot show."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
     n = max(len(s.clean_scores) for s in holdout)
-    floor = 1 / (2 * n)  # FPR 0 cannot sit on a log axis: drawn at half the smallest non-zero FPR
+    null_fprs = [p.fpr for s in holdout for p in s.tpr_at_fpr]
+    floor = min([1 / (2 * n), *null_fprs])  # FPR 0 cannot sit on a log axis
     for i, s in enumerate(holdout):
         fpr, tpr = roc_curve(s.clean_scores, s.poisoned_scores)
-        ax.plot(np.maximum(fpr, floor), tpr, "-", color=f"C{i}", label=f"{s.label()} AUC {s.auc:.3f}")
-        ax.plot([max(s.fpr, floor)], [s.tpr], "o", color=f"C{i}", ms=8, label=f"operating point: TPR {s.tpr:.0%} at FPR {s.fpr:.1%}")
+        k = np.round(tpr * len(s.poisoned_scores)).astype(int)
+        band = np.array([stats.clopper_pearson(int(j), len(s.poisoned_scores)) for j in k])
+        x = np.maximum(fpr, 1 / (2 * n))
+        ax.plot(x, tpr, "-", color=f"C{i}", label=f"{s.label()} AUC {s.auc:.3f} [{s.auc_ci[0]:.2f}, {s.auc_ci[1]:.2f}]")
+        ax.fill_between(x, band[:, 0], band[:, 1], color=f"C{i}", alpha=0.15, step=None)
+        ax.errorbar(
+            [max(s.fpr, 1 / (2 * n))], [s.tpr], yerr=[[s.tpr - s.tpr_ci[0]], [s.tpr_ci[1] - s.tpr]],
+            xerr=[[0.0], [max(s.fpr_ci[1] - s.fpr, 0.0)]], fmt="o", color=f"C{i}", ms=7, capsize=3,
+            label=f"threshold: TPR {s.true_positives}/{s.num_clips}, FPR {s.false_positives}/{s.num_clips} (bars: 95 % CI)",
+        )  # fmt: skip
+        if s.tpr_at_fpr:
+            pts = s.tpr_at_fpr
+            ax.errorbar(
+                [p.fpr for p in pts], [p.tpr for p in pts],
+                yerr=[[p.tpr - p.tpr_ci[0] for p in pts], [p.tpr_ci[1] - p.tpr for p in pts]],
+                fmt="s", color=f"C{i}", mfc="none", ms=6, capsize=3, label="null model: TPR at p < FPR (95 % CI)",
+            )  # fmt: skip
     grid = np.logspace(np.log10(floor), 0, 50)
     ax.plot(grid, grid, "k:", lw=1, label="chance")
     if target_fpr is not None:
-        # below 1/n the calibrated threshold is the highest clean score: no clean clip passes (FPR 0)
-        note = f" < 1/{n}: FPR 0" if target_fpr < 1 / n else ""
-        ax.axvline(max(target_fpr, floor), color="grey", ls="--", lw=1, label=f"target FPR {fraction_label(target_fpr)}{note}")
+        # below 1/n the calibrated threshold is the highest clean score: no clean clip passes
+        note = f" (below 1/{n}: threshold = highest clean score)" if target_fpr < 1 / n else ""
+        ax.axvline(max(target_fpr, 1 / (2 * n)), color="grey", ls="--", lw=1, label=f"target FPR {fraction_label(target_fpr)}{note}")
     ax.set_xscale("log")
-    ax.set_xlim(floor * 0.8, 1.05)
+    ax.set_xlim(floor * 0.5, 1.05)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel(f"false positive rate (log; 0 drawn at 1/{2 * n})")
+    ax.set_xlabel(f"false positive rate (log; an empirical FPR of 0 drawn at 1/{2 * n})")
     ax.set_ylabel("true positive rate")
     eps_text = f"ε = {fraction_label(epsilon)}" if epsilon is not None else ""
     ax.set_title(", ".join(t for t in (f"ROC, {split} clips", eps_text, f"n = {n}") if t), fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=6, loc="lower right")
     return fig
 
 

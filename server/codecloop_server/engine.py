@@ -140,7 +140,7 @@ class Engine:
         (``job.racing``) runs its rounds here; without one there is a single round of every
         candidate on every clip.
         """
-        scoring = scoring_for(job.scorer, self._run)
+        scoring = scoring_for(job.scorer, self._run, job.null_fprs is not None)
         total = job.clip_tasks()
         self.scheduler.admit(client, total)
         who: Who = (client, priority)
@@ -227,7 +227,8 @@ class Engine:
         found: list[list[PoisonedScore | None]] = []
         futures: list[asyncio.Future[list[PoisonedScore]]] = []
         for c, (channel, entries) in enumerate(zip(job.channels, clean)):
-            keys: list[Hashable] = [(digest, job.epsilon, key, channel, job.scorer) for key in job.carriers.keys[lo:hi]]
+            null = job.null_fprs is not None  # a result without z-scores cannot answer a request for them
+            keys: list[Hashable] = [(digest, job.epsilon, key, channel, job.scorer, null) for key in job.carriers.keys[lo:hi]]
             row = [self.result_cache.get(k) for k in keys]
             found.append(row)
             tick(sum(r is not None for r in row))

@@ -14,6 +14,7 @@ import numpy as np
 from codecloop_server.channels import Channel
 from codecloop_server.tasks import PoisonedScore, ScorerKey
 from codecloop_wire import stats
+from codecloop_wire.null import p_values
 
 
 @dataclass(frozen=True)
@@ -25,9 +26,16 @@ class CarrierSet:
     dataset: str | None = None
     clip_ids: tuple[int, ...] = ()
     inline: np.ndarray | None = None
+    # the source video of each clip (inline clips: each its own) and the names of the sources used
+    sources: tuple[int, ...] = ()
+    source_names: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def clip_sources(self) -> tuple[int, ...]:
+        """The source index of each clip: the dataset's, or 0 .. N-1 for inline clips."""
+        return self.sources or tuple(range(len(self.keys)))
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class EvaluateJob:
     per_clip: bool = False
     report_channels: bool = False  # results name their channel (the request gave channels)
     racing: Racing | None = None
+    null_fprs: tuple[float, ...] | None = None  # the null model's operating points; None: no null model
 
     def rounds(self) -> tuple[tuple[int, int], ...]:
         """``(candidates, clips)`` per round: one round of every candidate on every clip unless racing."""
@@ -88,6 +97,17 @@ class CodecOutcome:
     poisoned_bytes_mean: float
     clean_scores: np.ndarray
     poisoned_scores: np.ndarray
+    null: NullOutcome | None = None
+
+
+@dataclass(frozen=True)
+class NullOutcome:
+    """The null model's view of one candidate under one channel (stats.py, null.py)."""
+
+    clean_z: np.ndarray  # (n,) per clip; p = Φ̄(z)
+    poisoned_z: np.ndarray
+    tpr_at_fpr: tuple[stats.OperatingPoint, ...]  # per clip
+    video_tpr_at_fpr: tuple[stats.OperatingPoint, ...]  # per source video (Stouffer)
 
 
 @dataclass(frozen=True)
@@ -118,6 +138,7 @@ def candidate_outcome(job: EvaluateJob, results: list[list[PoisonedScore]], clea
     for channel, per_clip, sizes in zip(job.channels, results, clean_bytes):
         poisoned = np.array([r.poisoned for r in per_clip])
         clean_scores = np.array([r.clean for r in per_clip])
+        null = None if job.null_fprs is None else null_outcome(job, per_clip)
         codecs.append(
             CodecOutcome(
                 channel=channel,
@@ -127,9 +148,26 @@ def candidate_outcome(job: EvaluateJob, results: list[list[PoisonedScore]], clea
                 poisoned_bytes_mean=float(np.mean([r.encoded_bytes for r in per_clip])),
                 clean_scores=clean_scores,
                 poisoned_scores=poisoned,
+                null=null,
             )
         )
     separations = [c.stats["separation"] for c in codecs]
     return CandidateOutcome(
         fitness=min(separations), codecs=tuple(codecs), fitness_mean=float(np.mean(separations)), num_clips=len(results[0])
+    )
+
+
+def null_outcome(job: EvaluateJob, per_clip: list[PoisonedScore]) -> NullOutcome:
+    """Operating points per clip and per source video from the clips' null z-scores."""
+    assert job.null_fprs is not None, "the job asked for no null model"
+    clean_z = np.array([r.clean_z for r in per_clip])
+    poisoned_z = np.array([r.poisoned_z for r in per_clip])
+    sources = np.array(job.carriers.clip_sources()[: len(per_clip)])
+    _, clean_video = stats.video_z(clean_z, sources)
+    _, poisoned_video = stats.video_z(poisoned_z, sources)
+    return NullOutcome(
+        clean_z=clean_z,
+        poisoned_z=poisoned_z,
+        tpr_at_fpr=stats.operating_points(p_values(clean_z), p_values(poisoned_z), job.null_fprs),
+        video_tpr_at_fpr=stats.operating_points(p_values(clean_video), p_values(poisoned_video), job.null_fprs),
     )

@@ -18,7 +18,7 @@ from codecloop_server.codec import CodecSettings, x264_build
 from codecloop_server.corpus import Dataset
 from codecloop_server.jobs import CarrierSet, EvaluateJob, Racing
 from codecloop_server.tasks import ScorerKey
-from codecloop_wire import defaults, stats
+from codecloop_wire import defaults, deploy, stats
 from codecloop_wire.errors import CodecLoopLimitError, CodecLoopValueError
 from codecloop_wire.tensors import from_tensor
 from codecloop_wire.v1 import codecloop_pb2 as pb
@@ -130,10 +130,8 @@ def channel_to_proto(c: channels.Channel) -> pb.Channel:
 
 
 def epsilon(msg, field: str = "epsilon") -> float:
-    eps = _field(msg, "epsilon", defaults.EPSILON)
-    if not (math.isfinite(eps) and 0 < eps <= 1):
-        raise CodecLoopValueError(f"{field}: {eps} is outside the allowed range (0, 1]")
-    return eps
+    """The request's epsilon, checked by the deployment rule's check (``codecloop mark`` runs the same one)."""
+    return deploy.check_epsilon(_field(msg, "epsilon", defaults.EPSILON), field)
 
 
 def scorer_key(msg: pb.Scorer) -> ScorerKey:
@@ -151,6 +149,27 @@ def decision(msg: pb.DecisionRule) -> stats.Decision:
     if not (0 <= fpr < 1):
         raise CodecLoopValueError(f"decision.target_fpr: {fpr} is outside the allowed range [0, 1)")
     return stats.Decision(target_fpr=fpr)
+
+
+MAX_NULL_FPRS = 16
+
+
+def null_fprs(req: pb.EvaluateRequest, scorer: str) -> tuple[float, ...] | None:
+    """The null model's operating points (EvaluateRequest.null_model), or None when not asked for."""
+    if not req.HasField("null_model"):
+        return None
+    if not scorers.offers_null(scorers.get(scorer)):
+        raise CodecLoopValueError(
+            f"null_model: scorer {scorer!r} is a detector without a key input; the null model needs a key to move "
+            f"(offered for: {', '.join(n for n, s in scorers.SCORERS.items() if scorers.offers_null(s))})"
+        )
+    fprs = tuple(req.null_model.fprs) or stats.DEFAULT_FPRS
+    if len(fprs) > MAX_NULL_FPRS:
+        raise CodecLoopValueError(f"null_model.fprs: {len(fprs)} values; at most {MAX_NULL_FPRS}")
+    for i, f in enumerate(fprs):
+        if not (1e-12 <= f <= 0.5):
+            raise CodecLoopValueError(f"null_model.fprs[{i}]: {f} is outside the allowed range [1e-12, 0.5]")
+    return fprs
 
 
 def carriers(msg: pb.Carriers, datasets: dict[str, Dataset], limits: Limits) -> CarrierSet:
@@ -179,7 +198,9 @@ def carriers(msg: pb.Carriers, datasets: dict[str, Dataset], limits: Limits) -> 
         raise CodecLoopValueError(f"carriers.dataset.seed: {seed} is outside the allowed range [0, {2**63 - 1}]")
     ids = tuple(map(int, ds.select(split, num, seed)))
     keys = tuple(("dataset", ds.name, ds.digest, i) for i in ids)
-    return CarrierSet(keys=keys, clip_shape=ds.clip_shape, dataset=ds.name, clip_ids=ids)
+    sources = tuple(int(ds.source_of_clip[i]) for i in ids)
+    names = tuple(ds.sources[k] for k in sorted(set(sources)))
+    return CarrierSet(keys=keys, clip_shape=ds.clip_shape, dataset=ds.name, clip_ids=ids, sources=sources, source_names=names)
 
 
 def _check_clips(n: int, clip_pixels: int, limits: Limits) -> None:
@@ -212,12 +233,7 @@ def signature(msg: pb.Tensor, field: str, clip_shape: tuple[int, ...]) -> np.nda
     t, h, w = clip_shape
     if sig.ndim != 4 or sig.shape[0] not in (1, t) or sig.shape[1:] != (h, w, 3):
         raise CodecLoopValueError(f"{field}.shape: {list(sig.shape)} must be ({t} or 1, {h}, {w}, 3) to match the carriers")
-    if not np.isfinite(sig).all():
-        raise CodecLoopValueError(f"{field}: contains NaN or Inf; values must be finite in [-1, 1]")
-    lo, hi = float(sig.min()), float(sig.max())
-    if lo < -1 or hi > 1:
-        raise CodecLoopValueError(f"{field}: values span [{lo:g}, {hi:g}], outside the allowed range [-1, 1]")
-    return sig
+    return deploy.check_signature(sig, field)  # the values check that `codecloop mark` runs too
 
 
 def racing(msg: pb.Racing, candidates: int, clips: int) -> Racing:
@@ -261,6 +277,7 @@ def evaluate_job(req: pb.EvaluateRequest, datasets: dict[str, Dataset], limits: 
         raise CodecLoopValueError("codecs, channels: the same codec settings or channel steps appear twice; each must be distinct")
     scorer = scorer_key(req.scorer)
     rule = decision(req.decision)
+    fprs = null_fprs(req, scorer[0])
     t, h, w = carrier_set.clip_shape
     work = n_cand * len(carrier_set) * len(found) * t * h * w
     if work > limits.max_work_pixels:
@@ -271,5 +288,5 @@ def evaluate_job(req: pb.EvaluateRequest, datasets: dict[str, Dataset], limits: 
     race = racing(req.racing, n_cand, len(carrier_set)) if req.HasField("racing") else None
     return EvaluateJob(
         candidates=sigs, epsilon=eps, carriers=carrier_set, channels=tuple(found), scorer=scorer, decision=rule, per_clip=req.per_clip_scores,
-        report_channels=len(req.channels) > 0, racing=race,
+        report_channels=len(req.channels) > 0, racing=race, null_fprs=fprs,
     )  # fmt: skip

@@ -214,6 +214,12 @@ def unregister(name: str) -> None:
     SCORERS.pop(name, None)
 
 
+def offers_null(impl: Registered) -> bool:
+    """Whether the null model (EvaluateRequest.null_model) is offered: the correlation scorers
+    (shift null, null.py) and detectors that take the key (empirical null of moved keys)."""
+    return isinstance(impl, Scorer) or bool(getattr(impl, "uses_key", False))
+
+
 def get(name: str) -> Registered:
     """The registered scorer called ``name``, or a CodecLoopValueError naming the choices."""
     return SCORERS.lookup(name, "scorer.name")

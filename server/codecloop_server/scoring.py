@@ -24,6 +24,8 @@ from codecloop_server.channels import Channel
 from codecloop_server.detector import DetectorScorer
 from codecloop_server.shm import SharedArray
 from codecloop_server.tasks import CleanRef, ClipRef, PoisonedScore, ScorerKey
+from codecloop_wire.errors import CodecLoopValueError
+from codecloop_wire.null import empirical_z, key_shifts
 
 Who = tuple[str, int]  # (client, priority) in the fair scheduler
 
@@ -44,6 +46,7 @@ class Candidate:
     signature: np.ndarray  # float32 (T or 1, H, W, 3)
     shared: tuple[SharedArray, ...]  # the signature (and a worker scorer's template)
     template_sq: float = 0.0  # a worker scorer's template sum of squares
+    null_keys: tuple[np.ndarray, ...] = ()  # a keyed detector's empirical null: the key at other lattice shifts
     digest: str = field(init=False)  # signature_digest(signature): its results' cache address, hashed once
 
     def __post_init__(self) -> None:
@@ -88,9 +91,10 @@ class Scoring(ABC):
 
 
 class WorkerScoring(Scoring):
-    def __init__(self, submit: Submit, scorer: ScorerKey, impl: scorers.Scorer) -> None:
+    def __init__(self, submit: Submit, scorer: ScorerKey, impl: scorers.Scorer, null: bool) -> None:
         super().__init__(submit, scorer)
         self.impl = impl
+        self.null = null  # place every score in its null (null.py) too
 
     def _internal_clean_task(self, who: Who, source: SharedArray | None, ref: ClipRef, channel: Channel) -> asyncio.Future[Any]:
         return self.submit(who, "clean", tasks.clean_task, ref, channel, self.scorer, uses=(source,))
@@ -115,14 +119,15 @@ class WorkerScoring(Scoring):
         assert len(clean) == len(entries), "a worker scorer's clean entries have their features in shared memory"
         return self.submit(
             who, "poisoned", tasks.poisoned_task, list(zip(refs, clean)), sig.ref, tmpl.ref, candidate.template_sq, epsilon, channel,
-            self.scorer, uses=(source, *(s for e in entries for s in e.shared), *candidate.shared), weight=len(refs),
+            self.scorer, self.null, uses=(source, *(s for e in entries for s in e.shared), *candidate.shared), weight=len(refs),
         )  # fmt: skip
 
 
 class DetectorScoring(Scoring):
-    def __init__(self, submit: Submit, scorer: ScorerKey, impl: DetectorScorer) -> None:
+    def __init__(self, submit: Submit, scorer: ScorerKey, impl: DetectorScorer, null: bool) -> None:
         super().__init__(submit, scorer)
         self.impl = impl
+        self.null = null  # the empirical null (null.key_shifts): 2 x EMPIRICAL_SHIFTS more forwards per clip
 
     def _internal_clean_task(self, who: Who, source: SharedArray | None, ref: ClipRef, channel: Channel) -> asyncio.Future[Any]:
         return self.submit(who, "clean", tasks.decoded_task, ref, None, 0.0, channel, uses=(source,))
@@ -134,7 +139,13 @@ class DetectorScoring(Scoring):
         return CleanEntry((), None, nbytes, decoded=decoded, score=score)
 
     def prepare(self, signature: np.ndarray) -> Candidate:
-        return Candidate(signature, (SharedArray(signature),))
+        keys: tuple[np.ndarray, ...] = ()
+        if self.null:
+            try:
+                keys = tuple(np.roll(signature, s, axis=(0, 1, 2)) for s in key_shifts(signature))
+            except ValueError as err:
+                raise CodecLoopValueError(f"null_model: {err} (a signature that repeats itself within 16 pixels or frames)") from None
+        return Candidate(signature, (SharedArray(signature),), null_keys=keys)
 
     def score(
         self, who: Who, source: SharedArray | None, refs: list[ClipRef], entries: list[CleanEntry], candidate: Candidate, epsilon: float,
@@ -167,14 +178,25 @@ class DetectorScoring(Scoring):
         else:  # poisoned and clean go to the batcher together: one forward pass when it has room
             assert entry.decoded is not None, "a detector's clean entry keeps the decoded clip"
             poisoned, clean = await asyncio.gather(batcher.score(decoded, key), batcher.score(entry.decoded, key))
-        return PoisonedScore(poisoned, clean, nbytes, squared_error)
+        if not candidate.null_keys:
+            return PoisonedScore(poisoned, clean, nbytes, squared_error)
+        clean_clip = entry.decoded
+        assert clean_clip is not None, "a keyed detector's clean entry keeps the decoded clip"
+        nulls = await asyncio.gather(*(batcher.score(clip, k) for clip in (decoded, clean_clip) for k in candidate.null_keys))
+        k = len(candidate.null_keys)
+        return PoisonedScore(
+            poisoned, clean, nbytes, squared_error,
+            poisoned_z=empirical_z(poisoned, np.array(nulls[:k])), clean_z=empirical_z(clean, np.array(nulls[k:])),
+        )  # fmt: skip
 
 
-def scoring_for(scorer: ScorerKey, submit: Submit) -> Scoring:
-    """The strategy of the registered scorer ``scorer[0]``: the one place the two kinds are told apart."""
+def scoring_for(scorer: ScorerKey, submit: Submit, null: bool = False) -> Scoring:
+    """The strategy of the registered scorer ``scorer[0]``: the one place the two kinds are told apart.
+    ``null``: scores also in units of their null model (parse.py refuses it for keyless detectors)."""
     impl = scorers.get(scorer[0])
     if isinstance(impl, DetectorScorer):
-        return DetectorScoring(submit, scorer, impl)
+        assert not null or impl.uses_key, "a keyless detector has no null model"
+        return DetectorScoring(submit, scorer, impl, null)
     if isinstance(impl, scorers.Scorer):
-        return WorkerScoring(submit, scorer, impl)
+        return WorkerScoring(submit, scorer, impl, null)
     raise TypeError(f"scorer {scorer[0]!r} is of no known kind: {type(impl).__name__}")

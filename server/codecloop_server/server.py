@@ -17,6 +17,7 @@ from codecloop_server.metrics import Metrics
 from codecloop_server.parse import Limits
 from codecloop_server.security import Authenticator, SecurityConfig, TokenInterceptor, add_port
 from codecloop_server.service import CodecLoopServicer, LenientDecodingInterceptor, deny
+from codecloop_server.video_source import CarrierPolicy
 from codecloop_wire.errors import CodecLoopValueError
 from codecloop_wire.v1 import codecloop_pb2 as pb
 from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
@@ -36,6 +37,8 @@ class ServerConfig:
         clip_shape: (T, H, W) of the embedded/real corpora's and the folder datasets' clips; None: (16, 112, 112)
             for the corpora, and for a folder the shape of its first (N, T, H, W, 3) .npy.
         max_clips_per_source: clips taken from one video (or frame array), spread over its length (corpus.py).
+        carriers: how the real corpus's and the folder datasets' video frames become clip frames:
+            ``resize``, ``native`` or ``native:L`` (video_source.CarrierPolicy).
         strict_datasets: a folder file that gives no clip (unreadable, no video stream, too short) is an
             error instead of a skipped file with a warning.
         clean_cache_bytes: bound of the clean-clip cache in bytes.
@@ -61,6 +64,7 @@ class ServerConfig:
     datasets: dict[str, str] = field(default_factory=dict)
     clip_shape: tuple[int, int, int] | None = None
     max_clips_per_source: int = corpus.DEFAULT_MAX_CLIPS_PER_SOURCE
+    carriers: str = "resize"
     strict_datasets: bool = False
     clean_cache_bytes: int = 2 << 30
     result_cache_entries: int = 200_000
@@ -101,15 +105,16 @@ class RunningServer:
 def load_datasets(config: ServerConfig) -> dict[str, corpus.Dataset]:
     shape = config.clip_shape or corpus.DEFAULT_CLIP_SHAPE
     corpus.check_max_clips_per_source(config.max_clips_per_source)
+    policy = CarrierPolicy.parse(config.carriers)
     datasets = {corpus.EMBEDDED_NAME: corpus.embedded_corpus(shape)}
     try:
-        datasets[corpus.REAL_NAME] = corpus.real_corpus(shape, config.max_clips_per_source)
+        datasets[corpus.REAL_NAME] = corpus.real_corpus(shape, config.max_clips_per_source, policy)
     except CodecLoopValueError as err:  # e.g. clips longer than 2 of its videos: serve the rest, say why
         log.warning("dataset %s not served: %s", corpus.REAL_NAME, err)
     for name, folder in config.datasets.items():
         if name in datasets:
             raise ValueError(f"dataset name {name!r} is already taken")
-        datasets[name] = corpus.folder_dataset(name, folder, config.clip_shape, config.max_clips_per_source, config.strict_datasets)
+        datasets[name] = corpus.folder_dataset(name, folder, config.clip_shape, config.max_clips_per_source, policy, config.strict_datasets)
     return datasets
 
 

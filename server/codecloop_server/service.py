@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf.message import DecodeError
 
-from codecloop_server import memory, parse, scorers
+from codecloop_server import memory, parse, render, scorers
 from codecloop_server.channels import FILTERS, Channel
 from codecloop_server.channels import PRESETS as channel_presets
 from codecloop_server.codec import CODECS, MIN_SIZE, PIX_FMTS, PRESETS, encoder_version
@@ -206,11 +206,13 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
                 job = parse.evaluate_job(request, self.datasets, self.limits)
                 outcomes = await self.engine.evaluate(job, client=client, priority=priority)
                 return pb.EvaluateResponse(
-                    results=[_candidate_proto(o, job) for o in outcomes],
+                    results=[render.candidate_proto(o, job) for o in outcomes],
                     scorer=job.scorer[0],
                     epsilon=job.epsilon,
                     num_clips=len(job.carriers),
                     clip_ids=job.carriers.clip_ids,
+                    clip_sources=job.carriers.clip_sources(),
+                    source_names=job.carriers.source_names,
                 )
 
     async def EvaluateSignatureStream(
@@ -234,6 +236,8 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
                 num_clips=len(job.carriers),
                 clip_ids=job.carriers.clip_ids,
                 clip_tasks=total,
+                clip_sources=job.carriers.clip_sources(),
+                source_names=job.carriers.source_names,
             )
         )
         queue: asyncio.Queue[pb.EvaluateEvent | None] = asyncio.Queue()
@@ -244,7 +248,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
                 queue.put_nowait(pb.EvaluateEvent(progress=pb.EvaluateEvent.Progress(clip_tasks_done=done, clip_tasks=total)))
 
         def on_candidate(index: int, outcome: CandidateOutcome) -> None:
-            queue.put_nowait(pb.EvaluateEvent(result=pb.EvaluateEvent.Result(index=index, result=_candidate_proto(outcome, job))))
+            queue.put_nowait(pb.EvaluateEvent(result=pb.EvaluateEvent.Result(index=index, result=render.candidate_proto(outcome, job))))
 
         task = asyncio.ensure_future(self.engine.evaluate(job, on_candidate, on_progress, client, priority))
         task.add_done_callback(lambda _: queue.put_nowait(None))
@@ -298,6 +302,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
                     digest=d.digest,
                     description=d.description,
                     split_policy=d.split_policy,
+                    carrier_policy=d.carrier_policy,
                     split_sources={k: pb.SourceNames(names=v) for k, v in d.split_sources().items()},
                     sources=[pb.SourceClips(name=n, split_clips=c) for n, c in d.source_split_clips()],
                     skipped=[pb.SkippedFile(name=n, reason=r) for n, r in d.skipped],
@@ -321,7 +326,10 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
             ],
             resize_filters=list(FILTERS),
             scorers=[
-                pb.ScorerInfo(name=s.name, description=s.description, default_params={k: v[0] for k, v in s.param_ranges.items()})
+                pb.ScorerInfo(
+                    name=s.name, description=s.description, default_params={k: v[0] for k, v in s.param_ranges.items()},
+                    null_model=scorers.offers_null(s),
+                )
                 for s in scorers.SCORERS.values()
             ],
             limits=self.limits.to_proto(),
@@ -333,26 +341,3 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
                 "calls_in_progress": float(self._total_calls),
             },
         )
-
-
-def _candidate_proto(o: CandidateOutcome, job: EvaluateJob) -> pb.CandidateResult:
-    per_clip = job.per_clip
-    return pb.CandidateResult(
-        fitness=o.fitness,
-        fitness_mean=o.fitness_mean,
-        num_clips=o.num_clips,
-        race_rank=o.race_rank,  # None: unset (no race)
-        codecs=[
-            pb.CodecResult(
-                codec=parse.codec_to_proto(c.channel.final_codec),
-                channel=parse.channel_to_proto(c.channel) if job.report_channels else None,
-                psnr_db=c.psnr_db,  # +inf when the signature changed no pixel
-                clean_bytes_mean=c.clean_bytes_mean,
-                poisoned_bytes_mean=c.poisoned_bytes_mean,
-                clean_scores=c.clean_scores.tolist() if per_clip else [],
-                poisoned_scores=c.poisoned_scores.tolist() if per_clip else [],
-                **c.stats,
-            )
-            for c in o.codecs
-        ],
-    )

@@ -8,6 +8,7 @@ and clean features arrive as shared-memory references (shm.ArrayRef), results ar
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ from codecloop_server import scorers, shm
 from codecloop_server.channels import Channel
 from codecloop_server.codec import CodecSettings, transcode_rgb
 from codecloop_server.scorers import Params
+from codecloop_wire.null import KeySpectrum, key_spectrum, shift_null
 from codecloop_wire.poison import poison
 
 ScorerKey = tuple[str, Params]  # (scorer name, resolved params)
@@ -39,6 +41,8 @@ class PoisonedScore:
     clean: float  # score of the clean clip after the codec, against the same signature
     encoded_bytes: int
     squared_error: int  # sum over the clip of (poisoned_u8 - clean_u8)^2, before the codec
+    poisoned_z: float = math.nan  # the scores in units of their null (null.py), when asked for
+    clean_z: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -70,16 +74,19 @@ def poisoned_task(
     epsilon: float,
     channel: Channel,
     scorer: ScorerKey,
+    null: bool = False,
 ) -> list[PoisonedScore]:
     """Score one candidate on one or more clips, in order; each clip's clean side comes from the
     server's cache. One task for several clips is one round trip to the server process (fewer
     wake-ups of the server between the workers' encodes); the candidate's arrays are read once.
 
     ``t_sq`` is the template's sum of squares (scorers.template_sq), computed once per candidate.
+    ``null``: also place both scores in their null (null.shift_null: a few FFTs per clip).
     """
     impl = scorers.worker_scorer(scorer[0])
     sig, tmpl = shm.read(signature), shm.read(template)
-    return [_poisoned_score(impl, clip.load(), clean, sig, tmpl, t_sq, epsilon, channel, scorer[1]) for clip, clean in clips]
+    key = key_spectrum(tmpl) if null else None  # once per task: shared by its clips, clean and poisoned
+    return [_poisoned_score(impl, clip.load(), clean, sig, tmpl, t_sq, epsilon, channel, scorer[1], key) for clip, clean in clips]
 
 
 def _poisoned_score(
@@ -92,23 +99,34 @@ def _poisoned_score(
     epsilon: float,
     channel: Channel,
     params: Params,
+    key: KeySpectrum | None,
 ) -> PoisonedScore:
     """One clip: only the poisoned clip's features are computed; the clean score is the cached clean
     stats against this candidate's template (for a reference-based scorer it is 0 by construction)."""
     marked = poison(original, sig, epsilon)
     decoded, nbytes = channel.apply(marked)
     features = impl.features(decoded[None], params)[0]
+    time_varying = tmpl.shape[0] > 1
     if impl.uses_reference:
         features = features.astype(np.int16) - shm.read(clean.features).astype(np.int16)
-        clean_score = 0.0
+        # the clean clip's difference to itself is 0: score 0, no evidence at all (p = 1)
+        clean_score, clean_z = 0.0, (-math.inf if key is not None else math.nan)
     else:
-        time_varying = tmpl.shape[0] > 1
-        clean_score = scorers.ncc_from_stats(clean.stats(), tmpl, shm.read(clean.features) if time_varying else None, t_sq)
+        clean_stats = clean.stats()
+        clean_side = shm.read(clean.features) if time_varying else None
+        clean_score = scorers.ncc_from_stats(clean_stats, tmpl, clean_side, t_sq)
+        clean_z = shift_null(clean_side if time_varying else clean_stats.time_sum, key).z if key is not None else math.nan
+    poisoned_stats = scorers.clip_stats(features)
+    poisoned_z = math.nan
+    if key is not None:
+        poisoned_z = shift_null(features if time_varying else poisoned_stats.time_sum, key).z
     return PoisonedScore(
-        poisoned=scorers.ncc_from_stats(scorers.clip_stats(features), tmpl, features, t_sq),
+        poisoned=scorers.ncc_from_stats(poisoned_stats, tmpl, features, t_sq),
         clean=clean_score,
         encoded_bytes=nbytes,
         squared_error=_squared_error(marked, original),
+        poisoned_z=poisoned_z,
+        clean_z=clean_z,
     )
 
 

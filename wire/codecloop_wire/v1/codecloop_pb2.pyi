@@ -156,7 +156,7 @@ class DecisionRule(_message.Message):
     def __init__(self, threshold: _Optional[float] = ..., target_fpr: _Optional[float] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("candidates", "epsilon", "carriers", "codecs", "scorer", "decision", "per_clip_scores", "channels", "racing")
+    __slots__ = ("candidates", "epsilon", "carriers", "codecs", "scorer", "decision", "per_clip_scores", "channels", "racing", "null_model")
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     CARRIERS_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +166,7 @@ class EvaluateRequest(_message.Message):
     PER_CLIP_SCORES_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     RACING_FIELD_NUMBER: _ClassVar[int]
+    NULL_MODEL_FIELD_NUMBER: _ClassVar[int]
     candidates: _containers.RepeatedCompositeFieldContainer[Tensor]
     epsilon: float
     carriers: Carriers
@@ -175,7 +176,44 @@ class EvaluateRequest(_message.Message):
     per_clip_scores: bool
     channels: _containers.RepeatedCompositeFieldContainer[Channel]
     racing: Racing
-    def __init__(self, candidates: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., epsilon: _Optional[float] = ..., carriers: _Optional[_Union[Carriers, _Mapping]] = ..., codecs: _Optional[_Iterable[_Union[CodecSettings, _Mapping]]] = ..., scorer: _Optional[_Union[Scorer, _Mapping]] = ..., decision: _Optional[_Union[DecisionRule, _Mapping]] = ..., per_clip_scores: _Optional[bool] = ..., channels: _Optional[_Iterable[_Union[Channel, _Mapping]]] = ..., racing: _Optional[_Union[Racing, _Mapping]] = ...) -> None: ...
+    null_model: NullModel
+    def __init__(self, candidates: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., epsilon: _Optional[float] = ..., carriers: _Optional[_Union[Carriers, _Mapping]] = ..., codecs: _Optional[_Iterable[_Union[CodecSettings, _Mapping]]] = ..., scorer: _Optional[_Union[Scorer, _Mapping]] = ..., decision: _Optional[_Union[DecisionRule, _Mapping]] = ..., per_clip_scores: _Optional[bool] = ..., channels: _Optional[_Iterable[_Union[Channel, _Mapping]]] = ..., racing: _Optional[_Union[Racing, _Mapping]] = ..., null_model: _Optional[_Union[NullModel, _Mapping]] = ...) -> None: ...
+
+class NullModel(_message.Message):
+    __slots__ = ("fprs",)
+    FPRS_FIELD_NUMBER: _ClassVar[int]
+    fprs: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, fprs: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Interval(_message.Message):
+    __slots__ = ("low", "high")
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    low: float
+    high: float
+    def __init__(self, low: _Optional[float] = ..., high: _Optional[float] = ...) -> None: ...
+
+class OperatingPoint(_message.Message):
+    __slots__ = ("fpr", "threshold", "n", "true_positives", "tpr", "tpr_ci", "false_positives", "observed_fpr", "observed_fpr_ci")
+    FPR_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    TRUE_POSITIVES_FIELD_NUMBER: _ClassVar[int]
+    TPR_FIELD_NUMBER: _ClassVar[int]
+    TPR_CI_FIELD_NUMBER: _ClassVar[int]
+    FALSE_POSITIVES_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_FPR_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_FPR_CI_FIELD_NUMBER: _ClassVar[int]
+    fpr: float
+    threshold: float
+    n: int
+    true_positives: int
+    tpr: float
+    tpr_ci: Interval
+    false_positives: int
+    observed_fpr: float
+    observed_fpr_ci: Interval
+    def __init__(self, fpr: _Optional[float] = ..., threshold: _Optional[float] = ..., n: _Optional[int] = ..., true_positives: _Optional[int] = ..., tpr: _Optional[float] = ..., tpr_ci: _Optional[_Union[Interval, _Mapping]] = ..., false_positives: _Optional[int] = ..., observed_fpr: _Optional[float] = ..., observed_fpr_ci: _Optional[_Union[Interval, _Mapping]] = ...) -> None: ...
 
 class Racing(_message.Message):
     __slots__ = ("first_clips", "eta", "finalists", "centre_weight")
@@ -190,7 +228,7 @@ class Racing(_message.Message):
     def __init__(self, first_clips: _Optional[int] = ..., eta: _Optional[int] = ..., finalists: _Optional[int] = ..., centre_weight: _Optional[float] = ...) -> None: ...
 
 class CodecResult(_message.Message):
-    __slots__ = ("codec", "clean_mean", "clean_std", "poisoned_mean", "poisoned_std", "separation", "threshold", "tpr", "fpr", "auc", "p_value", "p_value_test", "psnr_db", "clean_bytes_mean", "poisoned_bytes_mean", "clean_scores", "poisoned_scores", "channel")
+    __slots__ = ("codec", "clean_mean", "clean_std", "poisoned_mean", "poisoned_std", "separation", "threshold", "tpr", "fpr", "auc", "p_value", "p_value_test", "psnr_db", "clean_bytes_mean", "poisoned_bytes_mean", "clean_scores", "poisoned_scores", "channel", "num_clips", "true_positives", "false_positives", "tpr_ci", "fpr_ci", "auc_ci", "auc_ci_method", "null_model", "tpr_at_fpr", "video_tpr_at_fpr", "clean_p_values", "poisoned_p_values", "clean_z", "poisoned_z")
     CODEC_FIELD_NUMBER: _ClassVar[int]
     CLEAN_MEAN_FIELD_NUMBER: _ClassVar[int]
     CLEAN_STD_FIELD_NUMBER: _ClassVar[int]
@@ -209,6 +247,20 @@ class CodecResult(_message.Message):
     CLEAN_SCORES_FIELD_NUMBER: _ClassVar[int]
     POISONED_SCORES_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLIPS_FIELD_NUMBER: _ClassVar[int]
+    TRUE_POSITIVES_FIELD_NUMBER: _ClassVar[int]
+    FALSE_POSITIVES_FIELD_NUMBER: _ClassVar[int]
+    TPR_CI_FIELD_NUMBER: _ClassVar[int]
+    FPR_CI_FIELD_NUMBER: _ClassVar[int]
+    AUC_CI_FIELD_NUMBER: _ClassVar[int]
+    AUC_CI_METHOD_FIELD_NUMBER: _ClassVar[int]
+    NULL_MODEL_FIELD_NUMBER: _ClassVar[int]
+    TPR_AT_FPR_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_TPR_AT_FPR_FIELD_NUMBER: _ClassVar[int]
+    CLEAN_P_VALUES_FIELD_NUMBER: _ClassVar[int]
+    POISONED_P_VALUES_FIELD_NUMBER: _ClassVar[int]
+    CLEAN_Z_FIELD_NUMBER: _ClassVar[int]
+    POISONED_Z_FIELD_NUMBER: _ClassVar[int]
     codec: CodecSettings
     clean_mean: float
     clean_std: float
@@ -227,7 +279,21 @@ class CodecResult(_message.Message):
     clean_scores: _containers.RepeatedScalarFieldContainer[float]
     poisoned_scores: _containers.RepeatedScalarFieldContainer[float]
     channel: Channel
-    def __init__(self, codec: _Optional[_Union[CodecSettings, _Mapping]] = ..., clean_mean: _Optional[float] = ..., clean_std: _Optional[float] = ..., poisoned_mean: _Optional[float] = ..., poisoned_std: _Optional[float] = ..., separation: _Optional[float] = ..., threshold: _Optional[float] = ..., tpr: _Optional[float] = ..., fpr: _Optional[float] = ..., auc: _Optional[float] = ..., p_value: _Optional[float] = ..., p_value_test: _Optional[str] = ..., psnr_db: _Optional[float] = ..., clean_bytes_mean: _Optional[float] = ..., poisoned_bytes_mean: _Optional[float] = ..., clean_scores: _Optional[_Iterable[float]] = ..., poisoned_scores: _Optional[_Iterable[float]] = ..., channel: _Optional[_Union[Channel, _Mapping]] = ...) -> None: ...
+    num_clips: int
+    true_positives: int
+    false_positives: int
+    tpr_ci: Interval
+    fpr_ci: Interval
+    auc_ci: Interval
+    auc_ci_method: str
+    null_model: str
+    tpr_at_fpr: _containers.RepeatedCompositeFieldContainer[OperatingPoint]
+    video_tpr_at_fpr: _containers.RepeatedCompositeFieldContainer[OperatingPoint]
+    clean_p_values: _containers.RepeatedScalarFieldContainer[float]
+    poisoned_p_values: _containers.RepeatedScalarFieldContainer[float]
+    clean_z: _containers.RepeatedScalarFieldContainer[float]
+    poisoned_z: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, codec: _Optional[_Union[CodecSettings, _Mapping]] = ..., clean_mean: _Optional[float] = ..., clean_std: _Optional[float] = ..., poisoned_mean: _Optional[float] = ..., poisoned_std: _Optional[float] = ..., separation: _Optional[float] = ..., threshold: _Optional[float] = ..., tpr: _Optional[float] = ..., fpr: _Optional[float] = ..., auc: _Optional[float] = ..., p_value: _Optional[float] = ..., p_value_test: _Optional[str] = ..., psnr_db: _Optional[float] = ..., clean_bytes_mean: _Optional[float] = ..., poisoned_bytes_mean: _Optional[float] = ..., clean_scores: _Optional[_Iterable[float]] = ..., poisoned_scores: _Optional[_Iterable[float]] = ..., channel: _Optional[_Union[Channel, _Mapping]] = ..., num_clips: _Optional[int] = ..., true_positives: _Optional[int] = ..., false_positives: _Optional[int] = ..., tpr_ci: _Optional[_Union[Interval, _Mapping]] = ..., fpr_ci: _Optional[_Union[Interval, _Mapping]] = ..., auc_ci: _Optional[_Union[Interval, _Mapping]] = ..., auc_ci_method: _Optional[str] = ..., null_model: _Optional[str] = ..., tpr_at_fpr: _Optional[_Iterable[_Union[OperatingPoint, _Mapping]]] = ..., video_tpr_at_fpr: _Optional[_Iterable[_Union[OperatingPoint, _Mapping]]] = ..., clean_p_values: _Optional[_Iterable[float]] = ..., poisoned_p_values: _Optional[_Iterable[float]] = ..., clean_z: _Optional[_Iterable[float]] = ..., poisoned_z: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class CandidateResult(_message.Message):
     __slots__ = ("fitness", "codecs", "fitness_mean", "num_clips", "race_rank")
@@ -244,36 +310,44 @@ class CandidateResult(_message.Message):
     def __init__(self, fitness: _Optional[float] = ..., codecs: _Optional[_Iterable[_Union[CodecResult, _Mapping]]] = ..., fitness_mean: _Optional[float] = ..., num_clips: _Optional[int] = ..., race_rank: _Optional[int] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
-    __slots__ = ("results", "scorer", "epsilon", "num_clips", "clip_ids")
+    __slots__ = ("results", "scorer", "epsilon", "num_clips", "clip_ids", "clip_sources", "source_names")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     SCORER_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     NUM_CLIPS_FIELD_NUMBER: _ClassVar[int]
     CLIP_IDS_FIELD_NUMBER: _ClassVar[int]
+    CLIP_SOURCES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_NAMES_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[CandidateResult]
     scorer: str
     epsilon: float
     num_clips: int
     clip_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, results: _Optional[_Iterable[_Union[CandidateResult, _Mapping]]] = ..., scorer: _Optional[str] = ..., epsilon: _Optional[float] = ..., num_clips: _Optional[int] = ..., clip_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    clip_sources: _containers.RepeatedScalarFieldContainer[int]
+    source_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, results: _Optional[_Iterable[_Union[CandidateResult, _Mapping]]] = ..., scorer: _Optional[str] = ..., epsilon: _Optional[float] = ..., num_clips: _Optional[int] = ..., clip_ids: _Optional[_Iterable[int]] = ..., clip_sources: _Optional[_Iterable[int]] = ..., source_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EvaluateEvent(_message.Message):
     __slots__ = ("started", "progress", "result")
     class Started(_message.Message):
-        __slots__ = ("num_candidates", "scorer", "epsilon", "num_clips", "clip_ids", "clip_tasks")
+        __slots__ = ("num_candidates", "scorer", "epsilon", "num_clips", "clip_ids", "clip_tasks", "clip_sources", "source_names")
         NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
         SCORER_FIELD_NUMBER: _ClassVar[int]
         EPSILON_FIELD_NUMBER: _ClassVar[int]
         NUM_CLIPS_FIELD_NUMBER: _ClassVar[int]
         CLIP_IDS_FIELD_NUMBER: _ClassVar[int]
         CLIP_TASKS_FIELD_NUMBER: _ClassVar[int]
+        CLIP_SOURCES_FIELD_NUMBER: _ClassVar[int]
+        SOURCE_NAMES_FIELD_NUMBER: _ClassVar[int]
         num_candidates: int
         scorer: str
         epsilon: float
         num_clips: int
         clip_ids: _containers.RepeatedScalarFieldContainer[int]
         clip_tasks: int
-        def __init__(self, num_candidates: _Optional[int] = ..., scorer: _Optional[str] = ..., epsilon: _Optional[float] = ..., num_clips: _Optional[int] = ..., clip_ids: _Optional[_Iterable[int]] = ..., clip_tasks: _Optional[int] = ...) -> None: ...
+        clip_sources: _containers.RepeatedScalarFieldContainer[int]
+        source_names: _containers.RepeatedScalarFieldContainer[str]
+        def __init__(self, num_candidates: _Optional[int] = ..., scorer: _Optional[str] = ..., epsilon: _Optional[float] = ..., num_clips: _Optional[int] = ..., clip_ids: _Optional[_Iterable[int]] = ..., clip_tasks: _Optional[int] = ..., clip_sources: _Optional[_Iterable[int]] = ..., source_names: _Optional[_Iterable[str]] = ...) -> None: ...
     class Progress(_message.Message):
         __slots__ = ("clip_tasks_done", "clip_tasks")
         CLIP_TASKS_DONE_FIELD_NUMBER: _ClassVar[int]
@@ -333,7 +407,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DatasetInfo(_message.Message):
-    __slots__ = ("name", "split_clips", "clip_shape", "digest", "description", "split_policy", "split_sources", "sources", "skipped", "folder")
+    __slots__ = ("name", "split_clips", "clip_shape", "digest", "description", "split_policy", "split_sources", "carrier_policy", "sources", "skipped", "folder")
     class SplitClipsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -355,6 +429,7 @@ class DatasetInfo(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     SPLIT_POLICY_FIELD_NUMBER: _ClassVar[int]
     SPLIT_SOURCES_FIELD_NUMBER: _ClassVar[int]
+    CARRIER_POLICY_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
     FOLDER_FIELD_NUMBER: _ClassVar[int]
@@ -365,10 +440,11 @@ class DatasetInfo(_message.Message):
     description: str
     split_policy: str
     split_sources: _containers.MessageMap[str, SourceNames]
+    carrier_policy: str
     sources: _containers.RepeatedCompositeFieldContainer[SourceClips]
     skipped: _containers.RepeatedCompositeFieldContainer[SkippedFile]
     folder: str
-    def __init__(self, name: _Optional[str] = ..., split_clips: _Optional[_Mapping[str, int]] = ..., clip_shape: _Optional[_Iterable[int]] = ..., digest: _Optional[str] = ..., description: _Optional[str] = ..., split_policy: _Optional[str] = ..., split_sources: _Optional[_Mapping[str, SourceNames]] = ..., sources: _Optional[_Iterable[_Union[SourceClips, _Mapping]]] = ..., skipped: _Optional[_Iterable[_Union[SkippedFile, _Mapping]]] = ..., folder: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., split_clips: _Optional[_Mapping[str, int]] = ..., clip_shape: _Optional[_Iterable[int]] = ..., digest: _Optional[str] = ..., description: _Optional[str] = ..., split_policy: _Optional[str] = ..., split_sources: _Optional[_Mapping[str, SourceNames]] = ..., carrier_policy: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[SourceClips, _Mapping]]] = ..., skipped: _Optional[_Iterable[_Union[SkippedFile, _Mapping]]] = ..., folder: _Optional[str] = ...) -> None: ...
 
 class SourceClips(_message.Message):
     __slots__ = ("name", "split_clips")
@@ -400,7 +476,7 @@ class SourceNames(_message.Message):
     def __init__(self, names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScorerInfo(_message.Message):
-    __slots__ = ("name", "description", "default_params")
+    __slots__ = ("name", "description", "default_params", "null_model")
     class DefaultParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -411,10 +487,12 @@ class ScorerInfo(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    NULL_MODEL_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     default_params: _containers.ScalarMap[str, float]
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., default_params: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    null_model: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., default_params: _Optional[_Mapping[str, float]] = ..., null_model: _Optional[bool] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_candidates", "max_clips", "max_clip_pixels", "max_work_pixels", "max_codecs", "max_message_bytes", "max_client_calls")

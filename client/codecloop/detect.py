@@ -1,0 +1,211 @@
+"""``codecloop detect`` / :func:`detect_video`: is this video marked with this signature?
+
+A video of any size and length is decoded frame by frame (PyAV), each frame's blind-scorer residual
+(k² x − boxsum_k(x), the server's ``blind`` features, k = 3 by default) is folded onto the
+signature's (T, h, w) tile by the deployment rule (codecloop_wire.deploy.Fold: tiled from pixel
+(0, 0), cycled in time from the first decoded frame), and the folded residual is scored:
+
+* ``score``: the normalized correlation of the whole video's residual with the signature's template
+  tiled and cycled by the rule (the blind scorer's ncc, over every pixel of every frame);
+* ``z``, ``p_value``: the null model (codecloop_wire.null.shift_null) on the folded residual: the
+  same correlation with the key moved to every frame offset and every 16-pixel grid shift of the
+  tile, which on the tiled video is the key moved by those offsets; p = P(N(0, 1) >= z). One
+  statistic per video, so no combination of clips is needed.
+* ``marked``: p < ``fpr`` (default 10⁻³).
+
+Memory: one decoded frame, its residual, and the (T, h, w, 3) accumulators, whatever the length.
+A video re-scaled by a platform no longer lines up with the tile: ``size=(W, H)`` resizes each
+decoded frame back to the size it was marked at (bicubic) before the residual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from codecloop_wire import deploy
+from codecloop_wire.errors import CodecLoopValueError
+from codecloop_wire.null import shift_null
+
+DEFAULT_FPR = 1e-3
+DEFAULT_KERNEL = 3
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One video's detection.
+
+    Attributes:
+        path: the video file.
+        score: normalized correlation of the video's residual with the tiled, cycled template.
+        z: the score in units of its null (module docstring); p_value = P(N(0, 1) >= z).
+        p_value: the probability that a video not carrying the signature scores this high.
+        marked: p_value < fpr.
+        fpr: the decision's false-positive rate.
+        frames: decoded frames used; width, height: the frame size folded (after ``size``).
+    """
+
+    path: str
+    score: float
+    z: float
+    p_value: float
+    marked: bool
+    fpr: float
+    frames: int
+    width: int
+    height: int
+
+
+def _blind_residual(frame: np.ndarray, kernel: int) -> np.ndarray:
+    from codecloop_server.scorers import box_residual  # the server's blind features, exactly
+
+    return box_residual(frame, kernel)
+
+
+def _template(signature: np.ndarray, kernel: int) -> np.ndarray:
+    """The blind scorer's template of the signature, zero mean over the tile, with the residual
+    filter wrapping around the tile (the tiled pattern is periodic, so its residual is too)."""
+    from scipy.ndimage import uniform_filter
+
+    sig = signature.astype(np.float64)
+    t = sig - uniform_filter(sig, size=(1, kernel, kernel, 1), mode="wrap")
+    return t - t.mean()
+
+
+def detect_video(
+    path: str | Path,
+    signature: np.ndarray | str | Path,
+    *,
+    fpr: float = DEFAULT_FPR,
+    kernel: int = DEFAULT_KERNEL,
+    size: tuple[int, int] | None = None,
+    max_frames: int | None = None,
+) -> Detection:
+    """Score one video against ``signature`` by the deployment rule, with its null-model p-value.
+
+    Args:
+        path: a video file PyAV (FFmpeg) reads; its first video stream.
+        signature: (T, h, w, 3) in [-1, 1], or the path of a ``.npy`` of one.
+        fpr: the decision's false-positive rate, in [1e-12, 0.5].
+        kernel: the blind scorer's box size k (odd, 3..15).
+        size: (width, height) to resize every decoded frame to before scoring (the size the
+            video was marked at, when a platform re-scaled it); None: as decoded.
+        max_frames: stop after this many frames (None: all).
+
+    Raises:
+        CodecLoopValueError: naming the file or argument (no such file, no video stream, not
+            decodable, no frame, a frame smaller than the tile, bad fpr / kernel / size / signature).
+    """
+    import av
+    from av.video.reformatter import Interpolation
+
+    from codecloop.mark import _open_input, load_signature
+
+    sig = load_signature(signature) if isinstance(signature, (str, Path)) else deploy.check_signature(signature)
+    if not 1e-12 <= fpr <= 0.5:
+        raise CodecLoopValueError(f"fpr: {fpr} is outside the allowed range [1e-12, 0.5]")
+    if kernel % 2 == 0 or not 3 <= kernel <= 15:
+        raise CodecLoopValueError(f"kernel: {kernel} must be an odd integer in [3, 15]")
+    if size is not None and (min(size) < 1 or max(size) > 16384):
+        raise CodecLoopValueError(f"size: {size[0]}x{size[1]} is outside the allowed range 1..16384 per side")
+    if max_frames is not None and max_frames < 1:
+        raise CodecLoopValueError(f"max_frames: {max_frames} must be >= 1")
+    t, h, w, _ = sig.shape
+    fold = deploy.Fold(t, h, w, 3)
+    total = squares = 0  # exact integer sums of the residual, for the normalization
+    frames, width, height = 0, 0, 0
+    src = Path(path)
+    try:
+        with _open_input(src) as inp:
+            stream = inp.streams.video[0]
+            stream.thread_type = "AUTO"
+            to_rgb = av.video.reformatter.VideoReformatter()
+            for frame in inp.decode(stream):
+                if size is not None:
+                    rgb = to_rgb.reformat(frame, width=size[0], height=size[1], format="rgb24", interpolation=Interpolation.BICUBIC)
+                else:
+                    rgb = to_rgb.reformat(frame, format="rgb24", interpolation=Interpolation.BICUBIC)
+                x = rgb.to_ndarray()
+                height, width = x.shape[:2]
+                if height < h or width < w:
+                    raise CodecLoopValueError(f"{str(src)!r}: frames of {width}x{height} are smaller than the {w}x{h} signature tile")
+                res = _blind_residual(x, kernel)
+                fold.add(res[None], frames)
+                total += int(res.sum(dtype=np.int64))
+                squares += int(np.square(res, dtype=np.int64).sum())
+                frames += 1
+                if max_frames is not None and frames >= max_frames:
+                    break
+    except av.FFmpegError as err:
+        raise CodecLoopValueError(f"{str(src)!r}: cannot be decoded ({type(err).__name__}: {err})") from None
+    if frames == 0:
+        raise CodecLoopValueError(f"{str(src)!r}: decodes to no video frame")
+    template = _template(sig, kernel)
+    # over the video: <x - mean x, w_tiled> = <x, w_tiled> - mean x * sum(w_tiled); sum(w_tiled) and
+    # ||w_tiled||² from how many video pixels fall on each tile position (fold.counts)
+    count = int(fold.counts.sum()) * 3
+    tiled_sum = float((fold.counts[..., None] * template).sum())
+    tiled_sq = float((fold.counts[..., None] * template * template).sum())
+    num = fold.correlate(template) - total / count * tiled_sum
+    var = squares - total * total / count
+    score = num / math.sqrt(var * tiled_sq) if var > 0 and tiled_sq > 0 else 0.0
+    null = shift_null(fold.sums if t > 1 else fold.sums[0], template)
+    return Detection(
+        path=str(src), score=float(score), z=null.z, p_value=null.p, marked=bool(null.p < fpr), fpr=fpr, frames=frames,
+        width=width, height=height,
+    )  # fmt: skip
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``codecloop detect`` arguments."""
+    parser.add_argument("videos", nargs="+", help="video files to test (any size and length)")
+    parser.add_argument("--signature", required=True, help=".npy of (T, H, W, 3) in [-1, 1], as given to codecloop mark")
+    parser.add_argument("--fpr", type=float, default=DEFAULT_FPR, help="false-positive rate of the decision: marked when p < FPR")
+    parser.add_argument("--kernel", type=int, default=DEFAULT_KERNEL, help="the blind scorer's box size (odd, 3..15)")
+    parser.add_argument("--size", default=None, help="WxH: resize frames to the size the video was marked at (after a platform re-scaled it)")
+    parser.add_argument("--max-frames", type=int, default=None, help="use at most this many frames per video")
+    parser.add_argument("--json", action="store_true", help="one JSON object per video per line instead of the table")
+
+
+def _size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise CodecLoopValueError(f"--size: {text!r} is not WxH, e.g. 1280x720") from None
+    return w, h
+
+
+def run(args: argparse.Namespace) -> int:
+    """``codecloop detect``: one line (or JSON object) per video; a video that cannot be tested gets
+    one line on stderr naming it and the reason, the others are still tested, and the exit code is 2."""
+    from codecloop.mark import load_signature
+
+    sig = load_signature(args.signature)
+    size = _size(args.size)
+    failed = False
+    if not args.json:
+        print(f"{'marked':<7} {'p':>9} {'z':>7} {'score':>8} {'frames':>7} {'size':>10}  video (decision: p < {args.fpr:g})")
+    for video in args.videos:
+        try:
+            d = detect_video(video, sig, fpr=args.fpr, kernel=args.kernel, size=size, max_frames=args.max_frames)
+        except CodecLoopValueError as err:
+            print(f"codecloop detect: {err}", file=sys.stderr)
+            failed = True
+            continue
+        if args.json:
+            row = asdict(d)
+            row["z"] = d.z if math.isfinite(d.z) else None
+            print(json.dumps(row), flush=True)
+        else:
+            print(f"{'yes' if d.marked else 'no':<7} {d.p_value:>9.2e} {d.z:>7.2f} {d.score:>8.4f} {d.frames:>7} {d.width:>4}x{d.height:<5}  {d.path}",
+                  flush=True)  # fmt: skip
+    return 2 if failed else 0
+
