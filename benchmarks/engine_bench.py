@@ -26,9 +26,7 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from fractions import Fraction
@@ -38,6 +36,7 @@ import numpy as np
 
 import codecloop
 from codecloop import Codec, DatasetCarriers
+from codecloop.local import LocalServer
 from codecloop_wire import defaults
 
 N_DEFAULT, P_DEFAULT = 64, 16
@@ -124,7 +123,7 @@ def _same_work_worker(args: tuple[list[int], np.ndarray]) -> int:
     code, without gRPC, scheduling, IPC, shared memory or statistics."""
     from codecloop_server import scorers
     from codecloop_server.codec import CodecSettings, transcode_rgb
-    from codecloop_server.tasks import _squared_error
+    from codecloop_server.tasks import squared_error
     from codecloop_wire.poison import poison
 
     indices, sigs = args
@@ -143,7 +142,7 @@ def _same_work_worker(args: tuple[list[int], np.ndarray]) -> int:
         for i in indices:
             marked = poison(clips[i], sig, 4 / 255)
             decoded, _ = transcode_rgb(marked, settings)
-            _squared_error(marked, clips[i])
+            squared_error(marked, clips[i])
             feats = blind.features(decoded[None], params)[0]
             scorers.ncc_from_stats(scorers.clip_stats(feats), tmpl, feats, t_sq)
             scorers.ncc_from_stats(clean[i][1], tmpl, None, t_sq)
@@ -180,20 +179,14 @@ def _median_pair(pairs: Sequence[tuple[float, float]]) -> tuple[float, float]:
 
 
 class Server:
-    """A ``codecloop serve`` subprocess on a free loopback port (``extra``: more serve flags)."""
+    """A ``codecloop serve`` subprocess on a free loopback port (``extra``: more serve flags), started
+    by the SDK's launcher (codecloop.local.LocalServer), with a client."""
 
     def __init__(self, workers: int, clip_shape: tuple[int, int, int] = (16, 112, 112), extra: Sequence[str] = ()) -> None:
-        cmd = [sys.executable, "-m", "codecloop.cli", "serve", "--port", "0", "--workers", str(workers),
-               "--clip-shape", *map(str, clip_shape), "--log-level", "WARNING", *extra]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in self.proc.stdout:
-            m = re.search(r"listening on ([\d.]+):(\d+)", line)
-            if m:
-                self.target = f"{m.group(1)}:{m.group(2)}"
-                break
-        else:
-            raise RuntimeError("server did not start")
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # never let its pipe fill
+        self.server = LocalServer(args=["--workers", str(workers), "--clip-shape", *map(str, clip_shape), "--log-level", "WARNING", *extra])
+        self.target = self.server.start()
+        assert self.server.process is not None
+        self.proc = self.server.process
         self.client = codecloop.Client(self.target, timeout=3600)
 
     def memory_mib(self, field: str) -> tuple[float, float]:
@@ -224,8 +217,7 @@ class Server:
 
     def close(self) -> None:
         self.client.close()
-        self.proc.terminate()
-        self.proc.wait(30)
+        self.server.stop()
 
 
 def server_clips_per_s(srv: Server, p: int, n: int, preset: str, hw: int, seed: int, repeats: int = 3) -> tuple[float, dict]:
@@ -290,7 +282,7 @@ def stage_breakdown(clip: np.ndarray) -> dict[str, float]:
     decoded, _ = transcode_rgb(marked, settings)
     features = blind.features(decoded[None], params)
     from codecloop_server.codec import rgb_to_yuv420p, transcode_yuv, yuv420p_frames, yuv420p_to_rgb
-    from codecloop_server.tasks import _squared_error
+    from codecloop_server.tasks import squared_error
 
     yuv = rgb_to_yuv420p(marked)
     stages = {
@@ -302,7 +294,7 @@ def stage_breakdown(clip: np.ndarray) -> dict[str, float]:
         "whole fused transcode_rgb": lambda: transcode_rgb(marked, settings),
         "scorer features": lambda: blind.features(decoded[None], params),
         "2 scores (poisoned, clean)": lambda: (blind.score(features, tmpl, None), blind.score(features, tmpl, None)),
-        "squared error of the poisoning": lambda: _squared_error(marked, clip),
+        "squared error of the poisoning": lambda: squared_error(marked, clip),
     }
     out = {}
     for name, fn in stages.items():

@@ -4,7 +4,7 @@
 
 For each level (the determinism class AVX2 / AVX / SSE4.2 / SSSE3, then SSE2, no asm, and x264's
 own detection, which is AVX-512 on this machine class) on the same real-looking 16x112x112 clips
-(tests/content.py), CRF 28 medium, threads=1:
+(codecloop.testing), CRF 28 medium, threads=1:
 * distinct decoded answers over --repeats encodes of each of 4 clips (1 = repeatable);
 * median ms per transcode (swscale + encode + decode), and its ratio to AVX2;
 * for --signatures random 8x8-block signatures at epsilon 2/255, the blind scorer's separation and
@@ -20,20 +20,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from codecloop.cli import random_signature  # noqa: E402
-from codecloop_server import codec, scorers  # noqa: E402
-from codecloop_wire import stats  # noqa: E402
-from codecloop_wire.poison import poison  # noqa: E402
-from tests.content import realistic_clip  # noqa: E402
+from codecloop.cli import random_signature
+from codecloop.testing import realistic_clip
+from codecloop_server import codec, scorers
+from codecloop_wire import stats
+from codecloop_wire.poison import poison
 
 LEVELS = {"AVX2": "asm=AVX2", "AVX": "asm=AVX", "SSE4.2": "asm=SSE4.2", "SSSE3": "asm=SSSE3",
           "SSE2": "asm=SSE2", "no-asm": "no-asm=1", "x264 detects (AVX-512 here)": ""}  # fmt: skip

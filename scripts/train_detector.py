@@ -1,6 +1,9 @@
-"""Train the example detector on real libx264 output of the embedded corpus and export it to TorchScript.
+"""Train the example detector on real libx264 output of the embedded corpus; export it as .pt2 and TorchScript.
 
-    python scripts/train_detector.py --out server/codecloop_server/models/example_detector.pt
+    python scripts/train_detector.py --out server/codecloop_server/models/example_detector.pt2
+
+writes the torch.export program (the server's primary detector format) to --out and the same model
+as legacy TorchScript next to it, with the suffix .pt (--torchscript-out to choose another name).
 
 Data: every training clip of the embedded corpus is poisoned with a random block signature
 (cell 4 to 28 pixels, constant or changing every 4 frames; epsilon 2/255 or 4/255) and sent,
@@ -15,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from codecloop.detector_model import ResidualDetector, export
+from codecloop.detector_model import ResidualDetector, export_program, export_torchscript
 from codecloop_server.codec import CodecSettings, transcode_rgb
 from codecloop_server.corpus import embedded_corpus
 from codecloop_wire.poison import poison
@@ -58,7 +62,8 @@ def separation(model: torch.nn.Module, pairs) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, help="TorchScript file to write")
+    ap.add_argument("--out", type=Path, required=True, help="the torch.export program to write (.pt2)")
+    ap.add_argument("--torchscript-out", type=Path, default=None, help="the legacy TorchScript file to write (default: --out with the suffix .pt)")
     ap.add_argument("--clips", type=int, default=168, help="training clips (of the 168 in the train split)")
     ap.add_argument("--holdout-clips", type=int, default=72)
     ap.add_argument("--steps", type=int, default=300)
@@ -66,6 +71,9 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.out.suffix != ".pt2":
+        ap.error(f"--out {args.out}: a torch.export program's file name ends in .pt2")
+    torchscript_out = args.torchscript_out or args.out.with_suffix(".pt")
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
@@ -97,8 +105,9 @@ def main() -> None:
     after = separation(model, holdout)
     print(f"holdout ({len(holdout)} clips, CRF 28, eps 2/255): separation {before[0]:.4f} -> {after[0]:.4f}, "
           f"poisoned above every clean score {before[1]:.0%} -> {after[1]:.0%} (untrained -> trained)")  # fmt: skip
-    export(model, args.out)
-    print(f"wrote {args.out}")
+    export_program(model, str(args.out))
+    export_torchscript(model, str(torchscript_out))
+    print(f"wrote {args.out} (torch.export) and {torchscript_out} (TorchScript, legacy)")
 
 
 if __name__ == "__main__":

@@ -10,13 +10,13 @@ import pytest
 
 import codecloop
 from codecloop import Channel, Codec, Crop, DatasetCarriers, FrameRate, Resize
+from codecloop.testing import realistic_clip
 from codecloop_server import channels
 from codecloop_server.codec import CODECS, CodecSettings, _decode_frames, rgb_to_yuv420p, transcode_rgb, transcode_yuv
 from codecloop_wire.errors import CodecLoopValueError
 from codecloop_wire.poison import poison
 from codecloop_wire.stats import psnr_db
 from tests.conftest import block_signature, ffmpeg_or_skip
-from tests.content import realistic_clip
 
 SMALL = DatasetCarriers(num_clips=4, seed=5)
 

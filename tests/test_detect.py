@@ -86,18 +86,21 @@ def test_a_static_signature_and_a_video_shorter_than_its_period(sources, tmp_pat
     assert short.frames == 10 and not short.marked
 
 
+# VmHWM (peak RSS of this process image, KiB): ru_maxrss would start at the forking test process's peak
 _PEAK_RSS = """
-import resource, sys
+import re, sys
 from codecloop.cli import main
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+hwm = lambda: int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+before = hwm()
 rc = main(sys.argv[1:])
-print(rc, before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(rc, before, hwm())
 """
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS from /proc (Linux)")
 def test_detect_cli_json_and_bounded_memory_on_a_long_1080p_video(tmp_path):
     """20 s of 1920x1080 at 5 fps (100 frames, 622 MB as RGB): the detecting process peaks under
-    400 MiB (Linux ru_maxrss), and --json prints one object per video with the documented keys."""
+    400 MiB (Linux VmHWM), and --json prints one object per video with the documented keys."""
     src = tmp_path / "long.mp4"
     _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=5:duration=20", "-c:v", "libx264", "-preset", "ultrafast",
             "-pix_fmt", "yuv420p", str(src))  # fmt: skip
@@ -140,3 +143,14 @@ def test_bad_input_is_refused_with_exit_2_and_one_line_naming_it(sources, tmp_pa
     run = subprocess.run([sys.executable, "-m", "codecloop.cli", "detect", str(sources["odd"]), str(corrupt), "--signature", sig, "--json"],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert run.returncode == 2 and json.loads(run.stdout.strip().splitlines()[0])["path"] == str(sources["odd"])
+
+
+def test_a_changed_frame_rate_is_undone_by_timestamps(sources, tmp_path):
+    """A platform that converts 25 fps to 15 fps (the ffmpeg CLI's fps filter, CRF 23) drops frames,
+    so counting frames loses the signature's time cycle; --fps 25 places each frame by its timestamp."""
+    sig = _signature(5)
+    mark_video(sources["landscape"], tmp_path / "m.mp4", sig, "3/255", threads=1)
+    _ffmpeg("-i", str(tmp_path / "m.mp4"), "-vf", "fps=15", "-c:v", "libx264", "-crf", "23", "-pix_fmt", "yuv420p", str(tmp_path / "m15.mp4"))
+    by_time = detect_video(tmp_path / "m15.mp4", sig, fps=25)
+    by_count = detect_video(tmp_path / "m15.mp4", sig)
+    assert by_time.marked and by_time.z > by_count.z + 2, (by_time, by_count)

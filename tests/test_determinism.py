@@ -3,7 +3,7 @@ every process, and at every x264 SIMD level of the determinism class (x264_asm.L
 
 These would have caught the AVX-512 nondeterminism (x264's own CPU detection picks its AVX-512 code
 on this machine class, and the same clip then encodes to several different bitstreams): every
-preset, real-looking content (tests/content.py: motion, texture, noise, scene cuts), the fused
+preset, real-looking content (codecloop.testing: motion, texture, noise, scene cuts), the fused
 swscale -> x264 path and the staged one, the worker path, and two server processes.
 """
 
@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 
 import codecloop
+from codecloop.testing import realistic_clip
 from codecloop_server import x264_asm
 from codecloop_server.codec import PRESETS, CodecSettings, encode_yuv420p, rgb_to_yuv420p, transcode_rgb, x264_build
 from codecloop_wire.errors import CodecLoopValueError
 from codecloop_wire.v1 import codecloop_pb2 as pb
 from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
 from tests.conftest import _start_server, block_signature
-from tests.content import realistic_clip
 
 SUPPORTED = [level for level in x264_asm.LEVELS if x264_asm.supported(level)]
 
@@ -71,10 +71,9 @@ def test_swscale_conversions_agree_across_simd_levels():
     process so that no other test sees the forced flags."""
     code = textwrap.dedent(
         """
-        import ctypes, glob, hashlib, sys
+        import ctypes, glob, hashlib
         import av
-        sys.path.insert(0, ".")
-        from tests.content import realistic_clip
+        from codecloop.testing import realistic_clip
         from codecloop_server.codec import rgb_to_yuv420p, yuv420p_to_rgb
         lib = ctypes.CDLL(glob.glob(av.__path__[0] + ".libs/libavutil-*.so*")[0])
         SSSE3 = 0x1 | 0x2 | 0x8 | 0x10 | 0x1000 | 0x40 | 0x80

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from codecloop.testing import realistic_clip
 from codecloop_server.codec import (
     CodecSettings,
     decode_h264,
@@ -18,7 +19,6 @@ from codecloop_server.codec import (
     yuv420p_to_rgb,
 )
 from tests.conftest import ffmpeg_or_skip
-from tests.content import realistic_clip
 
 
 def natural_clip(t: int = 8, h: int = 64, w: int = 96) -> np.ndarray:
@@ -150,10 +150,10 @@ def test_one_call_conversion_equals_per_frame(shape):
 
 @pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.int32])
 def test_clip_stats_and_squared_error_are_exact(dtype):
-    """scorers.clip_stats (int32 fast path for small integer types) and tasks._squared_error equal
+    """scorers.clip_stats (int32 fast path for small integer types) and tasks.squared_error equal
     the plain int64 arithmetic, at the extremes of each type."""
     from codecloop_server.scorers import clip_stats
-    from codecloop_server.tasks import _squared_error
+    from codecloop_server.tasks import squared_error
 
     info = np.iinfo(dtype)
     low, high = max(info.min, -(2**20)), min(info.max, 2**20)
@@ -164,5 +164,5 @@ def test_clip_stats_and_squared_error_are_exact(dtype):
         assert stats.time_sum.dtype == np.int64 and np.array_equal(stats.time_sum, wide.sum(axis=0))
         assert (stats.total, stats.squares, stats.count) == (int(wide.sum()), int((wide * wide).sum()), clip.size)
     a, b = rng.integers(0, 256, (2, 16, 24, 20, 3), dtype=np.uint8)
-    assert _squared_error(a, b) == int(((a.astype(np.int64) - b) ** 2).sum())
-    assert _squared_error(np.full_like(a, 255), np.zeros_like(a)) == 255**2 * a.size
+    assert squared_error(a, b) == int(((a.astype(np.int64) - b) ** 2).sum())
+    assert squared_error(np.full_like(a, 255), np.zeros_like(a)) == 255**2 * a.size

@@ -7,10 +7,13 @@ import subprocess
 import sys
 from fractions import Fraction
 
+import av
+import numpy as np
 import pytest
 
-from codecloop_server.channels import PRESETS
-from codecloop_server.file_channel import plan
+from codecloop_server.channels import PRESETS, _latest_frames, resize
+from codecloop_server.file_channel import apply_to_file, find_channel, plan
+from tests.content import realistic_clip
 from tests.test_mark import _content, _make_video, _probe
 
 
@@ -23,6 +26,29 @@ def test_plan_is_the_presets_steps_in_absolute_terms():
     assert plan(messaging, 1080, 1920, Fraction(30)) == (540, 960, Fraction(15))
     assert plan(messaging, 112, 112, Fraction(25)) == (56, 56, Fraction(15))  # what the carriers get
     assert plan(PRESETS["social"].channels[1].steps, 720, 1280, Fraction(25)) == (540, 960, Fraction(25))
+
+
+@pytest.mark.parametrize("name", ["messaging", "social-crf28", "reupload"])
+def test_on_a_carrier_sized_file_the_file_channel_is_the_servers_channel(tmp_path, name):
+    """A lossless file of one 16 x 112 x 112 carrier clip at 25 fps: the file channel's output, mapped back
+    as the server maps back, is bit for bit what ``Channel.apply`` gives the evaluation."""
+    clip = realistic_clip(3, t=16, h=112, w=112)
+    src = tmp_path / "clip.mkv"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("ffv1", rate=25)
+        stream.width = stream.height = 112
+        stream.pix_fmt = "bgr0"
+        for f in clip:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="bgr0")))
+        out.mux(stream.encode(None))
+    apply_to_file(src, tmp_path / "out.mkv", name)
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        rate = c.streams.video[0].average_rate
+        frames = np.stack([f.reformat(format="rgb24", interpolation=av.video.reformatter.Interpolation.BICUBIC).to_ndarray() for f in c.decode(video=0)])
+    channel = find_channel(name)
+    back = resize(frames, 112, 112, channel.map_back_filter) if frames.shape[1:3] != (112, 112) else frames
+    back = back[_latest_frames(16, len(back), int(rate), 25)]
+    np.testing.assert_array_equal(back, channel.apply(clip)[0])
 
 
 @pytest.mark.parametrize(("channel", "codec", "size", "frames"), [("messaging", "h264", (180, 100), 30), ("reupload", "hevc", (270, 150), 48)])

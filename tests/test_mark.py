@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 from codecloop.mark import mark_video
+from codecloop.testing import realistic_clip
 from codecloop_wire import deploy
 from tests.conftest import ffmpeg_or_skip
-from tests.content import realistic_clip
 
 
 def _content(seed: int, t: int, h: int, w: int) -> np.ndarray:
-    """Realistic uint8 (t, h, w, 3) frames of any size: tests/content.py's camera clip at half size (its
+    """Realistic uint8 (t, h, w, 3) frames of any size: codecloop.testing's camera clip at half size (its
     photographs are small), upsampled bilinearly, with fresh sensor noise."""
     from scipy import ndimage
 
@@ -110,18 +110,21 @@ def test_lossless_output_is_the_rule_applied_to_the_decoded_frames_and_psnr_meet
     assert psnr >= 20 * math.log10(1 / eps)
 
 
+# VmHWM (peak RSS of this process image, KiB): ru_maxrss would start at the forking test process's peak
 _PEAK_RSS = """
-import resource, sys
+import re, sys
 from codecloop.cli import main
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+hwm = lambda: int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+before = hwm()
 rc = main(sys.argv[1:])
-print(rc, before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(rc, before, hwm())
 """
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS from /proc (Linux)")
 def test_a_long_1080p_video_is_marked_in_bounded_memory(tmp_path):
     """60 s of 1920x1080 at 5 fps: 300 frames, 1.87 GB as RGB; the marking process peaks under 400 MiB
-    (Linux ru_maxrss, KiB; imports included). Preset ultrafast keeps the test short: the default
+    (Linux VmHWM; imports included). Preset ultrafast keeps the test short: the default
     medium adds x264's 40-frame lookahead, a fixed amount (docs/deployment.md)."""
     ffmpeg = ffmpeg_or_skip()
     src, dst = tmp_path / "long.mp4", tmp_path / "marked.mp4"
@@ -174,3 +177,23 @@ def test_bad_input_is_refused_with_exit_2_and_one_line_naming_the_problem(tmp_pa
         assert len(lines) == 1 and message in lines[0], (args, run.stderr)
     assert not (tmp_path / "out.mp4").exists()  # nothing half-written is left behind
     assert not list(tmp_path.glob(".out*"))
+
+
+def test_variable_frame_rate_timestamps_are_kept(tmp_path):
+    """24 fps for 20 frames, then 12 fps: every output frame has its input frame's timestamp."""
+    src, dst = tmp_path / "vfr.mp4", tmp_path / "marked.mp4"
+    subprocess.run(
+        [ffmpeg_or_skip(), "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=160x96:rate=24:duration=2",
+         "-vf", "setpts='if(lt(N,20),N,20+(N-20)*2)/24/TB'", "-fps_mode", "vfr", "-c:v", "libx264", str(src)],
+        check=True, timeout=60,
+    )  # fmt: skip
+
+    def times(path: Path) -> list[str]:
+        out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "frame=pts_time", "-of", "csv=p=0", str(path)],
+                             capture_output=True, text=True, check=True, timeout=60).stdout  # fmt: skip
+        return [line.strip(",") for line in out.split()]
+
+    mark_video(src, dst, _signature(16, 0), 2 / 255)
+    before = times(src)
+    assert len(before) == 48 and float(before[21]) - float(before[20]) == pytest.approx(1 / 12, abs=1e-3)
+    assert times(dst) == before

@@ -120,8 +120,10 @@ def test_plot_figures_roc_log_axis_and_histogram_counts():
     roc = plots.roc_figure([s], epsilon=2 / 255, target_fpr=1 / 64)
     ax = roc.axes[0]
     assert ax.get_xscale() == "log"
-    point = next(line for line in ax.get_lines() if line.get_label().startswith("operating point"))
+    marker = next(c for c in ax.containers if c.get_label().startswith("threshold:"))
+    point = marker.lines[0]  # the operating point, drawn with its 95 % intervals as error bars
     assert list(point.get_xdata()) == [1 / 16] and list(point.get_ydata()) == [s.tpr]  # FPR 0 drawn at 1/(2n)
+    assert f"TPR {s.true_positives}/{s.num_clips}" in marker.get_label()
     hist = plots.histogram_figure([s], epsilon=2 / 255).axes[0]
     assert hist.get_ylabel() == "clips"
     assert all(part in hist.get_title() for part in ("held-out", "libx264 crf=28 medium", "ε = 2/255", "n = 8 clips"))

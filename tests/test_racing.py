@@ -12,11 +12,11 @@ import pytest
 
 import codecloop
 from codecloop import CodecLoopValueError, Racing
+from codecloop.testing import realistic_clip
 from codecloop_server.jobs import Racing as ServerRacing
 from codecloop_wire.tensors import to_tensor
 from codecloop_wire.v1 import codecloop_pb2 as pb
 from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
-from tests.content import realistic_clip
 
 N, P = 16, 8
 
@@ -163,7 +163,7 @@ def test_cli_racing_spec():
 
 
 def test_a_detector_races_too(client, clips):
-    """Racing is the engine's, whichever scoring strategy: the example TorchScript detector."""
+    """Racing is the engine's, whichever scoring strategy: the example detector (.pt2)."""
     sigs = population(7)[:4]
     raced = client.evaluate(sigs, carriers=clips[:8], scorer="example", racing=Racing(first_clips=2))
     assert sorted(c.race_rank for c in raced.candidates) == [0, 1, 2, 3]

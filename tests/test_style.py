@@ -28,7 +28,7 @@ def test_ruff():
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-STRICT = ["wire/codecloop_wire", *(f"server/codecloop_server/{m}.py" for m in ("engine", "jobs", "caches", "scoring", "render"))]
+STRICT = ["wire/codecloop_wire", *(f"server/codecloop_server/{m}.py" for m in ("engine", "jobs", "caches", "scoring", "render", "detector"))]
 
 
 def test_mypy_strict_on_wire_and_engine():

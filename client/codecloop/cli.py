@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     _server_flags(o)
     o.add_argument(
         "--optimizer", default="cma",
-        help="cma, nevergrad:<name> (NGOpt, CMA, TwoPointsDE, PSO, ...), torch-ste, torch-hybrid, proxy:tanh|soft|ste",
+        help="cma (full covariance), cma:diagonal (separable CMA-ES), nevergrad:<name> (NGOpt, CMA, TwoPointsDE, PSO, ...), torch-ste, torch-hybrid, proxy:tanh|soft|ste",
     )  # fmt: skip
     o.add_argument("--param", default="lowres:7x7:rgb:t=all", help="lowres:HxW[:rgb][:t=N|t=all], tiled:HxW[:rgb], dct:B:K[:per_block][:rgb]")
     o.add_argument("--epsilon", type=_epsilon, default=fraction_label(defaults.EPSILON), help="L-inf budget, a number or a fraction")

@@ -15,7 +15,9 @@ signature's (T, h, w) tile by the deployment rule (codecloop_wire.deploy.Fold: t
 
 Memory: one decoded frame, its residual, and the (T, h, w, 3) accumulators, whatever the length.
 A video re-scaled by a platform no longer lines up with the tile: ``size=(W, H)`` resizes each
-decoded frame back to the size it was marked at (bicubic) before the residual.
+decoded frame back to the size it was marked at (bicubic) before the residual. A video whose frame
+rate a platform changed no longer counts frames as the marked one did: ``fps`` (the marked video's
+rate) takes each decoded frame's signature frame from its timestamp, ⌊time · fps⌋ mod T.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ def detect_video(
     kernel: int = DEFAULT_KERNEL,
     size: tuple[int, int] | None = None,
     max_frames: int | None = None,
+    fps: float | None = None,
 ) -> Detection:
     """Score one video against ``signature`` by the deployment rule, with its null-model p-value.
 
@@ -97,6 +100,8 @@ def detect_video(
         size: (width, height) to resize every decoded frame to before scoring (the size the
             video was marked at, when a platform re-scaled it); None: as decoded.
         max_frames: stop after this many frames (None: all).
+        fps: the frame rate the video was marked at, when a platform changed it: a decoded frame at
+            time τ s is marked frame ⌊τ · fps⌋ (None: the decoded frames are counted).
 
     Raises:
         CodecLoopValueError: naming the file or argument (no such file, no video stream, not
@@ -116,6 +121,8 @@ def detect_video(
         raise CodecLoopValueError(f"size: {size[0]}x{size[1]} is outside the allowed range 1..16384 per side")
     if max_frames is not None and max_frames < 1:
         raise CodecLoopValueError(f"max_frames: {max_frames} must be >= 1")
+    if fps is not None and not (0 < fps <= 1000 and math.isfinite(fps)):
+        raise CodecLoopValueError(f"fps: {fps} is outside the allowed range (0, 1000]")
     t, h, w, _ = sig.shape
     fold = deploy.Fold(t, h, w, 3)
     total = squares = 0  # exact integer sums of the residual, for the normalization
@@ -136,7 +143,8 @@ def detect_video(
                 if height < h or width < w:
                     raise CodecLoopValueError(f"{str(src)!r}: frames of {width}x{height} are smaller than the {w}x{h} signature tile")
                 res = _blind_residual(x, kernel)
-                fold.add(res[None], frames)
+                index = frames if fps is None or frame.time is None else int(math.floor(frame.time * fps + 1e-6))
+                fold.add(res[None], index)
                 total += int(res.sum(dtype=np.int64))
                 squares += int(np.square(res, dtype=np.int64).sum())
                 frames += 1
@@ -170,6 +178,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kernel", type=int, default=DEFAULT_KERNEL, help="the blind scorer's box size (odd, 3..15)")
     parser.add_argument("--size", default=None, help="WxH: resize frames to the size the video was marked at (after a platform re-scaled it)")
     parser.add_argument("--max-frames", type=int, default=None, help="use at most this many frames per video")
+    parser.add_argument("--fps", type=float, default=None, help="the frame rate the video was marked at, when a platform changed it (frames placed by timestamp)")
     parser.add_argument("--json", action="store_true", help="one JSON object per video per line instead of the table")
 
 
@@ -195,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{'marked':<7} {'p':>9} {'z':>7} {'score':>8} {'frames':>7} {'size':>10}  video (decision: p < {args.fpr:g})")
     for video in args.videos:
         try:
-            d = detect_video(video, sig, fpr=args.fpr, kernel=args.kernel, size=size, max_frames=args.max_frames)
+            d = detect_video(video, sig, fpr=args.fpr, kernel=args.kernel, size=size, max_frames=args.max_frames, fps=args.fps)
         except CodecLoopValueError as err:
             print(f"codecloop detect: {err}", file=sys.stderr)
             failed = True

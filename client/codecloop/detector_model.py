@@ -1,7 +1,8 @@
-"""The example learned detector (optional ``torch`` extra), in the server's TorchScript detector format.
+"""The example learned detector (optional ``torch`` extra) and the exporters to the server's detector formats.
 
-Detector format (what ``codecloop serve --detector NAME=FILE`` loads, see README "Detectors"):
-``forward(clips)`` or ``forward(clips, keys)`` of a TorchScript module, where
+Detector contract (what ``codecloop serve --detector NAME=FILE`` loads, see docs/detectors.md):
+``forward(clips)`` or ``forward(clips, keys)`` of a torch.export program (``.pt2``, the primary
+format, :func:`export_program`) or of a TorchScript module (legacy, :func:`export_torchscript`), where
   clips: float32 (B, T, H, W, 3), decoded RGB after the codec, values in [0, 1] (uint8 / 255);
   keys:  float32 (B, T, H, W, 3), the candidate signature in [-1, 1] (a T = 1 signature is repeated
          over time before it is passed), present only when forward takes a second argument;
@@ -12,7 +13,7 @@ noise residual with the signature's) with a learned residual filter in between,
 ``score = ncc(r + g(r), box_residual(key))``, r = 255 x - box3(255 x) per frame and channel, g a
 two-layer 3x3 convolution initialised to zero (so an untrained model is the blind scorer with a
 replicated border). ``scripts/train_detector.py`` trains g on real libx264 output of the embedded
-corpus and exports it.
+corpus and exports it in both formats.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.export import Dim
 
 
 def _residual(x: torch.Tensor) -> torch.Tensor:
@@ -48,6 +50,21 @@ class ResidualDetector(nn.Module):
         return (f * k).sum(dim=1) / den.clamp_min(1e-12)
 
 
-def export(model: nn.Module, path: str) -> None:
-    """Save ``model`` as TorchScript (the only model format the server loads)."""
+def export_program(model: nn.Module, path: str, *, keyed: bool = True) -> None:
+    """Save ``model`` as a torch.export program (``.pt2``, the server's primary detector format).
+
+    Batch, frames, height and width are exported as dynamic dimensions (each >= 1), and the keys
+    share the clips' dimensions, so one file serves every batch size and every dataset's clip shape.
+    ``keyed``: whether ``forward`` takes (clips, keys) or clips only. The example inputs used for
+    tracing, float32 (2, 2, 8, 8, 3), are not stored in the file."""
+    dims = {0: Dim("batch", min=1), 1: Dim("frames", min=1), 2: Dim("height", min=1), 3: Dim("width", min=1)}
+    clips = torch.rand(2, 2, 8, 8, 3)
+    args = (clips, clips * 2 - 1) if keyed else (clips,)
+    program = torch.export.export(model.eval(), args, dynamic_shapes=(dims,) * len(args))
+    program.example_inputs = None  # tracing inputs, not part of the model: the file stays small
+    torch.export.save(program, path)
+
+
+def export_torchscript(model: nn.Module, path: str) -> None:
+    """Save ``model`` as TorchScript (the legacy detector format: torch 2.13 deprecates TorchScript)."""
     torch.jit.save(torch.jit.script(model.eval()), path)

@@ -1,7 +1,8 @@
 """A private ``codecloop serve`` for one program: started on a free loopback port, stopped on exit.
 
 ``codecloop.Client()`` and the CLI's ``evaluate`` / ``optimize`` / ``diagnose`` / ``info`` without a
-target use one, the way ``dask.distributed.Client()`` starts a LocalCluster. The server runs as a
+target use one, the way ``dask.distributed.Client()`` starts a LocalCluster; the tests
+(tests/conftest.py) and the benchmarks (benchmarks/engine_bench.py) start their servers with it too. The server runs as a
 child process (``python -m codecloop_server``; the SDK never imports the server), in its own
 process group so that Ctrl-C in a terminal reaches the client, which then stops it cleanly; the
 server also stops by itself when the client process dies without stopping it (``serve
@@ -41,16 +42,19 @@ class LocalServer:
     ``datasets`` maps a dataset name to a folder (``serve --dataset NAME=FOLDER``), besides the
     built-in ``embedded`` and ``real``; ``args`` are more ``serve`` flags. ``start()`` blocks until the
     server reports SERVING (datasets loaded, workers warm; the first start on a machine builds the
-    built-in corpora, about 15 s) and returns its target, ``host:port``.
+    built-in corpora, about 15 s) and returns its target, ``host:port``. ``log_lines``: how many of
+    the server's last log lines to keep (None: all of them, as the tests read them).
     """
 
-    def __init__(self, datasets: Mapping[str, str] | None = None, args: Sequence[str] = (), start_timeout: float = 600.0) -> None:
+    def __init__(
+        self, datasets: Mapping[str, str] | None = None, args: Sequence[str] = (), start_timeout: float = 600.0, log_lines: int | None = 200
+    ) -> None:
         self.datasets = dict(datasets or {})
         self.args = list(args)
         self.start_timeout = start_timeout
         self.target: str | None = None
         self._proc: subprocess.Popen[str] | None = None
-        self._lines: collections.deque[str] = collections.deque(maxlen=200)  # the server's last log lines
+        self._lines: collections.deque[str] = collections.deque(maxlen=log_lines)  # the server's last log lines
 
     def start(self) -> str:
         if self._proc is not None:
@@ -118,6 +122,16 @@ class LocalServer:
     def log(self) -> str:
         """The server's last log lines."""
         return "".join(self._lines)
+
+    @property
+    def lines(self) -> list[str]:
+        """The server's last log lines, one string each (a copy: the server goes on logging)."""
+        return list(self._lines)
+
+    @property
+    def process(self) -> subprocess.Popen[str] | None:
+        """The server process (in its own process group) while started, else None."""
+        return self._proc
 
     def __enter__(self) -> str:
         return self.start()

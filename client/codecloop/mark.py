@@ -19,8 +19,9 @@ Output codec (``codec`` argument, default from OUTPUT's extension):
 Colour conversion is swscale bicubic (the server's), in INPUT's colour matrix both ways. Memory:
 one decoded frame, its float32 pattern and marked copy (about 30 bytes per pixel), plus the codecs'
 own buffers (x264's lookahead); never the video (tests/test_mark.py bounds the peak RSS on 1080p).
-Encoder threads: ``threads=0`` lets x264 choose (fast; the bitstream then depends on the core
-count); ``threads=1`` gives the same bytes on every machine.
+Encoder threads: by default min(4, CPU cores), so that x264's per-thread frames stay a fixed amount
+on big machines too (the bitstream then depends on the thread count); ``threads=1`` gives the same
+bytes on every machine.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def mark_video(
     codec: str | None = None,
     crf: float = DEFAULT_CRF,
     preset: str = DEFAULT_PRESET,
-    threads: int = 0,
+    threads: int | None = None,
 ) -> MarkResult:
     """Write OUTPUT: INPUT with ``signature`` added by the deployment rule, at INPUT's size, frame rate and length.
 
@@ -144,7 +145,7 @@ def mark_video(
         epsilon: L-inf budget in [0, 1] units, a number or a fraction string like ``"2/255"``.
         codec: ``libx264`` or ``ffv1``; None: from OUTPUT's extension (module docstring).
         crf, preset: libx264's rate control and speed (ignored for ffv1).
-        threads: encoder threads (0: the encoder chooses; 1: the same bytes on every machine).
+        threads: encoder threads (None: min(4, CPU cores); 0: the encoder chooses; 1: the same bytes on every machine).
 
     Raises:
         CodecLoopValueError: naming the argument or file: a bad signature or epsilon, an input with
@@ -159,6 +160,7 @@ def mark_video(
     name = _output_codec(dst, codec)
     if not 0 <= crf <= 51:
         raise CodecLoopValueError(f"crf: {crf} is outside the allowed range [0, 51]")
+    threads = min(4, os.cpu_count() or 1) if threads is None else threads
     if threads < 0:
         raise CodecLoopValueError(f"threads: {threads} must be >= 0")
     if dst.exists() and src.exists() and dst.resolve() == src.resolve():
@@ -254,12 +256,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``codecloop mark`` arguments."""
     parser.add_argument("input", help="video file to mark (its first video stream; audio is copied)")
     parser.add_argument("output", help="marked video: .mp4 .mov .m4v .mkv (libx264 CRF 18) or .avi .nut (ffv1 lossless RGB)")
-    parser.add_argument("--signature", required=True, help=".npy of (T, H, W, 3) in [-1, 1], tiled from pixel (0, 0) and cycled in time")
-    parser.add_argument("--epsilon", required=True, help="L-inf budget, a number or a fraction like 2/255 (the signature's)")
+    parser.add_argument("--signature", required=True, help=".npy of (T, H, W, 3) in [-1, 1], tiled from pixel (0, 0) and cycled in time (required, no default)")
+    parser.add_argument("--epsilon", required=True, help="L-inf budget, a number or a fraction like 2/255: the one the signature was made for (required, no default)")
     parser.add_argument("--codec", choices=CODECS, default=None, help="output encoder (default: from OUTPUT's extension)")
     parser.add_argument("--crf", type=float, default=DEFAULT_CRF, help="libx264 quality")
     parser.add_argument("--preset", default=DEFAULT_PRESET, help="libx264 preset")
-    parser.add_argument("--threads", type=int, default=0, help="encoder threads (0: the encoder chooses; 1: the same bytes on every machine)")
+    parser.add_argument("--threads", type=int, default=None, help="encoder threads (default: min(4, CPU cores); 1: the same bytes on every machine)")
 
 
 def run(args: argparse.Namespace) -> int:

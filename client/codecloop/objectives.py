@@ -15,7 +15,7 @@ better. The decision that is deployed is "score > a threshold calibrated so that
 | ``auc`` | P(p > c) + P(tie) / 2 |
 | ``margin`` | quantile(p, q) - quantile(c, 1 - f): a smooth stand-in for the TPR at FPR f (>= 0 means a fraction >= 1 - q of poisoned clips clear the clean (1 - f) quantile) |
 | ``centred-margin`` | margin - w * abs(mean(c)) |
-| ``null-tpr`` | mean over poisoned clips of Φ((z_i - z_a) / τ): a smooth stand-in for the TPR at p < a under the null model (docs/statistics.md), z_i the clip's score in units of its null, z_a = Φ̄⁻¹(a), a = ``null_fpr`` (default 1e-3), τ = 1; asks the server for the null model on every evaluation |
+| ``null-tpr`` | mean over poisoned clips of Φ((z_i - z_a) / τ) minus the same over clean clips: a smooth stand-in for TPR minus FPR at p < a under the null model (docs/statistics.md), z_i a clip's score in units of its null, z_a = Φ̄⁻¹(a), a = ``null_fpr`` (default 1e-3), τ = 1; the clean term keeps a signature from matching the training content; asks the server for the null model on every evaluation |
 
 Quantiles interpolate linearly between order statistics (numpy's default), so ``margin`` moves
 continuously with every score. The default is ``centred-separation``: on 32 to 72 clips the
@@ -104,19 +104,21 @@ class Objective:
         margin = float(np.quantile(poisoned, self.poisoned_quantile) - np.quantile(clean, 1 - self.target_fpr))
         return margin if self.name == "margin" else margin - centring
 
-    def null_tpr(self, poisoned_z: np.ndarray) -> float:
-        """``null-tpr`` of (N,) poisoned clips' null z-scores."""
-        z = np.asarray(poisoned_z, np.float64)
-        if z.ndim != 1 or len(z) == 0:
-            raise CodecLoopValueError(f"poisoned_z: shape {z.shape} must be (N,), N >= 1")
-        return float(np.mean(special.ndtr((z - z_of_p(self.null_fpr)) / self.null_temperature)))
+    def null_tpr(self, clean_z: np.ndarray, poisoned_z: np.ndarray) -> float:
+        """``null-tpr`` of (N,) clean and (N,) poisoned clips' null z-scores: soft TPR - soft FPR."""
+        clean, poisoned = np.asarray(clean_z, np.float64), np.asarray(poisoned_z, np.float64)
+        if clean.shape != poisoned.shape or clean.ndim != 1 or len(clean) == 0:
+            raise CodecLoopValueError(f"z: clean {clean.shape} and poisoned {poisoned.shape} must be the same (N,), N >= 1")
+        z_a = z_of_p(self.null_fpr)
+        soft = [float(np.mean(special.ndtr((z - z_a) / self.null_temperature))) for z in (poisoned, clean)]
+        return soft[0] - soft[1]
 
     def codec(self, stats: CodecStats) -> float:
         """The objective of one candidate under one codec setting."""
         if self.name == "null-tpr":
-            if stats.poisoned_z is None:
+            if stats.poisoned_z is None or stats.clean_z is None:
                 raise CodecLoopValueError("objective 'null-tpr' needs the null model: evaluate with null_model=True, per_clip_scores=True")
-            return self.null_tpr(stats.poisoned_z)
+            return self.null_tpr(stats.clean_z, stats.poisoned_z)
         if self.name in _FROM_MEANS:  # the server's means are those of the per-clip scores, bit for bit
             return float(stats.separation) - (self.centre_weight * abs(stats.clean_mean) if self.name != "separation" else 0.0)
         if stats.clean_scores is None or stats.poisoned_scores is None:

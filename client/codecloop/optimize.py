@@ -74,7 +74,7 @@ class RunConfig:
     the validation calls and the final report.
     """
 
-    optimizer: str = "cma"  # "cma" or "nevergrad:<registry name>", e.g. "nevergrad:TwoPointsDE"
+    optimizer: str = "cma"  # "cma" (full covariance), "cma:diagonal" or "nevergrad:<registry name>", e.g. "nevergrad:TwoPointsDE"
     epsilon: float = defaults.EPSILON
     codecs: tuple[Codec, ...] = (Codec(),)
     channels: tuple[Channel, ...] = ()  # evaluated after codecs; the worst of all decides
@@ -130,11 +130,21 @@ class Backend(ABC):
     def state(self) -> bytes: ...
 
 
+CMA_COVARIANCES = ("full", "diagonal")
+
+
 class CMABackend(Backend):
-    def __init__(self, dim: int, config: RunConfig) -> None:
+    """pycma's CMA-ES: ``full`` covariance (``cma``), or ``diagonal`` (``cma:diagonal``: separable
+    CMA-ES, pycma's ``CMA_diagonal``; linear cost per generation in the dimension, no eigendecomposition)."""
+
+    def __init__(self, dim: int, config: RunConfig, covariance: str = "full") -> None:
         import cma
 
+        if covariance not in CMA_COVARIANCES:
+            raise CodecLoopValueError(f"optimizer: 'cma:{covariance}'; the covariance is one of {', '.join(CMA_COVARIANCES)}")
         opts = {"popsize": config.popsize, "seed": config.seed + 1, "verbose": -9}
+        if covariance == "diagonal":
+            opts["CMA_diagonal"] = True
         np.random.seed(config.seed)  # pycma samples from numpy's global generator
         self.es = cma.CMAEvolutionStrategy(np.zeros(dim), config.sigma0, opts)
 
@@ -319,10 +329,10 @@ class Run:
     def _new_backend(self) -> Backend:
         kind, _, name = self.config.optimizer.partition(":")
         if kind == "cma":
-            return CMABackend(self.param.dim, self.config)
+            return CMABackend(self.param.dim, self.config, name or "full")
         if kind == "nevergrad" and name:
             return NevergradBackend(self.param.dim, self.config, name)
-        raise CodecLoopValueError(f"optimizer: {self.config.optimizer!r}; use 'cma' or 'nevergrad:<name>'")
+        raise CodecLoopValueError(f"optimizer: {self.config.optimizer!r}; use 'cma', 'cma:diagonal' or 'nevergrad:<name>'")
 
     def _resume(self) -> None:
         blob = pickle.loads(self.folder.read_checkpoint())
@@ -330,7 +340,7 @@ class Run:
         saved = blob.get("settings") or runcheck.settings(blob["config"], parameterization=repr(self.param), dataset_digests=self._digests)
         runcheck.check(self.folder.path, saved, self.settings)
         self.state = blob["state"]
-        if self.config.optimizer == "cma":
+        if self.config.optimizer.partition(":")[0] == "cma":
             self.backend = CMABackend.restore(blob["backend"])
         else:
             self.backend = NevergradBackend.restore(blob["backend"], self.config.popsize)

@@ -7,7 +7,11 @@ i / input_fps, takes the latest output frame at or before that time), so every s
 clips of the carriers' shape. A crop comes back as a zoom of the kept rectangle.
 
 A channel of one encode step is exactly :func:`codec.transcode_rgb` (what ``codecs`` always ran).
-Presets (:data:`PRESETS`, a registry that refuses name collisions) are named channel sets.
+Presets (:data:`PRESETS`, a registry that refuses name collisions) are named channel sets. Their
+resize steps are relative (a scale), so a preset means on a clip what it means on a video of the
+same content at the clip's pixel scale: "half size" is 1080p -> 540p on a full-resolution video
+(``codecloop channel``, file_channel.py) and 112 -> 56 px on a 112-px carrier. Carriers cut at the
+video's own pixel scale (``--carriers native``) make the two the same operation.
 """
 
 from __future__ import annotations
@@ -226,7 +230,8 @@ def _named(name: str, steps: Sequence[Step]) -> Channel:
 
 register(Preset(
     "social",
-    "H.264 at CRF 23 and 28 (preset medium) after a downscale to 3/4 size (bicubic), as feeds re-encode uploads",
+    "H.264 at CRF 23 and 28 (preset medium) after a downscale to 3/4 size (bicubic; 1080p -> 810 lines, a 112-px carrier -> 84 px), "
+    "as feeds re-encode uploads",
     (
         _named("social-crf23", [Resize(scale=0.75), CodecSettings("libx264", crf=23)]),
         _named("social-crf28", [Resize(scale=0.75), CodecSettings("libx264", crf=28)]),
@@ -234,7 +239,7 @@ register(Preset(
 ))  # fmt: skip
 register(Preset(
     "streaming",
-    "a VP9 and an AV1 ladder: full size and half size, VP9 CRF 32 / 36 (cpu-used 4), SVT-AV1 CRF 35 / 40 (preset 8)",
+    "a VP9 and an AV1 ladder: full size and half size (1080p -> 540 lines), VP9 CRF 32 / 36 (cpu-used 4), SVT-AV1 CRF 35 / 40 (preset 8)",
     (
         _named("vp9-full", [CodecSettings("libvpx-vp9", crf=32)]),
         _named("vp9-half", [Resize(scale=0.5), CodecSettings("libvpx-vp9", crf=36)]),
@@ -244,11 +249,11 @@ register(Preset(
 ))  # fmt: skip
 register(Preset(
     "messaging",
-    "H.264 CRF 35 (preset veryfast) at half size, 15 fps, as messengers send video",
+    "H.264 CRF 35 (preset veryfast) at half size (1080p -> 540 lines, a 112-px carrier -> 56 px), 15 fps, as messengers send video",
     (_named("messaging", [Resize(scale=0.5), FrameRate(15), CodecSettings("libx264", crf=35, preset="veryfast", fps=15)]),),
 ))  # fmt: skip
 register(Preset(
     "reupload",
-    "a re-upload: H.264 CRF 23, then 3/4 size and H.265 CRF 28",
+    "a re-upload: H.264 CRF 23, then 3/4 size (1080p -> 810 lines) and H.265 CRF 28",
     (_named("reupload", [CodecSettings("libx264", crf=23), Resize(scale=0.75), CodecSettings("libx265", crf=28)]),),
 ))  # fmt: skip

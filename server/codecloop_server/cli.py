@@ -37,7 +37,7 @@ def _dataset_arg(text: str) -> tuple[str, str]:
 def _detector_arg(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"--detector takes NAME=FILE (a TorchScript file, or 'example'), got {text!r}")
+        raise argparse.ArgumentTypeError(f"--detector takes NAME=FILE (a torch.export .pt2, a legacy TorchScript file, or 'example'), got {text!r}")
     return name, path
 
 
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics-port", type=int, default=_env("metrics-port", None), help="serve Prometheus metrics on this port (0: any free)")
     s.add_argument(
         "--detector", type=_detector_arg, action="append", default=_env_list("detector", _detector_arg), metavar="NAME=FILE",
-        help="serve a TorchScript detector as scorer NAME (FILE 'example': the shipped example); needs torch",
+        help="serve a detector (torch.export .pt2, or legacy TorchScript) as scorer NAME (FILE 'example': the shipped example); needs torch",
     )  # fmt: skip
     s.add_argument("--detector-device", default=_env("detector-device", "auto"), choices=["auto", "cpu", "cuda"])
     s.add_argument("--max-batch-size", type=int, default=_env("max-batch-size", "4"), help="detector clips per forward pass")

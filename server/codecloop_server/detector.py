@@ -1,10 +1,15 @@
-"""TorchScript detectors as scorers, with dynamic batching across requests and clients.
+"""Learned detectors as scorers, with dynamic batching across requests and clients.
 
 The server loads a model only from a file named in its own configuration (``--detector NAME=FILE``);
 clients choose it by name and can never send code or pickles. The model runs in the server process
 (CUDA when present, else CPU), fed by decoded clips that the codec workers return.
 
-Model format (see codecloop.detector_model): ``forward(clips)`` or ``forward(clips, keys)``;
+File formats (docs/detectors.md), told apart by the archive's members, not the file name: a
+torch.export program (``.pt2``, torch.export.save), the primary format, checked on load against
+the contract below; TorchScript (torch.jit.save), deprecated by torch 2.13, still loaded as the
+legacy path with a logged warning, its output checked by the warm-up.
+
+Model contract (see codecloop.detector_model): ``forward(clips)`` or ``forward(clips, keys)``;
 clips float32 (B, T, H, W, 3) in [0, 1]; keys float32 (B, T, H, W, 3) in [-1, 1] (the candidate's
 signature, repeated over time when it has T = 1); returns (B,) scores, larger = marked.
 
@@ -17,18 +22,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import warnings
+import zipfile
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from codecloop_server import scorers
 from codecloop_wire.errors import CodecLoopServerError
 
-EXAMPLE_DETECTOR = Path(__file__).parent / "models" / "example_detector.pt"
+EXAMPLE_DETECTOR = Path(__file__).parent / "models" / "example_detector.pt2"
+PT2, TORCHSCRIPT = "torch.export", "TorchScript"  # the two file formats, as the log and scorer descriptions name them
+log = logging.getLogger("codecloop.server.detector")
 
 
 @dataclass(frozen=True)
@@ -55,13 +66,72 @@ class DetectorConfig:
         return EXAMPLE_DETECTOR if self.path == "example" else Path(self.path)
 
 
+def file_format(path: Path) -> str:
+    """PT2 or TORCHSCRIPT, read from the archive's members (both are zip files; the name's suffix
+    is not trusted); ValueError naming the file for anything else."""
+    if not path.is_file():
+        raise ValueError(f"detector file {str(path)!r} does not exist")
+    allowed = "a detector file must be a torch.export program (.pt2, torch.export.save) or legacy TorchScript (torch.jit.save)"
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"detector file {path}: not a model archive; {allowed}")
+    with zipfile.ZipFile(path) as archive:
+        members = {name.partition("/")[2] for name in archive.namelist()}  # without the archive's top folder
+    if "archive_format" in members or "serialized_exported_program.json" in members:  # the second: torch <= 2.7's layout
+        return PT2
+    if "constants.pkl" in members and any(m.startswith("code/") for m in members):
+        return TORCHSCRIPT
+    raise ValueError(f"detector file {path}: a zip archive but no model program (a torch.save pickle?); {allowed}")
+
+
+def _fake_tensor(node: Any) -> Any:
+    """The tensor metadata (shape, dtype) torch.export recorded for a graph node, or None."""
+    val = node.meta.get("val") if hasattr(node, "meta") else None
+    return val if val is not None and hasattr(val, "shape") and hasattr(val, "dtype") else None
+
+
+def _check_program(program: Any, path: Path) -> int:
+    """The number of inputs (1: clips, 2: clips and keys) of an ExportedProgram that meets the model
+    contract; ValueError naming the file and what is wrong otherwise. Shapes are checked on the
+    shapes torch.export recorded, before anything runs."""
+    import torch
+
+    signature = program.graph_signature
+    inputs = list(signature.user_inputs)
+    if len(inputs) not in (1, 2):
+        raise ValueError(f"detector file {path}: forward takes {len(inputs)} inputs; it must take clips or (clips, keys)")
+    nodes = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    metas = [_fake_tensor(nodes[name]) for name in inputs]
+    for name, meta in zip(inputs, metas):
+        if meta is None or meta.dtype != torch.float32 or meta.dim() != 5:
+            got = "not a tensor" if meta is None else f"{meta.dtype} with {meta.dim()} dimensions"
+            raise ValueError(f"detector file {path}: input {name!r} is {got}; it must be float32 (B, T, H, W, 3)")
+    batch = metas[0].shape[0]
+    if isinstance(batch, int):
+        raise ValueError(
+            f"detector file {path}: exported for batches of exactly {batch} clips; export it with a dynamic batch "
+            "dimension (dynamic_shapes, codecloop.detector_model.export_program)"
+        )
+    output = next(n for n in program.graph.nodes if n.op == "output")
+    outs = list(output.args[0])[len(output.args[0]) - len(signature.user_outputs) :]  # buffer mutations come first
+    single = len(outs) == 1 and program.call_spec.out_spec.is_leaf()  # not a tuple or list of one tensor
+    meta = _fake_tensor(outs[0]) if single else None
+    if meta is None or meta.dim() != 1 or str(meta.shape[0]) != str(batch):
+        got = f"{len(outs)} outputs in a {program.call_spec.out_spec.type.__name__}" if not single else (
+            "a non-tensor" if meta is None else f"shape {tuple(str(d) for d in meta.shape)}"
+        )
+        raise ValueError(f"detector file {path}: forward returns {got}; it must return one score per clip, shape ({batch},)")
+    return len(inputs)
+
+
 class TorchDetector:
-    """A TorchScript detector on one device: uint8 clips (+ float keys) in, float64 scores out."""
+    """A detector on one device, from a torch.export (.pt2) or legacy TorchScript file: uint8 clips
+    (+ float keys) in, float64 scores out."""
 
     def __init__(self, path: Path, device: str = "auto") -> None:
         import torch
 
         self._torch = torch
+        self.path = path
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda":
@@ -73,19 +143,46 @@ class TorchDetector:
         else:
             torch.set_num_threads(1)  # the cores belong to the codec workers; parallelism is across clips
         self.device = torch.device(device)
-        if not path.is_file():
-            raise ValueError(f"detector file {str(path)!r} does not exist")
-        self.module = torch.jit.load(str(path), map_location=self.device).eval()
-        inputs = len(self.module.forward.schema.arguments) - 1  # minus self
-        if inputs not in (1, 2):
-            raise ValueError(f"detector {path}: forward takes {inputs} inputs; it must take clips or (clips, keys)")
+        self.format = file_format(path)
+        self.module, inputs = self._load_program() if self.format == PT2 else self._load_torchscript()
         self.uses_key = inputs == 2
+
+    def _load_program(self) -> tuple[Callable[..., Any], int]:
+        torch = self._torch
+        try:
+            program = torch.export.load(str(self.path))
+        except Exception as err:  # a damaged or foreign archive: say which file
+            raise ValueError(f"detector file {self.path}: not a loadable torch.export program: {err}") from err
+        inputs = _check_program(program, self.path)
+        if self.device.type != "cpu":
+            from torch.export.passes import move_to_device_pass
+
+            program = move_to_device_pass(program, self.device)
+        return program.module(), inputs
+
+    def _load_torchscript(self) -> tuple[Callable[..., Any], int]:
+        log.warning(
+            "detector file %s is TorchScript, which torch 2.13 deprecates: loaded on the legacy path; "
+            "export the model as a .pt2 program with torch.export.save (docs/detectors.md)", self.path,
+        )  # fmt: skip
+        torch = self._torch
+        try:
+            with warnings.catch_warnings():  # torch's own deprecation warning: the line above says it
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(str(self.path), map_location=self.device).eval()
+        except Exception as err:
+            raise ValueError(f"detector file {self.path}: not a loadable TorchScript module: {err}") from err
+        inputs = len(module.forward.schema.arguments) - 1  # minus self
+        if inputs not in (1, 2):
+            raise ValueError(f"detector file {self.path}: forward takes {inputs} inputs; it must take clips or (clips, keys)")
+        return module, inputs
 
     def __call__(self, clips: np.ndarray, keys: np.ndarray | None) -> np.ndarray:
         """clips uint8 (B, T, H, W, 3), keys float32 (B, T or 1, H, W, 3) or None -> scores float64 (B,).
 
         A T = 1 key (a static signature) crosses to the device as is and is expanded over time
-        there: the model always sees keys of the clips' shape."""
+        there: the model always sees keys of the clips' shape. Errors name the file (its name only:
+        clients see them)."""
         torch = self._torch
         with torch.inference_mode():
             # uint8 crosses to the device (4x fewer bytes than float), converted there
@@ -94,10 +191,12 @@ class TorchDetector:
             out = self.module(*args)
             if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(clips),):
                 shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                raise CodecLoopServerError(f"detector returned {shape}; it must return one score per clip, shape ({len(clips)},)")
-            scores = out.double().cpu().numpy()
+                raise CodecLoopServerError(
+                    f"detector {self.path.name} returned {shape}; it must return one score per clip, shape ({len(clips)},)"
+                )
+            scores: np.ndarray = out.double().cpu().numpy()
         if not np.isfinite(scores).all():
-            raise CodecLoopServerError("detector returned a NaN or infinite score")
+            raise CodecLoopServerError(f"detector {self.path.name} returned a NaN or infinite score")
         return scores
 
 
@@ -125,18 +224,23 @@ class DynamicBatcher:
         """Score one decoded clip uint8 (T, H, W, 3) against ``key`` (the signature) or None."""
         if self._runner is None:
             self._runner = asyncio.ensure_future(self._run())
-        fut = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._queue.append(_Item(clip, key, fut, asyncio.get_running_loop().time()))
         self._wakeup.set()
         return await fut
 
     def warm_up(self, clip_shape: tuple[int, int, int]) -> None:
-        """Run full and single batches once (blocking), so the first request pays no JIT or CUDA start-up."""
+        """Run full and single batches (blocking), so the first request pays no JIT or CUDA start-up,
+        and a model that fails on this clip shape (or, TorchScript, returns the wrong shape) is
+        refused at start: ValueError naming the file."""
         t, h, w = clip_shape
-        for b in {1, self.config.max_batch_size}:
-            for _ in range(2):  # TorchScript's profiling executor optimises on the second call
+        for b in sorted({1, self.config.max_batch_size}):
+            for _ in range(2 if self.detector.format == TORCHSCRIPT else 1):  # TorchScript's profiling executor optimises on the second call
                 keys = np.zeros((b, t, h, w, 3), np.float32) if self.detector.uses_key else None
-                self.detector(np.zeros((b, t, h, w, 3), np.uint8), keys)
+                try:
+                    self.detector(np.zeros((b, t, h, w, 3), np.uint8), keys)
+                except Exception as err:
+                    raise ValueError(f"detector file {self.detector.path}: fails on a batch of {b} clips of shape {(t, h, w)}: {err}") from err
 
     async def close(self) -> None:
         if self._runner is not None:
@@ -165,7 +269,9 @@ class DynamicBatcher:
 
     def _take(self) -> list[_Item]:
         """Up to max_batch_size live items with the first one's shapes; the rest stay queued in order."""
-        first, batch, rest = None, [], deque()
+        first: tuple[object, object] | None = None
+        batch: list[_Item] = []
+        rest: deque[_Item] = deque()
         while self._queue:
             item = self._queue.popleft()
             if item.future.cancelled():
@@ -186,8 +292,9 @@ class DynamicBatcher:
         if self.detector.uses_key:
             # keys keep their own T (1 for a static signature, 16x fewer bytes than broadcast ones):
             # TorchDetector expands them on the device; mixed T in one batch are broadcast here
-            same_t = len({i.key.shape[0] for i in batch}) == 1
-            keys = np.stack([i.key if same_t else np.broadcast_to(i.key, i.clip.shape) for i in batch]).astype(np.float32, copy=False)
+            held = [(i.clip, i.key) for i in batch if i.key is not None]  # all of them: a keyed detector's items carry keys
+            same_t = len({k.shape[0] for _, k in held}) == 1
+            keys = np.stack([k if same_t else np.broadcast_to(k, c.shape) for c, k in held]).astype(np.float32, copy=False)
         pad = self.config.max_batch_size - len(batch) if self.config.pad_batches else 0
         if pad:
             clips = np.concatenate([clips, np.zeros((pad, *clips.shape[1:]), clips.dtype)])
@@ -215,7 +322,7 @@ class DetectorScorer(scorers.Registered):
         self.batcher = batcher
         self.uses_key = batcher.detector.uses_key
         self.description = (
-            f"TorchScript detector {batcher.config.file.name} on {batcher.detector.device}"
+            f"{batcher.detector.format} detector {batcher.config.file.name} on {batcher.detector.device}"
             f"{' (clip, signature)' if self.uses_key else ' (clip only)'}, dynamic batches of <= {batcher.config.max_batch_size}"
         )
 

@@ -10,7 +10,9 @@ encoder settings (``CodecSettings``: options, one thread, GOP) at the current fr
 again before the next step. OUTPUT holds the last encode's bitstream as produced (not re-encoded),
 in OUTPUT's container; audio streams are copied packet for packet. Nothing is mapped back: OUTPUT
 has the size and frame rate the channel delivers. Memory: a few frames per step plus the encoders'
-own buffers; never the video.
+own buffers; never the video. On a lossless file of one carrier clip at 25 fps it is the server's
+channel bit for bit: its output mapped back as ``Channel.apply`` maps back equals what the evaluation
+scores (tests/test_file_channel.py).
 
 Run as ``python -m codecloop_server.file_channel`` (the SDK's ``codecloop channel`` executes it: the
 SDK never imports the server). Bad input: exit 2 and one line naming the problem.
@@ -195,7 +197,11 @@ def _describe(channel: channels.Channel) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="codecloop channel", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p = argparse.ArgumentParser(
+        prog="codecloop channel",
+        description="Run one channel of a server preset on a video file at its own size, streaming; OUTPUT has the size and frame rate "
+        "the channel delivers (docs/deployment.md).",
+    )  # fmt: skip
     p.add_argument("input", help="video file (its first video stream; audio is copied)")
     p.add_argument("output", help="the channel's output video (.mp4 .mkv ...: the last encode's bitstream)")
     p.add_argument("--channel", required=True, help="a preset channel: social-crf23, social-crf28, messaging, reupload, vp9-full, ...")

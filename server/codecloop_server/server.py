@@ -53,7 +53,7 @@ class ServerConfig:
             killed and replaced (workers.py); None = no limit.
         security: TLS, mutual TLS, bearer token, plaintext policy (security.py).
         metrics_port: Prometheus endpoint port on ``host`` (0 picks a free one); None = no endpoint.
-        detectors: TorchScript detectors to serve as scorers (detector.py); needs torch.
+        detectors: learned detectors (torch.export .pt2, or legacy TorchScript) to serve as scorers (detector.py); needs torch.
         x264_asm: x264's SIMD level (x264_asm.py): "auto" = the fastest deterministic level this
             CPU has; a level the CPU lacks is refused at start.
     """
@@ -167,7 +167,11 @@ async def start(config: ServerConfig) -> RunningServer:
     await loop.run_in_executor(None, engine.warm_up)
     versions = await loop.run_in_executor(None, codec.versions)
     metrics = Metrics(engine)
-    detectors = await loop.run_in_executor(None, load_detectors, config, {d.clip_shape for d in datasets.values()}, metrics)
+    try:
+        detectors = await loop.run_in_executor(None, load_detectors, config, {d.clip_shape for d in datasets.values()}, metrics)
+    except BaseException:  # a refused detector file: stop the workers and free their shared memory before exiting
+        await loop.run_in_executor(None, engine.close)
+        raise
     if config.metrics_port is not None:
         metrics_port = metrics.serve(config.host, config.metrics_port)
         print(f"codecloop metrics on http://{config.host}:{metrics_port}/metrics", flush=True)

@@ -124,7 +124,7 @@ def _poisoned_score(
         poisoned=scorers.ncc_from_stats(poisoned_stats, tmpl, features, t_sq),
         clean=clean_score,
         encoded_bytes=nbytes,
-        squared_error=_squared_error(marked, original),
+        squared_error=squared_error(marked, original),
         poisoned_z=poisoned_z,
         clean_z=clean_z,
     )
@@ -136,10 +136,10 @@ def decoded_task(clip: ClipRef, signature: shm.ArrayRef | None, epsilon: float, 
     original = clip.load()
     marked = original if signature is None else poison(original, shm.read(signature), epsilon)
     decoded, nbytes = channel.apply(marked)
-    return decoded, nbytes, _squared_error(marked, original)
+    return decoded, nbytes, squared_error(marked, original)
 
 
-def _squared_error(marked: np.ndarray, original: np.ndarray) -> int:
+def squared_error(marked: np.ndarray, original: np.ndarray) -> int:
     """sum((marked - original)^2) over uint8 arrays of one shape, exactly.
 
     Squares in place in int32 (at most 255^2), summed in int64: a quarter faster than an int16

@@ -1,8 +1,10 @@
-"""Real-looking test content: what makes x264 use motion search, B-frames and psy decisions.
+"""Real-looking test content for tests and benchmarks: what makes x264 use motion search, B-frames
+and psy decisions.
 
 Flat or static synthetic frames let x264 skip most of its decisions (and hid a nondeterminism in
 its AVX-512 code). These clips have a camera that pans and zooms by sub-pixel amounts over a real
 photograph, an object moving across it on its own path, sensor noise, and optionally a scene cut.
+The photographs are scikit-image's (the ``server`` extra installs it; imported on first use).
 """
 
 from __future__ import annotations
