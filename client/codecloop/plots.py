@@ -40,7 +40,9 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def train_plots(folder: Path, history: Sequence[dict[str, float]], holdout: CodecStats, epsilon: float | None = None, target_fpr: float | None = None) -> list[Path]:
+def train_plots(
+    folder: Path, history: Sequence[dict[str, float]], holdout: CodecStats, epsilon: float | None = None, target_fpr: float | None = None
+) -> list[Path]:
     """Torch modes: fitness.png (proxy vs real separation per validation step) and the held-out plots."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -183,7 +185,9 @@ def roc_figure(holdout: Sequence[CodecStats], epsilon: float | None, target_fpr:
     return fig
 
 
-def diagnose_plot(path: Path, proxy_separation: dict[str, np.ndarray], real_separation: np.ndarray, rho: dict[str, float], codec: str, epsilon: float) -> Path:
+def diagnose_plot(
+    path: Path, proxy_separation: dict[str, np.ndarray], real_separation: np.ndarray, rho: dict[str, float], codec: str, epsilon: float
+) -> Path:
     """``codecloop diagnose``: real vs proxy separation of random signatures, one series per rounding."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
