@@ -12,11 +12,12 @@ DEMO_ARGS ?= --dataset real --epsilon 2/255 --max-minutes 9 --out runs/demo
 .PHONY: setup demo test test-fast
 setup: $(VENV)/.installed
 
-# pip here warns once per missing local index folder: keep its real errors, drop that noise
+# pip shows what it downloads and installs (a first setup takes minutes); it warns once per missing
+# local index folder: keep its real errors, drop that noise
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(BIN)/pip install -q $(TORCH) 2> >(grep -v '^WARNING: Location' >&2)
-	$(BIN)/pip install -q -e '.[server,dev,optimize,torch]' 2> >(grep -v '^WARNING: Location' >&2)
+	$(BIN)/pip install $(TORCH) 2> >(grep -v '^WARNING: Location' >&2)
+	$(BIN)/pip install -e '.[server,dev,optimize,torch]' 2> >(grep -v '^WARNING: Location' >&2)
 	touch $@
 
 demo: setup

@@ -79,7 +79,7 @@ def main() -> None:
         clips = _dataset_clips(n)
         rows = []
         with mp.get_context("spawn").Pool(args.workers) as pool:
-            resolved = {c.name: Channel.from_proto(c) for pr in srv.client.info().channel_presets for c in pr.channels}
+            resolved = {c.name: c for pr in srv.client.info().channel_presets for c in pr.channels}
             for spec in codecs + preset_channels:
                 channel = Channel((Codec(codec=spec),), name=spec) if spec in codecs else resolved[spec]
                 limit = limit_clips_per_s(pool, clips, spec, args.workers, repeats)

@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--target", default=None, help="default: a private local server")
     ap.add_argument("--dataset", default="real")
     ap.add_argument("--split", default="holdout")
-    ap.add_argument("--epsilon", type=fraction("epsilon", 0.0, 1.0, low_open=True, high_open=False), default="2/255")
+    ap.add_argument("--epsilon", type=fraction(0.0, 1.0, low_open=True, high_open=False, levels_hint=True), default="2/255")
     ap.add_argument("--signatures", type=int, default=32)
     ap.add_argument("--scale", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=1)

@@ -30,7 +30,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", default="127.0.0.1:50051")
     ap.add_argument("--dataset", default="embedded")
-    ap.add_argument("--epsilon", type=fraction("epsilon", 0.0, 1.0, low_open=True, high_open=False), default="2/255")
+    ap.add_argument("--epsilon", type=fraction(0.0, 1.0, low_open=True, high_open=False, levels_hint=True), default="2/255")
     ap.add_argument("--signatures", type=int, default=64)
     ap.add_argument("--scale", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=1)

@@ -108,6 +108,12 @@ def ffmpeg_or_skip() -> str:
     return path
 
 
+def error_lines(stderr: str) -> list[str]:
+    """A CLI command's stderr without the lines naming its server (codecloop.serverpick) and dataset split."""
+    naming = ("codecloop: server ", "codecloop: private server ", "codecloop: starting a local server ", "codecloop: dataset ")
+    return [line for line in stderr.strip().splitlines() if not line.startswith(naming)]
+
+
 # --- test tiers ------------------------------------------------------------------------------------
 # `pytest -m "not slow"` (make test-fast) leaves these out; `make test` runs everything. Chosen from
 # `pytest --durations=0` runs on the shared 2-core VM (the whole suite; then the test files merged
@@ -124,6 +130,7 @@ SLOW_TESTS: dict[str, tuple[str, ...]] = {
         "test_clean_videos_against_many_keys_are_not_called_marked", "test_marked_video_after_crf28_is_detected_and_the_clean_copy_is_not",
         "test_a_changed_frame_rate_is_undone_by_timestamps", "test_a_static_signature_and_a_video_shorter_than_its_period",
     ),
+    "test_dataset_view.py": ("test_cli_info_lists_each_file_its_split_and_the_skipped_ones",),
     "test_deployment.py": ("test_entrypoint_and_healthcheck_run_as_in_the_image",),
     "test_detector.py": (
         "test_concurrent_clients_share_detector_batches", "test_training_script_exports_a_loadable_detector_in_both_formats",
@@ -144,8 +151,16 @@ SLOW_TESTS: dict[str, tuple[str, ...]] = {
         "test_mark_round_trip_keeps_size_rate_length_audio_and_the_mark",
     ),
     "test_optimize.py": ("test_cli_optimize_end_to_end", "test_run_resumes_without_losing_or_repeating"),
+    "test_readme_outputs.py": ("test_readme_example_outputs_are_current",),
     "test_replicas.py": ("test_run_survives_a_killed_replica",),
+    "test_resume.py": (
+        "test_a_rerun_with_other_settings_is_refused_the_same_resumes_overwrite_restarts",
+        "test_limits_that_leave_no_generation_are_refused_by_flag_and_write_nothing",
+        "test_sdk_run_refuses_other_settings_and_an_old_checkpoint_is_compared_by_config",
+    ),
+    "test_results.py": ("test_a_run_folder_shows_the_signature_frames_and_fidelity_after_the_codec",),
     "test_security.py": ("test_plaintext_beyond_loopback_and_bad_settings_refused",),
+    "test_serverpick.py": ("test_an_unusable_default_falls_back_to_a_private_server", "test_the_default_is_used_when_usable_and_local_forces_a_private_server"),
     "test_sharing.py": ("test_three_optimizer_processes_share_one_server",),
     "test_statistics.py": (
         "test_keyed_detector_empirical_null_is_the_model_on_moved_keys", "test_null_p_values_are_calibrated_on_real_clips",
@@ -153,6 +168,7 @@ SLOW_TESTS: dict[str, tuple[str, ...]] = {
     ),
     "test_style.py": ("test_mypy_strict_on_wire_and_engine",),
     "test_torch.py": ("test_train_short", "test_train_resumes_from_checkpoint"),
+    "test_user_mistakes.py": ("test_mistakes_refused_before_any_server_starts", "test_mistakes_refused_against_a_server"),
 }  # fmt: skip
 
 

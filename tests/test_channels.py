@@ -118,7 +118,7 @@ def test_server_info_lists_codecs_presets_and_filters(client):
     assert codecs["libx265"].version.startswith("x265 (build") and codecs["libx264"].default_preset == "medium"
     assert {p.name for p in info.channel_presets} == {"social", "streaming", "messaging", "reupload"}
     social = next(p for p in info.channel_presets if p.name == "social")
-    assert [c.steps[1].encode.crf for c in social.channels] == [23, 28] and social.channels[0].steps[0].resize.scale == 0.75
+    assert [c.steps[1].crf for c in social.channels] == [23, 28] and social.channels[0].steps[0].scale == 0.75
     assert "lanczos" in info.resize_filters
 
 

@@ -78,7 +78,8 @@ def test_dataset_select_is_deterministic():
     a, b = ds.select("train", 4, seed=5), ds.select("train", 4, seed=5)
     assert a.tolist() == b.tolist() and len(set(a)) == 4 and a.tolist() == sorted(a)
     assert ds.select("train", 8, seed=9).tolist() == list(range(8))
-    with pytest.raises(CodecLoopValueError, match=r"carriers.num_clips: 9.*\[1, 8\]"):
+    assert ds.select("train", 0, seed=9).tolist() == list(range(8))  # 0 = the whole split
+    with pytest.raises(CodecLoopValueError, match=r"carriers.num_clips: 9.*\[0, 8\].*\(0 = all 8\)"):
         ds.select("train", 9, 0)
     with pytest.raises(CodecLoopValueError, match=r"carriers.split: unknown split 'test'; allowed: \['holdout', 'train', 'validation'\]"):
         ds.select("test", 1, 0)
@@ -131,9 +132,9 @@ def test_real_corpus_loads_from_the_installed_package_split_by_source(tmp_path, 
 def test_real_dataset_is_served_by_default(client):
     info = next(d for d in client.info().datasets if d.name == "real")
     assert dict(info.split_clips) == {"train": 12, "validation": 3, "holdout": 15}  # 16x112x112: 8 + 7 + 15 clips
-    assert list(info.split_sources["holdout"].names) == ["bikes.mp4"]
-    assert "bikes.mp4" not in info.split_sources["train"].names and "by time" in info.split_policy
-    shown = json.loads(MessageToJson(client.info()))  # what `codecloop info` prints
+    assert list(info.split_sources["holdout"]) == ["bikes.mp4"]
+    assert "bikes.mp4" not in info.split_sources["train"] and "by time" in info.split_policy
+    shown = json.loads(MessageToJson(client.info().message))  # what `codecloop info` prints
     real = next(d for d in shown["datasets"] if d["name"] == "real")
     assert real["splitSources"]["holdout"] == {"names": ["bikes.mp4"]} and real["splitPolicy"].startswith("holdout by source")
     sig = np.sign(np.random.default_rng(0).standard_normal((1, 1, 112, 112, 3))).astype(np.float32)

@@ -92,10 +92,11 @@ def test_target_fpr_parses_like_epsilon_and_defaults_agree(command):
 
 @pytest.mark.parametrize(
     "flag,value,message",
-    [("--target-fpr", "1", r"target-fpr: 1 = 1 is outside the allowed range \[0, 1\)"),
-     ("--target-fpr", "1/0", "target-fpr: '1/0' is not a number"),
-     ("--epsilon", "0", r"epsilon: 0 = 0 is outside the allowed range \(0, 1\]"),
-     ("--epsilon", "abc", "epsilon: 'abc' is not a number")],
+    [("--target-fpr", "1", r"argument --target-fpr: 1 is outside the allowed range \[0, 1\)"),
+     ("--target-fpr", "1/0", "argument --target-fpr: '1/0' is not a number"),
+     ("--epsilon", "0", r"argument --epsilon: 0 is outside the allowed range \(0, 1\]"),
+     ("--epsilon", "4/2", r"argument --epsilon: 4/2 = 2 is outside the allowed range \(0, 1\]"),
+     ("--epsilon", "abc", "argument --epsilon: 'abc' is not a number")],
 )  # fmt: skip
 def test_bad_fractions_name_the_field_and_range(capsys, flag, value, message):
     with pytest.raises(SystemExit):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -108,6 +109,7 @@ def test_diagnose_and_calibration(client, tmp_path):
 
 
 def test_train_resumes_from_checkpoint(client, tmp_path):
+    from codecloop.runcheck import RunSettingsError
     from codecloop.train import TrainConfig, train_signature
 
     def config(steps: int) -> TrainConfig:
@@ -116,7 +118,11 @@ def test_train_resumes_from_checkpoint(client, tmp_path):
 
     straight = train_signature(client, config(4), tmp_path / "a", progress=False)
     train_signature(client, config(2), tmp_path / "b", progress=False)
-    resumed = train_signature(client, config(4), tmp_path / "b", progress=False)
+    with pytest.raises(RunSettingsError, match=r"(?m)^  lr \(--lr\): 0.1 in the run folder, 0.2 now$"):  # steps may change, lr not
+        train_signature(client, replace(config(4), lr=0.2), tmp_path / "b", progress=False)
+    notes: list[str] = []
+    resumed = train_signature(client, config(4), tmp_path / "b", progress=False, on_resume=notes.append)
+    assert notes == [notes[0]] and notes[0].startswith(f"resuming {tmp_path / 'b'} at step 1 (")
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3, 4]  # the step after the checkpoint is re-run once, nothing twice
     assert resumed["final"]["real_separation"] == pytest.approx(straight["final"]["real_separation"], rel=1e-5)

@@ -9,6 +9,7 @@ from codecloop.client import Client
 from codecloop.detect import Detection, detect_video
 from codecloop.mark import MarkResult, mark_video
 from codecloop.options import EvaluateOptions
+from codecloop.serverinfo import DatasetInfo, ServerInfo
 from codecloop.types import (
     CandidateDone,
     CandidateResult,
@@ -55,11 +56,13 @@ __all__ = [
     "CodecLoopValueError",
     "CodecStats",
     "DatasetCarriers",
+    "DatasetInfo",
     "EvaluateOptions",
     "EvaluateResult",
     "MarkResult",
     "Progress",
     "Racing",
+    "ServerInfo",
     "TranscodeResult",
     "mark_video",
     "detect_video",

@@ -10,10 +10,12 @@ import os
 import sys
 import time
 from fractions import Fraction
+from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
-from codecloop import detect, mark
+from codecloop import detect, mark, userinput
 from codecloop.objectives import NAMES
 from codecloop.types import Racing
 from codecloop.units import fraction_label
@@ -21,18 +23,21 @@ from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopError, CodecLoopValueError
 
 
-def fraction(name: str, low: float, high: float, low_open: bool, high_open: bool):
-    """An argparse type: '4/255', '1/64' or '0.0157' -> float, checked to lie in the interval
-    from ``low`` to ``high`` (open at an end when ``*_open``); the error names ``name`` and the range."""
+def fraction(low: float, high: float, low_open: bool, high_open: bool, levels_hint: bool = False):
+    """An argparse type: '4/255', '1/64' or '0.0157' -> float, checked to lie in the interval from
+    ``low`` to ``high`` (open at an end when ``*_open``); argparse's error names the flag and the
+    range. ``levels_hint``: a whole number of uint8 levels (1 < n <= 255) gets "write n/255"."""
     interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
     def parse(text: str) -> float:
         try:
             value = float(Fraction(text))
         except (ValueError, ZeroDivisionError):
-            raise argparse.ArgumentTypeError(f"{name}: {text!r} is not a number or a fraction like 1/64") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number or a fraction like 1/64") from None
         if value < low or value > high or (low_open and value == low) or (high_open and value == high):
-            raise argparse.ArgumentTypeError(f"{name}: {text} = {value:g} is outside the allowed range {interval}")
+            shown = text if text.strip() == f"{value:g}" else f"{text} = {value:g}"
+            hint = f"; write {text}/255 for {text} levels of 255" if levels_hint and value.is_integer() and 1 < value <= 255 else ""
+            raise argparse.ArgumentTypeError(f"{shown} is outside the allowed range {interval}{hint}")
         return value
 
     return parse
@@ -45,10 +50,18 @@ _CHANNEL_HELP = (
 )
 
 
-_epsilon = fraction("epsilon", 0.0, 1.0, low_open=True, high_open=False)
-_target_fpr = fraction("target-fpr", 0.0, 1.0, low_open=False, high_open=True)
-_quantile = fraction("margin-quantile", 0.0, 1.0, low_open=True, high_open=True)
-_null_fpr = fraction("fpr", 1e-12, 0.5, low_open=False, high_open=False)
+_epsilon = fraction(0.0, 1.0, low_open=True, high_open=False, levels_hint=True)
+_target_fpr = fraction(0.0, 1.0, low_open=False, high_open=True)
+_quantile = fraction(0.0, 1.0, low_open=True, high_open=True)
+_null_fpr = fraction(1e-12, 0.5, low_open=False, high_open=False)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line (``codecloop optimize: error: argument --epsilon: ...``), exit
+    code 2, without the usage block argparse prints first (``--help`` shows it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help for usage)\n")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -82,68 +95,34 @@ def random_signature(kind: str, shape: tuple[int, int, int], seed: int) -> np.nd
     return np.repeat(np.repeat(small, block, axis=1), block, axis=2)[:, :h, :w]
 
 
-DEFAULT_TARGET = "127.0.0.1:50051"  # where `codecloop serve` listens by default
-
-
-def _client(args: argparse.Namespace, **kwargs):
-    """A Client for ``--target`` (comma-separated ip:port list = replicas), with the transport
-    settings from the environment: CODECLOOP_TOKEN (bearer token), CODECLOOP_TLS_CA (PEM file of the
-    server's CA: TLS on), CODECLOOP_TLS_CERT / CODECLOOP_TLS_KEY (client certificate, mutual TLS).
-
-    Without ``--target``: a ``--dataset`` that names a folder, or no server answering on
-    127.0.0.1:50051 (and no ``--wait`` for one), starts a private local server for this command
-    (``codecloop.local``), stopped when the command ends; otherwise the server on 127.0.0.1:50051."""
-    from pathlib import Path
-
-    from codecloop import Client
+def _client(args: argparse.Namespace):
+    """The checked Client of the server this command uses, named on stderr (codecloop.serverpick):
+    ``--target``, ``--local``, a ``--dataset`` folder (a private server), else the server on
+    127.0.0.1:50051 when it is a SERVING codecloop server, else a private one."""
+    from codecloop import serverpick
     from codecloop.local import folder_dataset
 
+    if getattr(args, "dataset", None):
+        userinput.check_dataset_arg(args.dataset)
     folder = folder_dataset(args.dataset) if getattr(args, "dataset", None) else None
-    if args.target is None:
-        if folder is None and (getattr(args, "wait", 0) > 0 or _answers(DEFAULT_TARGET)):
-            args.target = DEFAULT_TARGET
-        else:
-            if folder is not None:
-                args.dataset = folder[0]
-            print("codecloop: starting a local server (no --target given) ...", file=sys.stderr, flush=True)
-            return Client(None, datasets=dict([folder]) if folder else None, **kwargs)
-    elif folder is not None and folder[0] != args.dataset:
+    if args.target is not None and folder is not None and folder[0] != args.dataset:
         raise CodecLoopValueError(
             f"dataset: {args.dataset!r} is a folder; a server at --target serves its own datasets "
             "(codecloop serve --dataset NAME=FOLDER there, then --dataset NAME), or drop --target to serve the folder locally"
         )
-
-    def pem(var: str) -> bytes | None:
-        path = os.environ.get(var)
-        return Path(path).read_bytes() if path else None
-
-    target = args.target.split(",") if "," in args.target else args.target
-    return Client(
-        target,
-        token=os.environ.get("CODECLOOP_TOKEN") or None,
-        root_certificates=pem("CODECLOOP_TLS_CA"),
-        certificate_chain=pem("CODECLOOP_TLS_CERT"),
-        private_key=pem("CODECLOOP_TLS_KEY"),
-        **kwargs,
-    )
-
-
-def _answers(target: str, timeout: float = 1.0) -> bool:
-    """Whether a gRPC server accepts connections at ``target`` within ``timeout`` seconds."""
-    import grpc
-
-    with grpc.insecure_channel(target) as channel:
-        try:
-            grpc.channel_ready_future(channel).result(timeout=timeout)
-            return True
-        except grpc.FutureTimeoutError:
-            return False
+    if args.target is None and folder is not None:
+        args.dataset = folder[0]
+    strict = ("--strict-datasets",) if getattr(args, "strict_datasets", False) else ()
+    return serverpick.pick(args.target, getattr(args, "local", False), getattr(args, "wait", 0.0), folder, strict)
 
 
 def _health(args: argparse.Namespace) -> int:
     """Exit 0 when the server reports SERVING (the container HEALTHCHECK and exec probes use this)."""
+    from codecloop import serverpick
+
+    print(f"codecloop: server {args.target}", file=sys.stderr, flush=True)
     try:
-        with _client(args) as client:
+        with serverpick.connect(args.target) as client:
             status = client.health(args.service, timeout=args.timeout)
     except Exception as err:  # unreachable, refused, TLS failure: all mean "not healthy"
         print(f"codecloop health: {type(err).__name__}: {err}", file=sys.stderr)
@@ -153,21 +132,32 @@ def _health(args: argparse.Namespace) -> int:
 
 
 _TARGET_HELP = (
-    "server address(es), host:port[,host:port...]; default: the server on 127.0.0.1:50051 if one answers "
-    "(or --wait is given), else a private local server for this command"
+    "server address(es), host:port[,host:port...], checked (health SERVING, a codecloop server) or the command fails; "
+    "default: the server on 127.0.0.1:50051 if it passes that check (or --wait is given), else a private local server"
 )
+_LOCAL_HELP = "use a private local server for this command, whatever listens on 127.0.0.1:50051"
+
+
+def _server_flags(parser: argparse.ArgumentParser) -> None:
+    """--target or --local (one of them at most)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--target", default=None, help=_TARGET_HELP)
+    group.add_argument("--local", action="store_true", help=_LOCAL_HELP)
+    parser.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for the server to become SERVING")
+    parser.add_argument("--strict-datasets", action="store_true",
+                        help="a private server refuses a --dataset folder file that gives no clip, instead of skipping it with a warning")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="codecloop", description="Real-codec (libx264) evaluation of video signatures.")
+    p = _Parser(prog="codecloop", description="Real-codec (libx264) evaluation of video signatures.")
     # every subcommand's --help shows the defaults
-    sub = p.add_subparsers(dest="command", required=True, parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_HelpFormatter))
+    sub = p.add_subparsers(dest="command", required=True, parser_class=functools.partial(_Parser, formatter_class=_HelpFormatter))
 
     # `codecloop serve` is the server's own CLI (codecloop_server.cli), run as `python -m codecloop_server`
     sub.add_parser("serve", help="run the gRPC server (python -m codecloop_server; its --help lists the flags)", add_help=False)
     sub.add_parser("channel", help="run a server channel preset on a video file at its own size (INPUT OUTPUT --channel NAME)", add_help=False)
     e = sub.add_parser("evaluate", help="evaluate a signature and print the detection table")
-    e.add_argument("--target", default=None, help=_TARGET_HELP)
+    _server_flags(e)
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--signature", help=".npy of (T, H, W, 3) or a population (P, T, H, W, 3), values in [-1, 1]")
     src.add_argument("--random", choices=["pixel", "block4", "block8", "block16"], help="a random +-1 signature")
@@ -181,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scorer", default=defaults.SCORER)
     e.add_argument("--dataset", default=defaults.DATASET, help="a dataset the server serves, or (no --target) a folder of videos to serve")
     e.add_argument("--split", default=defaults.SPLIT)
-    e.add_argument("--clips", type=int, default=defaults.NUM_CLIPS)
+    e.add_argument("--clips", type=int, default=defaults.NUM_CLIPS, help=f"clips drawn from --split; 0 = all of them (default {defaults.NUM_CLIPS})")
     e.add_argument("--clip-seed", type=int, default=defaults.SEED)
     rule = e.add_mutually_exclusive_group()
     rule.add_argument("--threshold", type=float, help="explicit decision threshold (instead of --target-fpr)")
@@ -190,14 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-null", action="store_true", help="skip the null model (per-clip p-values and TPR at fixed FPRs)")
     e.add_argument("--per-clip", action="store_true", help="print every clip's scores")
     e.add_argument("--json", help="also write the full result as JSON to this path")
-    e.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for the server to come up")
 
     o = sub.add_parser(
         "optimize", help="optimize a signature on the real codec (pycma / nevergrad / torch)",
         description="Search a signature on the real codec; the kept one is chosen on the validation split and "
         "reported on train / validation / held-out clips at --target-fpr (summary.json, plots).",
     )  # fmt: skip
-    o.add_argument("--target", default=None, help=_TARGET_HELP)
+    _server_flags(o)
     o.add_argument(
         "--optimizer", default="cma",
         help="cma (full covariance), cma:diagonal (separable CMA-ES), nevergrad:<name> (NGOpt, CMA, TwoPointsDE, PSO, ...), torch-ste, torch-hybrid, proxy:tanh|soft|ste",
@@ -213,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--margin-quantile", type=_quantile, default="0.1", help="margin objectives: low quantile of poisoned scores")
     o.add_argument("--centre-weight", type=float, default=1.0, help="centred-*: weight of |mean clean score|")
     o.add_argument("--dataset", default=defaults.DATASET, help="a dataset the server serves, or (no --target) a folder of videos to serve")
-    o.add_argument("--train-clips", type=int, default=defaults.NUM_CLIPS, help="training clips per generation (at most the split's size)")
+    o.add_argument("--train-clips", type=int, default=defaults.NUM_CLIPS, help="training clips per generation; 0 or more than the split holds = all of it")
     o.add_argument("--fresh-clips", action=argparse.BooleanOptionalAction, default=True,
                    help="draw a different seeded subset of the train split each generation")  # fmt: skip
     o.add_argument("--validation-split", default="validation", help="split the kept signature is chosen on; 'none': by training objective")
@@ -230,21 +219,21 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--patience", type=int, default=0, help="stop after this many generations without a better kept signature (0: never)")
     o.add_argument("--sigma0", type=float, default=2.0, help="initial step size (cma) / mutation sigma (nevergrad)")
     o.add_argument("--seed", type=int, default=0, help="optimizer and training-clip draws")
-    o.add_argument("--out", required=True, help="run folder; an existing one with a checkpoint is resumed")
+    o.add_argument("--out", required=True, help="run folder; one holding a run is resumed if its settings are the same (else refused)")
+    o.add_argument("--overwrite", action="store_true", help="start afresh in --out, removing a run already there")
     o.add_argument("--no-progress", action="store_true")
-    o.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for the server")
     o.add_argument("--steps", type=int, default=60, help="torch modes: gradient steps")
     o.add_argument("--lr", type=float, default=0.1, help="torch modes: Adam learning rate")
     o.add_argument("--frames", type=int, default=16, help="torch modes: distinct signature frames (1 = static)")
     o.add_argument("--block", type=int, default=1, help="torch modes: spatial block size (1 = full resolution)")
 
     d = sub.add_parser("diagnose", help="proxy (each rounding) vs real codec statistics for a signature")
-    d.add_argument("--target", default=None, help=_TARGET_HELP)
+    _server_flags(d)
     d.add_argument("--signature", required=True, help=".npy (T, H, W, 3) in [-1, 1]")
     d.add_argument("--epsilon", type=_epsilon, default=fraction_label(defaults.EPSILON))
     d.add_argument("--crf", type=float, default=defaults.CRF)
     d.add_argument("--preset", default=defaults.PRESET)
-    d.add_argument("--clips", type=int, default=defaults.NUM_CLIPS)
+    d.add_argument("--clips", type=int, default=defaults.NUM_CLIPS, help=f"clips drawn from --split; 0 = all of them (default {defaults.NUM_CLIPS})")
     d.add_argument("--split", default=defaults.SPLIT)
     d.add_argument("--random", type=int, default=20, help="random signatures for the rank correlation")
     d.add_argument("--qp-offset", type=float, default=5.0)
@@ -259,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_arguments(sub.add_parser("detect", help="test video files for a signature: score, p-value and decision per video"))
 
     i = sub.add_parser("info", help="print the server's versions, datasets, scorers and limits")
-    i.add_argument("--target", default=None, help=_TARGET_HELP)
+    _server_flags(i)
+    i.add_argument("--dataset", default=None, help="list this dataset (a name, or a folder to serve privately): each file -> split, clips, skipped files")
     for sp in sub.choices.values():
         _fill_help(sp)
     return p
@@ -268,16 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _evaluate(args: argparse.Namespace) -> int:
     from codecloop import Channel, Codec, DatasetCarriers
 
+    sig = userinput.load_signature(args.signature) if args.signature else None  # before a server starts
     with _client(args) as client:
-        if args.wait > 0:
-            client.wait_ready(args.wait)
-        carriers = DatasetCarriers(dataset=args.dataset, split=args.split, num_clips=args.clips, seed=args.clip_seed)
-        if args.signature:
-            sig = np.load(args.signature)
+        dataset = userinput.dataset_info(client.info(), args.dataset)
+        for skipped in dataset.skipped:
+            print(f"codecloop: dataset {dataset.name}: skipped {skipped.name}: {skipped.reason}", file=sys.stderr, flush=True)
+        clips = userinput.clip_count(dataset, args.split, args.clips)
+        carriers = DatasetCarriers(dataset=args.dataset, split=args.split, num_clips=clips, seed=args.clip_seed)
+        if sig is not None:
             population = sig[None] if sig.ndim == 4 else sig
         else:
-            shape = next(tuple(d.clip_shape) for d in client.info().datasets if d.name == args.dataset)
-            population = random_signature(args.random, shape, args.seed)[None]
+            population = random_signature(args.random, tuple(dataset.clip_shape), args.seed)[None]
         codecs = [Codec(crf=c, preset=args.preset, gop=args.gop, fps=args.fps) for c in _crfs(args)]
         offered = any(s.name == args.scorer and s.null_model for s in client.info().scorers)
         if args.fpr and not offered:
@@ -318,14 +309,7 @@ def _crfs(args: argparse.Namespace) -> list[float]:
 
 def _split_size(client, dataset: str, split: str) -> int:
     """Clips in ``split`` of ``dataset`` on the server (CodecLoopValueError naming what is missing)."""
-    from codecloop_wire.errors import CodecLoopValueError
-
-    info = next((d for d in client.info().datasets if d.name == dataset), None)
-    if info is None:
-        raise CodecLoopValueError(f"dataset: the server has no dataset {dataset!r}")
-    if split not in info.split_clips:
-        raise CodecLoopValueError(f"split: dataset {dataset!r} has no split {split!r}; it has {sorted(info.split_clips)}")
-    return info.split_clips[split]
+    return int(userinput.clip_count(userinput.dataset_info(client.info(), dataset), split, 0))
 
 
 def _train(args: argparse.Namespace, client) -> int:
@@ -352,7 +336,11 @@ def _train(args: argparse.Namespace, client) -> int:
         block=args.block,
         seed=args.seed,
     )
-    summary = train_signature(client, config, args.out, progress=not args.no_progress)
+
+    def resumed(note: str) -> None:
+        print(f"codecloop: {note}; --steps counts the whole run, over every resume", file=sys.stderr, flush=True)
+
+    summary = train_signature(client, config, args.out, progress=not args.no_progress, overwrite=args.overwrite, on_resume=resumed)
     h = summary["holdout"]
     print(json.dumps({"elapsed_s": summary["elapsed_s"], "final": summary["final"]}))
     print(
@@ -367,14 +355,15 @@ def _diagnose(args: argparse.Namespace) -> int:
     from codecloop import Codec, DatasetCarriers
     from codecloop.diagnose import diagnose, table
 
-    sig = np.load(args.signature).astype(np.float32)
+    sig = userinput.load_signature(args.signature, population=False)
     with _client(args) as client:
+        clips = userinput.clip_count(userinput.dataset_info(client.info(), defaults.DATASET), args.split, args.clips)
         rows, rho = diagnose(
             client,
             sig,
             epsilon=args.epsilon,
             codec=Codec(crf=args.crf, preset=args.preset),
-            carriers=DatasetCarriers(split=args.split, num_clips=args.clips),
+            carriers=DatasetCarriers(split=args.split, num_clips=clips),
             qp_offset=args.qp_offset,
             random=args.random,
             plot=args.plot,
@@ -396,20 +385,29 @@ def _racing(spec: str) -> Racing:
 
 
 def _optimize(args: argparse.Namespace) -> int:
-    from codecloop import Channel, Codec, DatasetCarriers
+    from codecloop import Channel, Codec, DatasetCarriers, datasetview
     from codecloop.objectives import Objective
-    from codecloop.optimize import Run, RunConfig
+    from codecloop.optimize import REPORT_OVERHEAD_S, Run, RunConfig
     from codecloop.params import make
 
     started = time.monotonic()  # --max-minutes counts from here: a local server's start-up is in it
+    if args.budget is not None and args.budget < args.popsize:
+        raise CodecLoopValueError(f"--budget: {args.budget} evaluations are fewer than one generation (--popsize {args.popsize})")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise CodecLoopValueError(f"--out: {args.out} is a file, not a run folder")
     with _client(args) as client:
-        if args.wait > 0:
-            client.wait_ready(args.wait)
         if args.optimizer.startswith(("torch-", "proxy:")):
             return _train(args, client)
-        shape = next((tuple(d.clip_shape) for d in client.info().datasets if d.name == args.dataset), None)
-        if shape is None:
-            raise CodecLoopValueError(f"dataset: the server has no dataset {args.dataset!r}")
+        dataset = userinput.dataset_info(client.info(), args.dataset)
+        shape = tuple(dataset.clip_shape)
+        for line in datasetview.split_lines(dataset):  # the split this run rests on, visible whenever it changes
+            print(f"codecloop: {line}", file=sys.stderr, flush=True)
+        max_seconds = args.max_minutes * 60 - (time.monotonic() - started)
+        if max_seconds <= REPORT_OVERHEAD_S:
+            raise CodecLoopValueError(
+                f"--max-minutes: {args.max_minutes:g} ({args.max_minutes * 60:.0f} s) leaves {max_seconds:.0f} s after the server's "
+                f"start-up, no time for one generation and the final report (about {REPORT_OVERHEAD_S:.0f} s); give more"
+            )
         config = RunConfig(
             optimizer=args.optimizer,
             epsilon=args.epsilon,
@@ -424,13 +422,17 @@ def _optimize(args: argparse.Namespace) -> int:
             holdout=DatasetCarriers(args.dataset, "holdout", args.holdout_clips),
             popsize=args.popsize,
             budget=args.budget,
-            max_seconds=args.max_minutes * 60 - (time.monotonic() - started),
+            max_seconds=max_seconds,
             patience=args.patience,
             sigma0=args.sigma0,
             seed=args.seed,
             racing=None if args.racing is None else _racing(args.racing),
         )
-        summary = Run(client, make(args.param, shape), config, args.out).run(progress=not args.no_progress)
+        run = Run(client, make(args.param, shape), config, args.out, overwrite=args.overwrite)
+        if run.resumed:
+            print(f"codecloop: {run.resume_note()}; --max-minutes and --budget count the whole run, over every resume",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        summary = run.run(progress=not args.no_progress)
     sel = summary["selected"]
     print(f"{summary['generations']} generations, {summary['evaluations']} evaluations, {summary['elapsed_s']} s; "
           f"kept: generation {sel['generation']} {sel['candidate']} by {sel['by']}")  # fmt: skip
@@ -455,15 +457,35 @@ def _optimize(args: argparse.Namespace) -> int:
                 p = points[0]
                 print(f"{'':>12}null model, {unit}: TPR at p < 1e-3 {p['true_positives']}/{p['n']} "
                       f"[{p['tpr_ci'][0]:.0%}, {p['tpr_ci'][1]:.0%}], clean called marked {p['false_positives']}/{p['n']}")  # fmt: skip
-    print(f"run folder: {args.out} (log.jsonl, checkpoint.pkl, best.npy, summary.json, *.png)")
+    f = summary["fidelity"]
+    if "note" in f:
+        print(f"fidelity: {f['note']}")
+    else:
+        parts = [f"{name.replace('_', ' ')}: PSNR {_db(f[name]['psnr_db'])} SSIM {f[name]['ssim']:.4f}" for name in ("before_codec", "after_codec")]
+        print(f"fidelity ({f['clips']} {f['split']} clips, {f['codec']}; marked vs clean; luma SSIM, 11x11 Gaussian): " + "; ".join(parts))
+    print(f"run folder: {args.out} (log.jsonl, checkpoint.pkl, best.npy, summary.json, signature.png, frames.png, *.png)")
     return 0
 
 
+def _db(value: float | None) -> str:
+    """A PSNR in dB; None (identical images) is infinite."""
+    return "inf dB" if value is None else f"{value:.1f} dB"
+
+
 def _info(args: argparse.Namespace) -> int:
-    from google.protobuf.json_format import MessageToJson
+    from google.protobuf.json_format import MessageToDict
+
+    from codecloop import datasetview
 
     with _client(args) as client:
-        print(MessageToJson(client.info()))
+        info = client.info()
+    if args.dataset:
+        print("\n".join(datasetview.lines(userinput.dataset_info(info, args.dataset))))
+        return 0
+    out = MessageToDict(info.message)
+    for d in out.get("datasets", ()):
+        d["clipShape"] = [int(x) for x in d.get("clipShape", ())]  # int64 fields are strings in proto JSON
+    print(json.dumps(out, indent=2))
     return 0
 
 

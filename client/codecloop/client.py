@@ -11,6 +11,7 @@ import numpy as np
 
 from codecloop.channel import DEFAULT_MAX_MESSAGE_BYTES, channel_target, error_from, open_channel
 from codecloop.options import Carriers, EvaluateOptions, as_batch, carriers_proto
+from codecloop.serverinfo import ServerInfo
 from codecloop.types import (
     CandidateDone,
     CandidateResult,
@@ -41,6 +42,8 @@ class Client:
             (besides the built-in ``embedded`` and ``real``).
         carriers: with ``target=None`` only: how the private server cuts clips from videos
             (``serve --carriers``): ``resize`` (its default), ``native`` or ``native:L``.
+        server_args: with ``target=None`` only: more ``codecloop serve`` flags for the private
+            server, e.g. ``["--strict-datasets"]``.
             Calls are spread over replicas round-robin; a call that finds its replica gone is
             retried on another (UNAVAILABLE, retry policy below).
         timeout: default deadline of every call, seconds.
@@ -62,6 +65,7 @@ class Client:
         *,
         datasets: Mapping[str, str] | None = None,
         carriers: str | None = None,
+        server_args: Sequence[str] = (),
         timeout: float = 600.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_attempts: int = 5,
@@ -77,10 +81,10 @@ class Client:
         if target is None:
             from codecloop.local import LocalServer
 
-            self.local = LocalServer(datasets, args=["--carriers", carriers] if carriers else [])
+            self.local = LocalServer(datasets, args=[*(["--carriers", carriers] if carriers else []), *server_args])
             target = self.local.start()
-        elif datasets or carriers:
-            raise CodecLoopValueError("datasets, carriers: only a private server (target=None) can be given folders or a carrier policy; a running server serves its own")
+        elif datasets or carriers or server_args:
+            raise CodecLoopValueError("datasets, carriers, server_args: only a private server (target=None) takes them; a running server has its own")
         self.target = channel_target(target)
         self.replicas = replicas if replicas is not None else (1 if isinstance(target, str) else len(target))
         if self.replicas < 1:
@@ -134,9 +138,10 @@ class Client:
         except grpc.RpcError as err:
             raise error_from(err) from None
 
-    def info(self, timeout: float | None = None) -> pb.ServerInfo:
-        """Versions, datasets, codecs, presets, scorers and limits of the server."""
-        return self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout)
+    def info(self, timeout: float | None = None) -> ServerInfo:
+        """Versions, datasets, codecs, presets, scorers and limits of the server, typed
+        (:class:`codecloop.serverinfo.ServerInfo`; ``info.dataset(name)`` finds one dataset)."""
+        return ServerInfo.from_proto(self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout))
 
     def evaluate(
         self,
@@ -159,10 +164,7 @@ class Client:
             priority: in [-100, 100]; higher runs first on a shared server (e.g. validation calls).
         """
         requests = self._evaluate_requests(signatures, (options or EvaluateOptions()).updated(**option_fields))
-        futures: list[Future] = [
-            self._stub.EvaluateSignature.future(req, timeout=timeout or self.timeout, metadata=self._meta(priority))
-            for req in requests
-        ]
+        futures: list[Future] = [self._stub.EvaluateSignature.future(req, timeout=timeout or self.timeout, metadata=self._meta(priority)) for req in requests]
         try:
             responses = [f.result() for f in futures]
         except grpc.RpcError as err:
@@ -314,10 +316,7 @@ class Client:
         for i, t in enumerate(tensors):
             size = t.ByteSize() + 16  # field tag and length prefix
             if size > budget:
-                raise CodecLoopLimitError(
-                    f"signatures[{i}]: {size} bytes on the wire exceed the message limit "
-                    f"{self.max_message_bytes} (try dtype='float16' or 'int8')"
-                )
+                raise CodecLoopLimitError(f"signatures[{i}]: {size} bytes on the wire exceed the message limit {self.max_message_bytes} (try dtype='float16' or 'int8')")
             if used + size > budget:
                 chunks.append([])
                 used = 0

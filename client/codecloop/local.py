@@ -99,6 +99,10 @@ class LocalServer:
             code = self._proc.wait()
             self._proc = None
             why = "did not start in time" if time.monotonic() >= deadline else f"exited with code {code}"
+            # the server's own CLI states a refused setting in one line ("codecloop serve: ..."): that line alone
+            refused = [line.strip() for line in self._lines if line.startswith("codecloop serve: ")]
+            if refused:
+                raise CodecLoopUnavailableError(f"local codecloop server {why}: {refused[-1]}")
             raise CodecLoopUnavailableError(f"local codecloop server {why}; its last lines:\n" + "".join(self._lines))
         # keep reading its log: a full pipe would block the server on its next line
         threading.Thread(target=lambda: self._lines.extend(self._proc.stdout), daemon=True).start()  # type: ignore[union-attr, arg-type]

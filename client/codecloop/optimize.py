@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from codecloop import datasetview, runcheck
+from codecloop import fidelity as fidelity_metrics
 from codecloop.client import Client
 from codecloop.objectives import Objective
 from codecloop.params import Parameterization
@@ -54,8 +56,10 @@ from codecloop.types import CandidateResult, Channel, Codec, DatasetCarriers, Ev
 from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopValueError
 
+FIDELITY_CLIPS = 4  # held-out clips the report's PSNR / SSIM and frames.png are measured on
+
 # seconds added to the final-report estimate for best.npy, summary.json and the plots (matplotlib import)
-_REPORT_OVERHEAD_S = 5.0
+REPORT_OVERHEAD_S = 5.0
 
 
 @dataclass
@@ -94,9 +98,7 @@ class RunConfig:
             self.objective = Objective(self.objective)
         if self.racing is not None:
             if self.objective.name not in ("separation", "centred-separation"):
-                raise CodecLoopValueError(
-                    f"racing: a race ranks by separation or centred-separation; objective {self.objective.name!r} is neither"
-                )
+                raise CodecLoopValueError(f"racing: a race ranks by separation or centred-separation; objective {self.objective.name!r} is neither")
             weight = self.objective.centre_weight if self.objective.name == "centred-separation" else 0.0
             if self.racing.centre_weight is not None and self.racing.centre_weight != weight:
                 raise CodecLoopValueError(f"racing.centre_weight: {self.racing.centre_weight}; the objective {self.objective.name!r} needs {weight}")
@@ -242,18 +244,40 @@ def report(result: EvaluateResult, index: int, objective: Objective, carriers: D
 class Run:
     """A resumable optimization run writing into ``folder``."""
 
-    def __init__(self, client: Client, param: Parameterization, config: RunConfig, folder: str | Path) -> None:
+    def __init__(self, client: Client, param: Parameterization, config: RunConfig, folder: str | Path, overwrite: bool = False) -> None:
+        """A run in ``folder``: resumed when the folder holds a checkpoint made with the same
+        settings (:mod:`codecloop.runcheck`; other settings raise ``RunSettingsError`` listing the
+        differences), started afresh when it holds none or ``overwrite`` (the old run's files are
+        removed). Nothing is written before the first generation."""
         self.client, self.param, self.config = client, param, config
         self.objective: Objective = config.objective  # type: ignore[assignment]  (str converted in RunConfig)
         self.folder = RunFolder(folder, "checkpoint.pkl")
         self.validation_note = ""
         self._null: bool | None = None  # whether the scorer offers the null model (asked once)
         self._resolve_carriers()
-        if self.folder.has_checkpoint():
+        self.settings = runcheck.settings(config, parameterization=repr(param), dataset_digests=self._digests)
+        if overwrite and self.folder.path.is_dir():
+            runcheck.clear(self.folder.path)
+        self.resumed = self.folder.has_checkpoint()
+        self._started = False
+        if self.resumed:
             self._resume()
         else:
             self.state = RunState()
             self.backend = self._new_backend()
+
+    def resume_note(self) -> str:
+        """What a resumed run continues from: folder, generation, evaluations and time used."""
+        s = self.state
+        return f"resuming {self.folder.path} at generation {s.generation} ({s.evaluations} evaluations, {s.elapsed:.0f} s used)"
+
+    def _start(self) -> None:
+        """Before the first write: make the folder; a fresh run empties logs a killed first try left."""
+        if self._started:
+            return
+        self._started = True
+        self.folder.create()
+        if not self.resumed:
             self.folder.log.clear()
             self.folder.validation_log.clear()
 
@@ -261,7 +285,8 @@ class Run:
 
     def _resolve_carriers(self) -> None:
         """Check every split exists on the server and turn ``num_clips`` 0 into the split's size."""
-        sizes = {(d.name, split): n for d in self.client.info().datasets for split, n in d.split_clips.items()}
+        datasets = self.client.info().datasets
+        sizes = {(d.name, split): n for d in datasets for split, n in d.split_clips.items()}
 
         def resolve(carriers: DatasetCarriers, name: str) -> DatasetCarriers:
             carriers = carriers.resolved()
@@ -287,6 +312,10 @@ class Run:
                 # a dataset without that split (an older server): run on, keep the best by training objective
                 self.validation_note = f"{err}; the kept signature is the best by training objective"
                 warnings.warn(self.validation_note, stacklevel=2)
+        used = {c.dataset for c in (self.train, self.validation, self.holdout) if c is not None}
+        # a folder whose files changed is another dataset: its digest is part of the run's settings
+        self._digests = {d.name: d.digest for d in datasets if d.name in used}
+        self._dataset = next(d for d in datasets if d.name == self.train.dataset)
 
     def train_carriers(self, generation: int) -> DatasetCarriers:
         """The training clips of ``generation``: a fresh seeded draw from the train split, or ``train``."""
@@ -307,6 +336,9 @@ class Run:
 
     def _resume(self) -> None:
         blob = pickle.loads(self.folder.read_checkpoint())
+        # a checkpoint from before settings were stored: its config is compared, without parameterization and digest
+        saved = blob.get("settings") or runcheck.settings(blob["config"], parameterization=repr(self.param), dataset_digests=self._digests)
+        runcheck.check(self.folder.path, saved, self.settings)
         self.state = blob["state"]
         if self.config.optimizer.partition(":")[0] == "cma":
             self.backend = CMABackend.restore(blob["backend"])
@@ -317,7 +349,8 @@ class Run:
             log.keep(lambda entry: entry["generation"] < self.state.generation)
 
     def _checkpoint(self) -> None:
-        self.folder.write_checkpoint(pickle.dumps({"state": self.state, "backend": self.backend.state(), "config": self.config}))
+        blob = {"state": self.state, "backend": self.backend.state(), "config": self.config, "settings": self.settings}
+        self.folder.write_checkpoint(pickle.dumps(blob))
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -358,7 +391,7 @@ class Run:
         """Estimated seconds of what :meth:`finish` still has to do, at the last generation's pace,
         doubled: the report's clean clips are mostly not cached yet, so they are encoded too."""
         report_clips = self.holdout.num_clips + self.train.num_clips
-        return 2 * (report_clips * self._clip_seconds() + self._validation_seconds()) + _REPORT_OVERHEAD_S
+        return 2 * (report_clips * self._clip_seconds() + self._validation_seconds()) + REPORT_OVERHEAD_S
 
     def done(self) -> bool:
         """Budget, patience, or no time left for one more generation plus the final report."""
@@ -375,6 +408,7 @@ class Run:
         """One generation: ask, one batched server call, tell (loss = -objective), log, maybe
         validate, checkpoint. Returns the generation's history entry."""
         t0 = time.monotonic()
+        self._start()
         s, g = self.state, self.state.generation
         thetas = self.backend.ask()
         result = self._evaluate(thetas, self.train_carriers(g), racing=self.config.racing)
@@ -433,6 +467,8 @@ class Run:
     def run(self, progress: bool = True) -> dict[str, Any]:
         """Generations until the budget, time limit or patience runs out; then the final report."""
         start = time.monotonic()
+        if self.state.generation == 0 and self.done():
+            raise self._no_generation()
         bar = None
         if progress:
             from tqdm import tqdm
@@ -442,10 +478,19 @@ class Run:
             h = self.step()
             if bar is not None:
                 bar.update(self.config.popsize)
-                bar.set_postfix(kept=f"{self.state.best_fitness:.4f}", gen_max=f"{h['max']:.4f}")
+                # README "Results you can see": kept = the kept signature's selection score, gen_best = this generation's best
+                kept = f"{self.state.best_fitness:.4f}" if math.isfinite(self.state.best_fitness) else "-"
+                bar.set_postfix(kept=kept, gen_best=f"{h['max']:.4f}")
         if bar is not None:
             bar.close()
         return self.finish(search_s=time.monotonic() - start)
+
+    def _no_generation(self) -> CodecLoopValueError:
+        """Why a fresh run cannot run one generation: the limit that stops it, by name."""
+        c = self.config
+        if c.budget is not None and c.budget < c.popsize:
+            return CodecLoopValueError(f"budget: {c.budget} evaluations are fewer than one generation (popsize {c.popsize})")
+        return CodecLoopValueError(f"max_seconds: {c.max_seconds:.1f} s leave no time for one generation and the final report (about {REPORT_OVERHEAD_S:.0f} s)")
 
     def finish(self, search_s: float | None = None) -> dict[str, Any]:
         """Validate the last generation if it was not, save the kept signature, score it on a
@@ -453,7 +498,8 @@ class Run:
         t0 = time.monotonic()
         s, c = self.state, self.config
         if s.generation == 0:
-            raise CodecLoopValueError("budget: no generation was run (budget < popsize, or max_seconds too small)")
+            raise self._no_generation()
+        self._start()
         if self.validation is not None and s.validated_generation < s.generation - 1:
             self.validate()
             self._checkpoint()
@@ -467,6 +513,7 @@ class Run:
             "holdout": report(held, 0, self.objective, self.holdout),
         }
         sections["train"] |= {"clips_per_generation": self.train.num_clips, "fresh_clips": c.fresh_clips}
+        fidelity, clips = self._fidelity(best[0])
         s.elapsed += time.monotonic() - t0
         summary = {
             "target_fpr": self.objective.target_fpr,
@@ -474,12 +521,14 @@ class Run:
             "selected": {"by": s.best_by, "generation": s.best_generation, "candidate": s.best_candidate, "score": s.best_fitness},
             **sections,
             "gap": _gaps(sections),
+            "fidelity": fidelity,
             "validation_note": self.validation_note or None,
             "generations": s.generation,
             "evaluations": s.evaluations,
             "candidate_clips": s.candidate_clips,  # training clips scored, over all candidates (a race scores fewer)
             "elapsed_s": round(s.elapsed, 1),  # generations, validations and this report, over all resumes
             "wall_s": None if search_s is None else round(search_s + time.monotonic() - t0, 1),  # this call, report included
+            "dataset": datasetview.summary(self._dataset),  # files per split, skipped files: what the numbers rest on
             "parameterization": self.param.describe(),
             "config": asdict(c),
         }
@@ -487,7 +536,27 @@ class Run:
         from codecloop import plots
 
         plots.run_plots(self.folder.path, s.history, s.validations, summary, held.candidates[0].codecs, c.epsilon)
+        if clips is not None:
+            plots.result_images(self.folder.path, best[0], c.epsilon, clips, fidelity["codec"])
         return written
+
+    def _fidelity(self, signature: np.ndarray) -> tuple[dict[str, Any], tuple[np.ndarray, ...] | None]:
+        """PSNR and SSIM of the kept signature (:mod:`codecloop.fidelity`) on up to
+        :data:`FIDELITY_CLIPS` held-out clips through the first codec setting (else the first
+        channel), and those clips (clean, marked, both after the codec) for frames.png."""
+        c = self.config
+        look = replace(self.holdout, num_clips=min(FIDELITY_CLIPS, self.holdout.num_clips), seed=0)
+        route: dict[str, Any] = {"codec": c.codecs[0]} if c.codecs else {"channel": c.channels[0]}
+        label = c.codecs[0].label() if c.codecs else c.channels[0].label()
+        try:
+            clean = self.client.transcode(None, epsilon=c.epsilon, carriers=look, include_input=True, **route)
+            marked = self.client.transcode(signature, epsilon=c.epsilon, carriers=look, include_input=True, **route)
+        except CodecLoopValueError as err:  # e.g. a channel preset of several channels: no single "after"
+            return {"codec": label, "note": f"not measured: {err}"}, None
+        clips = (clean.inputs, marked.inputs, clean.decoded, marked.decoded)
+        assert clips[0] is not None and clips[1] is not None  # include_input=True
+        measured = fidelity_metrics.report(*clips)  # type: ignore[arg-type]
+        return {"codec": label, "clips": len(clean.decoded), "split": self.holdout.split, "ssim": fidelity_metrics.SSIM_DEFINITION, **measured}, clips
 
 
 def _gaps(sections: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, float | None]]:
@@ -495,7 +564,5 @@ def _gaps(sections: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, flo
     pairs = (("train", "validation"), ("validation", "holdout"), ("train", "holdout"))
     out = {}
     for metric in ("objective", "tpr", "separation"):
-        out[metric] = {
-            f"{a}_minus_{b}": (sections[a][metric] - sections[b][metric]) if sections[a] and sections[b] else None for a, b in pairs
-        }
+        out[metric] = {f"{a}_minus_{b}": (sections[a][metric] - sections[b][metric]) if sections[a] and sections[b] else None for a, b in pairs}
     return out

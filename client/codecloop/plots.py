@@ -76,7 +76,7 @@ def curves_figure(history: Sequence[dict[str, Any]], validations: Sequence[dict[
     plt = _pyplot()
     fpr_text = fraction_label(summary["target_fpr"])
     last = history[-1]["generation"]
-    fig, (obj_ax, tpr_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (obj_ax, tpr_ax) = plt.subplots(1, 2, figsize=(11, 5.5))
     gens = [h["generation"] for h in history]
     obj_ax.plot(gens, [h["max"] for h in history], "-", color="C0", lw=1, label="train: generation's best (its clips)")
     obj_ax.plot(gens, [h["mean"] for h in history], "--", color="C0", lw=1, alpha=0.6, label="train: generation mean")
@@ -98,7 +98,8 @@ def curves_figure(history: Sequence[dict[str, Any]], validations: Sequence[dict[
                 ax.errorbar([x], [y], yerr=yerr, fmt=marker, color=color, ms=10, capsize=4,
                             label=f"kept signature, {split} ({section['clips']} clips): {y:.3g}")  # fmt: skip
         ax.set_xlabel("generation")
-        ax.legend(fontsize=7)
+        # under the axes: inside, the legend covered the kept signature's markers at the last generation
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
     obj_ax.set_ylabel(f"{summary['objective']} (bigger is better)")
     obj_ax.set_title(f"objective, kept by {sel['by']} (generation {sel['generation']})", fontsize=10)
     tpr_ax.set_ylabel(f"TPR at FPR ≤ {fpr_text}")
@@ -197,3 +198,61 @@ def diagnose_plot(
     ax.set_title(f"{len(real_separation)} random signatures, ε = {fraction_label(epsilon)}")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def _amplified(signal: np.ndarray, half_range: float) -> np.ndarray:
+    """A signed array shown as an image: 0 -> mid grey, +-half_range -> white / black (clipped)."""
+    return np.clip(0.5 + signal / (2 * half_range), 0, 1)
+
+
+def _frames_shown(t: int, count: int = 4) -> list[int]:
+    """Up to ``count`` frame indices spread evenly over ``t`` frames."""
+    return sorted({int(round(i)) for i in np.linspace(0, t - 1, min(count, t))})
+
+
+def signature_figure(signature: np.ndarray, epsilon: float):
+    """The kept signature (T', H, W, 3) in [-1, 1], a few frames; -1..1 fills black..white, i.e.
+    the +-epsilon it adds to a clip amplified 1/epsilon times."""
+    plt = _pyplot()
+    frames = _frames_shown(len(signature))
+    fig, axes = plt.subplots(1, len(frames), figsize=(2.6 * len(frames), 3.0), squeeze=False)
+    for ax, k in zip(axes[0], frames):
+        ax.imshow(_amplified(signature[k], 1.0), interpolation="nearest")
+        ax.set_title(f"frame {k}" + (" (all frames)" if len(signature) == 1 else f" of {len(signature)}"), fontsize=9)
+        ax.axis("off")
+    fig.suptitle(f"kept signature, ±ε = ±{fraction_label(epsilon)} shown as black/white (×{1 / epsilon:.0f})", fontsize=10)
+    return fig
+
+
+def frames_figure(clean: np.ndarray, marked: np.ndarray, clean_coded: np.ndarray, marked_coded: np.ndarray, epsilon: float, codec: str):
+    """One clip (T, H, W, 3) uint8 in rows of a few frames: clean, marked (the encoder's input),
+    marked after the codec, the mark before the codec (marked - clean) and after it (marked after
+    the codec - clean after the codec), both amplified so that +-2 epsilon fills black..white."""
+    plt = _pyplot()
+    frames = _frames_shown(len(clean), 3)
+    half = 2 * epsilon * 255  # in uint8 levels: the codec can make a difference larger than epsilon
+    columns = [
+        ("clean", lambda k: clean[k]),
+        ("marked (codec input)", lambda k: marked[k]),
+        (f"marked after {codec}", lambda k: marked_coded[k]),
+        ("mark before the codec", lambda k: _amplified(marked[k].astype(float) - clean[k], half)),
+        ("mark after the codec", lambda k: _amplified(marked_coded[k].astype(float) - clean_coded[k], half)),
+    ]
+    fig, axes = plt.subplots(len(frames), len(columns), figsize=(2.4 * len(columns), 2.4 * len(frames) + 0.6), squeeze=False)
+    for row, k in zip(axes, frames):
+        for ax, (title, image) in zip(row, columns):
+            ax.imshow(image(k), interpolation="nearest")
+            ax.set_title(f"{title}, frame {k}", fontsize=7)
+            ax.axis("off")
+    fig.suptitle(f"differences amplified: ±{fraction_label(2 * epsilon)} (2ε) = black/white", fontsize=10)
+    return fig
+
+
+def result_images(folder: Path, signature: np.ndarray, epsilon: float, clips: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], codec: str) -> list[Path]:
+    """signature.png (:func:`signature_figure`) and frames.png (:func:`frames_figure` of the first
+    clip of ``clips`` = (clean, marked, clean after the codec, marked after the codec))."""
+    clean, marked, clean_coded, marked_coded = (c[0] for c in clips)
+    return [
+        _save(signature_figure(signature, epsilon), folder / "signature.png"),
+        _save(frames_figure(clean, marked, clean_coded, marked_coded, epsilon, codec), folder / "frames.png"),
+    ]

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from codecloop import jsonutil
+from codecloop_wire.errors import CodecLoopValueError
 
 
 class JsonLog:
@@ -40,14 +41,20 @@ class JsonLog:
 
 
 class RunFolder:
-    """``folder`` (created if needed) with a checkpoint file named ``checkpoint``."""
+    """``folder`` with a checkpoint file named ``checkpoint``; nothing is written (the folder is not
+    even made) before :meth:`create`, so a run refused up front leaves no empty folder behind."""
 
     def __init__(self, folder: str | Path, checkpoint: str) -> None:
         self.path = Path(folder)
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and not self.path.is_dir():
+            raise CodecLoopValueError(f"out: {self.path} is a file, not a run folder")
         self.log = JsonLog(self.path / "log.jsonl")
         self.validation_log = JsonLog(self.path / "validation.jsonl")
         self.checkpoint_path = self.path / checkpoint
+
+    def create(self) -> None:
+        """Make the folder (and its parents) if needed."""
+        self.path.mkdir(parents=True, exist_ok=True)
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.exists()

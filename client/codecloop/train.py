@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from codecloop import runcheck
 from codecloop.client import Client
 from codecloop.rundir import RunFolder
 from codecloop.torch_proxy import H264Proxy, RealCodec, blind_scores, poison
@@ -61,13 +63,29 @@ def _separation(clean_scores: torch.Tensor, poisoned_scores: torch.Tensor) -> to
     return poisoned_scores.mean() - clean_scores.mean()
 
 
-def train_signature(client: Client, config: TrainConfig, folder: str | Path, progress: bool = True) -> dict[str, Any]:
+def train_signature(
+    client: Client,
+    config: TrainConfig,
+    folder: str | Path,
+    progress: bool = True,
+    overwrite: bool = False,
+    on_resume: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Train, log (log.jsonl), save best.npy / summary.json / plots in ``folder``; return the summary.
 
     After every validation step the signature and Adam's state go to ``checkpoint.pt``; calling
-    again with the same folder resumes from there (log lines after it are dropped).
+    again with the same folder and settings resumes from there (log lines after it are dropped);
+    other settings raise :class:`codecloop.runcheck.RunSettingsError` (``steps`` may differ);
+    ``overwrite`` removes the old run's files first; ``on_resume`` is told what a resume continues
+    (folder, step, seconds used).
     """
     run = RunFolder(folder, "checkpoint.pt")
+    settings = runcheck.settings(config)
+    if overwrite and run.path.is_dir():
+        runcheck.clear(run.path)
+    ckpt = torch.load(io.BytesIO(run.read_checkpoint()), weights_only=False) if run.has_checkpoint() else None
+    if ckpt is not None:
+        runcheck.check(run.path, ckpt.get("settings"), settings)
     torch.manual_seed(config.seed)
     clean_run = client.transcode(None, carriers=config.train, codec=config.codec, channel=config.channel, include_input=True)
     clean = torch.from_numpy(clean_run.inputs.astype(np.float32) / 255)
@@ -93,12 +111,14 @@ def train_signature(client: Client, config: TrainConfig, folder: str | Path, pro
     history: list[dict[str, float]] = []
     best: tuple[float, np.ndarray | None] = (-np.inf, None)
     first_step, elapsed = 0, 0.0
-    if run.has_checkpoint():  # resume: state after the last checkpointed optimizer step
-        ckpt = torch.load(io.BytesIO(run.read_checkpoint()), weights_only=False)
+    run.create()
+    if ckpt is not None:  # resume: state after the last checkpointed optimizer step
         with torch.no_grad():
             raw.copy_(ckpt["raw"])
         opt.load_state_dict(ckpt["opt"])
         first_step, history, best, elapsed = ckpt["next_step"], ckpt["history"], ckpt["best"], ckpt["elapsed"]
+        if on_resume is not None:
+            on_resume(f"resuming {run.path} at step {first_step} ({elapsed:.0f} s used)")
         run.log.keep(lambda entry: entry["step"] < first_step)
     else:
         run.log.clear()
@@ -134,7 +154,7 @@ def train_signature(client: Client, config: TrainConfig, folder: str | Path, pro
         opt.step()
         if step % config.validate_every == 0:
             state = {"raw": raw.detach().clone(), "opt": opt.state_dict(), "next_step": step + 1, "history": history,
-                     "best": best, "elapsed": time.monotonic() - start}  # fmt: skip
+                     "best": best, "elapsed": time.monotonic() - start, "settings": settings}  # fmt: skip
             blob = io.BytesIO()
             torch.save(state, blob)
             run.write_checkpoint(blob.getvalue())

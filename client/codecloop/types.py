@@ -75,7 +75,7 @@ class Codec:
 class DatasetCarriers:
     """Carrier clips from a server-side dataset: ``num_clips`` drawn from ``split`` with ``seed``.
     A field left None is not sent: the server applies its default (``codecloop_wire.defaults``:
-    dataset "embedded", split "train", 32 clips, seed 0)."""
+    dataset "embedded", split "train", 32 clips, seed 0). ``num_clips`` 0 means the whole split."""
 
     dataset: str | None = None
     split: str | None = None

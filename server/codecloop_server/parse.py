@@ -224,12 +224,15 @@ def carriers(msg: pb.Carriers, datasets: dict[str, Dataset], limits: Limits) -> 
     if name not in datasets:
         raise CodecLoopValueError(f"carriers.dataset: unknown dataset {shown(name)}; allowed: {sorted(datasets)}")
     ds = datasets[name]
+    split = _field(sel, "split", defaults.SPLIT)
     num = _field(sel, "num_clips", defaults.NUM_CLIPS)
+    if num == 0:  # 0 = the whole split (an unknown split is refused by select below)
+        num = len(ds.splits.get(split, ()))
     _check_clips(num, int(np.prod(ds.clip_shape)), limits)
     seed = _field(sel, "seed", defaults.SEED)
     if seed < 0:  # numpy's default_rng takes non-negative seeds only
         raise CodecLoopValueError(f"carriers.dataset.seed: {seed} is outside the allowed range [0, {2**63 - 1}]")
-    ids = tuple(map(int, ds.select(_field(sel, "split", defaults.SPLIT), num, seed)))
+    ids = tuple(map(int, ds.select(split, num, seed)))
     keys = tuple(("dataset", ds.name, ds.digest, i) for i in ids)
     sources = tuple(int(ds.source_of_clip[i]) for i in ids)
     names = tuple(ds.sources[k] for k in sorted(set(sources)))

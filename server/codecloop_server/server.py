@@ -45,6 +45,8 @@ class ServerConfig:
         max_clips_per_source: clips taken from one video (or frame array), spread over its length (corpus.py).
         carriers: how the real corpus's and the folder datasets' video frames become clip frames:
             ``resize``, ``native`` or ``native:L`` (video_source.CarrierPolicy).
+        strict_datasets: a folder file that gives no clip (unreadable, no video stream, too short) is an
+            error instead of a skipped file with a warning.
         clean_cache_bytes: bound of the clean-clip cache in bytes.
         result_cache_entries: bound of the content-addressed result cache (0: off).
         max_queued_tasks: clip tasks queued over all clients before new requests get UNAVAILABLE.
@@ -69,6 +71,7 @@ class ServerConfig:
     clip_shape: tuple[int, int, int] | None = None
     max_clips_per_source: int = corpus.DEFAULT_MAX_CLIPS_PER_SOURCE
     carriers: str = "resize"
+    strict_datasets: bool = False
     clean_cache_bytes: int = 2 << 30
     result_cache_entries: int = 200_000
     max_queued_tasks: int = 100_000
@@ -118,7 +121,7 @@ def load_datasets(config: ServerConfig) -> dict[str, corpus.Dataset]:
         corpus.check_dataset_name(name)
         if name in datasets:
             raise ValueError(f"dataset name {name!r} is already taken")
-        datasets[name] = corpus.folder_dataset(name, folder, config.clip_shape, config.max_clips_per_source, policy)
+        datasets[name] = corpus.folder_dataset(name, folder, config.clip_shape, config.max_clips_per_source, policy, config.strict_datasets)
     return datasets
 
 

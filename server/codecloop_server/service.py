@@ -344,6 +344,9 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
                     split_policy=d.split_policy,
                     carrier_policy=d.carrier_policy,
                     split_sources={k: pb.SourceNames(names=v) for k, v in d.split_sources().items()},
+                    sources=[pb.SourceClips(name=n, split_clips=c) for n, c in d.source_split_clips()],
+                    skipped=[pb.SkippedFile(name=n, reason=r) for n, r in d.skipped],
+                    folder=d.folder,
                 )
                 for d in self.datasets.values()
             ],

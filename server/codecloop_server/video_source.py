@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -149,13 +150,23 @@ def array_clips(frames: np.ndarray, t: int, h: int, w: int, max_clips: int, poli
     return out
 
 
+def video_stream(container: Any, path: Path) -> Any:
+    """The first video stream of an open PyAV container; CodecLoopValueError naming the file when
+    it has none (audio only, or no stream at all)."""
+    if not container.streams.video:
+        n = len(container.streams)
+        raise CodecLoopValueError(f"dataset file {path}: no video stream ({n} other stream{'s' * (n != 1)})")
+    return container.streams.video[0]
+
+
 def count_frames(path: Path) -> int:
-    """Frames of the first video stream: its packets, counted by demuxing without decoding (a 10-minute
-    file takes well under a second; container headers' frame counts are missing for many formats)."""
+    """Frames of the first video stream (:func:`video_stream`): its packets, counted by demuxing
+    without decoding (a 10-minute file takes well under a second; container headers' frame counts
+    are missing for many formats)."""
     import av
 
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+        stream = video_stream(container, path)
         return sum(1 for packet in container.demux(stream) if packet.size)
 
 
@@ -168,7 +179,7 @@ def video_clips(path: Path, t: int, h: int, w: int, max_clips: int, policy: Carr
     import av
 
     with av.open(str(path)) as container:
-        ctx = container.streams.video[0].codec_context
+        ctx = video_stream(container, path).codec_context
         fits = policy.fits(ctx.height, ctx.width, h, w)
     starts = clip_starts(count_frames(path), t, max_clips) if fits else np.zeros(0, np.int64)
     out = np.empty((len(starts), t, h, w, 3), np.uint8)

@@ -407,7 +407,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DatasetInfo(_message.Message):
-    __slots__ = ("name", "split_clips", "clip_shape", "digest", "description", "split_policy", "split_sources", "carrier_policy")
+    __slots__ = ("name", "split_clips", "clip_shape", "digest", "description", "split_policy", "split_sources", "carrier_policy", "sources", "skipped", "folder")
     class SplitClipsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -430,6 +430,9 @@ class DatasetInfo(_message.Message):
     SPLIT_POLICY_FIELD_NUMBER: _ClassVar[int]
     SPLIT_SOURCES_FIELD_NUMBER: _ClassVar[int]
     CARRIER_POLICY_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    FOLDER_FIELD_NUMBER: _ClassVar[int]
     name: str
     split_clips: _containers.ScalarMap[str, int]
     clip_shape: _containers.RepeatedScalarFieldContainer[int]
@@ -438,7 +441,33 @@ class DatasetInfo(_message.Message):
     split_policy: str
     split_sources: _containers.MessageMap[str, SourceNames]
     carrier_policy: str
-    def __init__(self, name: _Optional[str] = ..., split_clips: _Optional[_Mapping[str, int]] = ..., clip_shape: _Optional[_Iterable[int]] = ..., digest: _Optional[str] = ..., description: _Optional[str] = ..., split_policy: _Optional[str] = ..., split_sources: _Optional[_Mapping[str, SourceNames]] = ..., carrier_policy: _Optional[str] = ...) -> None: ...
+    sources: _containers.RepeatedCompositeFieldContainer[SourceClips]
+    skipped: _containers.RepeatedCompositeFieldContainer[SkippedFile]
+    folder: str
+    def __init__(self, name: _Optional[str] = ..., split_clips: _Optional[_Mapping[str, int]] = ..., clip_shape: _Optional[_Iterable[int]] = ..., digest: _Optional[str] = ..., description: _Optional[str] = ..., split_policy: _Optional[str] = ..., split_sources: _Optional[_Mapping[str, SourceNames]] = ..., carrier_policy: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[SourceClips, _Mapping]]] = ..., skipped: _Optional[_Iterable[_Union[SkippedFile, _Mapping]]] = ..., folder: _Optional[str] = ...) -> None: ...
+
+class SourceClips(_message.Message):
+    __slots__ = ("name", "split_clips")
+    class SplitClipsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_CLIPS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    split_clips: _containers.ScalarMap[str, int]
+    def __init__(self, name: _Optional[str] = ..., split_clips: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class SkippedFile(_message.Message):
+    __slots__ = ("name", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SourceNames(_message.Message):
     __slots__ = ("names",)

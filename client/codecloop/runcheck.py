@@ -1,0 +1,116 @@
+"""Resume is a contract: a run folder is resumed only with the settings it was started with.
+
+A run folder's checkpoint stores the run's *settings*: every field that decides what is searched
+and how (optimizer, epsilon, codecs, channels, objective, clips, seeds, parameterization, the
+dataset's content digest), flattened to ``dotted.name -> JSON value``. A rerun into the folder
+compares its own settings with those; any difference refuses the rerun with
+:class:`RunSettingsError`, one line per difference, naming the CLI flag where there is one.
+The *limits* (how far to go: ``budget``, ``max_seconds``, ``patience``; torch modes ``steps``)
+are not settings: a rerun with a larger limit continues the run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from codecloop import jsonutil
+from codecloop.units import fraction_label
+from codecloop_wire.errors import CodecLoopValueError
+
+# how far a run goes, not what it searches: a resume may change these (RunConfig, TrainConfig)
+LIMITS = frozenset({"budget", "max_seconds", "patience", "steps"})
+
+# settings -> the `codecloop optimize` flag that sets them (the SDK field name is shown for the rest)
+FLAGS = {
+    "optimizer": "--optimizer", "mode": "--optimizer", "epsilon": "--epsilon", "codecs": "--crf / --preset",
+    "codec": "--crf / --preset", "channels": "--channel", "channel": "--channel", "scorer": "--scorer",
+    "objective.name": "--objective", "objective.target_fpr": "--target-fpr", "holdout_fpr": "--target-fpr",
+    "objective.poisoned_quantile": "--margin-quantile", "objective.centre_weight": "--centre-weight",
+    "train.dataset": "--dataset", "train.num_clips": "--train-clips", "fresh_clips": "--fresh-clips",
+    "validation.split": "--validation-split", "validation.num_clips": "--validation-clips", "validation": "--validation-split",
+    "validate_every": "--validate-every", "holdout.num_clips": "--holdout-clips", "popsize": "--popsize",
+    "sigma0": "--sigma0", "seed": "--seed", "racing": "--racing", "parameterization": "--param", "lr": "--lr",
+    "frames": "--frames", "block": "--block",
+}  # fmt: skip
+
+
+class RunSettingsError(CodecLoopValueError):
+    """A rerun into a run folder with other settings; ``differences`` lists them, one line each."""
+
+    def __init__(self, folder: Path, differences: list[str]) -> None:
+        self.differences = differences
+        super().__init__(
+            f"{folder}: holds a run with other settings ({len(differences)} difference{'s' * (len(differences) > 1)}); "
+            "rerun with the same settings to resume it, --overwrite (Run(..., overwrite=True)) to start afresh, "
+            "or another --out:\n" + "\n".join(f"  {d}" for d in differences)
+        )
+
+
+def settings(config: Any, **extra: Any) -> dict[str, Any]:
+    """``config`` (a dataclass) without its limits, plus ``extra``, flattened to dotted names with
+    strict-JSON values (tuples become lists, dataclasses dicts)."""
+    fields = {k: v for k, v in asdict(config).items() if k not in LIMITS}
+    return _flatten(jsonutil.finite({**fields, **extra}))
+
+
+def _flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out |= _flatten(value, name + ".")
+        else:
+            out[name] = value
+    return out
+
+
+def _show(name: str, value: Any) -> str:
+    """A setting's value as people write it: 2/255, a list as JSON, a missing one as 'unset'."""
+    if value is _MISSING:
+        return "unset"
+    if isinstance(value, float) and name.endswith(("epsilon", "fpr")):
+        return fraction_label(value)
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+_MISSING = object()
+
+
+def differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """``name (flag): <value in the folder> in the run folder, <value> now`` for each setting that differs."""
+    lines = []
+    for name in sorted(set(saved) | set(now)):
+        old, new = saved.get(name, _MISSING), now.get(name, _MISSING)
+        if old != new:
+            flag = FLAGS.get(name) or FLAGS.get(name.split(".")[0])
+            label = f"{name} ({flag})" if flag else name
+            lines.append(f"{label}: {_show(name, old)} in the run folder, {_show(name, new)} now")
+    return lines
+
+
+def check(folder: Path, saved: Mapping[str, Any] | None, now: Mapping[str, Any]) -> None:
+    """Raise :class:`RunSettingsError` unless ``saved`` (None: a checkpoint from before settings
+    were stored, accepted) equals ``now``."""
+    if saved is None:
+        return
+    diff = differences(saved, now)
+    if diff:
+        raise RunSettingsError(folder, diff)
+
+
+# every file a run folder may hold: what --overwrite removes (nothing else in the folder is touched)
+RUN_FILES = ("checkpoint.pkl", "checkpoint.pt", "checkpoint.tmp", "log.jsonl", "validation.jsonl", "best.npy", "summary.json")
+
+
+def clear(folder: Path, extra_patterns: Iterable[str] = ("*.png",)) -> None:
+    """Remove a run's files from ``folder`` (``--overwrite``): the checkpoint, logs, signature,
+    summary and plots."""
+    for name in RUN_FILES:
+        (folder / name).unlink(missing_ok=True)
+    for pattern in extra_patterns:
+        for path in folder.glob(pattern):
+            path.unlink()
