@@ -6,11 +6,12 @@ with its true status, start-up that a signal or the parent's death stops, and sm
 from __future__ import annotations
 
 import os
+import queue
 import re
-import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -274,19 +275,36 @@ def _serve(args: list[str], env: dict[str, str], parent_exits: bool = False) -> 
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env}, start_new_session=True)
 
 
+_QUEUES: dict[int, queue.Queue[str | None]] = {}
+
+
 def _read_until(proc: subprocess.Popen, pattern: str, timeout: float) -> list[str]:
-    """Lines the process printed until one matches ``pattern`` (AssertionError after ``timeout`` s)."""
+    """Lines the process printed until one matches ``pattern`` (AssertionError after ``timeout`` s).
+
+    A reader thread per process feeds a queue: select() on a text pipe misses lines that the
+    readline buffer already holds when the server prints several at once."""
+    if proc.pid not in _QUEUES:
+        q: queue.Queue[str | None] = queue.Queue()
+        _QUEUES[proc.pid] = q
+
+        def pump() -> None:
+            for line in proc.stdout:
+                q.put(line)
+            q.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
     lines: list[str] = []
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-        if ready:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if re.search(pattern, line):
-                return lines
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = _QUEUES[proc.pid].get(timeout=left)
+        except queue.Empty:
+            break
+        if line is None:
+            break
+        lines.append(line)
+        if re.search(pattern, line):
+            return lines
     raise AssertionError(f"no line matching {pattern!r} within {timeout} s:\n" + "".join(lines[-30:]))
 
 
@@ -308,7 +326,7 @@ def test_fifo_in_a_folder_is_skipped_and_a_folder_with_equals_is_served(tmp_path
     proc = _serve(["--dataset", f"mine={folder}"], {})
     try:
         lines = _read_until(proc, r"listening on", 300)
-        assert any("skipping x.mp4: not a regular file" in line for line in lines)
+        assert any("x.mp4: not a regular file" in line and "skipped" in line for line in lines)
         target = re.search(r"listening on ([\d.:]+)", lines[-1]).group(1)
         with grpc.insecure_channel(target) as channel:
             info = pb_grpc.CodecLoopStub(channel).GetServerInfo(pb.GetServerInfoRequest(), timeout=30)
