@@ -11,9 +11,9 @@ import av
 import numpy as np
 import pytest
 
+from codecloop.testing import realistic_clip
 from codecloop_server.channels import PRESETS, _latest_frames, resize
 from codecloop_server.file_channel import apply_to_file, find_channel, plan
-from codecloop.testing import realistic_clip
 from tests.test_mark import _content, _make_video, _probe
 
 

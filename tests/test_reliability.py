@@ -396,8 +396,12 @@ def test_npy_frames_with_an_empty_axis_name_the_file(tmp_path):
 
     np.save(tmp_path / "a.npy", np.zeros((40, 0, 64, 3), np.uint8))
     np.save(tmp_path / "b.npy", np.zeros((40, 64, 64, 3), np.uint8))
-    with pytest.raises(CodecLoopValueError, match=r"dataset file .*a\.npy: shape \(40, 0, 64, 3\) has a zero-length axis"):
-        folder_dataset("d", tmp_path, (16, 32, 32))
+    np.save(tmp_path / "c.npy", np.zeros((40, 64, 64, 3), np.uint8))
+    # served: the file is skipped with its reason (issue 22); strict: refused naming it
+    ds = folder_dataset("d", tmp_path, (16, 32, 32))
+    assert ds.sources == ("b.npy", "c.npy") and any(name == "a.npy" and "zero-length axis" in why for name, why in ds.skipped), ds.skipped
+    with pytest.raises(CodecLoopValueError, match=r"a\.npy: shape \(40, 0, 64, 3\) has a zero-length axis"):
+        folder_dataset("d", tmp_path, (16, 32, 32), strict=True)
 
 
 def test_dataset_argument_rule():
