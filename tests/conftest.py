@@ -186,3 +186,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     missing = [f"{file}::{name}" for file, module in modules.items() for name in SLOW_TESTS[file] if not hasattr(module, name)]
     if missing:
         raise pytest.UsageError(f"tests/conftest.py SLOW_TESTS names tests that do not exist: {', '.join(missing)}")
+
+
+# VmHWM (peak RSS of this process image, KiB): ru_maxrss would start at the forking test process's peak
+PEAK_RSS = """
+import re, sys
+from codecloop.cli import main
+hwm = lambda: int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+before = hwm()
+rc = main(sys.argv[1:])
+print(rc, before, hwm())
+"""

@@ -15,7 +15,7 @@ import pytest
 from codecloop.detect import detect_video
 from codecloop.mark import mark_video
 from codecloop_server import corpus
-from tests.conftest import ffmpeg_or_skip
+from tests.conftest import PEAK_RSS, ffmpeg_or_skip
 
 BIKES = "bikes.mp4"  # 640x272, 250 frames of camera footage with cuts (the real corpus)
 
@@ -86,17 +86,6 @@ def test_a_static_signature_and_a_video_shorter_than_its_period(sources, tmp_pat
     assert short.frames == 10 and not short.marked
 
 
-# VmHWM (peak RSS of this process image, KiB): ru_maxrss would start at the forking test process's peak
-_PEAK_RSS = """
-import re, sys
-from codecloop.cli import main
-hwm = lambda: int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
-before = hwm()
-rc = main(sys.argv[1:])
-print(rc, before, hwm())
-"""
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS from /proc (Linux)")
 def test_detect_cli_json_and_bounded_memory_on_a_long_1080p_video(tmp_path):
     """20 s of 1920x1080 at 5 fps (100 frames, 622 MB as RGB): the detecting process peaks under
@@ -105,7 +94,7 @@ def test_detect_cli_json_and_bounded_memory_on_a_long_1080p_video(tmp_path):
     _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=5:duration=20", "-c:v", "libx264", "-preset", "ultrafast",
             "-pix_fmt", "yuv420p", str(src))  # fmt: skip
     np.save(tmp_path / "sig.npy", _signature(0))
-    cmd = [sys.executable, "-c", _PEAK_RSS, "detect", str(src), "--signature", str(tmp_path / "sig.npy"), "--json"]
+    cmd = [sys.executable, "-c", PEAK_RSS, "detect", str(src), "--signature", str(tmp_path / "sig.npy"), "--json"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
     lines = out.stdout.strip().splitlines()
     rc, before_kib, peak_kib = map(int, lines[-1].split())

@@ -128,6 +128,9 @@ def test_ctrl_c_stops_the_private_server(folder, tmp_path):
         [sys.executable, "-m", "codecloop.cli", "optimize", "--dataset", str(folder), "--param", "lowres:4x4:rgb:t=all",
          "--preset", "ultrafast", "--train-clips", "4", "--popsize", "4", "--max-minutes", "5", "--no-progress", "--out", str(tmp_path / "run")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # a suite started in the background (`cmd &`) ignores SIGINT, and so would this child: give
+        # it a terminal's default disposition, or the Ctrl-C below would be ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     tree = _wait_for_server(folder)
     log = tmp_path / "run" / "log.jsonl"

@@ -16,7 +16,7 @@ import pytest
 from codecloop.mark import mark_video
 from codecloop.testing import realistic_clip
 from codecloop_wire import deploy
-from tests.conftest import ffmpeg_or_skip
+from tests.conftest import PEAK_RSS, ffmpeg_or_skip
 
 
 def _content(seed: int, t: int, h: int, w: int) -> np.ndarray:
@@ -110,17 +110,6 @@ def test_lossless_output_is_the_rule_applied_to_the_decoded_frames_and_psnr_meet
     assert psnr >= 20 * math.log10(1 / eps)
 
 
-# VmHWM (peak RSS of this process image, KiB): ru_maxrss would start at the forking test process's peak
-_PEAK_RSS = """
-import re, sys
-from codecloop.cli import main
-hwm = lambda: int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
-before = hwm()
-rc = main(sys.argv[1:])
-print(rc, before, hwm())
-"""
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS from /proc (Linux)")
 def test_a_long_1080p_video_is_marked_in_bounded_memory(tmp_path):
     """60 s of 1920x1080 at 5 fps: 300 frames, 1.87 GB as RGB; the marking process peaks under 400 MiB
@@ -134,7 +123,7 @@ def test_a_long_1080p_video_is_marked_in_bounded_memory(tmp_path):
         check=True, timeout=120,
     )  # fmt: skip
     np.save(tmp_path / "sig.npy", _signature(16, 0))
-    cmd = [sys.executable, "-c", _PEAK_RSS, "mark", str(src), str(dst), "--signature", str(tmp_path / "sig.npy"), "--epsilon", "2/255", "--preset", "ultrafast"]
+    cmd = [sys.executable, "-c", PEAK_RSS, "mark", str(src), str(dst), "--signature", str(tmp_path / "sig.npy"), "--epsilon", "2/255", "--preset", "ultrafast"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
     rc, before_kib, peak_kib = map(int, out.stdout.split()[-3:])
     assert rc == 0 and "300 frames 1920x1080" in out.stdout
