@@ -110,7 +110,7 @@ def detect_video(
     import av
     from av.video.reformatter import Interpolation
 
-    from codecloop.mark import _open_input, load_signature
+    from codecloop.mark import load_signature, open_video
 
     sig = load_signature(signature) if isinstance(signature, (str, Path)) else deploy.check_signature(signature)
     if not 1e-12 <= fpr <= 0.5:
@@ -129,7 +129,7 @@ def detect_video(
     frames, width, height = 0, 0, 0
     src = Path(path)
     try:
-        with _open_input(src) as inp:
+        with open_video(src) as inp:
             stream = inp.streams.video[0]
             stream.thread_type = "AUTO"
             to_rgb = av.video.reformatter.VideoReformatter()

@@ -111,7 +111,12 @@ def _output_codec(output: Path, codec: str | None) -> str:
     return codec
 
 
-def _open_input(path: Path):  # -> av.container.InputContainer
+def open_video(path: Path):  # -> av.container.InputContainer
+    """The file opened by PyAV, checked to hold a video stream; mark and detect read their inputs with it.
+
+    Raises:
+        CodecLoopValueError: naming the file: not a file, not readable as a video, no video stream.
+    """
     import av
 
     if not path.is_file():
@@ -167,7 +172,7 @@ def mark_video(
         raise CodecLoopValueError(f"output: {str(dst)!r} is the input file; write to another path")
     tmp = dst.with_name(f".{dst.stem}.{os.getpid()}.tmp{dst.suffix}")
     try:
-        with _open_input(src) as inp:
+        with open_video(src) as inp:
             result = _mark(inp, src, tmp, sig, eps, name, crf, preset, threads)
         os.replace(tmp, dst)
     except av.FFmpegError as err:  # a corrupt stream part-way, an encoder or muxer refusal (FFmpeg's words)
