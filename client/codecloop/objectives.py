@@ -20,7 +20,7 @@ better. The decision that is deployed is "score > a threshold calibrated so that
 Quantiles interpolate linearly between order statistics (numpy's default), so ``margin`` moves
 continuously with every score. The default is ``centred-separation``: on 32 to 72 clips the
 tail statistics (``tpr``, ``margin``, ``auc``) of a candidate predicted its held-out TPR no better
-than its mean scores did (README "Optimizers", ``benchmarks/objectives_bench.py``).
+than its mean scores did (docs/optimize.md, ``benchmarks/objectives_bench.py``).
 """
 
 from __future__ import annotations

@@ -228,7 +228,7 @@ def _stats_fields(stats, objective: Objective) -> dict[str, Any]:
     """One codec setting's statistics (no per-clip arrays) plus its objective value and label."""
     arrays = ("clean_scores", "poisoned_scores", "clean_p_values", "poisoned_p_values", "clean_z", "poisoned_z")
     out = {k: v for k, v in asdict(stats).items() if k not in ("codec", "channel", "p_value_test", *arrays)}
-    # the x264 level and build that produced these numbers (README: Determinism), archived with them
+    # the x264 level and build that produced these numbers (docs/codecs-and-channels.md, "Determinism"), archived with them
     codec = {"codec": stats.label(), "x264_asm": stats.codec.x264_asm, "x264_build": stats.codec.x264_build}
     return {**codec, "objective": objective.codec(stats), **out}
 
@@ -478,7 +478,7 @@ class Run:
             h = self.step()
             if bar is not None:
                 bar.update(self.config.popsize)
-                # README "Results you can see": kept = the kept signature's selection score, gen_best = this generation's best
+                # docs/optimize.md (the progress bar): kept = the kept signature's selection score, gen_best = this generation's best
                 kept = f"{self.state.best_fitness:.4f}" if math.isfinite(self.state.best_fitness) else "-"
                 bar.set_postfix(kept=kept, gen_best=f"{h['max']:.4f}")
         if bar is not None:

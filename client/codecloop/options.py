@@ -39,7 +39,7 @@ class EvaluateOptions:
             on every clip.
         null_model: True (default operating points 1e-2, 1e-3, 1e-4, 1e-6) or a sequence of
             nominal FPRs: every clip's score also gets a p-value under the null model, and the
-            statistics carry TPR at those FPRs per clip and per source video (README "Statistics").
+            statistics carry TPR at those FPRs per clip and per source video (docs/statistics.md).
             Correlation scorers only; costs a few FFTs per clip. False: not asked.
     """
 

@@ -116,7 +116,7 @@ class ChannelPreset:
 
 @dataclass(frozen=True)
 class Limits:
-    """The server's request limits (README "Limits"); pixels are T * H * W, bytes per message."""
+    """The server's request limits (docs/operations.md, "Limits and errors"); pixels are T * H * W, bytes per message."""
 
     max_candidates: int
     max_clips: int

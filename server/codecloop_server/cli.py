@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-concurrent-rpcs", type=int, default=_env("max-concurrent-rpcs", "64"))
     s.add_argument("--max-client-calls", type=int, default=_env("max-client-calls", "16"), help="calls in progress per client")
     s.add_argument("--max-request-memory-mib", type=int, default=_env("max-request-memory-mib", "4096"),
-                   help="memory charged to the requests in progress, in all (README: Memory bound; docs/limits.md)")  # fmt: skip
+                   help="memory charged to the requests in progress, in all (docs/operations.md: Memory bound; docs/limits.md)")  # fmt: skip
     s.add_argument("--max-worker-memory-mib", type=int, default=_env("max-worker-memory-mib", "2048"),
                    help="a codec worker's memory for one clip task, its base included; bigger channels are refused (docs/limits.md)")  # fmt: skip
     s.add_argument("--task-timeout-s", type=float, default=_env("task-timeout-s", "600"),
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     s.add_argument(
         "--x264-asm", default=_env("x264-asm", "auto"), choices=["auto", "AVX2", "AVX", "SSE4.2", "SSSE3", "native"],
-        help="x264 SIMD level; auto = the fastest deterministic one this CPU has (README: Determinism)",
+        help="x264 SIMD level; auto = the fastest deterministic one this CPU has (docs/codecs-and-channels.md: Determinism)",
     )  # fmt: skip
     s.add_argument("--log-level", default=_env("log-level", "INFO"))
     s.add_argument("--exit-with-parent", action="store_true", help="stop when the process that started the server dies (codecloop.local)")

@@ -46,7 +46,7 @@ class Engine:
     Shared memory: the clips of a request's inline carriers, its signatures (and templates) and the
     clean cache's features are segments that every clip task reading them holds until it has
     stopped (``_run``'s ``uses``), so cancelling a request frees nothing a queued or running task
-    still reads. Memory bound: README "Memory bound" (memory.py charges each request at admission).
+    still reads. Memory bound: docs/operations.md "Memory bound" (memory.py charges each request at admission).
     """
 
     def __init__(
