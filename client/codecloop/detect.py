@@ -64,12 +64,6 @@ class Detection:
     height: int
 
 
-def _blind_residual(frame: np.ndarray, kernel: int) -> np.ndarray:
-    from codecloop_server.scorers import box_residual  # the server's blind features, exactly
-
-    return box_residual(frame, kernel)
-
-
 def _template(signature: np.ndarray, kernel: int) -> np.ndarray:
     """The blind scorer's template of the signature, zero mean over the tile, with the residual
     filter wrapping around the tile (the tiled pattern is periodic, so its residual is too)."""
@@ -111,6 +105,7 @@ def detect_video(
     from av.video.reformatter import Interpolation
 
     from codecloop.mark import load_signature, open_video
+    from codecloop_server.scorers import box_residual  # the server's blind features, exactly
 
     sig = load_signature(signature) if isinstance(signature, (str, Path)) else deploy.check_signature(signature)
     if not 1e-12 <= fpr <= 0.5:
@@ -142,7 +137,7 @@ def detect_video(
                 height, width = x.shape[:2]
                 if height < h or width < w:
                     raise CodecLoopValueError(f"{str(src)!r}: frames of {width}x{height} are smaller than the {w}x{h} signature tile")
-                res = _blind_residual(x, kernel)
+                res = box_residual(x, kernel)
                 index = frames if fps is None or frame.time is None else int(math.floor(frame.time * fps + 1e-6))
                 fold.add(res[None], index)
                 total += int(res.sum(dtype=np.int64))

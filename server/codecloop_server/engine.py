@@ -226,8 +226,8 @@ class Engine:
         digest = candidate.digest
         found: list[list[PoisonedScore | None]] = []
         futures: list[asyncio.Future[list[PoisonedScore]]] = []
+        null = job.null_fprs is not None  # a result without z-scores cannot answer a request for them
         for c, (channel, entries) in enumerate(zip(job.channels, clean)):
-            null = job.null_fprs is not None  # a result without z-scores cannot answer a request for them
             keys: list[Hashable] = [(digest, job.epsilon, key, channel, job.scorer, null) for key in job.carriers.keys[lo:hi]]
             row = [self.result_cache.get(k) for k in keys]
             found.append(row)
