@@ -79,10 +79,15 @@ def test_admission_limit_and_status_mapping():
 
 
 def die_once(marker: str, value: int) -> int:
-    """Kill the worker process running this (SIGKILL, as the OOM killer would) the first time."""
-    if not os.path.exists(marker):
-        open(marker, "w").close()
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Kill the worker process running this (SIGKILL, as the OOM killer would) the first time.
+
+    The marker is created atomically (O_EXCL): with two workers, a check-then-create let both see
+    no marker and both die, once in CI."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return value
+    os.kill(os.getpid(), signal.SIGKILL)
     return value
 
 
