@@ -178,6 +178,7 @@ class WorkerPool:
                 return self._tasks.get(timeout=IDLE_CHECK_S), proc, conn
             except queue.Empty:
                 if not proc.is_alive() and not self._closed:
+                    self._count_death(proc)
                     proc, conn = self._respawn(slot, proc, conn)
 
     def _slot(self, slot: int) -> None:
@@ -191,6 +192,7 @@ class WorkerPool:
                 if not fut.set_running_or_notify_cancel():
                     continue
                 if not proc.is_alive():  # died between tasks: this task has not run yet
+                    self._count_death(proc)
                     proc, conn = self._respawn(slot, proc, conn)
                 name = getattr(fn, "__name__", str(fn))
                 self._busy_since[slot] = time.monotonic()
@@ -204,6 +206,8 @@ class WorkerPool:
                         raise EOFError
                     kind, value = conn.recv()  # EOFError if it died half-way through its answer
                 except (EOFError, OSError) as err:  # TimeoutError is an OSError
+                    # counted before the caller hears of it: its retry may finish before the respawn
+                    self._count_death(proc)
                     fut.set_exception(WorkerDied(f"codec worker pid {proc.pid} died running {name} ({err!r})"))
                     if self._closed:
                         return
@@ -227,6 +231,12 @@ class WorkerPool:
             conn.close()
             self._procs[slot] = None
 
+    def _count_death(self, proc: multiprocessing.process.BaseProcess) -> None:
+        with self._lock:
+            self.restarts += 1
+            restarts = self.restarts
+        log.warning("codec worker pid %s died; a new one replaces it (%d restarts)", proc.pid, restarts)
+
     def _respawn(
         self, slot: int, proc: multiprocessing.process.BaseProcess, conn: Connection
     ) -> tuple[multiprocessing.process.BaseProcess, Connection]:
@@ -235,7 +245,5 @@ class WorkerPool:
         if proc.is_alive():
             proc.kill()
             proc.join()
-        with self._lock:
-            self.restarts += 1
-        log.warning("codec worker pid %s died (exit code %s); a new one replaces it (%d restarts)", proc.pid, proc.exitcode, self.restarts)
+        log.info("codec worker pid %s exit code %s; respawning slot %d", proc.pid, proc.exitcode, slot)
         return self._spawn(slot)
