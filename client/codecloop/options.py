@@ -61,6 +61,13 @@ class EvaluateOptions:
             raise CodecLoopValueError("threshold, target_fpr: give at most one decision rule")
         if self.dtype not in DTYPES:
             raise CodecLoopValueError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        channels = [self.channels] if isinstance(self.channels, Channel) else list(self.channels or ())
+        for i, c in enumerate(channels):
+            if not isinstance(c, Channel):
+                raise CodecLoopValueError(
+                    f"channels[{i}]: a {type(c).__name__}, not a Channel; give Channel.parse('social') or Channel((Codec(...),)),"
+                    " or put a codec setting in codecs="
+                )
 
     def updated(self, **changes: Any) -> EvaluateOptions:
         """A copy with ``changes``; an unknown name is refused naming the allowed ones."""

@@ -256,3 +256,32 @@ def result_images(folder: Path, signature: np.ndarray, epsilon: float, clips: tu
         _save(signature_figure(signature, epsilon), folder / "signature.png"),
         _save(frames_figure(clean, marked, clean_coded, marked_coded, epsilon, codec), folder / "frames.png"),
     ]
+
+
+def epsilon_figure(points: Sequence[Any], target_tpr: float | None = None, found: float | None = None, unit: str = "clips"):
+    """TPR at the nominal FPR against ε (in uint8 levels), one line per channel, 95 % Clopper-Pearson
+    error bars; ``points`` are :class:`codecloop.epsilon.EpsilonPoint` (one FPR)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for channel in sorted({p.channel for p in points}):
+        mine = sorted((p for p in points if p.channel == channel), key=lambda p: p.epsilon)
+        x = np.array([p.epsilon * 255 for p in mine])
+        y = np.array([p.tpr for p in mine])
+        err = np.array([[p.tpr - p.tpr_ci[0] for p in mine], [p.tpr_ci[1] - p.tpr for p in mine]])
+        ax.errorbar(x, y, yerr=err, fmt="-o", capsize=3, label=channel)
+    if target_tpr is not None:
+        ax.axhline(target_tpr, color="grey", ls=":", label=f"target TPR {target_tpr:g}")
+    if found is not None:
+        ax.axvline(found * 255, color="black", ls="--", label=f"smallest ε {found * 255:g}/255")
+    fprs = sorted({p.fpr for p in points})
+    n = sorted({p.n for p in points})
+    ax.set_xlabel("ε (uint8 levels, /255)")
+    ax.set_ylabel(f"TPR at FPR {', '.join(f'{f:g}' for f in fprs)} ({unit}, n = {', '.join(map(str, n))})")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def epsilon_plot(path: Path, points: Sequence[Any], target_tpr: float | None = None, found: float | None = None, unit: str = "clips") -> Path:
+    """Write :func:`epsilon_figure` to ``path`` (PNG); returns ``path``."""
+    return _save(epsilon_figure(points, target_tpr, found, unit), path)
