@@ -73,7 +73,7 @@ def main() -> None:
     args = ap.parse_args()
     n, p, repeats = (8, 4, 2) if args.quick else (16, 8, 3)
     codecs = ["libx264", "libx265", "libvpx-vp9", "libsvtav1"]
-    preset_channels = ["social-crf28", "vp9-half", "av1-half", "messaging", "reupload"]
+    preset_channels = ["social-crf28", "vp9-540", "av1-540", "messaging", "reupload"]
     srv = Server(args.workers)
     try:
         clips = _dataset_clips(n)

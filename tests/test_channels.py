@@ -30,7 +30,10 @@ def test_cli_syntax_parses_every_step():
     assert Channel.from_proto(c.to_proto()) == c
     assert Channel.parse("social") == Channel(preset="social")
     assert Channel.parse("libvpx-vp9:bitrate=300").steps == (Codec(codec="libvpx-vp9", bitrate_kbps=300),)
-    for bad in ("resize", "libx264:speed=3", "blur:3", "crop:1:2:3"):
+    fit = Channel.parse("resize:540p:area,libx264:crf=35")
+    assert fit.steps[0] == Resize(max_short_side=540, filter="area") and Channel.from_proto(fit.to_proto()) == fit
+    assert fit.label() == "resize:540p:area,libx264:crf=35" and Channel(fit.steps).label().startswith("resize to 540p > ")
+    for bad in ("resize", "libx264:speed=3", "blur:3", "crop:1:2:3", "resize:540q"):
         with pytest.raises(CodecLoopValueError, match="channel: "):
             Channel.parse(bad)
 
@@ -74,7 +77,7 @@ def test_channels_end_to_end(client):
     res = client.evaluate(sig, epsilon=4 / 255, carriers=SMALL, codecs=Codec(crf=35), channels=chans, per_clip_scores=True)
     cand = res.candidates[0]
     names = [s.channel.name for s in cand.codecs]
-    assert names == ["", "plain", "resize:0.5,libx264:crf=23", "vp9-full", "vp9-half", "av1-full", "av1-half"]
+    assert names == ["", "plain", "resize:0.5,libx264:crf=23", "vp9-full", "vp9-540", "av1-full", "av1-540"]
     assert [s.codec.codec for s in cand.codecs] == ["libx264"] * 3 + ["libvpx-vp9"] * 2 + ["libsvtav1"] * 2
     seps = [s.separation for s in cand.codecs]
     assert cand.fitness == min(seps) and cand.fitness_mean == pytest.approx(np.mean(seps))
@@ -118,7 +121,7 @@ def test_server_info_lists_codecs_presets_and_filters(client):
     assert codecs["libx265"].version.startswith("x265 (build") and codecs["libx264"].default_preset == "medium"
     assert {p.name for p in info.channel_presets} == {"social", "streaming", "messaging", "reupload"}
     social = next(p for p in info.channel_presets if p.name == "social")
-    assert [c.steps[1].crf for c in social.channels] == [23, 28] and social.channels[0].steps[0].scale == 0.75
+    assert [c.steps[1].crf for c in social.channels] == [23, 28] and social.channels[0].steps[0].max_short_side == 720
     assert "lanczos" in info.resize_filters
 
 
@@ -230,3 +233,43 @@ def test_cli_evaluate_and_optimize_over_channels(server_target, tmp_path):
     assert [p["codec"] for p in per] == ["libvpx-vp9:crf=40", "resize:0.5,libsvtav1:crf=45"]
     assert summary["holdout"]["objective"] == min(p["objective"] for p in per)
     assert [c["name"] for c in summary["config"]["channels"]] == ["libvpx-vp9:crf=40", "resize:0.5,libsvtav1:crf=45"]
+
+
+def test_absolute_sizes_take_the_scale_of_the_video_a_clip_stands_for():
+    """``Resize(max_short_side=N)``: the scale that brings the source video's short side to at most N,
+    applied to the clip; never up; without a source side the clip stands for itself."""
+    clip = realistic_clip(5)
+    messaging = channels.PRESETS["messaging"].channels[0]
+    half = channels.Channel((channels.Resize(scale=0.5), *messaging.steps[1:]))
+    unscaled = channels.Channel(messaging.steps[1:])
+    np.testing.assert_array_equal(messaging.apply(clip, 1080)[0], half.apply(clip)[0])  # 1080p source -> 540 lines: half
+    np.testing.assert_array_equal(messaging.apply(clip, 480)[0], unscaled.apply(clip)[0])  # a 480-line source keeps its size
+    np.testing.assert_array_equal(messaging.apply(clip)[0], unscaled.apply(clip)[0])  # a 112-px clip standing for itself
+    assert [after for *_, after in messaging.stages((16, 112, 112), 1080)][0] == (16, 56, 56)
+    assert [after for *_, after in messaging.stages((16, 112, 112), 720)][0] == (16, 84, 84)
+    with pytest.raises(codecloop.CodecLoopValueError, match=r"give width and height, or scale, or max_short_side \(exactly one; given: scale, max_short_side\)"):
+        channels.Resize(scale=0.5, max_short_side=540)
+    with pytest.raises(codecloop.CodecLoopValueError, match=r"resize.max_short_side: 8 is outside the allowed range \[16, 8192\]"):
+        channels.Resize(max_short_side=8)
+    too_small = channels.Channel((channels.Resize(max_short_side=16), CodecSettings()))
+    with pytest.raises(codecloop.CodecLoopValueError, match=r"steps\[1\].encode: a 14x14 frame"):
+        too_small.apply(clip, 128)  # 112 * 16 / 128 = 14 px: refused, naming the step, never clipped
+
+
+def test_dataset_clips_carry_their_source_side_into_the_channel(client):
+    """The real corpus records each source's short side (Big Buck Bunny 720, carphone 144, bikes 272):
+    through "messaging" (at most 540 lines) a Big Buck Bunny carrier is scaled by 540 / 720, the
+    others are not, exactly as ``Channel.apply`` with that side gives."""
+    from codecloop_server.corpus import real_corpus
+
+    ds = real_corpus()
+    assert ds.source_sides == (720, 144, 272)
+    carriers = DatasetCarriers("real", "train", 0)
+    out = client.transcode(block_signature(2), epsilon=2 / 255, carriers=carriers, channel=Channel(preset="messaging"), include_input=True)
+    messaging = channels.PRESETS["messaging"].channels[0]
+    sides = {ds.source_side(i) for i in out.clip_ids}
+    assert sides == {720, 144}  # train: Big Buck Bunny and carphone
+    for k, i in enumerate(out.clip_ids):
+        np.testing.assert_array_equal(out.decoded[k], messaging.apply(out.inputs[k], ds.source_side(i))[0])
+    bbb = next(k for k, i in enumerate(out.clip_ids) if ds.source_side(i) == 720)
+    assert not np.array_equal(out.decoded[bbb], messaging.apply(out.inputs[bbb])[0])  # the side made a difference

@@ -22,10 +22,15 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_plan_is_the_presets_steps_in_absolute_terms():
-    messaging = PRESETS["messaging"].channels[0].steps
+    messaging = PRESETS["messaging"].channels[0].steps  # at most 540 lines, 15 fps
     assert plan(messaging, 1080, 1920, Fraction(30)) == (540, 960, Fraction(15))
-    assert plan(messaging, 112, 112, Fraction(25)) == (56, 56, Fraction(15))  # what the carriers get
-    assert plan(PRESETS["social"].channels[1].steps, 720, 1280, Fraction(25)) == (540, 960, Fraction(25))
+    assert plan(messaging, 1920, 1080, Fraction(30)) == (960, 540, Fraction(15))  # portrait: the short side is the width
+    assert plan(messaging, 480, 854, Fraction(25)) == (480, 854, Fraction(15))  # never up, and a 480-line video is not shrunk
+    assert plan(messaging, 112, 112, Fraction(25)) == (112, 112, Fraction(15))  # a file stands for itself
+    social = PRESETS["social"].channels[1].steps  # at most 720 lines
+    assert plan(social, 1080, 1920, Fraction(25)) == (720, 1280, Fraction(25))
+    assert plan(social, 720, 1280, Fraction(25)) == (720, 1280, Fraction(25))
+    assert plan(social, 1000, 1778, Fraction(25)) == (720, 1280, Fraction(25))  # 1778 * 0.72 = 1280.2 -> even 1280
 
 
 @pytest.mark.parametrize("name", ["messaging", "social-crf28", "reupload"])
@@ -51,7 +56,7 @@ def test_on_a_carrier_sized_file_the_file_channel_is_the_servers_channel(tmp_pat
     np.testing.assert_array_equal(back, channel.apply(clip)[0])
 
 
-@pytest.mark.parametrize(("channel", "codec", "size", "frames"), [("messaging", "h264", (180, 100), 30), ("reupload", "hevc", (270, 150), 48)])
+@pytest.mark.parametrize(("channel", "codec", "size", "frames"), [("messaging", "h264", (360, 200), 30), ("reupload", "hevc", (360, 200), 48)])
 def test_channel_on_a_file_writes_what_the_channel_delivers(tmp_path, channel, codec, size, frames):
     src, dst = tmp_path / "in.mp4", tmp_path / "out.mkv"
     _make_video(src, _content(seed=3, t=48, h=200, w=360), fps=24)
@@ -68,7 +73,7 @@ def test_bad_channel_or_input_exit_2_one_line(tmp_path):
     src = tmp_path / "in.mp4"
     _make_video(src, _content(seed=1, t=4, h=64, w=64), audio=False)
     for args, message in [
-        ((str(src), str(tmp_path / "o.mp4"), "--channel", "social"), "channel: 'social' is not a channel; allowed: ['av1-full'"),
+        ((str(src), str(tmp_path / "o.mp4"), "--channel", "social"), "channel: 'social' is not a channel; allowed: ['av1-540', 'av1-full'"),
         ((str(tmp_path / "none.mp4"), str(tmp_path / "o.mp4"), "--channel", "messaging"), "is not a file"),
     ]:
         run = _cli("channel", *args)

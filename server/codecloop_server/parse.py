@@ -87,7 +87,10 @@ def _step(msg: pb.ChannelStep, field: str, fps: int) -> channels.Step:
     try:
         if which == "resize":
             r = msg.resize
-            return channels.Resize(_field(r, "width", None), _field(r, "height", None), _field(r, "scale", None), _field(r, "filter", defaults.RESIZE_FILTER))
+            return channels.Resize(
+                _field(r, "width", None), _field(r, "height", None), _field(r, "scale", None), _field(r, "filter", defaults.RESIZE_FILTER),
+                _field(r, "max_short_side", None),
+            )  # fmt: skip
         if which == "crop":
             c = msg.crop
             return channels.Crop(c.x, c.y, c.width, c.height)
@@ -155,7 +158,7 @@ def channel_to_proto(c: channels.Channel) -> pb.Channel:
     steps = []
     for s in c.steps:
         if isinstance(s, channels.Resize):
-            steps.append(pb.ChannelStep(resize=pb.ResizeStep(width=s.width, height=s.height, scale=s.scale, filter=s.filter)))
+            steps.append(pb.ChannelStep(resize=pb.ResizeStep(width=s.width, height=s.height, scale=s.scale, filter=s.filter, max_short_side=s.max_short_side)))
         elif isinstance(s, channels.Crop):
             steps.append(pb.ChannelStep(crop=pb.CropStep(x=s.x, y=s.y, width=s.width, height=s.height)))
         elif isinstance(s, channels.FrameRate):

@@ -25,10 +25,12 @@ ScorerKey = tuple[str, Params]  # (scorer name, resolved params)
 
 @dataclass(frozen=True)
 class ClipRef:
-    """Clip ``index`` of the (N, T, H, W, 3) uint8 array behind ``source``."""
+    """Clip ``index`` of the (N, T, H, W, 3) uint8 array behind ``source``; ``source_side``: the short
+    side in pixels of the video it stands for (None: the clip itself; channels.Resize reads it)."""
 
     source: shm.ArrayRef
     index: int
+    source_side: int | None = None
 
     def load(self) -> np.ndarray:
         """This clip only (a copy of one clip, not of the whole array, for a request's inline clips)."""
@@ -61,7 +63,7 @@ class CleanRef:
 
 def clean_task(clip: ClipRef, channel: Channel, scorer: ScorerKey) -> tuple[np.ndarray, scorers.ClipStats, int]:
     """The clean clip after the channel: scorer features (integer (T, H, W, 3)), their stats, encoded size."""
-    decoded, nbytes = channel.apply(clip.load())
+    decoded, nbytes = channel.apply(clip.load(), clip.source_side)
     features = scorers.worker_scorer(scorer[0]).features(decoded[None], scorer[1])[0]
     return features, scorers.clip_stats(features), nbytes
 
@@ -86,12 +88,13 @@ def poisoned_task(
     impl = scorers.worker_scorer(scorer[0])
     sig, tmpl = shm.read(signature), shm.read(template)
     key = key_spectrum(tmpl) if null else None  # once per task: shared by its clips, clean and poisoned
-    return [_poisoned_score(impl, clip.load(), clean, sig, tmpl, t_sq, epsilon, channel, scorer[1], key) for clip, clean in clips]
+    return [_poisoned_score(impl, clip.load(), clip.source_side, clean, sig, tmpl, t_sq, epsilon, channel, scorer[1], key) for clip, clean in clips]
 
 
 def _poisoned_score(
     impl: scorers.Scorer,
     original: np.ndarray,
+    source_side: int | None,
     clean: CleanRef,
     sig: np.ndarray,
     tmpl: np.ndarray,
@@ -104,7 +107,7 @@ def _poisoned_score(
     """One clip: only the poisoned clip's features are computed; the clean score is the cached clean
     stats against this candidate's template (for a reference-based scorer it is 0 by construction)."""
     marked = poison(original, sig, epsilon)
-    decoded, nbytes = channel.apply(marked)
+    decoded, nbytes = channel.apply(marked, source_side)
     features = impl.features(decoded[None], params)[0]
     time_varying = tmpl.shape[0] > 1
     if impl.uses_reference:
@@ -135,7 +138,7 @@ def decoded_task(clip: ClipRef, signature: shm.ArrayRef | None, epsilon: float, 
     error of the poisoning); the clean clip when ``signature`` is None."""
     original = clip.load()
     marked = original if signature is None else poison(original, shm.read(signature), epsilon)
-    decoded, nbytes = channel.apply(marked)
+    decoded, nbytes = channel.apply(marked, clip.source_side)
     return decoded, nbytes, squared_error(marked, original)
 
 
@@ -157,7 +160,7 @@ def transcode_task(
     pipe transfer and server memory."""
     clean = clip.load()
     marked = clean if signature is None else poison(clean, shm.read(signature), epsilon)
-    decoded, nbytes = channel.apply(marked)
+    decoded, nbytes = channel.apply(marked, clip.source_side)
     return (marked if include_input else None), decoded, nbytes
 
 

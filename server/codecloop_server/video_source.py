@@ -81,6 +81,11 @@ class CarrierPolicy:
             return fh, fw
         return self.lines, max(2, 2 * round(fw * self.lines / fh / 2))
 
+    def source_side(self, fh: int, fw: int) -> int:
+        """The short side in pixels of the video a clip of a fh x fw source stands for: the source
+        after the ingest scale (channels.Resize(max_short_side) reads it)."""
+        return min(self.ingest_size(fh, fw))
+
     def fits(self, fh: int, fw: int, h: int, w: int) -> bool:
         """Whether a fh x fw source frame can give H x W carriers."""
         ih, iw = self.ingest_size(fh, fw)
@@ -168,6 +173,15 @@ def count_frames(path: Path) -> int:
     with av.open(str(path)) as container:
         stream = video_stream(container, path)
         return sum(1 for packet in container.demux(stream) if packet.size)
+
+
+def frame_size(path: Path) -> tuple[int, int]:
+    """(height, width) of the first video stream's frames, from its header (no decode)."""
+    import av
+
+    with av.open(str(path)) as container:
+        ctx = video_stream(container, path).codec_context
+        return ctx.height, ctx.width
 
 
 def video_clips(path: Path, t: int, h: int, w: int, max_clips: int, policy: CarrierPolicy = RESIZE) -> np.ndarray:

@@ -77,16 +77,18 @@ class CodecSettings(_message.Message):
     def __init__(self, codec: _Optional[str] = ..., crf: _Optional[float] = ..., preset: _Optional[str] = ..., pix_fmt: _Optional[str] = ..., gop: _Optional[int] = ..., fps: _Optional[int] = ..., x264_asm: _Optional[str] = ..., x264_build: _Optional[str] = ..., qp: _Optional[int] = ..., bitrate_kbps: _Optional[int] = ...) -> None: ...
 
 class ResizeStep(_message.Message):
-    __slots__ = ("width", "height", "scale", "filter")
+    __slots__ = ("width", "height", "scale", "filter", "max_short_side")
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    MAX_SHORT_SIDE_FIELD_NUMBER: _ClassVar[int]
     width: int
     height: int
     scale: float
     filter: str
-    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., scale: _Optional[float] = ..., filter: _Optional[str] = ...) -> None: ...
+    max_short_side: int
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., scale: _Optional[float] = ..., filter: _Optional[str] = ..., max_short_side: _Optional[int] = ...) -> None: ...
 
 class CropStep(_message.Message):
     __slots__ = ("x", "y", "width", "height")
