@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 
 from codecloop_server import scorers
+from codecloop_server.registry import NameTaken
 from codecloop_wire.errors import CodecLoopValueError
 from codecloop_wire.poison import poison
 from codecloop_wire.stats import Decision, calibrate_threshold, detection_stats, psnr_db
@@ -128,5 +129,22 @@ def test_ncc_is_one_for_itself_and_zero_for_constant():
 
 
 def test_registry_refuses_name_collision():
-    with pytest.raises(ValueError, match="already registered"):
-        scorers.register(scorers.BlindScorer())
+    with pytest.raises(NameTaken, match="already registered"):
+        scorers.ScorerRegistry.builtins().register(scorers.BlindScorer())
+
+
+def test_each_scorer_registry_is_its_own():
+    """Two servers in one process: a scorer registered in one registry is not seen by another, nor
+    by the built-ins that the codec workers read."""
+    first, second = scorers.ScorerRegistry.builtins(), scorers.ScorerRegistry.builtins()
+
+    class Extra(scorers.Registered):
+        name, description = "extra", "a server's own scorer"
+
+    first.register(Extra())
+    assert first.get("extra").name == "extra" and "extra" not in [s.name for s in second.values()]
+    with pytest.raises(CodecLoopValueError, match="unknown scorer 'extra'"):
+        second.get("extra")
+    with pytest.raises(CodecLoopValueError, match="unknown scorer 'extra'"):
+        scorers.get("extra")
+    second.register(Extra())  # the same name in another server is no collision
