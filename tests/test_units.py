@@ -148,3 +148,23 @@ def test_each_scorer_registry_is_its_own():
     with pytest.raises(CodecLoopValueError, match="unknown scorer 'extra'"):
         scorers.get("extra")
     second.register(Extra())  # the same name in another server is no collision
+
+
+def test_engine_stats_keep_their_load_keys_on_the_wire():
+    """ServerInfo.load is a string map that clients, dashboards and tests read by key: the typed
+    EngineStats is written under the keys the server has always published."""
+    from codecloop_server import render
+    from codecloop_server.jobs import EngineStats
+
+    stats = EngineStats(
+        workers=2, encodes={"clean": 3, "poisoned": 12}, clean_cache_bytes=100, clean_cache_held=1, clean_cache_hits=4, clean_cache_misses=5,
+        result_cache_hits=6, result_cache_misses=7, queued_tasks=8, tasks_in_flight=2, worker_restarts=1, workers_responsive=2,
+        queued_by_client={"a": 8}, dispatched_by_client={"a": 20, "b": 1},
+    )  # fmt: skip
+    load = render.load(stats, {"calls_in_progress": 1.0})
+    assert load == {
+        "clean_encodes": 3.0, "poisoned_encodes": 12.0, "clean_cache_bytes": 100.0, "clean_cache_held": 1.0, "clean_cache_hits": 4.0,
+        "clean_cache_misses": 5.0, "result_cache_hits": 6.0, "result_cache_misses": 7.0, "queued_tasks": 8.0, "tasks_in_flight": 2.0,
+        "worker_restarts": 1.0, "workers_responsive": 2.0, "queued_tasks{client=a}": 8.0, "dispatched_tasks{client=a}": 20.0,
+        "dispatched_tasks{client=b}": 1.0, "calls_in_progress": 1.0,
+    }  # fmt: skip

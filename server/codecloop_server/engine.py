@@ -1,6 +1,6 @@
 """The engine: turns a validated job into clip-level tasks on a pool of codec worker processes.
 
-Transport-free: the gRPC layer (service.py) parses requests into jobs (jobs.py, parse.py) and maps
+Transport-free: the gRPC layer (service.py, lifecycle.py) parses requests into jobs (jobs.py, parse.py) and maps
 the errors. Frames never travel with a task: dataset clips live in shared memory for the server's
 lifetime, a request's signatures and inline clips for the request's, and a task carries references.
 

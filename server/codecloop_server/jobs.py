@@ -1,6 +1,6 @@
 """What the engine is asked to do and what it answers: job and outcome records, transport-free.
 
-The gRPC layer (service.py) builds jobs from requests (parse.py) and turns outcomes into replies.
+The gRPC layer (service.py) builds jobs from requests (parse.py) and turns outcomes into replies (render.py).
 """
 
 from __future__ import annotations
