@@ -11,8 +11,9 @@ of them is in the real corpus, but the five photographs repeat among them). Each
 marked by ``codecloop.mark_video`` (libx264 CRF 18) and, with its unmarked copy, sent through:
 
 * ``crf28``: the ffmpeg CLI's libx264, CRF 28, preset medium, at native size;
-* ``social-crf28`` and ``messaging``: ``codecloop channel`` (3/4 size CRF 28; half size, 15 fps,
-  CRF 35 veryfast), detected with ``size`` = the marked size and ``fps`` = the marked rate.
+* ``social-crf28`` and ``messaging``: ``codecloop channel`` (at most 720 lines, CRF 28; at most 540
+  lines, 15 fps, CRF 35 veryfast: the presets' absolute sizes, so these test videos keep their size),
+  detected with ``size`` = the marked size and ``fps`` = the marked rate.
 
 Reports, per channel: marked videos called marked at p < FPR (k/n, 95 % Clopper-Pearson) and the
 unmarked copies called marked (false alarms). Writes ``outcome.json`` and ``outcome.md`` in --out.

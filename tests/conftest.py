@@ -134,7 +134,7 @@ SLOW_TESTS: dict[str, tuple[str, ...]] = {
     "test_deployment.py": ("test_entrypoint_and_healthcheck_run_as_in_the_image",),
     "test_detector.py": (
         "test_concurrent_clients_share_detector_batches", "test_training_script_exports_a_loadable_detector_in_both_formats",
-        "test_serve_refuses_a_bad_detector_file_in_one_line",
+        "test_serve_refuses_a_bad_detector_file_in_one_line", "test_servers_in_one_process_keep_their_detectors_apart",
     ),
     "test_determinism.py": ("test_servers_answer_identically", "test_request_may_pin_the_level"),  # one two-server fixture
     "test_faults.py": ("test_fuzzed_calls_get_clean_statuses", "test_killed_worker_is_replaced_and_the_request_completes", "test_per_client_call_limit"),

@@ -325,3 +325,46 @@ def test_pt2_on_cuda_scores_like_torchscript_and_the_cpu(tmp_path):
     scores = gpu(clips, keys)
     np.testing.assert_allclose(scores, TorchDetector(tmp_path / "example.pt", "cuda")(clips, keys), rtol=0, atol=1e-6)
     np.testing.assert_allclose(scores, TorchDetector(EXAMPLE_DETECTOR, "cpu")(clips, keys), rtol=0, atol=1e-6)
+
+
+def test_servers_in_one_process_keep_their_detectors_apart():
+    """Each server's engine has its own scorer registry: a detector loaded by one server is neither
+    offered nor accepted by another server in the same process, and a detector named like a scorer
+    already there is refused at start."""
+    import grpc
+
+    from codecloop_server import server
+    from codecloop_server.registry import NameTaken
+    from codecloop_wire.tensors import to_tensor
+    from codecloop_wire.v1 import codecloop_pb2 as pb
+    from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
+
+    base = {"port": 0, "workers": 1, "clip_shape": (4, 32, 32)}
+    request = pb.EvaluateRequest(
+        candidates=[to_tensor(np.zeros((1, 32, 32, 3), np.float32), "float32")],
+        carriers=pb.Carriers(dataset=pb.DatasetCarriers(num_clips=1)), scorer=pb.Scorer(name="example"),
+    )  # fmt: skip
+
+    async def run() -> None:
+        own = await server.start(server.ServerConfig(**base, detectors=(DetectorConfig("example", "example", device="cpu"),)))
+        plain = await server.start(server.ServerConfig(**base))
+        try:
+            infos, replies = [], []
+            for running in (own, plain):
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                    stub = pb_grpc.CodecLoopStub(channel)
+                    infos.append({s.name for s in (await stub.GetServerInfo(pb.GetServerInfoRequest())).scorers})
+                    try:
+                        replies.append(len((await stub.EvaluateSignature(request)).results))
+                    except grpc.aio.AioRpcError as err:
+                        replies.append(f"{err.code().name}: {err.details()}")
+            assert infos == [{"blind", "informed", "example"}, {"blind", "informed"}]
+            assert replies[0] == 1
+            assert replies[1] == "INVALID_ARGUMENT: scorer.name: unknown scorer 'example'; allowed: ['blind', 'informed']"
+            with pytest.raises(NameTaken, match="^a scorer named 'blind' is already registered$"):
+                await server.start(server.ServerConfig(**base, detectors=(DetectorConfig("blind", "example", device="cpu"),)))
+        finally:
+            await own.stop(0)
+            await plain.stop(0)
+
+    asyncio.run(run())

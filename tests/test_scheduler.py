@@ -15,8 +15,8 @@ import pytest
 
 import codecloop
 from codecloop import Codec, DatasetCarriers
+from codecloop_server.lifecycle import status_for
 from codecloop_server.scheduler import FairScheduler
-from codecloop_server.service import _status_for
 from codecloop_server.workers import WorkerPool
 from codecloop_wire.errors import CodecLoopBusyError, CodecLoopLimitError, CodecLoopServerError
 from tests.conftest import block_signature
@@ -75,7 +75,7 @@ def test_admission_limit_and_status_mapping():
     sched.queued = 6  # as if other clients had 6 tasks queued
     with pytest.raises(CodecLoopBusyError, match="max_queued_tasks = 10; retry"):
         sched.admit("x", 5)
-    assert _status_for(CodecLoopBusyError("server busy"))[0] == grpc.StatusCode.UNAVAILABLE
+    assert status_for(CodecLoopBusyError("server busy"))[0] == grpc.StatusCode.UNAVAILABLE
 
 
 def die_once(marker: str, value: int) -> int:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 
 from codecloop_server import scorers
+from codecloop_server.registry import NameTaken
 from codecloop_wire.errors import CodecLoopValueError
 from codecloop_wire.poison import poison
 from codecloop_wire.stats import Decision, calibrate_threshold, detection_stats, psnr_db
@@ -128,5 +129,42 @@ def test_ncc_is_one_for_itself_and_zero_for_constant():
 
 
 def test_registry_refuses_name_collision():
-    with pytest.raises(ValueError, match="already registered"):
-        scorers.register(scorers.BlindScorer())
+    with pytest.raises(NameTaken, match="already registered"):
+        scorers.ScorerRegistry.builtins().register(scorers.BlindScorer())
+
+
+def test_each_scorer_registry_is_its_own():
+    """Two servers in one process: a scorer registered in one registry is not seen by another, nor
+    by the built-ins that the codec workers read."""
+    first, second = scorers.ScorerRegistry.builtins(), scorers.ScorerRegistry.builtins()
+
+    class Extra(scorers.Registered):
+        name, description = "extra", "a server's own scorer"
+
+    first.register(Extra())
+    assert first.get("extra").name == "extra" and "extra" not in [s.name for s in second.values()]
+    with pytest.raises(CodecLoopValueError, match="unknown scorer 'extra'"):
+        second.get("extra")
+    with pytest.raises(CodecLoopValueError, match="unknown scorer 'extra'"):
+        scorers.get("extra")
+    second.register(Extra())  # the same name in another server is no collision
+
+
+def test_engine_stats_keep_their_load_keys_on_the_wire():
+    """ServerInfo.load is a string map that clients, dashboards and tests read by key: the typed
+    EngineStats is written under the keys the server has always published."""
+    from codecloop_server import render
+    from codecloop_server.jobs import EngineStats
+
+    stats = EngineStats(
+        workers=2, encodes={"clean": 3, "poisoned": 12}, clean_cache_bytes=100, clean_cache_held=1, clean_cache_hits=4, clean_cache_misses=5,
+        result_cache_hits=6, result_cache_misses=7, queued_tasks=8, tasks_in_flight=2, worker_restarts=1, workers_responsive=2,
+        queued_by_client={"a": 8}, dispatched_by_client={"a": 20, "b": 1},
+    )  # fmt: skip
+    load = render.load(stats, {"calls_in_progress": 1.0})
+    assert load == {
+        "clean_encodes": 3.0, "poisoned_encodes": 12.0, "clean_cache_bytes": 100.0, "clean_cache_held": 1.0, "clean_cache_hits": 4.0,
+        "clean_cache_misses": 5.0, "result_cache_hits": 6.0, "result_cache_misses": 7.0, "queued_tasks": 8.0, "tasks_in_flight": 2.0,
+        "worker_restarts": 1.0, "workers_responsive": 2.0, "queued_tasks{client=a}": 8.0, "dispatched_tasks{client=a}": 20.0,
+        "dispatched_tasks{client=b}": 1.0, "calls_in_progress": 1.0,
+    }  # fmt: skip

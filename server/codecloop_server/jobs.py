@@ -1,6 +1,6 @@
 """What the engine is asked to do and what it answers: job and outcome records, transport-free.
 
-The gRPC layer (service.py) builds jobs from requests (parse.py) and turns outcomes into replies.
+The gRPC layer (service.py) builds jobs from requests (parse.py) and turns outcomes into replies (render.py).
 """
 
 from __future__ import annotations
@@ -89,6 +89,26 @@ class EvaluateJob:
 
 
 @dataclass(frozen=True)
+class TranscodeJob:
+    """The carriers through one channel, poisoned with ``signature`` when given (TranscodeRequest)."""
+
+    carriers: CarrierSet
+    channel: Channel
+    epsilon: float
+    signature: np.ndarray | None = None  # float32 (T or 1, H, W, 3) in [-1, 1]; None: the clean clips
+    include_input: bool = False  # the reply carries the (poisoned) input clips too
+    report_channel: bool = False  # the reply names its channel (the request gave a channel)
+
+    @property
+    def channels(self) -> tuple[Channel, ...]:
+        return (self.channel,)
+
+    def clip_tasks(self) -> int:
+        """Clip tasks the job runs: one per carrier."""
+        return len(self.carriers)
+
+
+@dataclass(frozen=True)
 class CodecOutcome:
     channel: Channel
     stats: dict[str, Any]
@@ -124,6 +144,26 @@ class TranscodeOutcome:
     inputs: np.ndarray | None  # uint8 (N, T, H, W, 3), when asked for
     decoded: np.ndarray  # uint8 (N, T, H, W, 3)
     encoded_bytes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """The engine's counters and state at one moment (GetServerInfo's load, the Prometheus metrics)."""
+
+    workers: int  # codec worker processes
+    encodes: dict[str, int]  # clips through the codec in a worker by kind (clean, poisoned, transcode), kinds that ran
+    clean_cache_bytes: int
+    clean_cache_held: int  # clean entries leased by requests in progress
+    clean_cache_hits: int
+    clean_cache_misses: int
+    result_cache_hits: int
+    result_cache_misses: int
+    queued_tasks: int
+    tasks_in_flight: int
+    worker_restarts: int  # worker pools replaced after a worker died
+    workers_responsive: int  # alive, not stopped, no task past the timeout
+    queued_by_client: dict[str, int]  # clip tasks queued now, per client
+    dispatched_by_client: dict[str, int]  # clip tasks handed to workers so far, per client
 
 
 ProgressFn = Callable[[int, int], None]  # (clip tasks done, total)

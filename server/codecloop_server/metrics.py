@@ -2,7 +2,8 @@
 
 Request counts by method and status code, request latency and task queue-wait histograms are
 recorded as they happen; engine counters (clips encoded, cache hits/misses) and gauges (queue
-depth per client, tasks in flight, workers) are read from the engine at scrape time.
+depth per client, tasks in flight, workers) are read from the engine's statistics
+(``Engine.stats``, jobs.EngineStats) at scrape time.
 """
 
 from __future__ import annotations
@@ -19,36 +20,41 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class _EngineCollector:
+    """Reads the engine's statistics at each scrape."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     def collect(self) -> Iterator[Metric]:
-        load = self.engine.load()
+        stats = self.engine.stats()
         clips = CounterMetricFamily("codecloop_clips_encoded", "Clips through libx264 + h264 decode", labels=["kind"])
         for kind in ("clean", "poisoned", "transcode"):
-            clips.add_metric([kind], load.get(f"{kind}_encodes", 0.0))
+            clips.add_metric([kind], stats.encodes.get(kind, 0))
         yield clips
         hits = CounterMetricFamily("codecloop_cache_hits", "Cache hits", labels=["cache"])
         misses = CounterMetricFamily("codecloop_cache_misses", "Cache misses", labels=["cache"])
-        for cache in ("clean_cache", "result_cache"):
-            hits.add_metric([cache], load[f"{cache}_hits"])
-            misses.add_metric([cache], load[f"{cache}_misses"])
+        hits.add_metric(["clean_cache"], stats.clean_cache_hits)
+        misses.add_metric(["clean_cache"], stats.clean_cache_misses)
+        hits.add_metric(["result_cache"], stats.result_cache_hits)
+        misses.add_metric(["result_cache"], stats.result_cache_misses)
         yield hits
         yield misses
         depth = GaugeMetricFamily("codecloop_queue_depth", "Queued clip tasks per client", labels=["client"])
-        for client, n in self.engine.scheduler.queued_by_client().items():
+        for client, n in stats.queued_by_client.items():
             depth.add_metric([client], n)
         yield depth
-        yield GaugeMetricFamily("codecloop_tasks_in_flight", "Clip tasks running in workers", value=load["tasks_in_flight"])
-        yield GaugeMetricFamily("codecloop_workers", "Codec worker processes", value=self.engine.workers)
+        yield GaugeMetricFamily("codecloop_tasks_in_flight", "Clip tasks running in workers", value=stats.tasks_in_flight)
+        yield GaugeMetricFamily("codecloop_workers", "Codec worker processes", value=stats.workers)
         yield GaugeMetricFamily(
-            "codecloop_workers_responsive", "Codec workers alive, not stopped, no task past the timeout", value=load["workers_responsive"]
+            "codecloop_workers_responsive", "Codec workers alive, not stopped, no task past the timeout", value=stats.workers_responsive
         )
-        yield CounterMetricFamily("codecloop_worker_restarts", "Worker pools replaced after a worker died", value=load["worker_restarts"])
-        yield GaugeMetricFamily("codecloop_clean_cache_bytes", "Bytes held by the clean cache", value=load["clean_cache_bytes"])
+        yield CounterMetricFamily("codecloop_worker_restarts", "Worker pools replaced after a worker died", value=stats.worker_restarts)
+        yield GaugeMetricFamily("codecloop_clean_cache_bytes", "Bytes held by the clean cache", value=stats.clean_cache_bytes)
 
 
 class Metrics:
+    """The server's Prometheus registry: RPC, queue-wait and detector-batch histograms, the engine's statistics."""
+
     def __init__(self, engine: Engine) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("codecloop_requests", "RPCs by method and status code", ["method", "code"], registry=self.registry)

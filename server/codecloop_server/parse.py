@@ -1,4 +1,4 @@
-"""Request parsing: protobuf messages -> validated engine jobs; an unset field takes its value from
+"""Request parsing: protobuf messages -> validated engine jobs (replies are rendered in render.py); an unset field takes its value from
 ``codecloop_wire.defaults`` (the one place request defaults are written).
 
 Every check raises CodecLoopValueError (-> INVALID_ARGUMENT) or CodecLoopLimitError
@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from google.protobuf.message import Message
 
-from codecloop_server import channels, memory, scorers, x264_asm
+from codecloop_server import channels, memory, x264_asm
 from codecloop_server.codec import CodecSettings, x264_build
 from codecloop_server.corpus import Dataset
-from codecloop_server.jobs import CarrierSet, EvaluateJob, Racing
+from codecloop_server.jobs import CarrierSet, EvaluateJob, Racing, TranscodeJob
 from codecloop_server.registry import shown
+from codecloop_server.scorers import ScorerRegistry, offers_null
 from codecloop_server.tasks import ScorerKey
 from codecloop_wire import defaults, deploy, stats
 from codecloop_wire.errors import CodecLoopLimitError, CodecLoopValueError
@@ -38,12 +42,8 @@ class Limits:
     max_client_calls: int = 16  # evaluate / transcode calls in progress per client
     max_worker_memory_bytes: int = memory.DEFAULT_MAX_WORKER_MEMORY_BYTES  # one clip task's worker, base included
 
-    def to_proto(self) -> pb.Limits:
-        """The limits the proto carries (the worker bound is published in ServerInfo.load)."""
-        return pb.Limits(**{k: v for k, v in self.__dict__.items() if k in pb.Limits.DESCRIPTOR.fields_by_name})
 
-
-def _field(msg, name: str, default):
+def _field(msg: Message, name: str, default: Any) -> Any:
     """The value of an ``optional`` field, or ``default`` when absent (0 is a value, not absence)."""
     return getattr(msg, name) if msg.HasField(name) else default
 
@@ -68,14 +68,6 @@ def codec_settings(msg: pb.CodecSettings, field: str = "codecs", fps: int = defa
         )
     except CodecLoopValueError as err:  # "codec.crf: ..." -> "codecs[1].crf: ..."
         raise CodecLoopValueError(str(err).replace("codec.", f"{field}.", 1)) from None
-
-
-def codec_to_proto(c: CodecSettings) -> pb.CodecSettings:
-    """Every field of the resolved settings (x264_build for libx264 only)."""
-    return pb.CodecSettings(
-        codec=c.codec, crf=c.crf, qp=c.qp, bitrate_kbps=c.bitrate_kbps, preset=c.preset, pix_fmt=c.pix_fmt, gop=c.gop, fps=c.fps,
-        x264_asm=c.x264_asm, x264_build=x264_build() if c.codec == "libx264" else None,
-    )  # fmt: skip
 
 
 def _step(msg: pb.ChannelStep, field: str, fps: int) -> channels.Step:
@@ -153,28 +145,14 @@ def admit(found: list[channels.Channel], fields: list[str], tasks_per_channel: i
         )
 
 
-def channel_to_proto(c: channels.Channel) -> pb.Channel:
-    """Every field of the resolved channel."""
-    steps = []
-    for s in c.steps:
-        if isinstance(s, channels.Resize):
-            steps.append(pb.ChannelStep(resize=pb.ResizeStep(width=s.width, height=s.height, scale=s.scale, filter=s.filter, max_short_side=s.max_short_side)))
-        elif isinstance(s, channels.Crop):
-            steps.append(pb.ChannelStep(crop=pb.CropStep(x=s.x, y=s.y, width=s.width, height=s.height)))
-        elif isinstance(s, channels.FrameRate):
-            steps.append(pb.ChannelStep(frame_rate=pb.FrameRateStep(fps=s.fps)))
-        else:
-            steps.append(pb.ChannelStep(encode=codec_to_proto(s)))
-    return pb.Channel(name=c.name, steps=steps, map_back_filter=c.map_back_filter, input_fps=c.input_fps)
-
-
-def epsilon(msg, field: str = "epsilon") -> float:
+def epsilon(msg: pb.EvaluateRequest | pb.TranscodeRequest, field: str = "epsilon") -> float:
     """The request's epsilon, checked by the deployment rule's check (``codecloop mark`` runs the same one)."""
     return deploy.check_epsilon(_field(msg, "epsilon", defaults.EPSILON), field)
 
 
-def scorer_key(msg: pb.Scorer) -> ScorerKey:
-    impl = scorers.get(_field(msg, "name", defaults.SCORER))
+def scorer_key(msg: pb.Scorer, registry: ScorerRegistry) -> ScorerKey:
+    """The scorer of ``registry`` the message names, with its parameters validated."""
+    impl = registry.get(_field(msg, "name", defaults.SCORER))
     return impl.name, impl.resolve_params(dict(msg.params))
 
 
@@ -193,14 +171,14 @@ def decision(msg: pb.DecisionRule) -> stats.Decision:
 MAX_NULL_FPRS = 16
 
 
-def null_fprs(req: pb.EvaluateRequest, scorer: str) -> tuple[float, ...] | None:
+def null_fprs(req: pb.EvaluateRequest, scorer: str, registry: ScorerRegistry) -> tuple[float, ...] | None:
     """The null model's operating points (EvaluateRequest.null_model), or None when not asked for."""
     if not req.HasField("null_model"):
         return None
-    if not scorers.offers_null(scorers.get(scorer)):
+    if not offers_null(registry.get(scorer)):
         raise CodecLoopValueError(
             f"null_model: scorer {scorer!r} is a detector without a key input; the null model needs a key to move "
-            f"(offered for: {', '.join(n for n, s in scorers.SCORERS.items() if scorers.offers_null(s))})"
+            f"(offered for: {', '.join(registry.with_null())})"
         )
     fprs = tuple(req.null_model.fprs) or stats.DEFAULT_FPRS
     if len(fprs) > MAX_NULL_FPRS:
@@ -220,8 +198,8 @@ def carriers(msg: pb.Carriers, datasets: dict[str, Dataset], limits: Limits) -> 
         if h % 2 or w % 2 or h < 16 or w < 16:
             raise CodecLoopValueError(f"carriers.clips.shape: H x W = {h}x{w} must be even and at least 16x16 (yuv420p)")
         _check_clips(n, t * h * w, limits)
-        keys = tuple(("inline", hashlib.sha256(c.tobytes()).hexdigest()) for c in clips)
-        return CarrierSet(keys=keys, clip_shape=(t, h, w), inline=clips)
+        inline_keys: tuple[Hashable, ...] = tuple(("inline", hashlib.sha256(c.tobytes()).hexdigest()) for c in clips)
+        return CarrierSet(keys=inline_keys, clip_shape=(t, h, w), inline=clips)
     sel = msg.dataset
     name = _field(sel, "dataset", defaults.DATASET)
     if name not in datasets:
@@ -292,7 +270,8 @@ def racing(msg: pb.Racing, candidates: int, clips: int) -> Racing:
     return Racing(first_clips=first, eta=eta, finalists=finalists, centre_weight=weight)
 
 
-def evaluate_job(req: pb.EvaluateRequest, datasets: dict[str, Dataset], limits: Limits) -> EvaluateJob:
+def evaluate_job(req: pb.EvaluateRequest, datasets: dict[str, Dataset], limits: Limits, registry: ScorerRegistry) -> EvaluateJob:
+    """An EvaluateRequest -> a validated job; ``registry``: the scorers the server offers."""
     n_cand = len(req.candidates)
     if n_cand == 0:
         raise CodecLoopValueError(f"candidates: the population is empty; send 1 to {limits.max_candidates} signatures")
@@ -318,14 +297,34 @@ def evaluate_job(req: pb.EvaluateRequest, datasets: dict[str, Dataset], limits: 
         found, fields = [channels.Channel.of(CodecSettings())], ["codecs"]
     if len(set(found)) != len(found):
         raise CodecLoopValueError("codecs, channels: the same codec settings or channel steps appear twice; each must be distinct")
-    scorer = scorer_key(req.scorer)
+    scorer = scorer_key(req.scorer, registry)
     rule = decision(req.decision)
     admit(found, fields, n_cand * len(carrier_set), carrier_set.clip_shape, limits)
-    fprs = null_fprs(req, scorer[0])
+    fprs = null_fprs(req, scorer[0], registry)
     t, h, w = carrier_set.clip_shape
     sigs = tuple(signature(c, f"candidates[{i}]", (t, h, w)) for i, c in enumerate(req.candidates))
     race = racing(req.racing, n_cand, len(carrier_set)) if req.HasField("racing") else None
     return EvaluateJob(
         candidates=sigs, epsilon=eps, carriers=carrier_set, channels=tuple(found), scorer=scorer, decision=rule, per_clip=req.per_clip_scores,
         report_channels=len(req.channels) > 0, racing=race, null_fprs=fprs,
+    )  # fmt: skip
+
+
+def transcode_job(req: pb.TranscodeRequest, datasets: dict[str, Dataset], limits: Limits) -> TranscodeJob:
+    """A TranscodeRequest -> a validated job; the reply's size is checked before the channel."""
+    carrier_set = carriers(req.carriers, datasets, limits)
+    check_transcode_reply(carrier_set, req.include_input, limits)  # before any encode
+    if req.HasField("channel"):
+        found = channel_list(req.channel, "channel", carrier_set.clip_shape)
+        if len(found) != 1:
+            raise CodecLoopValueError(f"channel.preset: {shown(req.channel.preset)} has {len(found)} channels; Transcode takes one")
+        channel, field = found[0], "channel"
+    else:
+        channel, field = codec_channel(req.codec, "codec", carrier_set.clip_shape), "codec"
+    admit([channel], [field], len(carrier_set), carrier_set.clip_shape, limits)
+    eps = epsilon(req)
+    sig = signature(req.signature, "signature", carrier_set.clip_shape) if req.HasField("signature") else None
+    return TranscodeJob(
+        carriers=carrier_set, channel=channel, epsilon=eps, signature=sig, include_input=req.include_input,
+        report_channel=req.HasField("channel"),
     )  # fmt: skip

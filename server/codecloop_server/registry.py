@@ -20,6 +20,11 @@ def shown(value: object) -> str:
     return f"{text[:SHOWN_CHARS]!r}... ({len(text)} characters)"
 
 
+class NameTaken(ValueError):
+    """A name registered twice in one registry (e.g. a detector named like a built-in scorer): a
+    configuration error at start-up, never a request's."""
+
+
 class Registry(dict[str, T]):
     """A dict of ``kind`` items by name; :meth:`add` and :meth:`lookup` are the checked ways in and out."""
 
@@ -28,9 +33,9 @@ class Registry(dict[str, T]):
         self.kind = kind
 
     def add(self, name: str, item: T) -> T:
-        """Register ``item`` as ``name``; a name that is already taken is refused."""
+        """Register ``item`` as ``name``; a name that is already taken is refused (NameTaken)."""
         if name in self:
-            raise ValueError(f"a {self.kind} named {name!r} is already registered")
+            raise NameTaken(f"a {self.kind} named {name!r} is already registered")
         self[name] = item
         return item
 

@@ -47,7 +47,7 @@ class _Task:
 
     order: tuple[int, int]  # (-priority, sequence number): heap order within its client's queue
     client: str
-    label: str  # what it counts as once it ran (Engine.load: "<label>_encodes")
+    label: str  # what it counts as once it ran (Engine.stats: EngineStats.encodes)
     future: asyncio.Future[Any]
     fn: Callable[..., Any]
     args: tuple[Any, ...]

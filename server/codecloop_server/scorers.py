@@ -27,7 +27,7 @@ score is the same on every machine.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -201,17 +201,36 @@ class InformedScorer(Scorer):
         return signature
 
 
-SCORERS: Registry[Registered] = Registry("scorer")
+class ScorerRegistry:
+    """The scorers one server offers, by name: the built-in worker scorers and the server's own
+    detectors. Each server (its engine) holds its own, so that two servers in one process never see
+    each other's detectors; a name that is already taken is refused (registry.NameTaken)."""
 
+    def __init__(self, items: Iterable[Registered] = ()) -> None:
+        self._items: Registry[Registered] = Registry("scorer")
+        for item in items:
+            self.register(item)
 
-def register(scorer: Registered) -> Registered:
-    """Add a scorer to the registry; a name that is already taken is refused."""
-    return SCORERS.add(scorer.name, scorer)
+    @classmethod
+    def builtins(cls) -> ScorerRegistry:
+        """A new registry of the built-in worker scorers only."""
+        return cls(BUILTINS.values())
 
+    def register(self, scorer: Registered) -> Registered:
+        """Add ``scorer``; NameTaken when its name is already registered here."""
+        return self._items.add(scorer.name, scorer)
 
-def unregister(name: str) -> None:
-    """Remove a scorer (a server's detectors, when it stops)."""
-    SCORERS.pop(name, None)
+    def get(self, name: str) -> Registered:
+        """The scorer called ``name``, or a CodecLoopValueError naming the choices."""
+        return self._items.lookup(name, "scorer.name")
+
+    def values(self) -> list[Registered]:
+        """Every scorer, in registration order (built-ins first)."""
+        return list(self._items.values())
+
+    def with_null(self) -> list[str]:
+        """The names of the scorers that offer the null model (:func:`offers_null`)."""
+        return [n for n, s in self._items.items() if offers_null(s)]
 
 
 def offers_null(impl: Registered) -> bool:
@@ -220,18 +239,20 @@ def offers_null(impl: Registered) -> bool:
     return isinstance(impl, Scorer) or bool(getattr(impl, "uses_key", False))
 
 
-def get(name: str) -> Registered:
-    """The registered scorer called ``name``, or a CodecLoopValueError naming the choices."""
-    return SCORERS.lookup(name, "scorer.name")
+# the worker scorers every server offers, and the only ones a codec worker runs; fixed at import
+BUILTINS: Registry[Scorer] = Registry("scorer")
+for _builtin in (BlindScorer(), InformedScorer()):
+    BUILTINS.add(_builtin.name, _builtin)
+
+
+def get(name: str) -> Scorer:
+    """The built-in scorer called ``name``, or a CodecLoopValueError naming the choices (a server's
+    detectors are in its own :class:`ScorerRegistry`)."""
+    return BUILTINS.lookup(name, "scorer.name")
 
 
 def worker_scorer(name: str) -> Scorer:
-    """The registered worker scorer ``name`` (what a codec worker runs)."""
-    impl = get(name)
-    if not isinstance(impl, Scorer):
+    """The built-in worker scorer ``name`` (what a codec worker runs; detectors are scored in the server)."""
+    if name not in BUILTINS:
         raise CodecLoopValueError(f"scorer.name: {name!r} is a detector, scored in the server, not in a codec worker")
-    return impl
-
-
-register(BlindScorer())
-register(InformedScorer())
+    return BUILTINS[name]

@@ -31,7 +31,7 @@ Who = tuple[str, int]  # (client, priority) in the fair scheduler
 
 
 class Submit(Protocol):
-    """Queues one clip task in the fair scheduler (the engine's ``_run``)."""
+    """Queues one clip task in the fair scheduler (the engine's ``submit``)."""
 
     def __call__(
         self, who: Who, label: str, fn: Callable[..., Any], *args: Any, uses: Iterable[SharedArray | None] = (), weight: int = 1
@@ -190,10 +190,11 @@ class DetectorScoring(Scoring):
         )  # fmt: skip
 
 
-def scoring_for(scorer: ScorerKey, submit: Submit, null: bool = False) -> Scoring:
-    """The strategy of the registered scorer ``scorer[0]``: the one place the two kinds are told apart.
-    ``null``: scores also in units of their null model (parse.py refuses it for keyless detectors)."""
-    impl = scorers.get(scorer[0])
+def scoring_for(registry: scorers.ScorerRegistry, scorer: ScorerKey, submit: Submit, null: bool = False) -> Scoring:
+    """The strategy of the scorer ``scorer[0]`` of ``registry`` (the engine's): the one place the two
+    kinds are told apart. ``null``: scores also in units of their null model (parse.py refuses it
+    for keyless detectors)."""
+    impl = registry.get(scorer[0])
     if isinstance(impl, DetectorScorer):
         assert not null or impl.uses_key, "a keyless detector has no null model"
         return DetectorScoring(submit, scorer, impl, null)

@@ -145,7 +145,7 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, auth: Authenticator, deny: Callable[[CodecLoopAuthError, grpc.aio.ServicerContext], Awaitable[None]]) -> None:
         self._auth = auth
-        self._deny = deny  # aborts with the status that service._status_for maps the error to
+        self._deny = deny  # aborts with the status that lifecycle.status_for maps the error to
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)

@@ -14,13 +14,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from codecloop_server import codec, corpus, scorers, x264_asm
+from codecloop_server import codec, corpus, x264_asm
 from codecloop_server.detector import DetectorConfig, DetectorScorer
 from codecloop_server.engine import Engine
+from codecloop_server.lifecycle import LenientDecodingInterceptor, deny
 from codecloop_server.metrics import Metrics
 from codecloop_server.parse import Limits
+from codecloop_server.scorers import ScorerRegistry
 from codecloop_server.security import Authenticator, SecurityConfig, TokenInterceptor, add_port
-from codecloop_server.service import CodecLoopServicer, LenientDecodingInterceptor, deny
+from codecloop_server.service import CodecLoopServicer
 from codecloop_server.video_source import CarrierPolicy
 from codecloop_wire.errors import CodecLoopValueError
 from codecloop_wire.v1 import codecloop_pb2 as pb
@@ -104,7 +106,6 @@ class RunningServer:
         await self.server.stop(grace)
         for det in self.detectors:
             await det.batcher.close()
-            scorers.unregister(det.name)
         await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
 
 
@@ -125,8 +126,11 @@ def load_datasets(config: ServerConfig) -> dict[str, corpus.Dataset]:
     return datasets
 
 
-def load_detectors(config: ServerConfig, clip_shapes: set[tuple[int, int, int]], metrics: Metrics) -> tuple[DetectorScorer, ...]:
-    """Load, register and warm up every configured detector (blocking; before health turns SERVING)."""
+def load_detectors(
+    config: ServerConfig, clip_shapes: set[tuple[int, int, int]], metrics: Metrics, registry: ScorerRegistry
+) -> tuple[DetectorScorer, ...]:
+    """Load, warm up and add to ``registry`` (the engine's: this server's alone) every configured
+    detector (blocking; before health turns SERVING). A name already taken is registry.NameTaken."""
     from codecloop_server import detector
 
     loaded = []
@@ -134,7 +138,7 @@ def load_detectors(config: ServerConfig, clip_shapes: set[tuple[int, int, int]],
         det = detector.load(cfg, on_batch=metrics.detector_batch.observe)
         for shape in sorted(clip_shapes):
             det.batcher.warm_up(shape)
-        scorers.register(det)
+        registry.register(det)
         loaded.append(det)
         log.info("detector %s: %s", det.name, det.description)
     return tuple(loaded)
@@ -179,7 +183,7 @@ async def start(config: ServerConfig) -> RunningServer:
         await loop.run_in_executor(None, engine.warm_up)
         versions = await loop.run_in_executor(None, codec.versions)
         metrics = Metrics(engine)
-        detectors = await loop.run_in_executor(None, load_detectors, config, {d.clip_shape for d in datasets.values()}, metrics)
+        detectors = await loop.run_in_executor(None, load_detectors, config, {d.clip_shape for d in datasets.values()}, metrics, engine.scorers)
         if config.metrics_port is not None:
             metrics_port = metrics.serve(config.host, config.metrics_port)
             print(f"codecloop metrics on http://{config.host}:{metrics_port}/metrics", flush=True)

@@ -1,7 +1,7 @@
 """Typed errors shared by the SDK and the server.
 
 The server maps these to gRPC status codes in exactly one place
-(``codecloop_server.service._status_for``), and names the error's kind in the trailing metadata
+(``codecloop_server.lifecycle.status_for``), and names the error's kind in the trailing metadata
 ``codecloop-error`` (:data:`KINDS`); the SDK raises the same class back from that kind (or, when a
 call ends without it, from the status code alone), never from the message text.
 """
