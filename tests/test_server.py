@@ -9,7 +9,7 @@ import codecloop
 import codecloop_wire.tensors
 from codecloop import Codec, DatasetCarriers
 from codecloop_server.channels import Channel
-from codecloop_server.codec import CodecSettings
+from codecloop_server.codecs import CodecSettings
 from codecloop_server.tasks import transcode_rgb
 from codecloop_wire.poison import poison
 from tests.conftest import block_signature

@@ -28,7 +28,9 @@ def test_ruff():
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-STRICT = ["wire/codecloop_wire", *(f"server/codecloop_server/{m}.py" for m in ("engine", "jobs", "caches", "scoring", "render", "detector"))]
+STRICT = ["wire/codecloop_wire", *(f"server/codecloop_server/{m}.py" for m in (
+    "engine", "jobs", "caches", "scoring", "render", "detector", "codecs", "convert", "transcode", "reference", "versions",
+))]
 
 
 def test_mypy_strict_on_wire_and_engine():

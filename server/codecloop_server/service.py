@@ -18,13 +18,14 @@ from google.protobuf.message import DecodeError
 from codecloop_server import memory, parse, render, scorers
 from codecloop_server.channels import FILTERS, Channel
 from codecloop_server.channels import PRESETS as channel_presets
-from codecloop_server.codec import CODECS, MIN_SIZE, PIX_FMTS, PRESETS, encoder_version
+from codecloop_server.codecs import CODECS, MIN_SIZE, PIX_FMTS, PRESETS
 from codecloop_server.corpus import Dataset
 from codecloop_server.engine import Engine
 from codecloop_server.jobs import CandidateOutcome, EvaluateJob
 from codecloop_server.metrics import Metrics
 from codecloop_server.registry import SHOWN_CHARS, shown
 from codecloop_server.security import Authenticator, _one
+from codecloop_server.versions import encoder_version
 from codecloop_wire import __version__
 from codecloop_wire.errors import (
     ERROR_METADATA_KEY,

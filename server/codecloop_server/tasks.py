@@ -15,8 +15,9 @@ import numpy as np
 
 from codecloop_server import scorers, shm
 from codecloop_server.channels import Channel
-from codecloop_server.codec import CodecSettings, transcode_rgb
+from codecloop_server.codecs import CodecSettings
 from codecloop_server.scorers import Params
+from codecloop_server.transcode import transcode_rgb
 from codecloop_wire.null import KeySpectrum, key_spectrum, shift_null
 from codecloop_wire.poison import poison
 
