@@ -21,7 +21,8 @@ import argparse
 import numpy as np
 
 from codecloop_server import corpus, scorers, video_source
-from codecloop_server.codec import CodecSettings, transcode_rgb
+from codecloop_server.codecs import CodecSettings
+from codecloop_server.transcode import transcode_rgb
 from codecloop_wire import deploy
 from codecloop_wire.poison import poison
 

@@ -35,7 +35,7 @@ def _limit_worker(args: tuple[np.ndarray, str]) -> int:
 def _server_channel(spec: str):
     """The server's Channel object for a preset channel name or one codec name (its defaults)."""
     from codecloop_server import channels
-    from codecloop_server.codec import CodecSettings
+    from codecloop_server.codecs import CodecSettings
 
     for p in channels.PRESETS.values():
         for c in p.channels:

@@ -122,8 +122,9 @@ def _same_work_worker(args: tuple[list[int], np.ndarray]) -> int:
     error of the poisoning (a result field). The best loop a user could write with the same library
     code, without gRPC, scheduling, IPC, shared memory or statistics."""
     from codecloop_server import scorers
-    from codecloop_server.codec import CodecSettings, transcode_rgb
+    from codecloop_server.codecs import CodecSettings
     from codecloop_server.tasks import squared_error
+    from codecloop_server.transcode import transcode_rgb
     from codecloop_wire.poison import poison
 
     indices, sigs = args
@@ -270,7 +271,8 @@ def naive_clips_per_s(clips: np.ndarray, preset: str) -> float:
 def stage_breakdown(clip: np.ndarray) -> dict[str, float]:
     """Median milliseconds of each stage of a poisoned clip task, in this process (one core)."""
     from codecloop_server import scorers
-    from codecloop_server.codec import CodecSettings, transcode_rgb
+    from codecloop_server.codecs import CodecSettings
+    from codecloop_server.transcode import transcode_rgb
     from codecloop_wire.poison import poison
 
     sig = signatures(1, 7, clip.shape[1])[0]
@@ -281,7 +283,8 @@ def stage_breakdown(clip: np.ndarray) -> dict[str, float]:
     marked = poison(clip, sig, 4 / 255)
     decoded, _ = transcode_rgb(marked, settings)
     features = blind.features(decoded[None], params)
-    from codecloop_server.codec import rgb_to_yuv420p, transcode_yuv, yuv420p_frames, yuv420p_to_rgb
+    from codecloop_server.convert import rgb_to_yuv420p, yuv420p_frames, yuv420p_to_rgb
+    from codecloop_server.reference import transcode_yuv
     from codecloop_server.tasks import squared_error
 
     yuv = rgb_to_yuv420p(marked)
@@ -313,7 +316,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="112x112 only, smaller scaling table")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     args = ap.parse_args()
-    from codecloop_server.codec import rgb_to_yuv420p
+    from codecloop_server.convert import rgb_to_yuv420p
     from codecloop_server.corpus import embedded_corpus
 
     w = args.workers

@@ -26,7 +26,8 @@ import numpy as np
 
 from codecloop.cli import random_signature
 from codecloop.testing import realistic_clip
-from codecloop_server import codec, scorers
+from codecloop_server import scorers, transcode
+from codecloop_server.codecs import CodecSettings
 from codecloop_wire import stats
 from codecloop_wire.poison import poison
 
@@ -36,8 +37,8 @@ LEVELS = {"AVX2": "asm=AVX2", "AVX": "asm=AVX", "SSE4.2": "asm=SSE4.2", "SSSE3":
 
 def transcoder(params: str):
     """transcode_rgb with x264-params ``params`` (empty: x264's own CPU detection)."""
-    settings = codec.CodecSettings(x264_asm="native")
-    plain = codec._encoder
+    settings = CodecSettings(x264_asm="native")
+    plain = transcode._encoder
 
     def encoder(s, w, h):
         ctx = plain(s, w, h)
@@ -46,11 +47,11 @@ def transcoder(params: str):
         return ctx
 
     def run(clip: np.ndarray) -> np.ndarray:
-        codec._encoder = encoder
+        transcode._encoder = encoder
         try:
-            return codec.transcode_rgb(clip, settings)[0]
+            return transcode.transcode_rgb(clip, settings)[0]
         finally:
-            codec._encoder = plain
+            transcode._encoder = plain
 
     return run
 

@@ -151,7 +151,8 @@ def _local_init(clips: np.ndarray, crf: float, preset: str, epsilon: float) -> N
 def _local_clips(args: tuple[list[int], np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     """This worker's clips, every candidate: each clip's clean side once, then each poisoned clip
     through PyAV's libx264. Per clip: ((P,) poisoned scores, (P,) clean scores)."""
-    from codecloop_server.codec import CodecSettings, transcode_rgb
+    from codecloop_server.codecs import CodecSettings
+    from codecloop_server.transcode import transcode_rgb
     from codecloop_wire.poison import poison
 
     indices, sigs = args

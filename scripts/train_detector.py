@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from codecloop.detector_model import ResidualDetector, export_program, export_torchscript
-from codecloop_server.codec import CodecSettings, transcode_rgb
+from codecloop_server.codecs import CodecSettings
 from codecloop_server.corpus import embedded_corpus
+from codecloop_server.transcode import transcode_rgb
 from codecloop_wire.poison import poison
 
 

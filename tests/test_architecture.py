@@ -40,6 +40,29 @@ def test_server_imports_no_sdk():
     assert "codecloop" not in loaded
 
 
+CODEC_ROOM = ["codecs", "convert", "transcode", "reference", "versions", "x264_asm"]
+
+
+def test_codec_room_imports_no_transport():
+    """The codec room (ndarray in, ndarray/bytes out) and the workers' tasks import neither gRPC nor the
+    protos, and of the server only each other: a worker process and a script stay free of the transport."""
+    loaded = _loaded_modules([f"codecloop_server.{m}" for m in [*CODEC_ROOM, "channels", "tasks"]])
+    assert "codecloop_server.transcode" in loaded and "av" in loaded
+    assert not {m for m in loaded if m.split(".")[0] in {"grpc", "google"} or m.startswith("codecloop_wire.v1")}
+    server = {m.split(".")[1] for m in loaded if m.startswith("codecloop_server.")}
+    assert server <= {*CODEC_ROOM, "registry", "channels", "tasks", "scorers", "shm"}
+    # the codec room itself needs none of the scoring or shared-memory code
+    room = _loaded_modules([f"codecloop_server.{m}" for m in CODEC_ROOM])
+    assert {m.split(".")[1] for m in room if m.startswith("codecloop_server.")} <= {*CODEC_ROOM, "registry"}
+
+
+def _loaded_modules(modules: list[str]) -> set[str]:
+    """Every module in sys.modules after importing ``modules`` in a fresh interpreter."""
+    code = "import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
+    code += "print(' '.join(sorted(sys.modules)))"
+    return set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True).stdout.split())
+
+
 def test_scorer_kinds_are_told_apart_in_one_place():
     """Worker scorers and detectors are two strategies behind scoring.Scoring: the registry holds
     both as scorers.Registered, and only scoring.py names the detector kind."""

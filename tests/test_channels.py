@@ -12,7 +12,10 @@ import codecloop
 from codecloop import Channel, Codec, Crop, DatasetCarriers, FrameRate, Resize
 from codecloop.testing import realistic_clip
 from codecloop_server import channels
-from codecloop_server.codec import CODECS, CodecSettings, _decode_frames, rgb_to_yuv420p, transcode_rgb, transcode_yuv
+from codecloop_server.codecs import CODECS, CodecSettings
+from codecloop_server.convert import rgb_to_yuv420p
+from codecloop_server.reference import decode_annexb, decode_packets, transcode_yuv
+from codecloop_server.transcode import encode_packets, transcode_rgb
 from codecloop_wire.errors import CodecLoopValueError
 from codecloop_wire.poison import poison
 from codecloop_wire.stats import psnr_db
@@ -182,13 +185,11 @@ def test_hevc_decodes_the_same_through_parser_and_packets():
     """libx265's packets decoded as one Annex-B stream (what the server does) and as packets agree."""
     import av
 
-    from codecloop_server.codec import _decode_packets, _encode_packets
-
     yuv = rgb_to_yuv420p(realistic_clip(2))
     settings = CodecSettings("libx265", crf=28)
-    packets = _encode_packets((av.VideoFrame.from_ndarray(f, format="yuv420p") for f in yuv), settings, 112, 112)
-    a = [f.to_ndarray() for f in _decode_packets(packets, settings)]
-    b = [f.to_ndarray() for f in _decode_frames(b"".join(packets), "hevc")]
+    packets = encode_packets((av.VideoFrame.from_ndarray(f, format="yuv420p") for f in yuv), settings, 112, 112)
+    a = [f.to_ndarray() for f in decode_packets(packets, settings)]
+    b = [f.to_ndarray() for f in decode_annexb(b"".join(packets), "hevc")]
     np.testing.assert_array_equal(np.stack(a), np.stack(b))
 
 

@@ -12,7 +12,7 @@ import pytest
 from codecloop import DatasetCarriers
 from codecloop_server import parse
 from codecloop_server.channels import Channel
-from codecloop_server.codec import CodecSettings
+from codecloop_server.codecs import CodecSettings
 from codecloop_server.corpus import embedded_corpus
 from codecloop_server.engine import Engine
 from codecloop_server.jobs import EvaluateJob

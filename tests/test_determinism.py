@@ -21,7 +21,11 @@ import pytest
 import codecloop
 from codecloop.testing import realistic_clip
 from codecloop_server import x264_asm
-from codecloop_server.codec import PRESETS, CodecSettings, encode_yuv420p, rgb_to_yuv420p, transcode_rgb, x264_build
+from codecloop_server.codecs import PRESETS, CodecSettings
+from codecloop_server.convert import rgb_to_yuv420p
+from codecloop_server.reference import encode_yuv420p
+from codecloop_server.transcode import transcode_rgb
+from codecloop_server.versions import x264_build
 from codecloop_wire.errors import CodecLoopValueError
 from codecloop_wire.v1 import codecloop_pb2 as pb
 from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
@@ -74,7 +78,7 @@ def test_swscale_conversions_agree_across_simd_levels():
         import ctypes, glob, hashlib
         import av
         from codecloop.testing import realistic_clip
-        from codecloop_server.codec import rgb_to_yuv420p, yuv420p_to_rgb
+        from codecloop_server.convert import rgb_to_yuv420p, yuv420p_to_rgb
         lib = ctypes.CDLL(glob.glob(av.__path__[0] + ".libs/libavutil-*.so*")[0])
         SSSE3 = 0x1 | 0x2 | 0x8 | 0x10 | 0x1000 | 0x40 | 0x80
         SSE42 = SSSE3 | 0x100 | 0x200

@@ -224,7 +224,7 @@ def test_memory_bound_holds_for_the_largest_allowed_request(server):
     largest one is in progress, a second one is refused too."""
     from codecloop_server import memory
     from codecloop_server.channels import Channel
-    from codecloop_server.codec import CodecSettings
+    from codecloop_server.codecs import CodecSettings
 
     # besides the message's charge, the request is charged its clip tasks' worker memory (docs/limits.md)
     worker = memory.worker_charge([memory.channel_footprint(Channel.of(CodecSettings(preset="ultrafast")), (16, 112, 112), "")], 1, 1).nbytes

@@ -1,5 +1,6 @@
-"""PyAV's libx264 path and colour conversions are bit-identical to the ffmpeg CLI's, when both run
-x264 at the same SIMD level (``-x264-params asm=<level>``, which CodecSettings.ffmpeg_args adds)."""
+"""The reference libx264 path (reference.py) and the colour conversions (convert.py) are bit-identical
+to the ffmpeg CLI's, when both run x264 at the same SIMD level (``-x264-params asm=<level>``, which
+CodecSettings.ffmpeg_args adds). tests/test_transcode.py holds the production fast path to them."""
 
 from __future__ import annotations
 
@@ -10,14 +11,9 @@ import numpy as np
 import pytest
 
 from codecloop.testing import realistic_clip
-from codecloop_server.codec import (
-    CodecSettings,
-    decode_h264,
-    encode_yuv420p,
-    rgb_to_yuv420p,
-    transcode_yuv,
-    yuv420p_to_rgb,
-)
+from codecloop_server.codecs import CodecSettings
+from codecloop_server.convert import rgb_to_yuv420p, yuv420p_to_rgb
+from codecloop_server.reference import decode_annexb, decode_h264, encode_yuv420p, transcode_yuv
 from tests.conftest import ffmpeg_or_skip
 
 
@@ -94,9 +90,7 @@ def test_codec_matches_ffmpeg_cli(tmp_path, settings, seed):
 
 def _frame_types(bitstream: bytes) -> str:
     """Picture types of the decoded frames, e.g. ``IBBBPB...``."""
-    from codecloop_server.codec import _decode_frames
-
-    return "".join({1: "I", 2: "P", 3: "B"}.get(int(f.pict_type), "?") for f in _decode_frames(bitstream))
+    return "".join({1: "I", 2: "P", 3: "B"}.get(int(f.pict_type), "?") for f in decode_annexb(bitstream))
 
 
 def test_encoder_is_deterministic():
@@ -112,40 +106,6 @@ def test_settings_validation_names_field():
         CodecSettings(crf=52)
     with pytest.raises(CodecLoopValueError, match="codec.preset"):
         CodecSettings(preset="turbo")
-
-
-def test_rgb_pipeline_matches_ffmpeg_cli_end_to_end(tmp_path):
-    """rgb24 in, rgb24 out: the server's fused path equals the CLI doing conversion, encode and decode."""
-    from codecloop_server.codec import transcode_rgb
-
-    clip = realistic_clip(7, 16, 64, 96, cut=True)
-    settings = CodecSettings(crf=30, preset="fast")
-    (tmp_path / "in.rgb").write_bytes(clip.tobytes())
-    _ffmpeg("-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "96x64", "-r", "25", "-i", str(tmp_path / "in.rgb"),
-            *settings.ffmpeg_args(), "-f", "h264", str(tmp_path / "cli.h264"))  # fmt: skip
-    _ffmpeg("-threads", "1", "-i", str(tmp_path / "cli.h264"), "-f", "rawvideo", "-pix_fmt", "rgb24",
-            str(tmp_path / "cli.rgb"))  # fmt: skip
-    cli = np.fromfile(tmp_path / "cli.rgb", np.uint8).reshape(clip.shape)
-    fused, nbytes = transcode_rgb(clip, settings)
-    np.testing.assert_array_equal(fused, cli)
-    staged, staged_bytes = transcode_yuv(rgb_to_yuv420p(clip), settings)
-    np.testing.assert_array_equal(fused, yuv420p_to_rgb(staged))
-    assert nbytes == staged_bytes
-
-
-@pytest.mark.parametrize("shape", [(16, 112, 112), (8, 64, 96), (3, 16, 16), (5, 30, 46)])
-def test_one_call_conversion_equals_per_frame(shape):
-    """yuv420p_frames (one swscale call on the frames side by side, what transcode_rgb encodes) is
-    bit-identical to the per-frame conversion the CLI test checks, on real-looking and on noise clips."""
-    from codecloop_server.codec import yuv420p_frames
-
-    t, h, w = shape
-    rng = np.random.default_rng(t * h + w)
-    clips = [realistic_clip(s, t, h, w, cut=s == 1) for s in range(3)] if h >= 32 else []
-    clips += [rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8), np.repeat(rng.integers(0, 256, (t, h, 1, 3), dtype=np.uint8), w, axis=2)]
-    for clip in clips:
-        batched = np.stack([f.to_ndarray() for f in yuv420p_frames(clip)])
-        np.testing.assert_array_equal(batched, rgb_to_yuv420p(clip))
 
 
 @pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.int32])

@@ -22,7 +22,9 @@ import pytest
 
 from codecloop_server import memory
 from codecloop_server.channels import Channel, FrameRate, Resize
-from codecloop_server.codec import _IMAGE_LIMIT, MIN_SIZE, CodecSettings, frames_per_call, transcode_rgb
+from codecloop_server.codecs import MIN_SIZE, CodecSettings
+from codecloop_server.convert import _IMAGE_LIMIT, frames_per_call
+from codecloop_server.transcode import transcode_rgb
 from codecloop_wire.tensors import from_tensor, to_tensor
 from codecloop_wire.v1 import codecloop_pb2 as pb
 from codecloop_wire.v1 import codecloop_pb2_grpc as pb_grpc
@@ -431,7 +433,7 @@ def test_crf_0_is_lossless_for_libx264_only():
     clip = np.random.default_rng(4).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     x264, _ = transcode_rgb(clip, CodecSettings("libx264", crf=0, preset="ultrafast"))
     x265, _ = transcode_rgb(clip, CodecSettings("libx265", crf=0, preset="ultrafast"))
-    from codecloop_server.codec import rgb_to_yuv420p, yuv420p_to_rgb
+    from codecloop_server.convert import rgb_to_yuv420p, yuv420p_to_rgb
 
     np.testing.assert_array_equal(x264, yuv420p_to_rgb(rgb_to_yuv420p(clip)))  # only the colour conversion's loss
     assert not np.array_equal(x265, x264)

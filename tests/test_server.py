@@ -9,7 +9,7 @@ import codecloop
 import codecloop_wire.tensors
 from codecloop import Codec, DatasetCarriers
 from codecloop_server.channels import Channel
-from codecloop_server.codec import CodecSettings
+from codecloop_server.codecs import CodecSettings
 from codecloop_server.tasks import transcode_rgb
 from codecloop_wire.poison import poison
 from tests.conftest import block_signature
@@ -194,6 +194,47 @@ def test_results_identical_to_single_process_path(client):
     finally:
         for s in (clips, sig_sh, tmpl_sh):
             s.release()
+
+
+@pytest.mark.parametrize("name", ["blind", "informed"])
+@pytest.mark.parametrize("sig_t", [1, 4])
+def test_worker_tasks_score_through_the_scorer_interface(name, sig_t):
+    """A codec worker's scores (cached clean stats, one clip at a time) are exactly the documented
+    scorers.Scorer.score of the same features, poisoned and clean, for both scorers and for constant
+    and time-varying templates; the null reads the same signal."""
+    from codecloop.testing import realistic_clip
+    from codecloop_server import scorers, shm, tasks
+    from codecloop_wire.null import key_spectrum, shift_null
+
+    impl = scorers.worker_scorer(name)
+    params = impl.resolve_params({})
+    channel = Channel.of(CodecSettings(preset="ultrafast", crf=30))
+    clip = realistic_clip(9, 4, 48, 48)
+    sig = np.sign(np.random.default_rng(sig_t).standard_normal((sig_t, 48, 48, 3))).astype(np.float32)
+    tmpl = impl.template(sig, params)
+    shared = [shm.SharedArray(clip[None]), shm.SharedArray(sig), shm.SharedArray(tmpl)]
+    try:
+        ref = tasks.ClipRef(shared[0].ref, 0)
+        features, st, _ = tasks.clean_task(ref, channel, (name, params))
+        shared += [shm.SharedArray(features), shm.SharedArray(st.time_sum)]
+        clean_ref = tasks.CleanRef(shared[3].ref, shared[4].ref, st.total, st.squares)
+        (got,) = tasks.poisoned_task([(ref, clean_ref)], shared[1].ref, shared[2].ref, scorers.template_sq(tmpl), 4 / 255, channel, (name, params), null=True)
+    finally:
+        for s in shared:
+            s.release()
+    clean = impl.features(channel.apply(clip)[0][None], params)
+    poisoned = impl.features(channel.apply(poison(clip, sig, 4 / 255))[0][None], params)
+    assert got.poisoned == impl.score(poisoned, tmpl, clean)[0] and got.poisoned != 0
+    assert got.clean == impl.score(clean, tmpl, clean)[0]
+    signal = impl.signal(poisoned[0], clean[0])
+    a, w = signal.astype(np.float64), np.broadcast_to(tmpl, signal.shape)  # and ncc in float64, straight
+    a, w = a - a.mean(), w - w.mean()
+    assert got.poisoned == pytest.approx((a * w).sum() / np.sqrt((a * a).sum() * (w * w).sum()), rel=1e-9)
+    assert got.poisoned_z == shift_null(signal if sig_t > 1 else signal.sum(axis=0), key_spectrum(tmpl)).z
+    if name == "informed":
+        assert got.clean == 0.0 and got.clean_z == -np.inf
+    else:
+        assert got.clean != 0 and np.isfinite(got.clean_z)
 
 
 def test_deadline_drops_queued_work(client):

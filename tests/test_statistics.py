@@ -15,7 +15,8 @@ from scipy import stats as sps
 
 import codecloop
 from codecloop_server import corpus, scorers
-from codecloop_server.codec import CodecSettings, transcode_rgb
+from codecloop_server.codecs import CodecSettings
+from codecloop_server.transcode import transcode_rgb
 from codecloop_wire import stats
 from codecloop_wire.null import EMPIRICAL_SHIFTS, GRID, MAX_KEY_CORRELATION, empirical_z, key_shifts, p_of_z, shift_null, stouffer, z_of_p
 from codecloop_wire.v1 import codecloop_pb2 as pb

@@ -1,7 +1,7 @@
 """codecloop's server: real libx264 evaluation of video signatures behind gRPC.
 
 The server's entry points load lazily, so that importing one room (``codecloop_server.detector``
-on a GPU box, ``codecloop_server.codec`` in a script) does not pull in gRPC, the engine and PyAV.
+on a GPU box, ``codecloop_server.transcode`` in a script) does not pull in gRPC, the engine and PyAV.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ A channel ends where it started: its output is resized back to the carriers' H x
 i / input_fps, takes the latest output frame at or before that time), so every scorer compares
 clips of the carriers' shape. A crop comes back as a zoom of the kept rectangle.
 
-A channel of one encode step is exactly :func:`codec.transcode_rgb` (what ``codecs`` always ran).
+A channel of one encode step is exactly :func:`transcode.transcode_rgb` (what ``codecs`` always ran).
 Sizes in absolute terms: ``Resize(max_short_side=N)`` scales the VIDEO a clip stands for so that its
 short side is at most N pixels ("to 540 lines"; never up), and applies that same scale to the clip.
 The video's short side is ``source_side`` (a dataset records it per clip: the source's frame at its
@@ -26,8 +26,10 @@ import av
 import numpy as np
 from av.video.reformatter import Interpolation
 
-from codecloop_server.codec import MIN_SIZE, CodecSettings, _reformatter, transcode_rgb
+from codecloop_server.codecs import MIN_SIZE, CodecSettings
+from codecloop_server.convert import reformatter
 from codecloop_server.registry import Registry, shown
+from codecloop_server.transcode import transcode_rgb
 from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopValueError
 
@@ -257,7 +259,7 @@ def _latest_frames(count: int, available: int, rate: int, fps: int) -> np.ndarra
 def resize(clip: np.ndarray, height: int, width: int, filter: str) -> np.ndarray:
     """uint8 (T, H, W, 3) RGB -> (T, height, width, 3) with swscale (``filter``, FILTERS), per frame,
     into one preallocated output (no list of frames next to it)."""
-    r = _reformatter(f"resize:{filter}")
+    r = reformatter(f"resize:{filter}")
     interpolation = FILTERS[filter]
     out = np.empty((len(clip), height, width, 3), np.uint8)
     for k, f in enumerate(clip):

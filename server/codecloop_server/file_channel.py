@@ -33,7 +33,8 @@ import av
 import numpy as np
 
 from codecloop_server import channels
-from codecloop_server.codec import CodecSettings, rgb_to_yuv420p, yuv420p_to_rgb
+from codecloop_server.codecs import CodecSettings
+from codecloop_server.convert import rgb_to_yuv420p, yuv420p_to_rgb
 from codecloop_wire.errors import CodecLoopError, CodecLoopValueError
 
 
@@ -50,7 +51,7 @@ def find_channel(name: str) -> channels.Channel:
 
 
 def _encoder(settings: CodecSettings, width: int, height: int, rate: Fraction, ctx=None):
-    """The server's encoder settings (codec.py) at ``rate`` frames per second and the file's size."""
+    """The server's encoder settings (codecs.py) at ``rate`` frames per second and the file's size."""
     ctx = ctx if ctx is not None else av.CodecContext.create(settings.codec, "w")
     ctx.width, ctx.height, ctx.pix_fmt = width, height, settings.pix_fmt
     ctx.time_base, ctx.framerate = 1 / rate, rate

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from codecloop_server.channels import Channel, Crop, FrameRate, Resize, step_name
-from codecloop_server.codec import CodecSettings
+from codecloop_server.codecs import CodecSettings
 from codecloop_server.corpus import Dataset
 from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopLimitError
@@ -48,7 +48,7 @@ _ITEMSIZE = {pb.FLOAT32: 4, pb.FLOAT16: 2, pb.INT8: 1, pb.UINT8: 1}
 # an RGB array a step makes; plus a fixed amount per encoder. Upper bounds of peaks measured with
 # every codec at its slowest preset (docs/limits.md has the measurements).
 CARRIER_BYTES_PER_PIXEL = 64  # the clip, its poisoned copy, float poisoning temporaries, the output, scorer features
-ENCODE_BYTES_PER_PIXEL = 8  # the decoded RGB output and one chunk of conversions (codec.transcode_rgb streams)
+ENCODE_BYTES_PER_PIXEL = 8  # the decoded RGB output and one chunk of conversions (transcode.transcode_rgb streams)
 ENCODER_FRAME_BYTES_PER_PIXEL = 16  # a frame the encoder or decoder holds (lookahead, references, reordering)
 ENCODER_MAX_FRAMES = 128  # frames the codecs hold at most, whatever the clip's length (lookahead <= 60 at any preset)
 ENCODE_FIXED_BYTES = 64 << 20  # an encoder's and decoder's own tables (SVT-AV1's are the largest)

@@ -17,12 +17,13 @@ import numpy as np
 from google.protobuf.message import Message
 
 from codecloop_server import channels, memory, x264_asm
-from codecloop_server.codec import CodecSettings, x264_build
+from codecloop_server.codecs import CodecSettings
 from codecloop_server.corpus import Dataset
 from codecloop_server.jobs import CarrierSet, EvaluateJob, Racing, TranscodeJob
 from codecloop_server.registry import shown
 from codecloop_server.scorers import ScorerRegistry, offers_null
 from codecloop_server.tasks import ScorerKey
+from codecloop_server.versions import x264_build
 from codecloop_wire import defaults, deploy, stats
 from codecloop_wire.errors import CodecLoopLimitError, CodecLoopValueError
 from codecloop_wire.tensors import from_tensor

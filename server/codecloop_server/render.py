@@ -7,10 +7,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from codecloop_server import channels, scorers
-from codecloop_server.codec import CODECS, MIN_SIZE, PIX_FMTS, PRESETS, CodecSettings, encoder_version, x264_build
+from codecloop_server.codecs import CODECS, MIN_SIZE, PIX_FMTS, PRESETS, CodecSettings
 from codecloop_server.corpus import Dataset
 from codecloop_server.jobs import CandidateOutcome, CodecOutcome, EngineStats, EvaluateJob, TranscodeJob, TranscodeOutcome
 from codecloop_server.parse import Limits
+from codecloop_server.versions import encoder_version, x264_build
 from codecloop_wire import stats
 from codecloop_wire.null import EMPIRICAL_NULL_MODEL, NULL_MODEL, p_values
 from codecloop_wire.tensors import to_tensor

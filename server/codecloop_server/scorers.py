@@ -7,7 +7,10 @@ A scorer works in three steps so that the server can cache the clean side and sh
   (carrier clip, codec settings, scorer, params) and reused by every candidate, request and client.
 * ``template(signature, params)``: the float64 (T or 1, H, W, 3) pattern the features are
   correlated with, computed once per candidate.
-* ``score(features, template, reference)``: one float per clip.
+* ``score(features, template, reference)``: one float per clip, each :meth:`Scorer.score_clip`.
+  The codec workers (tasks.py) score through the same ``score_clip``, and take the clean side from
+  the server's cached clean stats (``score_clean``): a scorer that fills the hooks below scores the
+  same in production as through ``score``.
 
 Formulas (x: a decoded clip, uint8; w: the signature in [-1, 1], repeated over T when T = 1;
 ncc(a, b) = <a - mean a, b - mean b> / (||a - mean a|| ||b - mean b||) over the whole
@@ -71,7 +74,8 @@ class Registered:
 
 
 class Scorer(Registered, ABC):
-    """A scorer run in the codec workers; subclasses fill the ``_internal_*`` hooks, validation happens here once."""
+    """A scorer run in the codec workers; subclasses fill the ``_internal_*`` hooks (and set
+    ``uses_reference`` to be scored against the clean clip), validation happens here once."""
 
     uses_reference: ClassVar[bool] = False
 
@@ -85,11 +89,36 @@ class Scorer(Registered, ABC):
         return t - t.mean()
 
     def score(self, features: np.ndarray, template: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
-        """Scores (N,) float64 of N clips' features (with the clean clips' features as reference)."""
+        """Scores (N,) float64 of N clips' features (N, T, H, W, 3) against a template from
+        :meth:`template`, with the clean clips' features (N, T, H, W, 3) as reference: one
+        :meth:`score_clip` each, the path the codec workers run."""
+        t_sq = template_sq(template)
+        refs = [None] * len(features) if reference is None else list(reference)
+        return np.array([self.score_clip(f, template, r, t_sq).score for f, r in zip(features, refs)])
+
+    def signal(self, features: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
+        """The integer clip (T, H, W, 3) one clip's features are scored by: the features, or for a
+        scorer that ``uses_reference`` their int16 difference to the clean clip's features."""
+        if not self.uses_reference:
+            return features
+        assert reference is not None, f"scorer {self.name} needs the clean clips' features"
+        return features.astype(np.int16) - reference.astype(np.int16)
+
+    def score_clip(self, features: np.ndarray, template: np.ndarray, reference: np.ndarray | None, t_sq: float | None = None) -> ClipScore:
+        """One clip's features (T, H, W, 3) against ``template``, the clean clip's features as
+        ``reference`` (read only when ``uses_reference``); ``t_sq``: :func:`template_sq`, if known."""
+        signal = self.signal(features, reference)
+        stats = clip_stats(signal)
+        return ClipScore(ncc_from_stats(stats, template, signal, t_sq), stats, signal)
+
+    def score_clean(self, stats: ClipStats, template: np.ndarray, features: np.ndarray | None, t_sq: float | None = None) -> ClipScore | None:
+        """The clean clip's :meth:`score_clip` from its cached feature stats (the server computes
+        them once per clean clip); ``features`` (T, H, W, 3) are needed only for a template with
+        T > 1. None for a scorer that ``uses_reference``: the clean clip's difference to itself is
+        0, score 0, no evidence at all."""
         if self.uses_reference:
-            assert reference is not None, f"scorer {self.name} needs the clean clips' features"
-            features = features.astype(np.int16) - reference.astype(np.int16)
-        return ncc(features, template)
+            return None
+        return ClipScore(ncc_from_stats(stats, template, features, t_sq), stats, features)
 
     @abstractmethod
     def _internal_features(self, clips: np.ndarray, params: dict[str, float]) -> np.ndarray: ...
@@ -106,6 +135,23 @@ class ClipStats:
     total: int
     squares: int
     count: int  # T * H * W * 3
+
+
+@dataclass(frozen=True)
+class ClipScore:
+    """One clip's score and the integer clip it correlated with the template (:meth:`Scorer.signal`),
+    with its stats: what a null model of the score (null.shift_null) reads again."""
+
+    score: float
+    stats: ClipStats
+    signal: np.ndarray | None  # None only where the stats stand for it (a clean clip, T = 1 template)
+
+    def correlated(self, template: np.ndarray) -> np.ndarray:
+        """What the template (T or 1, H, W, 3) is correlated with: the signal, or its time sum (H, W, 3) when T = 1."""
+        if template.shape[0] == 1:
+            return self.stats.time_sum
+        assert self.signal is not None, "a time-varying template needs the whole clip"
+        return self.signal
 
 
 _SMALL_INTS = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16))

@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from codecloop_server import codec, corpus, x264_asm
+from codecloop_server import corpus, x264_asm
 from codecloop_server.detector import DetectorConfig, DetectorScorer
 from codecloop_server.engine import Engine
 from codecloop_server.lifecycle import LenientDecodingInterceptor, deny
@@ -23,6 +23,7 @@ from codecloop_server.parse import Limits
 from codecloop_server.scorers import ScorerRegistry
 from codecloop_server.security import Authenticator, SecurityConfig, TokenInterceptor, add_port
 from codecloop_server.service import CodecLoopServicer
+from codecloop_server.versions import versions as codec_versions
 from codecloop_server.video_source import CarrierPolicy
 from codecloop_wire.errors import CodecLoopValueError
 from codecloop_wire.v1 import codecloop_pb2 as pb
@@ -181,7 +182,7 @@ async def start(config: ServerConfig) -> RunningServer:
         for ds in datasets.values():
             engine.add_dataset(ds)
         await loop.run_in_executor(None, engine.warm_up)
-        versions = await loop.run_in_executor(None, codec.versions)
+        versions = await loop.run_in_executor(None, codec_versions)
         metrics = Metrics(engine)
         detectors = await loop.run_in_executor(None, load_detectors, config, {d.clip_shape for d in datasets.values()}, metrics, engine.scorers)
         if config.metrics_port is not None:

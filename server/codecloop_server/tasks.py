@@ -15,8 +15,9 @@ import numpy as np
 
 from codecloop_server import scorers, shm
 from codecloop_server.channels import Channel
-from codecloop_server.codec import CodecSettings, transcode_rgb
+from codecloop_server.codecs import CodecSettings
 from codecloop_server.scorers import Params
+from codecloop_server.transcode import transcode_rgb
 from codecloop_wire.null import KeySpectrum, key_spectrum, shift_null
 from codecloop_wire.poison import poison
 
@@ -105,27 +106,22 @@ def _poisoned_score(
     key: KeySpectrum | None,
 ) -> PoisonedScore:
     """One clip: only the poisoned clip's features are computed; the clean score is the cached clean
-    stats against this candidate's template (for a reference-based scorer it is 0 by construction)."""
+    stats against this candidate's template (scorers.Scorer.score_clip and score_clean)."""
     marked = poison(original, sig, epsilon)
     decoded, nbytes = channel.apply(marked, source_side)
     features = impl.features(decoded[None], params)[0]
-    time_varying = tmpl.shape[0] > 1
-    if impl.uses_reference:
-        features = features.astype(np.int16) - shm.read(clean.features).astype(np.int16)
-        # the clean clip's difference to itself is 0: score 0, no evidence at all (p = 1)
-        clean_score, clean_z = 0.0, (-math.inf if key is not None else math.nan)
-    else:
-        clean_stats = clean.stats()
-        clean_side = shm.read(clean.features) if time_varying else None
-        clean_score = scorers.ncc_from_stats(clean_stats, tmpl, clean_side, t_sq)
-        clean_z = shift_null(clean_side if time_varying else clean_stats.time_sum, key).z if key is not None else math.nan
-    poisoned_stats = scorers.clip_stats(features)
-    poisoned_z = math.nan
+    # the cached clean features are read once, and only when the scorer or the template needs them
+    clean_features = shm.read(clean.features) if impl.uses_reference or tmpl.shape[0] > 1 else None
+    poisoned = impl.score_clip(features, tmpl, clean_features, t_sq)
+    clean_side = impl.score_clean(clean.stats(), tmpl, clean_features, t_sq)
+    poisoned_z = clean_z = math.nan
     if key is not None:
-        poisoned_z = shift_null(features if time_varying else poisoned_stats.time_sum, key).z
+        poisoned_z = shift_null(poisoned.correlated(tmpl), key).z
+        # no clean side (a reference-based scorer): no evidence at all, p = 1
+        clean_z = shift_null(clean_side.correlated(tmpl), key).z if clean_side is not None else -math.inf
     return PoisonedScore(
-        poisoned=scorers.ncc_from_stats(poisoned_stats, tmpl, features, t_sq),
-        clean=clean_score,
+        poisoned=poisoned.score,
+        clean=clean_side.score if clean_side is not None else 0.0,
         encoded_bytes=nbytes,
         squared_error=squared_error(marked, original),
         poisoned_z=poisoned_z,

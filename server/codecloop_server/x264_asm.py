@@ -85,7 +85,7 @@ _configured: str | None = None
 def configure(requested: str) -> str:
     """Set this process's level once at server start (``codecloop serve --x264-asm``); returns it.
 
-    Only the default of :class:`~codecloop_server.codec.CodecSettings` reads it: settings objects
+    Only the default of :class:`~codecloop_server.codecs.CodecSettings` reads it: settings objects
     carry their level, so worker processes get it with every task, never from this global."""
     global _configured
     _configured = resolve(requested)
