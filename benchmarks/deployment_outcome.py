@@ -2,11 +2,12 @@
 copies through real channels, detect, count per video.
 
     python benchmarks/deployment_outcome.py --signature runs/x/best.npy --epsilon 2/255 --out runs/outcome \\
-        [--video FILE ...] [--segments 5] [--frames 50] [--generated 6] [--fpr 1e-3]
+        [--video FILE ...] [--segments 5] [--frames 50] [--generated 6] [--zoom 2] [--fpr 1e-3]
 
 Test videos: each ``--video`` (default: ``bikes.mp4``, the real corpus's held-out source) cut into
 ``--segments`` pieces of ``--frames`` frames, and ``--generated`` camera pans over photographs
-(codecloop.testing's photographs, a 128 x 120 camera upsampled to 256 x 240, 50 frames at 25 fps; none
+(codecloop.testing's photographs, a 128 x 120 camera upsampled ``--zoom`` times: 256 x 240 by default,
+768 x 720 with ``--zoom 6``, where the 540-line messaging preset scales by 0.75; 50 frames at 25 fps; none
 of them is in the real corpus, but the five photographs repeat among them). Each is
 marked by ``codecloop.mark_video`` (libx264 CRF 18) and, with its unmarked copy, sent through:
 
@@ -41,7 +42,7 @@ def _ffmpeg(*args: str) -> None:
     subprocess.run(["ffmpeg", "-v", "error", "-y", *args], check=True, timeout=600)
 
 
-def _test_videos(out: Path, videos: list[Path], segments: int, frames: int, generated: int) -> list[Path]:
+def _test_videos(out: Path, videos: list[Path], segments: int, frames: int, generated: int, zoom: int) -> list[Path]:
     found = []
     for video in videos:
         for k in range(segments):
@@ -52,10 +53,10 @@ def _test_videos(out: Path, videos: list[Path], segments: int, frames: int, gene
     for seed in range(generated):
         # the photographs are small (300 lines and up): a 120 x 128 camera, upsampled 2x, fresh sensor noise
         small = realistic_clip(seed=1000 + seed, t=frames, h=120, w=128).astype(np.float32)
-        big = ndimage.zoom(small, (1, 2, 2, 1), order=1) + np.random.default_rng(seed).normal(0, 2.0, (frames, 240, 256, 3))
+        big = ndimage.zoom(small, (1, zoom, zoom, 1), order=1) + np.random.default_rng(seed).normal(0, 2.0, (frames, 120 * zoom, 128 * zoom, 3))
         clip = np.clip(np.rint(big), 0, 255).astype(np.uint8)
         path = out / f"generated-{seed}.mp4"
-        subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "256x240", "-r", "25", "-i", "-",
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{128 * zoom}x{120 * zoom}", "-r", "25", "-i", "-",
                         "-c:v", "libx264", "-crf", "12", "-pix_fmt", "yuv420p", str(path)], input=clip.tobytes(), check=True)  # fmt: skip
         found.append(path)
     return found
@@ -79,6 +80,7 @@ def main() -> int:
     p.add_argument("--segments", type=int, default=5)
     p.add_argument("--frames", type=int, default=50)
     p.add_argument("--generated", type=int, default=6)
+    p.add_argument("--zoom", type=int, default=2, help="generated videos: 128x120 camera times this (2: 256x240, 6: 768x720)")
     p.add_argument("--fpr", type=float, default=1e-3)
     args = p.parse_args()
     out = Path(args.out)
@@ -89,7 +91,7 @@ def main() -> int:
         args.video = [str(real_video_dir() / "bikes.mp4")]
     sig = np.load(args.signature)
     rows = []
-    for src in _test_videos(out, [Path(v) for v in args.video], args.segments, args.frames, args.generated):
+    for src in _test_videos(out, [Path(v) for v in args.video], args.segments, args.frames, args.generated, args.zoom):
         marked = mark_video(src, out / f"{src.stem}.marked.mp4", sig, args.epsilon, threads=1)
         for channel in CHANNELS:
             for kind, video in (("marked", Path(marked.output)), ("clean", src)):
