@@ -28,10 +28,15 @@ def test_ruff():
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-STRICT = ["wire/codecloop_wire", *(f"server/codecloop_server/{m}.py" for m in ("engine", "jobs", "caches", "scoring", "render", "detector"))]
+STRICT = [
+    "wire/codecloop_wire",
+    *(f"server/codecloop_server/{m}.py" for m in ("engine", "jobs", "caches", "scoring", "render", "detector")),
+    *(f"client/codecloop/{m}.py" for m in ("runconfig", "backends", "gradient", "run", "runreport", "optimize", "runcheck", "rundir", "cli",
+                                           "cli_optimize", "cliflags", "plots")),
+]
 
 
 def test_mypy_strict_on_wire_and_engine():
-    """pyproject.toml makes these modules strict; the other server modules are read for their types."""
+    """pyproject.toml makes these modules strict (wire, engine, the client's run layer and CLI); the other modules are read for their types."""
     run = subprocess.run([_tool("mypy"), *STRICT], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr

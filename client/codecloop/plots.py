@@ -40,22 +40,6 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def train_plots(
-    folder: Path, history: Sequence[dict[str, float]], holdout: CodecStats, epsilon: float | None = None, target_fpr: float | None = None
-) -> list[Path]:
-    """Torch modes: fitness.png (proxy vs real separation per validation step) and the held-out plots."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    steps = [h["step"] for h in history]
-    ax.plot(steps, [h["train_separation"] for h in history], "-", label="training objective (its own forward)")
-    ax.plot(steps, [h["proxy_separation"] for h in history], "--", label="proxy separation (hard rounding)")
-    ax.plot(steps, [h["real_separation"] for h in history], "-o", label="real libx264 separation")
-    ax.set_xlabel("step")
-    ax.set_ylabel("separation")
-    ax.legend(fontsize=8)
-    return [_save(fig, folder / "fitness.png"), *holdout_plots(folder, [holdout], epsilon, target_fpr)]
-
-
 def run_plots(
     folder: Path,
     history: Sequence[dict[str, Any]],
