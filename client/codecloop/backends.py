@@ -35,6 +35,10 @@ class Backend(ABC):
 
     Thetas are float64 vectors of the run's parameterization's dimension (:class:`BackendContext`)."""
 
+    # optional RunConfig sections this back-end reads (e.g. "gradient"): the run fills one left None
+    # with its defaults, so that the resume contract compares them
+    reads: frozenset[str] = frozenset()
+
     @abstractmethod
     def ask(self) -> list[np.ndarray]:
         """The next generation's candidates, each (dim,) float64."""
@@ -58,6 +62,10 @@ class Backend(ABC):
     def stop(self) -> list[str]:
         """The optimizer's own stop conditions that hold now, by name ([]: go on)."""
         return []
+
+    def population(self, popsize: int) -> int:
+        """Candidates per :meth:`ask`, given the run's ``popsize`` (the budget counts them)."""
+        return popsize
 
     def log_fields(self) -> dict[str, float]:
         """Extra fields for the log lines of the generation just told (the gradient back-ends: their

@@ -39,6 +39,8 @@ def _separation(clean_scores: torch.Tensor, poisoned_scores: torch.Tensor) -> to
 class GradientBackend(Backend):
     """Adam on a LowRes rgb signature through the proxy (``proxy:*``) or the real codec (``torch-*``)."""
 
+    reads = frozenset({"gradient"})
+
     def __init__(self, name: str, context: BackendContext) -> None:
         c, param = context.config, context.param
         if not isinstance(param, LowRes) or param.channels != "rgb":
@@ -95,6 +97,10 @@ class GradientBackend(Backend):
         self.opt.zero_grad()
         (-train_sep).backward()  # type: ignore[no-untyped-call]  # torch's own, untyped
         self.opt.step()
+
+    def population(self, popsize: int) -> int:
+        """One: the current signature."""
+        return 1
 
     def recommend(self) -> np.ndarray:
         return self.ask()[0]

@@ -25,7 +25,7 @@ from codecloop import backends, datasetview, runcheck, runreport
 from codecloop.client import Client
 from codecloop.objectives import Objective
 from codecloop.params import Parameterization
-from codecloop.runconfig import RunConfig
+from codecloop.runconfig import GradientConfig, RunConfig
 from codecloop.rundir import RunFolder
 from codecloop.serverinfo import DatasetInfo
 from codecloop.types import CandidateResult, DatasetCarriers, EvaluateResult, Racing
@@ -75,12 +75,14 @@ class Run:
         self.stopped: dict[str, Any] | None = None  # why the last run() ended: {"by": ..., "conditions": [...]}
         self._null: bool | None = None  # whether the scorer offers the null model (asked once)
         self._resolve_carriers()
+        self.backend = backends.create(config.optimizer, backends.BackendContext(config, param, client, self.train))
+        if "gradient" in self.backend.reads and config.gradient is None:
+            self.config = config = replace(config, gradient=GradientConfig())
         self.settings = runcheck.settings(config, parameterization=repr(param), dataset_digests=self._digests)
         if overwrite and self.folder.path.is_dir():
             runcheck.clear(self.folder.path)
         self.resumed = self.folder.has_checkpoint()
         self._started = False
-        self.backend = backends.create(config.optimizer, backends.BackendContext(config, param, client, self.train))
         self.state = RunState()
         if self.resumed:
             self._resume()
@@ -186,9 +188,8 @@ class Run:
         return self._null
 
     def _population(self) -> int:
-        """Candidates per generation: the last generation's, else ``popsize`` (a gradient back-end asks one)."""
-        last = self.state.history[-1] if self.state.history else {}
-        return int(last.get("population", self.config.popsize))
+        """Candidates per generation (a gradient back-end asks one)."""
+        return self.backend.population(self.config.popsize)
 
     def _clip_seconds(self) -> float:
         """Seconds per candidate-clip in the last generation (0 before the first)."""
@@ -251,7 +252,7 @@ class Run:
             s.best_fitness, s.best_theta, s.best_generation = float(fitness[best]), s.generation_best_theta, g
         clips = sum(c.num_clips for c in result.candidates)
         s.history.append({
-            "generation": g, "max": float(fitness[best]), "mean": float(fitness.mean()), "population": len(thetas),
+            "generation": g, "max": float(fitness[best]), "mean": float(fitness.mean()),
             "best_tpr": self._line(result.candidates[best])["tpr"], "clip_ids": list(result.clip_ids), "candidate_clips": clips, **extra,
         })  # fmt: skip
         s.generation += 1
@@ -303,7 +304,7 @@ class Run:
             while (reason := self.stop_reason()) is None:
                 h = self.step()
                 if bar is not None:
-                    bar.update(h["population"])
+                    bar.update(self._population())
                     # docs/optimize.md (the progress bar): kept = the kept signature's selection score, gen_best = this generation's best
                     kept = f"{self.state.best_fitness:.4f}" if math.isfinite(self.state.best_fitness) else "-"
                     bar.set_postfix(kept=kept, gen_best=f"{h['max']:.4f}")
@@ -325,7 +326,7 @@ class Run:
         """Why a fresh run cannot run one generation: the limit that stops it, by name."""
         c = self.config
         if c.budget is not None and c.budget < self._population():
-            return CodecLoopValueError(f"budget: {c.budget} evaluations are fewer than one generation (popsize {c.popsize})")
+            return CodecLoopValueError(f"budget: {c.budget} evaluations are fewer than one generation (popsize {self._population()})")
         return CodecLoopValueError(f"max_seconds: {c.max_seconds:.1f} s leave no time for one generation and the final report (about {REPORT_OVERHEAD_S:.0f} s)")
 
     def finish(self, search_s: float | None = None) -> dict[str, Any]:
