@@ -238,3 +238,22 @@ def test_racing_needs_a_mean_objective():
         _config("cma", 8, objective="tpr", racing=Racing())
     with pytest.raises(CodecLoopValueError, match="racing.centre_weight: 3"):
         _config("cma", 8, racing=Racing(centre_weight=3))
+
+
+def test_ctrl_c_reports_from_the_last_checkpoint(client, tmp_path):
+    """Ctrl-C during a generation: the run goes back to its last checkpoint, writes its report from
+    there with stopped = interrupt, and the folder resumes at the generation that was cut off."""
+
+    class CutOff(Run):
+        def step(self):
+            if self.state.generation == 2:
+                self.backend.ask()  # the third generation under way: asked, never told
+                raise KeyboardInterrupt
+            return super().step()
+
+    param = make("dct:8:2", SHAPE)
+    summary = CutOff(client, param, _config("cma", 400), tmp_path).run(progress=False)
+    assert summary["stopped"] == {"by": "interrupt"} and summary["generations"] == 2 and summary["evaluations"] == 8
+    assert {e["generation"] for e in _log(tmp_path)} == {0, 1}
+    resumed = Run(client, param, _config("cma", 400), tmp_path)
+    assert resumed.resumed and resumed.state.generation == 2

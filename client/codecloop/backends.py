@@ -124,16 +124,25 @@ def describe() -> str:
     return "; ".join(f"{n}: {e.summary}" for n, e in zip(names(), _REGISTRY.values()))
 
 
-def create(name: str, context: BackendContext) -> Backend:
-    """A fresh back-end for the optimizer ``name`` (an unknown name raises, listing the names)."""
+def _entry(name: str) -> _Entry:
+    """The registry entry of ``name`` (itself, or its family's); an unknown name raises, listing the names."""
     entry = _REGISTRY.get(name)
-    if entry is None:
-        family = name.partition(":")[0] + ":"
-        if ":" in name and name.partition(":")[2] and family in _REGISTRY:
-            entry = _REGISTRY[family]
+    family, _, member = name.partition(":")
+    if entry is None and member and family + ":" in _REGISTRY:
+        entry = _REGISTRY[family + ":"]
     if entry is None:
         raise CodecLoopValueError(f"optimizer: {name!r}; use one of {', '.join(names())}")
-    return entry.factory(name, context)
+    return entry
+
+
+def require(name: str) -> None:
+    """Raise unless ``name`` is a registered optimizer (the CLI checks before it starts a server)."""
+    _entry(name)
+
+
+def create(name: str, context: BackendContext) -> Backend:
+    """A fresh back-end for the optimizer ``name`` (an unknown name raises, listing the names)."""
+    return _entry(name).factory(name, context)
 
 
 CMA_COVARIANCES = ("full", "diagonal")

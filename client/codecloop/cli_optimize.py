@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from codecloop.runconfig import GradientConfig, RunConfig
 
     started = time.monotonic()  # --max-minutes counts from here: a local server's start-up is in it
+    backends.require(args.optimizer)  # before a server starts
     gradient = args.optimizer.startswith(GRADIENT_PREFIXES)
     if not gradient and args.budget is not None and args.budget < args.popsize:
         raise CodecLoopValueError(f"--budget: {args.budget} evaluations are fewer than one generation (--popsize {args.popsize})")

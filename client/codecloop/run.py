@@ -133,7 +133,7 @@ class Run:
                     raise
                 # a dataset without that split (an older server): run on, keep the best by training objective
                 self.validation_note = f"{err}; the kept signature is the best by training objective"
-                warnings.warn(self.validation_note, stacklevel=3)
+                warnings.warn(self.validation_note, stacklevel=2)
         used = {c.dataset for c in (self.train, self.validation, self.holdout) if c is not None}
         # a folder whose files changed is another dataset: its digest is part of the run's settings
         self._digests = {d.name: d.digest for d in datasets if d.name in used}
