@@ -167,7 +167,7 @@ SLOW_TESTS: dict[str, tuple[str, ...]] = {
         "test_cli_evaluate_json_carries_intervals_and_p_values",
     ),
     "test_style.py": ("test_mypy_strict_on_wire_and_engine",),
-    "test_torch.py": ("test_train_short", "test_train_resumes_from_checkpoint"),
+    "test_torch.py": ("test_gradient_backend_short", "test_gradient_run_resumes_from_checkpoint"),
     "test_user_mistakes.py": ("test_mistakes_refused_before_any_server_starts", "test_mistakes_refused_against_a_server"),
 }  # fmt: skip
 

@@ -33,6 +33,19 @@ def test_sdk_imports_neither_server_nor_codec_stack():
     assert not loaded & {"codecloop_server", "av", "skimage", "skvideo", "prometheus_client"}
 
 
+def test_cma_runs_without_torch():
+    """torch is optional: the SDK, the CLI and the run layer import without it, and a CMA-ES back-end
+    made through the registry asks and tells without loading it (only the gradient back-ends do)."""
+    code = (
+        "import sys\nimport codecloop, codecloop.cli, codecloop.optimize\n"
+        "from codecloop import DatasetCarriers, backends\nfrom codecloop.params import make\nfrom codecloop.runconfig import RunConfig\n"
+        "b = backends.create('cma', backends.BackendContext(RunConfig(popsize=4), make('dct:8:2', (16, 112, 112)), None, DatasetCarriers()))\n"
+        "t = b.ask()\nb.tell(t, [float((x ** 2).sum()) for x in t])\nprint('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_server_imports_no_sdk():
     modules = [m for m in _modules("codecloop_server", ROOT / "server" / "codecloop_server") if m != "codecloop_server.detector"]
     loaded = _loaded_after_import(modules + ["codecloop_server.detector"])

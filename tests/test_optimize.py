@@ -175,7 +175,8 @@ def test_cli_optimize_end_to_end(server_target, tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     summary = _strict((tmp_path / "summary.json").read_text())
-    assert summary["config"]["budget"] is None and summary["generations"] >= 1
+    assert summary["config"]["budget"] is None and summary["generations"] >= 1 and summary["stopped"] == {"by": "max_seconds"}
+    assert "stopped by max_seconds" in out.stdout
     assert summary["target_fpr"] == 1 / 64 and summary["selected"]["by"] == "validation"
     assert [summary[s]["clips"] for s in ("train", "validation", "holdout")] == [4, 4, 8]
     assert f"holdout (8 clips, libx264 crf=28 ultrafast): objective {summary['holdout']['objective']:.4f} TPR" in out.stdout
@@ -186,7 +187,19 @@ def test_cli_optimize_end_to_end(server_target, tmp_path):
 def test_patience_stops_early(client, tmp_path):
     config = replace(_config("cma", 400), patience=1, sigma0=1e-9)  # no movement: no improvement
     summary = Run(client, make("dct:8:2", SHAPE), config, tmp_path).run(progress=False)
-    assert summary["generations"] <= 3
+    assert summary["generations"] <= 3 and summary["stopped"] == {"by": "patience"}
+
+
+def test_pycma_stop_conditions_end_the_run_and_are_recorded(client, tmp_path):
+    """pycma's own es.stop() ends a run (here its maxiter, 2 generations) long before the budget;
+    summary.json names the condition. A budget stop is recorded as such."""
+    run = Run(client, make("dct:8:2", SHAPE), _config("cma", 400), tmp_path / "a")
+    run.backend.es.opts["maxiter"] = 2
+    summary = run.run(progress=False)
+    assert summary["generations"] == 2 and summary["stopped"] == {"by": "optimizer", "conditions": ["maxiter"]}
+    assert _strict((tmp_path / "a" / "summary.json").read_text())["stopped"] == summary["stopped"]
+    by_budget = Run(client, make("dct:8:2", SHAPE), _config("cma", 8), tmp_path / "b").run(progress=False)
+    assert by_budget["stopped"] == {"by": "budget"} and by_budget["generations"] == 2
 
 
 def test_unknown_optimizer_and_split(client, tmp_path):
@@ -225,3 +238,22 @@ def test_racing_needs_a_mean_objective():
         _config("cma", 8, objective="tpr", racing=Racing())
     with pytest.raises(CodecLoopValueError, match="racing.centre_weight: 3"):
         _config("cma", 8, racing=Racing(centre_weight=3))
+
+
+def test_ctrl_c_reports_from_the_last_checkpoint(client, tmp_path):
+    """Ctrl-C during a generation: the run goes back to its last checkpoint, writes its report from
+    there with stopped = interrupt, and the folder resumes at the generation that was cut off."""
+
+    class CutOff(Run):
+        def step(self):
+            if self.state.generation == 2:
+                self.backend.ask()  # the third generation under way: asked, never told
+                raise KeyboardInterrupt
+            return super().step()
+
+    param = make("dct:8:2", SHAPE)
+    summary = CutOff(client, param, _config("cma", 400), tmp_path).run(progress=False)
+    assert summary["stopped"] == {"by": "interrupt"} and summary["generations"] == 2 and summary["evaluations"] == 8
+    assert {e["generation"] for e in _log(tmp_path)} == {0, 1}
+    resumed = Run(client, param, _config("cma", 400), tmp_path)
+    assert resumed.resumed and resumed.state.generation == 2

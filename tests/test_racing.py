@@ -152,11 +152,12 @@ def test_a_race_split_over_requests_is_refused(server_target, clips):
 
 
 def test_cli_racing_spec():
-    from codecloop.cli import _racing, build_parser
+    from codecloop.cli import build_parser
+    from codecloop.cli_optimize import racing
 
-    assert _racing("") == Racing() and _racing("first_clips=2,finalists=3") == Racing(first_clips=2, finalists=3)
+    assert racing("") == Racing() and racing("first_clips=2,finalists=3") == Racing(first_clips=2, finalists=3)
     with pytest.raises(CodecLoopValueError, match="--racing: 'speed=3'; use first_clips=N, eta=N, finalists=N"):
-        _racing("speed=3")
+        racing("speed=3")
     args = build_parser().parse_args(["optimize", "--out", "x", "--racing"])
     assert args.racing == ""
     assert build_parser().parse_args(["optimize", "--out", "x"]).racing is None

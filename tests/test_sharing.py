@@ -56,6 +56,6 @@ def test_three_optimizer_processes_share_one_server(uncached_server, tmp_path):
         solo |= finish(start_runs(uncached_server, tmp_path / "solo", (name,)), tmp_path / "solo")
     shared = finish(start_runs(uncached_server, tmp_path / "shared"), tmp_path / "shared")  # all three at once
     assert len(shared["cma"]) == len(shared["nevergrad"]) == 12 + 1 and len(shared["torch"]) == 5 + 1
-    assert any("real_separation" in e for e in shared["torch"])
+    assert all("train_separation" in e for e in shared["torch"][:-1])  # the gradient back-end's own objective, per step
     for name in RUNS:
         assert shared[name] == solo[name], f"{name}: a shared run differs from its solo run"

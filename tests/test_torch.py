@@ -1,9 +1,8 @@
-"""The torch side: proxy, differentiable detector, real-codec autograd, training and diagnose."""
+"""The torch side: proxy, differentiable detector, real-codec autograd, the gradient back-ends and diagnose."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from codecloop.torch_proxy import (  # noqa: E402
     qstep,
     quantize,
 )
+from codecloop_wire.errors import CodecLoopValueError  # noqa: E402
 from tests.conftest import block_signature  # noqa: E402
 
 SMALL = DatasetCarriers(num_clips=2, seed=5)
@@ -78,21 +78,33 @@ def test_real_codec_function(client):
     assert sig.grad.shape == sig.shape and torch.isfinite(sig.grad).all()
 
 
-@pytest.mark.parametrize("mode", ["proxy:tanh", "torch-hybrid"])
-def test_train_short(client, tmp_path, mode):
-    from codecloop.train import TrainConfig, train_signature
+def _gradient_run(client, folder, optimizer: str, budget: int, validate_every: int = 1, frames: int = 4, **kw):
+    """A gradient run in the run layer: ``budget`` generations (one candidate each), a LowRes rgb
+    signature of ``frames`` frames in 8x8 blocks."""
+    from codecloop.optimize import Run, RunConfig
+    from codecloop.params import LowRes
 
-    config = TrainConfig(
-        mode=mode, train=SMALL, holdout=DatasetCarriers(split="holdout", num_clips=4), steps=2, validate_every=1, frames=4, block=8
-    )
-    summary = train_signature(client, config, tmp_path, progress=False)
+    config = RunConfig(
+        optimizer=optimizer, epsilon=4 / 255, train=SMALL, validation=DatasetCarriers(split="validation", num_clips=2),
+        holdout=DatasetCarriers(split="holdout", num_clips=4), budget=budget, validate_every=validate_every, **kw,
+    )  # fmt: skip
+    return Run(client, LowRes((16, 112, 112), (frames, 14, 14), "rgb"), config, folder)
+
+
+@pytest.mark.parametrize("optimizer", ["proxy:tanh", "torch-hybrid"])
+def test_gradient_backend_short(client, tmp_path, optimizer):
+    """A gradient back-end is a back-end of the run layer: one candidate (the current signature) per
+    generation, scored on the real codec, then one Adam step; validation, summary and plots as for CMA-ES."""
+    summary = _gradient_run(client, tmp_path, optimizer, 3).run(progress=False)
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in log] == [0, 1, 2] and all("real_separation" in e and "proxy_separation" in e for e in log)
+    assert [e["generation"] for e in log] == [0, 1, 2] and all("train_separation" in e and "proxy_separation" in e for e in log)
+    assert len({e["separation"] for e in log}) == 3  # each step moved the signature
     best = np.load(tmp_path / "best.npy")
     assert best.shape == (16, 112, 112, 3)  # 4 distinct frames, each held 4 frames, in 8x8 blocks
     np.testing.assert_array_equal(best[0], best[3])
     assert np.all(best[0, :8, :8] == best[0, 0, 0])
-    assert summary["holdout"]["codec"] == "libx264 crf=28 medium"
+    assert summary["holdout"]["codec"] == "libx264 crf=28 medium" and summary["selected"]["by"] == "validation"
+    assert {"train", "validation", "holdout", "gap"} <= set(summary) and summary["stopped"] == {"by": "budget"}
     assert (tmp_path / "fitness.png").stat().st_size > 0 and (tmp_path / "holdout_roc.png").stat().st_size > 0
 
 
@@ -108,41 +120,43 @@ def test_diagnose_and_calibration(client, tmp_path):
     assert -6 <= offset <= 12
 
 
-def test_train_resumes_from_checkpoint(client, tmp_path):
+def test_gradient_run_resumes_from_checkpoint(client, tmp_path):
     from codecloop.runcheck import RunSettingsError
-    from codecloop.train import TrainConfig, train_signature
+    from codecloop.runconfig import GradientConfig
 
-    def config(steps: int) -> TrainConfig:
-        return TrainConfig(mode="proxy:ste", train=SMALL, holdout=DatasetCarriers(split="holdout", num_clips=4),
-                           steps=steps, validate_every=2, frames=1, block=8)  # fmt: skip
-
-    straight = train_signature(client, config(4), tmp_path / "a", progress=False)
-    train_signature(client, config(2), tmp_path / "b", progress=False)
-    with pytest.raises(RunSettingsError, match=r"(?m)^  lr \(--lr\): 0.1 in the run folder, 0.2 now$"):  # steps may change, lr not
-        train_signature(client, replace(config(4), lr=0.2), tmp_path / "b", progress=False)
-    notes: list[str] = []
-    resumed = train_signature(client, config(4), tmp_path / "b", progress=False, on_resume=notes.append)
-    assert notes == [notes[0]] and notes[0].startswith(f"resuming {tmp_path / 'b'} at step 1 (")
-    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
-    assert steps == [0, 1, 2, 3, 4]  # the step after the checkpoint is re-run once, nothing twice
-    assert resumed["final"]["real_separation"] == pytest.approx(straight["final"]["real_separation"], rel=1e-5)
+    straight = _gradient_run(client, tmp_path / "a", "proxy:ste", 5, validate_every=2, frames=1).run(progress=False)
+    _gradient_run(client, tmp_path / "b", "proxy:ste", 3, validate_every=2, frames=1).run(progress=False)
+    with pytest.raises(RunSettingsError, match=r"(?m)^  gradient.lr \(--lr\): 0.1 in the run folder, 0.2 now$"):  # the budget may change, lr not
+        _gradient_run(client, tmp_path / "b", "proxy:ste", 5, validate_every=2, frames=1, gradient=GradientConfig(lr=0.2))
+    resumed = _gradient_run(client, tmp_path / "b", "proxy:ste", 5, validate_every=2, frames=1, gradient=GradientConfig())
+    assert resumed.resumed and resumed.resume_note().startswith(f"resuming {tmp_path / 'b'} at generation 3 (")
+    summary = resumed.run(progress=False)
+    generations = [json.loads(line)["generation"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert generations == [0, 1, 2, 3, 4]  # nothing lost, nothing twice
+    np.testing.assert_allclose(np.load(tmp_path / "b" / "best.npy"), np.load(tmp_path / "a" / "best.npy"), atol=1e-6)
+    assert summary["holdout"]["separation"] == pytest.approx(straight["holdout"]["separation"], rel=1e-5, abs=1e-7)
 
 
 def test_torch_training_through_a_channel(client, tmp_path):
-    """torch-ste forwards through a channel (RealCodec -> Transcode(channel)); validation and the
-    held-out report go through the same channel."""
+    """torch-ste forwards through a channel (RealCodec -> Transcode(channel)); the run's evaluations,
+    validation and the held-out report go through the same channel."""
     from codecloop import Channel
-    from codecloop.train import TrainConfig, train_signature
 
     channel = Channel.parse("resize:0.5,libx265:crf=30:preset=ultrafast")
-    config = TrainConfig(
-        mode="torch-ste", channel=channel, train=DatasetCarriers(split="train", num_clips=2),
-        holdout=DatasetCarriers(split="holdout", num_clips=4), steps=1, validate_every=1, frames=1, block=8,
-    )  # fmt: skip
-    summary = train_signature(client, config, tmp_path, progress=False)
+    summary = _gradient_run(client, tmp_path, "torch-ste", 2, frames=1, codecs=(), channels=(channel,)).run(progress=False)
     assert summary["holdout"]["codec"] == "resize:0.5,libx265:crf=30:preset=ultrafast"
     sig = torch.from_numpy(np.load(tmp_path / "best.npy")).requires_grad_(True)
-    clean = torch.from_numpy(client.transcode(None, carriers=config.train, include_input=True).inputs.astype(np.float32) / 255)
-    out = RealCodec.apply(sig, clean, client, {"epsilon": 4 / 255, "carriers": config.train, "channel": channel}, None)
-    direct = client.transcode(sig.detach().numpy(), epsilon=4 / 255, carriers=config.train, channel=channel)
+    clean = torch.from_numpy(client.transcode(None, carriers=SMALL, include_input=True).inputs.astype(np.float32) / 255)
+    out = RealCodec.apply(sig, clean, client, {"epsilon": 4 / 255, "carriers": SMALL, "channel": channel}, None)
+    direct = client.transcode(sig.detach().numpy(), epsilon=4 / 255, carriers=SMALL, channel=channel)
     np.testing.assert_array_equal((out.detach().numpy() * 255).round().astype(np.uint8), direct.decoded)
+
+
+def test_gradient_backends_refuse_what_they_cannot_train(client, tmp_path):
+    from codecloop.optimize import Run, RunConfig
+    from codecloop.params import make
+
+    with pytest.raises(CodecLoopValueError, match="trains a LowRes rgb parameterization"):
+        Run(client, make("dct:8:2", (16, 112, 112)), RunConfig(optimizer="torch-ste", train=SMALL), tmp_path)
+    with pytest.raises(CodecLoopValueError, match="trains through one codec setting"):
+        _gradient_run(client, tmp_path, "torch-ste", 2, codecs=(Codec(crf=23), Codec(crf=35)))

@@ -47,6 +47,7 @@ def test_mistakes_refused_before_any_server_starts(bad_files):
     refused(cli("evaluate", "--random", "block8", "--epsilon", "3"), "argument --epsilon: 3 is outside the allowed range (0, 1]; write 3/255 for 3 levels of 255")
     refused(cli("optimize", "--out", str(d / "run"), "--target-fpr", "1"), "argument --target-fpr: 1 is outside the allowed range [0, 1)")
     refused(cli("optimize", "--out", str(d / "text.npy")), f"--out: {d / 'text.npy'} is a file, not a run folder")
+    refused(cli("optimize", "--out", str(d / "run"), "--optimizer", "sgd"), "optimizer: 'sgd'; use one of cma, cma:diagonal, nevergrad:<name>, torch-ste")
     assert "300/255" not in cli("evaluate", "--random", "block8", "--epsilon", "300").stderr  # no hint that would be out of range too
 
 

@@ -3,7 +3,7 @@ score histograms (counts) and ROC curves with a log-scale FPR axis and the opera
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ def roc_curve(clean: np.ndarray, poisoned: np.ndarray) -> tuple[np.ndarray, np.n
     return fpr, tpr
 
 
-def _pyplot():
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,28 +32,12 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Any, path: Path) -> Path:
     """Lay out, write as a 100-dpi PNG and close a figure; returns ``path``."""
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     _pyplot().close(fig)
     return path
-
-
-def train_plots(
-    folder: Path, history: Sequence[dict[str, float]], holdout: CodecStats, epsilon: float | None = None, target_fpr: float | None = None
-) -> list[Path]:
-    """Torch modes: fitness.png (proxy vs real separation per validation step) and the held-out plots."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    steps = [h["step"] for h in history]
-    ax.plot(steps, [h["train_separation"] for h in history], "-", label="training objective (its own forward)")
-    ax.plot(steps, [h["proxy_separation"] for h in history], "--", label="proxy separation (hard rounding)")
-    ax.plot(steps, [h["real_separation"] for h in history], "-o", label="real libx264 separation")
-    ax.set_xlabel("step")
-    ax.set_ylabel("separation")
-    ax.legend(fontsize=8)
-    return [_save(fig, folder / "fitness.png"), *holdout_plots(folder, [holdout], epsilon, target_fpr)]
 
 
 def run_plots(
@@ -69,7 +53,7 @@ def run_plots(
     return [_save(fig, folder / "fitness.png"), *holdout_plots(folder, holdout, epsilon, summary["target_fpr"])]
 
 
-def curves_figure(history: Sequence[dict[str, Any]], validations: Sequence[dict[str, Any]], summary: dict[str, Any]):
+def curves_figure(history: Sequence[dict[str, Any]], validations: Sequence[dict[str, Any]], summary: dict[str, Any]) -> Any:
     """Objective (left) and TPR at the target FPR (right) per generation: the training population
     (each generation on its own clips), the validated candidates, and the kept signature on the
     train sample, validation and held-out splits (summary sections)."""
@@ -116,22 +100,30 @@ def holdout_plots(folder: Path, holdout: Sequence[CodecStats], epsilon: float | 
     ]
 
 
-def histogram_figure(holdout: Sequence[CodecStats], epsilon: float | None, split: str = "held-out"):
+def _scores(s: CodecStats) -> tuple[np.ndarray, np.ndarray]:
+    """The clean and poisoned per-clip scores of ``s`` (the plots need them: per_clip_scores=True)."""
+    if s.clean_scores is None or s.poisoned_scores is None:
+        raise ValueError(f"{s.label()}: no per-clip scores; evaluate with per_clip_scores=True")
+    return s.clean_scores, s.poisoned_scores
+
+
+def histogram_figure(holdout: Sequence[CodecStats], epsilon: float | None, split: str = "held-out") -> Any:
     """Clip counts of clean and poisoned scores with the threshold marked, one panel per codec
     setting, titled with the split, codec, epsilon and number of clips (per-clip scores needed)."""
     plt = _pyplot()
     eps_text = f"ε = {fraction_label(epsilon)}" if epsilon is not None else ""
     fig, axes = plt.subplots(1, len(holdout), figsize=(6 * len(holdout), 4), squeeze=False)
     for ax, s in zip(axes[0], holdout):
-        scores = np.concatenate([s.clean_scores, s.poisoned_scores])
+        clean, poisoned = _scores(s)
+        scores = np.concatenate([clean, poisoned])
         bins = np.linspace(scores.min(), scores.max(), 30)
-        ax.hist(s.clean_scores, bins, alpha=0.6, label=f"clean {s.clean_mean:.3f}±{s.clean_std:.3f}")
-        ax.hist(s.poisoned_scores, bins, alpha=0.6, label=f"poisoned {s.poisoned_mean:.3f}±{s.poisoned_std:.3f}")
+        ax.hist(clean, bins, alpha=0.6, label=f"clean {s.clean_mean:.3f}±{s.clean_std:.3f}")
+        ax.hist(poisoned, bins, alpha=0.6, label=f"poisoned {s.poisoned_mean:.3f}±{s.poisoned_std:.3f}")
         ax.axvline(
             s.threshold, color="k", lw=1,
             label=f"threshold: TPR {s.true_positives}/{s.num_clips} [{s.tpr_ci[0]:.0%}, {s.tpr_ci[1]:.0%}], FPR {s.false_positives}/{s.num_clips}",
         )  # fmt: skip
-        ax.set_title(", ".join(t for t in (split, s.label(), eps_text, f"n = {len(s.clean_scores)} clips") if t), fontsize=10)
+        ax.set_title(", ".join(t for t in (split, s.label(), eps_text, f"n = {len(clean)} clips") if t), fontsize=10)
         ax.set_xlabel("detector score")
         ax.set_ylabel("clips")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -139,20 +131,21 @@ def histogram_figure(holdout: Sequence[CodecStats], epsilon: float | None, split
     return fig
 
 
-def roc_figure(holdout: Sequence[CodecStats], epsilon: float | None, target_fpr: float | None, split: str = "held-out"):
+def roc_figure(holdout: Sequence[CodecStats], epsilon: float | None, target_fpr: float | None, split: str = "held-out") -> Any:
     """ROC curves on a log-scale FPR axis (FPR 0 drawn at 1/(2n)) with a pointwise 95 %
     Clopper-Pearson band on TPR, each codec setting's operating point with its TPR and FPR
     intervals as error bars, the target FPR as a vertical line, and, with the null model, TPR at
     each fixed FPR (p < FPR) with its interval: the low-FPR points the clean clips alone cannot show."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.8))
-    n = max(len(s.clean_scores) for s in holdout)
+    n = max(len(_scores(s)[0]) for s in holdout)
     null_fprs = [p.fpr for s in holdout for p in s.tpr_at_fpr]
     floor = min([1 / (2 * n), *null_fprs])  # FPR 0 cannot sit on a log axis
     for i, s in enumerate(holdout):
-        fpr, tpr = roc_curve(s.clean_scores, s.poisoned_scores)
-        k = np.round(tpr * len(s.poisoned_scores)).astype(int)
-        band = np.array([stats.clopper_pearson(int(j), len(s.poisoned_scores)) for j in k])
+        clean, poisoned = _scores(s)
+        fpr, tpr = roc_curve(clean, poisoned)
+        k = np.round(tpr * len(poisoned)).astype(int)
+        band = np.array([stats.clopper_pearson(int(j), len(poisoned)) for j in k])
         x = np.maximum(fpr, 1 / (2 * n))
         ax.plot(x, tpr, "-", color=f"C{i}", label=f"{s.label()} AUC {s.auc:.3f} [{s.auc_ci[0]:.2f}, {s.auc_ci[1]:.2f}]")
         ax.fill_between(x, band[:, 0], band[:, 1], color=f"C{i}", alpha=0.15, step=None)
@@ -210,7 +203,7 @@ def _frames_shown(t: int, count: int = 4) -> list[int]:
     return sorted({int(round(i)) for i in np.linspace(0, t - 1, min(count, t))})
 
 
-def signature_figure(signature: np.ndarray, epsilon: float):
+def signature_figure(signature: np.ndarray, epsilon: float) -> Any:
     """The kept signature (T', H, W, 3) in [-1, 1], a few frames; -1..1 fills black..white, i.e.
     the +-epsilon it adds to a clip amplified 1/epsilon times."""
     plt = _pyplot()
@@ -224,14 +217,14 @@ def signature_figure(signature: np.ndarray, epsilon: float):
     return fig
 
 
-def frames_figure(clean: np.ndarray, marked: np.ndarray, clean_coded: np.ndarray, marked_coded: np.ndarray, epsilon: float, codec: str):
+def frames_figure(clean: np.ndarray, marked: np.ndarray, clean_coded: np.ndarray, marked_coded: np.ndarray, epsilon: float, codec: str) -> Any:
     """One clip (T, H, W, 3) uint8 in rows of a few frames: clean, marked (the encoder's input),
     marked after the codec, the mark before the codec (marked - clean) and after it (marked after
     the codec - clean after the codec), both amplified so that +-2 epsilon fills black..white."""
     plt = _pyplot()
     frames = _frames_shown(len(clean), 3)
     half = 2 * epsilon * 255  # in uint8 levels: the codec can make a difference larger than epsilon
-    columns = [
+    columns: list[tuple[str, Callable[[int], np.ndarray]]] = [
         ("clean", lambda k: clean[k]),
         ("marked (codec input)", lambda k: marked[k]),
         (f"marked after {codec}", lambda k: marked_coded[k]),

@@ -5,8 +5,9 @@ and how (optimizer, epsilon, codecs, channels, objective, clips, seeds, paramete
 dataset's content digest), flattened to ``dotted.name -> JSON value``. A rerun into the folder
 compares its own settings with those; any difference refuses the rerun with
 :class:`RunSettingsError`, one line per difference, naming the CLI flag where there is one.
-The *limits* (how far to go: ``budget``, ``max_seconds``, ``patience``; torch modes ``steps``)
-are not settings: a rerun with a larger limit continues the run.
+The *limits* (how far to go: ``budget``, ``max_seconds``, ``patience``; the CLI's ``--steps``
+sets ``budget`` for the gradient back-ends) are not settings: a rerun with a larger limit
+continues the run.
 """
 
 from __future__ import annotations
@@ -21,20 +22,23 @@ from codecloop import jsonutil
 from codecloop.units import fraction_label
 from codecloop_wire.errors import CodecLoopValueError
 
-# how far a run goes, not what it searches: a resume may change these (RunConfig, TrainConfig)
-LIMITS = frozenset({"budget", "max_seconds", "patience", "steps"})
+# how far a run goes, not what it searches: a resume may change these (RunConfig)
+LIMITS = frozenset({"budget", "max_seconds", "patience"})
+
+# sections only some back-ends use: left out while None, so a run without one compares as before it existed
+OPTIONAL = frozenset({"gradient"})
 
 # settings -> the `codecloop optimize` flag that sets them (the SDK field name is shown for the rest)
 FLAGS = {
-    "optimizer": "--optimizer", "mode": "--optimizer", "epsilon": "--epsilon", "codecs": "--crf / --preset",
-    "codec": "--crf / --preset", "channels": "--channel", "channel": "--channel", "scorer": "--scorer",
-    "objective.name": "--objective", "objective.target_fpr": "--target-fpr", "holdout_fpr": "--target-fpr",
+    "optimizer": "--optimizer", "epsilon": "--epsilon", "codecs": "--crf / --preset",
+    "channels": "--channel", "scorer": "--scorer",
+    "objective.name": "--objective", "objective.target_fpr": "--target-fpr",
     "objective.poisoned_quantile": "--margin-quantile", "objective.centre_weight": "--centre-weight",
     "train.dataset": "--dataset", "train.num_clips": "--train-clips", "fresh_clips": "--fresh-clips",
     "validation.split": "--validation-split", "validation.num_clips": "--validation-clips", "validation": "--validation-split",
     "validate_every": "--validate-every", "holdout.num_clips": "--holdout-clips", "popsize": "--popsize",
-    "sigma0": "--sigma0", "seed": "--seed", "racing": "--racing", "parameterization": "--param", "lr": "--lr",
-    "frames": "--frames", "block": "--block",
+    "sigma0": "--sigma0", "seed": "--seed", "racing": "--racing", "parameterization": "--param",
+    "gradient.lr": "--lr", "gradient": "--optimizer",
 }  # fmt: skip
 
 
@@ -53,7 +57,7 @@ class RunSettingsError(CodecLoopValueError):
 def settings(config: Any, **extra: Any) -> dict[str, Any]:
     """``config`` (a dataclass) without its limits, plus ``extra``, flattened to dotted names with
     strict-JSON values (tuples become lists, dataclasses dicts)."""
-    fields = {k: v for k, v in asdict(config).items() if k not in LIMITS}
+    fields = {k: v for k, v in asdict(config).items() if k not in LIMITS and not (k in OPTIONAL and v is None)}
     return _flatten(jsonutil.finite({**fields, **extra}))
 
 

@@ -1,9 +1,9 @@
-"""A run folder, shared by ``codecloop optimize``'s search (optimize.Run) and its torch modes
-(train.train_signature): what is written where, atomically, and how a resumed run finds it.
+"""A run folder of the run layer (:class:`codecloop.run.Run`, every back-end): what is written
+where, atomically, and how a resumed run finds it.
 
-Layout: ``log.jsonl`` (one strict-JSON line per generation's candidate or per training step),
-``validation.jsonl`` (search only), ``checkpoint.*`` (the whole state after the last completed
-step, replaced atomically), ``best.npy`` (the kept signature, float32 (T or 1, H, W, 3) in [-1, 1]),
+Layout: ``log.jsonl`` (one strict-JSON line per generation's candidate), ``validation.jsonl``
+(one per validated candidate), ``checkpoint.pkl`` (the whole state after the last completed
+generation, replaced atomically), ``best.npy`` (the kept signature, float32 (T or 1, H, W, 3) in [-1, 1]),
 ``summary.json`` (the report) and the plots (plots.py).
 """
 

@@ -1,0 +1,189 @@
+"""``codecloop optimize``: its flags, the run it starts (any back-end of :mod:`codecloop.backends`,
+one run layer: :mod:`codecloop.run`) and the report it prints."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from codecloop import backends, userinput
+from codecloop.cliflags import CHANNEL_HELP, connect, crfs, epsilon, quantile, server_flags, target_fpr
+from codecloop.objectives import NAMES
+from codecloop.types import Racing
+from codecloop.units import fraction_label
+from codecloop_wire import defaults
+from codecloop_wire.errors import CodecLoopValueError
+
+GRADIENT_PREFIXES = ("torch-", "proxy:")  # the gradient back-ends' names (codecloop.gradient)
+
+
+def add_arguments(sub: Any) -> None:
+    """The ``optimize`` subcommand and its flags on ``sub`` (argparse's subparsers)."""
+    o = sub.add_parser(
+        "optimize", help="optimize a signature on the real codec (pycma / nevergrad / torch)",
+        description="Search a signature on the real codec; the kept one is chosen on the validation split and "
+        "reported on train / validation / held-out clips at --target-fpr (summary.json, plots).",
+    )  # fmt: skip
+    server_flags(o)
+    o.add_argument("--optimizer", default="cma", metavar="NAME",
+                   help="a registered back-end (codecloop.backends): " + backends.describe())  # fmt: skip
+    o.add_argument("--param", default="lowres:7x7:rgb:t=all", help="lowres:HxW[:rgb][:t=N|t=all], tiled:HxW[:rgb], dct:B:K[:per_block][:rgb]")
+    o.add_argument("--epsilon", type=epsilon, default=fraction_label(defaults.EPSILON), help="L-inf budget, a number or a fraction")
+    o.add_argument("--crf", type=float, action="append", help=f"repeat for several codec settings; the worst decides (default {defaults.CRF:g})")
+    o.add_argument("--channel", action="append", default=[], help=CHANNEL_HELP + "; gradient back-ends: one channel")
+    o.add_argument("--preset", default=defaults.PRESET)
+    o.add_argument("--scorer", default=defaults.SCORER)
+    o.add_argument("--objective", default="centred-separation", choices=NAMES, help="see codecloop.objectives")
+    o.add_argument("--target-fpr", type=target_fpr, default=fraction_label(defaults.TARGET_FPR), help="deployed false-positive rate: objective and reports")
+    o.add_argument("--margin-quantile", type=quantile, default="0.1", help="margin objectives: low quantile of poisoned scores")
+    o.add_argument("--centre-weight", type=float, default=1.0, help="centred-*: weight of |mean clean score|")
+    o.add_argument("--dataset", default=defaults.DATASET, help="a dataset the server serves, or (no --target) a folder of videos to serve")
+    o.add_argument("--train-clips", type=int, default=defaults.NUM_CLIPS, help="training clips per generation; 0 or more than the split holds = all of it")
+    o.add_argument("--fresh-clips", action=argparse.BooleanOptionalAction, default=True,
+                   help="draw a different seeded subset of the train split each generation")  # fmt: skip
+    o.add_argument("--validation-split", default="validation", help="split the kept signature is chosen on; 'none': by training objective")
+    o.add_argument("--validation-clips", type=int, default=0, help="0 = the whole validation split; at most its size")
+    o.add_argument("--validate-every", type=int, default=None,
+                   help="validation period in generations (default 4; gradient back-ends: steps, default 10)")  # fmt: skip
+    o.add_argument("--holdout-clips", type=int, default=0, help="0 = the whole holdout split; at most its size")
+    o.add_argument("--popsize", type=int, default=16)
+    o.add_argument("--racing", nargs="?", const="", default=None, metavar="SPEC",
+                   help="race each generation (successive halving): SPEC = first_clips=N,eta=N,finalists=N, any subset; "
+                   "bare --racing: the server's defaults (4, 2, 1)")  # fmt: skip
+    o.add_argument("--budget", type=int, default=None, help="evaluations (candidates); default: no limit but --max-minutes")
+    o.add_argument("--max-minutes", type=float, default=9.0, help="wall-clock limit, final validation and held-out report included")
+    o.add_argument("--patience", type=int, default=0, help="stop after this many generations without a better kept signature (0: never)")
+    o.add_argument("--sigma0", type=float, default=2.0, help="initial step size (cma) / mutation sigma (nevergrad)")
+    o.add_argument("--seed", type=int, default=0, help="optimizer and training-clip draws")
+    o.add_argument("--out", required=True, help="run folder; one holding a run is resumed if its settings are the same (else refused)")
+    o.add_argument("--overwrite", action="store_true", help="start afresh in --out, removing a run already there")
+    o.add_argument("--no-progress", action="store_true")
+    o.add_argument("--steps", type=int, default=60, help="gradient back-ends: Adam steps (the run has steps + 1 generations: one candidate each)")
+    o.add_argument("--lr", type=float, default=0.1, help="gradient back-ends: Adam learning rate")
+    o.add_argument("--frames", type=int, default=16, help="gradient back-ends: distinct signature frames (1 = static)")
+    o.add_argument("--block", type=int, default=1, help="gradient back-ends: spatial block size (1 = full resolution)")
+
+
+def racing(spec: str) -> Racing:
+    """``first_clips=4,eta=2,finalists=2`` (any subset; empty: the server's defaults) -> Racing."""
+    fields: dict[str, int] = {}
+    for part in filter(None, spec.split(",")):
+        name, _, value = part.partition("=")
+        if name not in ("first_clips", "eta", "finalists") or not value.isdigit():
+            raise CodecLoopValueError(f"--racing: {part!r}; use first_clips=N, eta=N, finalists=N separated by commas")
+        fields[name] = int(value)
+    return Racing(**fields)
+
+
+def _gradient_param(args: argparse.Namespace, shape: tuple[int, int, int]) -> Any:
+    """The gradient back-ends' signature: --frames distinct frames of --block x --block blocks, rgb."""
+    from codecloop.params import LowRes
+
+    if len(args.channel) > 1 or (args.channel and args.crf):
+        raise CodecLoopValueError("channel: gradient back-ends train through one codec setting (--crf) or one channel (--channel)")
+    t, h, w = shape
+    if args.frames < 1 or args.block < 1 or t % args.frames or h % args.block or w % args.block:
+        raise CodecLoopValueError(f"frames/block: {args.frames}/{args.block} must divide the clips' T/H, W = {t}/{h}, {w}")
+    return LowRes(shape, (args.frames, h // args.block, w // args.block), "rgb")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``codecloop optimize``: a run in ``--out`` (resumed when it holds one with the same settings),
+    its report printed; 130 when Ctrl-C cut it short (the report then covers the last checkpoint)."""
+    from codecloop import Channel, Codec, DatasetCarriers, datasetview
+    from codecloop.objectives import Objective
+    from codecloop.params import make
+    from codecloop.run import REPORT_OVERHEAD_S, Run
+    from codecloop.runconfig import GradientConfig, RunConfig
+
+    started = time.monotonic()  # --max-minutes counts from here: a local server's start-up is in it
+    backends.require(args.optimizer)  # before a server starts
+    gradient = args.optimizer.startswith(GRADIENT_PREFIXES)
+    if not gradient and args.budget is not None and args.budget < args.popsize:
+        raise CodecLoopValueError(f"--budget: {args.budget} evaluations are fewer than one generation (--popsize {args.popsize})")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise CodecLoopValueError(f"--out: {args.out} is a file, not a run folder")
+    with connect(args) as client:
+        dataset = userinput.dataset_info(client.info(), args.dataset)
+        shape = (int(dataset.clip_shape[0]), int(dataset.clip_shape[1]), int(dataset.clip_shape[2]))
+        for line in datasetview.split_lines(dataset):  # the split this run rests on, visible whenever it changes
+            print(f"codecloop: {line}", file=sys.stderr, flush=True)
+        max_seconds = args.max_minutes * 60 - (time.monotonic() - started)
+        if max_seconds <= REPORT_OVERHEAD_S:
+            raise CodecLoopValueError(
+                f"--max-minutes: {args.max_minutes:g} ({args.max_minutes * 60:.0f} s) leaves {max_seconds:.0f} s after the server's "
+                f"start-up, no time for one generation and the final report (about {REPORT_OVERHEAD_S:.0f} s); give more"
+            )
+        param = _gradient_param(args, shape) if gradient else make(args.param, shape)
+        config = RunConfig(
+            optimizer=args.optimizer,
+            epsilon=args.epsilon,
+            codecs=tuple(Codec(crf=c, preset=args.preset) for c in crfs(args)),
+            channels=tuple(Channel.parse(c) for c in args.channel),
+            scorer=args.scorer,
+            objective=Objective(args.objective, args.target_fpr, args.margin_quantile, args.centre_weight),
+            train=DatasetCarriers(args.dataset, "train", args.train_clips),
+            fresh_clips=args.fresh_clips,
+            validation=None if args.validation_split == "none" else DatasetCarriers(args.dataset, args.validation_split, args.validation_clips),
+            validate_every=args.validate_every or (10 if gradient else 4),
+            holdout=DatasetCarriers(args.dataset, "holdout", args.holdout_clips),
+            popsize=args.popsize,
+            budget=args.steps + 1 if gradient else args.budget,  # a gradient generation: one candidate, one step
+            max_seconds=max_seconds,
+            patience=args.patience,
+            sigma0=args.sigma0,
+            seed=args.seed,
+            racing=None if args.racing is None else racing(args.racing),
+            gradient=GradientConfig(lr=args.lr) if gradient else None,
+        )
+        run = Run(client, param, config, args.out, overwrite=args.overwrite)
+        if run.resumed:
+            limits = "--steps and --max-minutes" if gradient else "--max-minutes and --budget"
+            print(f"codecloop: {run.resume_note()}; {limits} count the whole run, over every resume", file=sys.stderr, flush=True)
+        summary = run.run(progress=not args.no_progress)
+    print_summary(summary, args.out)
+    return 130 if (summary["stopped"] or {}).get("by") == "interrupt" else 0
+
+
+def print_summary(summary: dict[str, Any], folder: str) -> None:
+    """The run's report on stdout: what was kept and why the run stopped, each split's statistics, fidelity."""
+    sel, stopped = summary["selected"], summary["stopped"] or {}
+    why = stopped.get("by", "-") + (f" ({', '.join(stopped['conditions'])})" if stopped.get("conditions") else "")
+    print(f"{summary['generations']} generations, {summary['evaluations']} evaluations, {summary['elapsed_s']} s, stopped by {why}; "
+          f"kept: generation {sel['generation']} {sel['candidate']} by {sel['by']}")  # fmt: skip
+    print(f"objective {summary['objective']}, statistics at FPR <= {fraction_label(summary['target_fpr'])}:")
+    for split in ("train", "validation", "holdout"):
+        h = summary[split]
+        if h is None:
+            print(f"{split:>10}: - ({summary['validation_note'] or 'not validated'})")
+            continue
+        psnr = "inf" if h["psnr_db"] is None else f"{h['psnr_db']:.1f}"
+        ci = h.get("tpr_ci") or (0.0, 1.0)
+        print(
+            f"{split:>10} ({h['clips']} clips, {h['codec']}): objective {h['objective']:.4f} "
+            f"TPR {h.get('true_positives', '?')}/{h.get('num_clips', '?')} = {h['tpr']:.0%} [{ci[0]:.0%}, {ci[1]:.0%}] "
+            f"FPR {h.get('false_positives', '?')}/{h.get('num_clips', '?')} "
+            f"clean {h['clean_mean']:.4f}±{h['clean_std']:.4f} poisoned {h['poisoned_mean']:.4f}±{h['poisoned_std']:.4f} "
+            f"sep {h['separation']:.4f} AUC {h['auc']:.3f} p {h['p_value']:.2g} PSNR {psnr} dB"
+        )
+        for unit, key in (("clips", "tpr_at_fpr"), ("videos", "video_tpr_at_fpr")):
+            points = [p for p in h.get(key) or [] if p["fpr"] == 1e-3]
+            if points:
+                p = points[0]
+                print(f"{'':>12}null model, {unit}: TPR at p < 1e-3 {p['true_positives']}/{p['n']} "
+                      f"[{p['tpr_ci'][0]:.0%}, {p['tpr_ci'][1]:.0%}], clean called marked {p['false_positives']}/{p['n']}")  # fmt: skip
+    f = summary["fidelity"]
+    if "note" in f:
+        print(f"fidelity: {f['note']}")
+    else:
+        parts = [f"{name.replace('_', ' ')}: PSNR {_db(f[name]['psnr_db'])} SSIM {f[name]['ssim']:.4f}" for name in ("before_codec", "after_codec")]
+        print(f"fidelity ({f['clips']} {f['split']} clips, {f['codec']}; marked vs clean; luma SSIM, 11x11 Gaussian): " + "; ".join(parts))
+    print(f"run folder: {folder} (log.jsonl, checkpoint.pkl, best.npy, summary.json, signature.png, frames.png, *.png)")
+
+
+def _db(value: float | None) -> str:
+    """A PSNR in dB; None (identical images) is infinite."""
+    return "inf dB" if value is None else f"{value:.1f} dB"
