@@ -251,7 +251,7 @@ def result_images(folder: Path, signature: np.ndarray, epsilon: float, clips: tu
     ]
 
 
-def epsilon_figure(points: Sequence[Any], target_tpr: float | None = None, found: float | None = None, unit: str = "clips"):
+def epsilon_figure(points: Sequence[Any], target_tpr: float | None = None, found: float | None = None, unit: str = "clips") -> Any:
     """TPR at the nominal FPR against ε (in uint8 levels), one line per channel, 95 % Clopper-Pearson
     error bars; ``points`` are :class:`codecloop.epsilon.EpsilonPoint` (one FPR)."""
     plt = _pyplot()
