@@ -3,7 +3,10 @@ target, the plot, and bad input refused with the field named."""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ import codecloop
 from codecloop.epsilon import LEVEL, smallest_epsilon, tpr_against_epsilon
 from codecloop.plots import epsilon_plot
 from codecloop_wire.errors import CodecLoopValueError
-from tests.conftest import block_signature
+from tests.conftest import block_signature, error_lines
 
 OPTIONS = codecloop.EvaluateOptions(
     carriers=codecloop.DatasetCarriers(num_clips=16, seed=3),
@@ -82,3 +85,44 @@ def test_bad_curve_input_names_the_field(client):
         tpr_against_epsilon(client, np.zeros((2, 1, 112, 112, 3), np.float32), [LEVEL], options=OPTIONS)
     with pytest.raises(CodecLoopValueError, match=r"epsilon: 1.5 is outside"):
         tpr_against_epsilon(client, block_signature(0), [1.5], options=OPTIONS)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "codecloop.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_optimize_target_tpr_then_the_epsilon_command_on_its_signature(server_target, tmp_path):
+    """``optimize --target-tpr`` searches ε on the run's validation clips and reads it on its held-out
+    clips (epsilon.json, tpr_vs_epsilon.png in the run folder); ``codecloop epsilon`` does the same for
+    any signature file and agrees with the run's search on the same clips."""
+    search = ["--target-tpr", "0.75", "--target-fpr", "1e-2", "--epsilon-high", "8/255", "--epsilon-step", "1/255"]
+    out = _cli("optimize", "--target", server_target, "--dataset", "embedded", "--epsilon", "4/255", "--max-minutes", "0.15",
+               "--train-clips", "4", "--popsize", "4", "--holdout-clips", "8", "--validation-clips", "8", "--preset", "ultrafast",
+               "--param", "dct:8:3", "--out", str(tmp_path / "run"), "--no-progress", *search)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "smallest ε reaching TPR >= 0.75 at FPR 0.01 (clips, worst channel) on validation" in out.stdout
+    report = json.loads((tmp_path / "run" / "epsilon.json").read_text())
+    s = report["search"]
+    assert s["carriers"]["split"] == "validation" and s["carriers"]["num_clips"] == 8 and report["report"]["carriers"]["num_clips"] == 8
+    if s["epsilon"] is not None:
+        found = [p for p in s["points"] if p["epsilon"] == s["epsilon"]]
+        assert min(p["tpr"] for p in found) >= 0.75 and report["report"]["at_epsilon"]
+    assert (tmp_path / "run" / "tpr_vs_epsilon.png").stat().st_size > 0
+    again = _cli("epsilon", "--target", server_target, "--signature", str(tmp_path / "run" / "best.npy"), "--dataset", "embedded",
+                 "--clips", "8", "--preset", "ultrafast", "--out", str(tmp_path / "eps"), *search)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "eps" / "epsilon.json").read_text())["search"]["epsilon"] == s["epsilon"]  # same clips, same answer
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target-tpr", "1.5"], "argument --target-tpr: 1.5 is outside the allowed range (0, 1]"),
+        (["--search-split", "test"], "--search-split: dataset 'embedded' has no split 'test'"),
+        (["--epsilon-low", "8/255", "--epsilon-high", "2/255"], "must be below --epsilon-high"),
+    ],
+)
+def test_epsilon_command_bad_input_exit_2_one_line(server_target, tmp_path, args, message):
+    np.save(tmp_path / "s.npy", block_signature(0))
+    run = _cli("epsilon", "--target", server_target, "--signature", str(tmp_path / "s.npy"), "--dataset", "embedded", "--out", str(tmp_path), *args)
+    assert run.returncode == 2 and len(error_lines(run.stderr)) == 1 and message in run.stderr, run.stderr

@@ -11,7 +11,7 @@ from typing import NoReturn
 
 import numpy as np
 
-from codecloop import cli_optimize, detect, mark, userinput
+from codecloop import cli_epsilon, cli_optimize, detect, mark, userinput
 from codecloop.cliflags import CHANNEL_HELP, Parser, SubParser, connect, crfs, env, epsilon, fill_help, fraction, null_fpr, server_flags, target_fpr
 from codecloop.units import fraction_label
 from codecloop_wire import defaults
@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--timeout", type=float, default=5.0)
 
     mark.add_arguments(sub.add_parser("mark", help="add a signature to a video file at its own size, frame rate and length"))
+    cli_epsilon.add_arguments(sub)
     detect.add_arguments(sub.add_parser("detect", help="test video files for a signature: score, p-value and decision per video"))
 
     i = sub.add_parser("info", help="print the server's versions, datasets, scorers and limits")
@@ -203,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     try:
-        commands = {"evaluate": _evaluate, "optimize": cli_optimize.run, "diagnose": _diagnose, "info": _info, "health": _health, "mark": mark.run, "detect": detect.run}
+        commands = {"evaluate": _evaluate, "optimize": cli_optimize.run, "diagnose": _diagnose, "info": _info, "health": _health, "mark": mark.run, "detect": detect.run,
+                    "epsilon": cli_epsilon.run}  # fmt: skip
         code = commands[args.command](args)
         if code == 130:  # a run cut short by Ctrl-C, reported: leave as an interrupted process does (below)
             _exit_interrupted()

@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from codecloop import backends, userinput
+from codecloop import backends, cli_epsilon, userinput
 from codecloop.cliflags import CHANNEL_HELP, connect, crfs, epsilon, quantile, server_flags, target_fpr
 from codecloop.objectives import NAMES
+from codecloop.options import EvaluateOptions
 from codecloop.types import Racing
 from codecloop.units import fraction_label
 from codecloop_wire import defaults
@@ -65,6 +66,7 @@ def add_arguments(sub: Any) -> None:
     o.add_argument("--lr", type=float, default=0.1, help="gradient back-ends: Adam learning rate")
     o.add_argument("--frames", type=int, default=16, help="gradient back-ends: distinct signature frames (1 = static)")
     o.add_argument("--block", type=int, default=1, help="gradient back-ends: spatial block size (1 = full resolution)")
+    cli_epsilon.add_search_flags(o, optimize=True)
 
 
 def racing(spec: str) -> Racing:
@@ -101,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.monotonic()  # --max-minutes counts from here: a local server's start-up is in it
     backends.require(args.optimizer)  # before a server starts
+    if args.target_tpr is not None:
+        cli_epsilon.check_range(args)
     gradient = args.optimizer.startswith(GRADIENT_PREFIXES)
     if not gradient and args.budget is not None and args.budget < args.popsize:
         raise CodecLoopValueError(f"--budget: {args.budget} evaluations are fewer than one generation (--popsize {args.popsize})")
@@ -143,9 +147,18 @@ def run(args: argparse.Namespace) -> int:
         if run.resumed:
             limits = "--steps and --max-minutes" if gradient else "--max-minutes and --budget"
             print(f"codecloop: {run.resume_note()}; {limits} count the whole run, over every resume", file=sys.stderr, flush=True)
+        if args.target_tpr is not None and run.validation is None:
+            raise CodecLoopValueError("--target-tpr: the ε search needs a validation split (not --validation-split none)")
         summary = run.run(progress=not args.no_progress)
-    print_summary(summary, args.out)
-    return 130 if (summary["stopped"] or {}).get("by") == "interrupt" else 0
+        interrupted = (summary["stopped"] or {}).get("by") == "interrupt"
+        print_summary(summary, args.out)
+        if args.target_tpr is not None and not interrupted and run.validation is not None:
+            import numpy as np
+
+            options = EvaluateOptions(codecs=config.codecs, channels=config.channels, scorer=config.scorer)
+            best = np.load(Path(args.out) / "best.npy")
+            cli_epsilon.search(client, best, args, options, run.validation, run.holdout, args.target_fpr, args.out)
+    return 130 if interrupted else 0
 
 
 def print_summary(summary: dict[str, Any], folder: str) -> None:

@@ -20,9 +20,11 @@ Assumptions, stated because the answer rests on them:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -31,6 +33,7 @@ from codecloop_wire.errors import CodecLoopValueError
 
 from .client import Client
 from .options import EvaluateOptions
+from .types import DatasetCarriers
 
 Unit = Literal["clips", "videos"]
 UNITS: tuple[Unit, ...] = ("clips", "videos")
@@ -206,3 +209,72 @@ def smallest_epsilon(
         target_tpr=target_tpr, target_fpr=target_fpr, unit=unit, low=low, high=high, step=step,
         epsilon=None if found is None else grid[found], points=points,
     )  # fmt: skip
+
+
+DEFAULT_GRID_LEVELS = (0.5, 1, 1.5, 2, 3, 4, 6, 8)  # the curve's ε, in uint8 levels (the smallest ε found is added)
+DEFAULT_GRID = tuple(level * LEVEL for level in DEFAULT_GRID_LEVELS)
+
+
+def epsilon_report(
+    client: Client,
+    signature: Any,
+    *,
+    target_tpr: float,
+    target_fpr: float,
+    search: DatasetCarriers,
+    report: DatasetCarriers | None,
+    options: EvaluateOptions | None = None,
+    low: float = 0.25 * LEVEL,
+    high: float = 16 * LEVEL,
+    step: float = 0.25 * LEVEL,
+    unit: Unit = "clips",
+    grid: Sequence[float] = DEFAULT_GRID,
+    folder: str | Path | None = None,
+) -> dict[str, Any]:
+    """ε as an output: :func:`smallest_epsilon` on the ``search`` carriers (a validation split), then
+    the curve of TPR against ε per channel on the ``report`` carriers (held out; ``grid`` plus the ε
+    found) so the answer is read where it was not chosen. With ``folder``: ``epsilon.json`` and
+    ``tpr_vs_epsilon.png`` there. Returns that JSON's dict (ε in [0, 1] units and in uint8 levels)."""
+    base = options or EvaluateOptions()
+    found = smallest_epsilon(
+        client, signature, target_tpr=target_tpr, target_fpr=target_fpr, low=low, high=high, step=step, unit=unit,
+        options=base.updated(carriers=search),
+    )  # fmt: skip
+    out: dict[str, Any] = {"search": found.as_dict() | {"carriers": asdict(search)}, "report": None}
+    shown = list(found.points)
+    if report is not None:
+        levels = sorted({*(float(e) for e in grid), *(() if found.epsilon is None else (found.epsilon,))})
+        points = tpr_against_epsilon(client, signature, levels, target_fpr=target_fpr, unit=unit, options=base.updated(carriers=report))
+        shown = points
+        at = [p for p in points if found.epsilon is not None and math.isclose(p.epsilon, found.epsilon)]
+        out["report"] = {
+            "carriers": asdict(report),
+            "at_epsilon": [p.as_dict() for p in at],
+            "reached": bool(at) and min(p.tpr for p in at) >= target_tpr,
+            "points": [p.as_dict() for p in points],
+        }
+    if folder is not None:
+        from codecloop import plots
+
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "epsilon.json").write_text(json.dumps(out, indent=1) + "\n")
+        plots.epsilon_plot(path / "tpr_vs_epsilon.png", shown, target_tpr, found.epsilon, unit)
+    return out
+
+
+def summary_lines(out: dict[str, Any]) -> list[str]:
+    """:func:`epsilon_report`'s result in a few printable lines."""
+    s = out["search"]
+    head = (f"smallest ε reaching TPR >= {s['target_tpr']:g} at FPR {s['target_fpr']:g} ({s['unit']}, worst channel) on "
+            f"{s['carriers']['split']}: ")  # fmt: skip
+    if s["epsilon"] is None:
+        lines = [head + f"not reached up to {s['high'] * 255:g}/255 ({s['evaluations']} evaluations)"]
+    else:
+        lines = [head + f"{s['epsilon_levels']:g}/255 = {s['epsilon']:.5f} ({s['evaluations']} evaluations, resolution {s['step'] * 255:g}/255)"]
+    r = out["report"]
+    if r is not None and r["at_epsilon"]:
+        parts = [f"{p['channel']} {p['true_positives']}/{p['n']} [{p['tpr_ci'][0]:.0%}, {p['tpr_ci'][1]:.0%}], {p['false_positives']} clean called marked"
+                 for p in r["at_epsilon"]]  # fmt: skip
+        lines.append(f"at that ε on {r['carriers']['split']}: " + "; ".join(parts) + (" (target met)" if r["reached"] else " (target NOT met)"))
+    return lines
