@@ -131,6 +131,8 @@ SLOW_TESTS: dict[str, tuple[str, ...]] = {
         "test_a_changed_frame_rate_is_undone_by_timestamps", "test_a_static_signature_and_a_video_shorter_than_its_period",
     ),
     "test_dataset_view.py": ("test_cli_info_lists_each_file_its_split_and_the_skipped_ones",),
+    "test_epsilon.py": ("test_optimize_target_tpr_then_the_epsilon_command_on_its_signature",),
+    "test_leadchannel.py": ("test_a_run_with_a_lead_channel_logs_its_stages_and_counts_the_encodes_saved",),
     "test_deployment.py": ("test_entrypoint_and_healthcheck_run_as_in_the_image",),
     "test_detector.py": (
         "test_concurrent_clients_share_detector_batches", "test_training_script_exports_a_loadable_detector_in_both_formats",

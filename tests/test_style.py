@@ -30,7 +30,8 @@ def test_ruff():
 
 STRICT_SERVER = ("engine", "evaluation", "jobs", "caches", "scoring", "render", "detector", "service", "lifecycle", "parse", "metrics",
                  "codecs", "convert", "transcode", "reference", "versions")  # fmt: skip
-STRICT_CLIENT = ("runconfig", "backends", "gradient", "run", "runreport", "optimize", "runcheck", "rundir", "cli", "cli_optimize", "cliflags", "plots", "epsilon")
+STRICT_CLIENT = ("runconfig", "backends", "gradient", "run", "runreport", "optimize", "runcheck", "rundir", "cli", "cli_optimize", "cliflags", "plots",
+                 "epsilon", "leadchannel", "cli_epsilon")  # fmt: skip
 STRICT = ["wire/codecloop_wire", *(f"server/codecloop_server/{m}.py" for m in STRICT_SERVER), *(f"client/codecloop/{m}.py" for m in STRICT_CLIENT)]
 
 

@@ -54,6 +54,9 @@ def add_arguments(sub: Any) -> None:
     o.add_argument("--racing", nargs="?", const="", default=None, metavar="SPEC",
                    help="race each generation (successive halving): SPEC = first_clips=N,eta=N,finalists=N, any subset; "
                    "bare --racing: the server's defaults (4, 2, 1)")  # fmt: skip
+    o.add_argument("--lead-channel", type=int, default=None, metavar="K",
+                   help="with several --crf / --channel: every candidate through the hardest one only, the best K through all "
+                   "(the worst decides for them); default: every candidate through all")  # fmt: skip
     o.add_argument("--budget", type=int, default=None, help="evaluations (candidates); default: no limit but --max-minutes")
     o.add_argument("--max-minutes", type=float, default=9.0, help="wall-clock limit, final validation and held-out report included")
     o.add_argument("--patience", type=int, default=0, help="stop after this many generations without a better kept signature (0: never)")
@@ -141,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
             sigma0=args.sigma0,
             seed=args.seed,
             racing=None if args.racing is None else racing(args.racing),
+            lead_channel=args.lead_channel,
             gradient=GradientConfig(lr=args.lr) if gradient else None,
         )
         run = Run(client, param, config, args.out, overwrite=args.overwrite)

@@ -15,13 +15,14 @@ import math
 import pickle
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from codecloop import backends, datasetview, runcheck, runreport
+from codecloop import backends, datasetview, leadchannel, runcheck, runreport
 from codecloop.client import Client
 from codecloop.objectives import Objective
 from codecloop.params import Parameterization
@@ -53,6 +54,9 @@ class RunState:
     validated_generation: int = -1
     history: list[dict[str, Any]] = field(default_factory=list)  # per generation
     validations: list[dict[str, Any]] = field(default_factory=list)  # per validated candidate
+    lead: leadchannel.Lead | None = None  # lead_channel: the last generation best's worst codec setting or channel
+    channel_encodes: int = 0  # candidate x clip x channel evaluations of all generations
+    channel_encodes_full: int = 0  # what every candidate through every channel on every clip would have asked
 
 
 def _clips(carriers: DatasetCarriers) -> int:
@@ -155,6 +159,9 @@ class Run:
         saved = blob.get("settings") or runcheck.settings(blob["config"], parameterization=repr(self.param), dataset_digests=self._digests)
         runcheck.check(self.folder.path, saved, self.settings)
         self.state = blob["state"]
+        for f in fields(RunState):  # a checkpoint from before a field existed: its default
+            if not hasattr(self.state, f.name):
+                setattr(self.state, f.name, f.default_factory() if f.default_factory is not MISSING else f.default)
         self.backend.load_state(blob["backend"])
         # drop log lines of generations that were evaluated but never told (killed mid-generation)
         for log in (self.folder.log, self.folder.validation_log):
@@ -166,15 +173,22 @@ class Run:
 
     # --- the loop ---------------------------------------------------------------------------------
 
-    def _evaluate(self, thetas: list[np.ndarray], carriers: DatasetCarriers, per_clip: bool = False, racing: Racing | None = None, null: bool = False) -> EvaluateResult:
-        """``null``: with the null model's operating points (validation and reports), when the scorer offers it."""
+    def _evaluate(
+        self, thetas: list[np.ndarray], carriers: DatasetCarriers, per_clip: bool = False, racing: Racing | None = None, null: bool = False,
+        lead: leadchannel.Lead | None = None,
+    ) -> EvaluateResult:  # fmt: skip
+        """``null``: with the null model's operating points (validation and reports), when the scorer
+        offers it. ``lead``: through that one codec setting or channel only (leadchannel.py)."""
         c = self.config
+        codecs, channels = c.codecs, c.channels
+        if lead is not None:
+            codecs, channels = tuple(x for x in (lead[0],) if x is not None), tuple(x for x in (lead[1],) if x is not None)
         return self.client.evaluate(
             self.param(np.stack(thetas)),
             epsilon=c.epsilon,
             carriers=carriers,
-            codecs=c.codecs,
-            channels=c.channels,
+            codecs=codecs,
+            channels=channels,
             scorer=c.scorer,
             target_fpr=self.objective.target_fpr,
             per_clip_scores=per_clip or self.objective.needs_per_clip,
@@ -235,25 +249,28 @@ class Run:
         self._start()
         s, g = self.state, self.state.generation
         thetas = self.backend.ask()
-        result = self._evaluate(thetas, self.train_carriers(g), racing=self.config.racing)
-        fitness = self.objective(result)  # each candidate on its own clips (fewer for one a race dropped)
-        # a race's candidates rest on different clips: only the race's order compares them
-        ranking = result.race_fitness if result.raced and result.race_fitness is not None else fitness
+        gen = self._generation(thetas, self.train_carriers(g))
+        fitness, ranking = gen.fitness, gen.ranking  # fitness: each candidate on its own clips and channels
         self.backend.tell(thetas, [-float(f) for f in ranking])  # the optimizers minimize
         extra = self.backend.log_fields()
         self.folder.log.append(*(
             {"generation": g, "index": i, "evaluation": s.evaluations + i, "fitness": float(f), "clips": cand.num_clips,
-             "race_rank": cand.race_rank, **self._line(cand), **extra}
-            for i, (f, cand) in enumerate(zip(fitness, result.candidates))
+             "race_rank": cand.race_rank, "channels": gen.channels[i], **self._line(cand), **extra}
+            for i, (f, cand) in enumerate(zip(fitness, gen.candidates))
         ))  # fmt: skip
         best = int(np.argmax(ranking))
         s.generation_best_theta = np.asarray(thetas[best])
+        if self.config.lead_channel is not None:
+            s.lead = leadchannel.hardest(gen.candidates[best], self.objective)
         if self.validation is None and fitness[best] > s.best_fitness:
             s.best_fitness, s.best_theta, s.best_generation = float(fitness[best]), s.generation_best_theta, g
-        clips = sum(c.num_clips for c in result.candidates)
+        clips = sum(c.num_clips for c in gen.candidates)
+        s.channel_encodes += gen.encodes
+        s.channel_encodes_full += gen.full_encodes
         s.history.append({
             "generation": g, "max": float(fitness[best]), "mean": float(fitness.mean()),
-            "best_tpr": self._line(result.candidates[best])["tpr"], "clip_ids": list(result.clip_ids), "candidate_clips": clips, **extra,
+            "best_tpr": self._line(gen.candidates[best])["tpr"], "clip_ids": list(gen.clip_ids), "candidate_clips": clips,
+            "channel_encodes": gen.encodes, **({"lead": leadchannel.label(lead), "survivors": gen.survivors} if gen.survivors and (lead := gen.lead) else {}), **extra,
         })  # fmt: skip
         s.generation += 1
         s.evaluations += len(thetas)
@@ -265,6 +282,18 @@ class Run:
         s.elapsed += time.monotonic() - t0
         self._checkpoint()
         return s.history[-1]
+
+    def _generation(self, thetas: list[np.ndarray], carriers: DatasetCarriers) -> leadchannel.Generation:
+        """Score a population: in two stages when ``lead_channel`` is set and the hardest channel is
+        known (leadchannel.py), else every candidate through every channel (a race when ``racing``)."""
+        c, lead = self.config, self.state.lead
+        if c.lead_channel is not None and lead is not None and c.lead_channel < len(thetas):
+
+            def evaluate(indices: Sequence[int], through: leadchannel.Lead | None) -> EvaluateResult:
+                return self._evaluate([thetas[i] for i in indices], carriers, racing=c.racing if through is not None else None, lead=through)
+
+            return leadchannel.two_stages(evaluate, len(thetas), lead, c.lead_channel, self.objective)
+        return leadchannel.full(self._evaluate(thetas, carriers, racing=c.racing), self.objective)
 
     def _line(self, cand: CandidateResult) -> dict[str, Any]:
         """Log fields of the candidate's worst codec setting (by objective)."""
@@ -363,6 +392,9 @@ class Run:
             "generations": s.generation,
             "evaluations": s.evaluations,
             "candidate_clips": s.candidate_clips,  # training clips scored, over all candidates (a race scores fewer)
+            # clip x channel evaluations asked, and what every candidate through every channel would have asked
+            "channel_encodes": s.channel_encodes,
+            "channel_encodes_full": s.channel_encodes_full,
             "elapsed_s": round(s.elapsed, 1),  # generations, validations and this report, over all resumes
             "wall_s": None if search_s is None else round(search_s + time.monotonic() - t0, 1),  # this call, report included
             "dataset": datasetview.summary(self._dataset),  # files per split, skipped files: what the numbers rest on

@@ -26,7 +26,7 @@ from codecloop_wire.errors import CodecLoopValueError
 LIMITS = frozenset({"budget", "max_seconds", "patience"})
 
 # sections only some back-ends use: left out while None, so a run without one compares as before it existed
-OPTIONAL = frozenset({"gradient"})
+OPTIONAL = frozenset({"gradient", "lead_channel"})
 
 # settings -> the `codecloop optimize` flag that sets them (the SDK field name is shown for the rest)
 FLAGS = {

@@ -56,6 +56,9 @@ class RunConfig:
     seed: int = 0
     racing: Racing | None = None  # each generation a race (its centre_weight: the objective's)
     gradient: GradientConfig | None = None  # the gradient back-ends' settings (None: GradientConfig())
+    # several codec settings / channels: score every candidate through the hardest one, the best
+    # lead_channel of them through all (codecloop.leadchannel); None: every candidate through all
+    lead_channel: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.objective, str):
@@ -67,6 +70,8 @@ class RunConfig:
             if self.racing.centre_weight is not None and self.racing.centre_weight != weight:
                 raise CodecLoopValueError(f"racing.centre_weight: {self.racing.centre_weight}; the objective {self.objective.name!r} needs {weight}")
             self.racing = replace(self.racing, centre_weight=weight)
+        if self.lead_channel is not None and not 1 <= self.lead_channel < self.popsize:
+            raise CodecLoopValueError(f"lead_channel: {self.lead_channel} survivors; allowed: 1 to popsize - 1 = {self.popsize - 1}")
         if self.popsize < 2:
             raise CodecLoopValueError(f"popsize: {self.popsize} must be >= 2")
         if self.validate_every < 1:
