@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from codecloop_server import corpus, video_source
+from codecloop_server import video_source
+from codecloop_server.folder_dataset import folder_dataset
 from codecloop_server.video_source import CarrierPolicy
 from codecloop_wire.errors import CodecLoopValueError
 
@@ -64,9 +65,9 @@ def test_a_source_smaller_than_the_carrier_gives_no_clip_and_resize_is_unchanged
     np.save(tmp_path / "a.npy", _coordinate_frames(32, 96, 128))
     np.save(tmp_path / "b.npy", _coordinate_frames(32, 100, 100))
     np.save(tmp_path / "tiny.npy", small)
-    ds = corpus.folder_dataset("f", tmp_path, (8, 48, 48), 4, CarrierPolicy("native"))
+    ds = folder_dataset("f", tmp_path, (8, 48, 48), 4, CarrierPolicy("native"))
     assert ds.sources == ("a.npy", "b.npy") and ds.carrier_policy.startswith("native: a 48x48 crop at the video's own pixel scale")
-    assert corpus.folder_dataset("f", tmp_path, (8, 48, 48), 4).carrier_policy.startswith("resize: ")
+    assert folder_dataset("f", tmp_path, (8, 48, 48), 4).carrier_policy.startswith("resize: ")
 
 
 def test_server_flag_and_sdk_publish_the_policy(tmp_path):

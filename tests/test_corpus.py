@@ -15,7 +15,8 @@ from google.protobuf.json_format import MessageToJson
 
 from codecloop import Codec, DatasetCarriers
 from codecloop_server import corpus, video_source
-from codecloop_server.corpus import Dataset, assign_splits, folder_dataset
+from codecloop_server.corpus import Dataset, assign_splits
+from codecloop_server.folder_dataset import folder_dataset
 from codecloop_wire.errors import CodecLoopValueError
 from tests.conftest import ffmpeg_or_skip
 
@@ -186,7 +187,7 @@ def test_folder_reads_videos_and_arrays(tmp_path):
 
 _PEAK_RSS = """
 import resource, sys
-from codecloop_server.corpus import folder_dataset
+from codecloop_server.folder_dataset import folder_dataset
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 ds = folder_dataset("long", sys.argv[1], (8, 64, 64), max_clips_per_source=8)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

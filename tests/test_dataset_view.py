@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from codecloop_server.corpus import folder_dataset
+from codecloop_server.folder_dataset import folder_dataset
 from codecloop_wire.errors import CodecLoopValueError
 from tests.conftest import error_lines, ffmpeg_or_skip
 

@@ -393,7 +393,7 @@ def test_input_fps_zero_names_input_fps(stub):
 
 
 def test_npy_frames_with_an_empty_axis_name_the_file(tmp_path):
-    from codecloop_server.corpus import folder_dataset
+    from codecloop_server.folder_dataset import folder_dataset
     from codecloop_wire.errors import CodecLoopValueError
 
     np.save(tmp_path / "a.npy", np.zeros((40, 0, 64, 3), np.uint8))

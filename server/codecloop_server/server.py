@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from codecloop_server import corpus, x264_asm
 from codecloop_server.detector import DetectorConfig, DetectorScorer
 from codecloop_server.engine import Engine
+from codecloop_server.folder_dataset import folder_dataset
 from codecloop_server.lifecycle import LenientDecodingInterceptor, deny
 from codecloop_server.metrics import Metrics
 from codecloop_server.parse import Limits
@@ -123,7 +124,7 @@ def load_datasets(config: ServerConfig) -> dict[str, corpus.Dataset]:
         corpus.check_dataset_name(name)
         if name in datasets:
             raise ValueError(f"dataset name {name!r} is already taken")
-        datasets[name] = corpus.folder_dataset(name, folder, config.clip_shape, config.max_clips_per_source, policy, config.strict_datasets)
+        datasets[name] = folder_dataset(name, folder, config.clip_shape, config.max_clips_per_source, policy, config.strict_datasets)
     return datasets
 
 
