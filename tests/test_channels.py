@@ -234,6 +234,8 @@ def test_cli_evaluate_and_optimize_over_channels(server_target, tmp_path):
     assert [p["codec"] for p in per] == ["libvpx-vp9:crf=40", "resize:0.5,libsvtav1:crf=45"]
     assert summary["holdout"]["objective"] == min(p["objective"] for p in per)
     assert [c["name"] for c in summary["config"]["channels"]] == ["libvpx-vp9:crf=40", "resize:0.5,libsvtav1:crf=45"]
+    worst = min(per, key=lambda p: p["objective"])["codec"]
+    assert summary["fidelity"]["codec"] == worst and summary["fidelity"]["clips"] == 4  # measured through the worst channel
 
 
 def test_absolute_sizes_take_the_scale_of_the_video_a_clip_stands_for():

@@ -377,7 +377,7 @@ class Run:
         train_section = runreport.report(train, 0, self.objective, self.train)
         train_section |= {"clips_per_generation": self.train.num_clips, "fresh_clips": c.fresh_clips}
         sections = {"train": train_section, "validation": s.best_validation, "holdout": runreport.report(held, 0, self.objective, self.holdout)}
-        fidelity, clips = runreport.fidelity(self.client, c, self.holdout, best[0])
+        fidelity, clips = runreport.fidelity(self.client, c, self.holdout, best[0], leadchannel.hardest(held.candidates[0], self.objective))
         s.elapsed += time.monotonic() - t0
         summary = {
             "target_fpr": self.objective.target_fpr,

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from codecloop import fidelity as fidelity_metrics
+from codecloop import leadchannel
 from codecloop.client import Client
 from codecloop.objectives import Objective
 from codecloop.runconfig import RunConfig
@@ -53,14 +54,20 @@ def gaps(sections: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, floa
 Clips = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # clean, marked, both after the codec: (N, T, H, W, 3) uint8
 
 
-def fidelity(client: Client, config: RunConfig, holdout: DatasetCarriers, signature: np.ndarray) -> tuple[dict[str, Any], Clips | None]:
+def fidelity(
+    client: Client, config: RunConfig, holdout: DatasetCarriers, signature: np.ndarray, through: leadchannel.Lead | None = None
+) -> tuple[dict[str, Any], Clips | None]:
     """PSNR and SSIM of ``signature`` (:mod:`codecloop.fidelity`) on up to :data:`FIDELITY_CLIPS`
-    held-out clips through the first codec setting (else the first channel), and those clips
-    (clean, marked, both after the codec) for frames.png."""
+    held-out clips through ``through`` (the run passes the worst codec setting or channel on the
+    held-out split, resolved: one channel of a preset), else the first codec setting (else the
+    first channel), and those clips (clean, marked, both after the codec) for frames.png."""
     c = config
     look = replace(holdout, num_clips=min(FIDELITY_CLIPS, holdout.num_clips or FIDELITY_CLIPS), seed=0)
-    route: dict[str, Any] = {"codec": c.codecs[0]} if c.codecs else {"channel": c.channels[0]}
-    label = c.codecs[0].label() if c.codecs else c.channels[0].label()
+    if through is None:
+        through = (c.codecs[0], None) if c.codecs else (None, c.channels[0])
+    codec, channel = through
+    route: dict[str, Any] = {"codec": codec} if channel is None else {"channel": channel}
+    label = leadchannel.label(through)
     try:
         clean = client.transcode(None, epsilon=c.epsilon, carriers=look, include_input=True, **route)
         marked = client.transcode(signature, epsilon=c.epsilon, carriers=look, include_input=True, **route)
