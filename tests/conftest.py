@@ -132,6 +132,9 @@ SLOW_TESTS: dict[str, tuple[str, ...]] = {
     ),
     "test_dataset_view.py": ("test_cli_info_lists_each_file_its_split_and_the_skipped_ones",),
     "test_deployment.py": ("test_entrypoint_and_healthcheck_run_as_in_the_image",),
+    "test_detect_served.py": (
+        "test_marked_video_is_detected_with_the_example_detector_and_the_clean_one_is_not", "test_detect_cli_with_a_detector_json_and_bad_input_in_one_line",
+    ),
     "test_detector.py": (
         "test_concurrent_clients_share_detector_batches", "test_training_script_exports_a_loadable_detector_in_both_formats",
         "test_serve_refuses_a_bad_detector_file_in_one_line", "test_servers_in_one_process_keep_their_detectors_apart",
