@@ -6,6 +6,8 @@
   process keeps the decoded clip and scores it in the detector's dynamic batches.
 
 The engine calls :func:`scoring_for` once per job and then only the :class:`Scoring` methods.
+ScoreClips (clips a client sends, no codec) goes straight to a detector's batches: :func:`score_clips`,
+with the same empirical null (:func:`null_keys`) as an evaluation's.
 """
 
 from __future__ import annotations
@@ -178,7 +180,7 @@ class DetectorScoring(Scoring):
             return PoisonedScore(poisoned, clean, nbytes, squared_error)
         clean_clip = entry.decoded
         assert clean_clip is not None, "a keyed detector's clean entry keeps the decoded clip"
-        (poisoned_z, clean_z) = await _null_z(batcher, (decoded, clean_clip), (poisoned, clean), candidate.null_keys)
+        poisoned_z, clean_z = await _null_z(batcher, (decoded, clean_clip), (poisoned, clean), candidate.null_keys)
         return PoisonedScore(poisoned, clean, nbytes, squared_error, poisoned_z=poisoned_z, clean_z=clean_z)
 
 
