@@ -134,6 +134,9 @@ SLOW_TESTS: dict[str, tuple[str, ...]] = {
     "test_epsilon.py": ("test_optimize_target_tpr_then_the_epsilon_command_on_its_signature",),
     "test_leadchannel.py": ("test_a_run_with_a_lead_channel_logs_its_stages_and_counts_the_encodes_saved",),
     "test_deployment.py": ("test_entrypoint_and_healthcheck_run_as_in_the_image",),
+    "test_detect_served.py": (
+        "test_marked_video_is_detected_with_the_example_detector_and_the_clean_one_is_not", "test_detect_cli_with_a_detector_json_and_bad_input_in_one_line",
+    ),
     "test_detector.py": (
         "test_concurrent_clients_share_detector_batches", "test_training_script_exports_a_loadable_detector_in_both_formats",
         "test_serve_refuses_a_bad_detector_file_in_one_line", "test_servers_in_one_process_keep_their_detectors_apart",

@@ -16,6 +16,7 @@ from codecloop.types import (
     CandidateDone,
     CandidateResult,
     Channel,
+    ClipScores,
     Codec,
     CodecStats,
     EvaluateResult,
@@ -299,6 +300,29 @@ class Client:
             codec=Codec.from_proto(resp.codec),
             channel=Channel.from_proto(resp.channel) if resp.HasField("channel") else None,
         )
+
+    def score_clips(
+        self, detector: str, clips: np.ndarray, signature: Any = None, *, timeout: float | None = None, priority: int = 0
+    ) -> ClipScores:
+        """Score clips with a detector the server serves (no codec runs: the clips as they are).
+
+        Args:
+            detector: its name (``info().scorers`` with ``clip_shapes``).
+            clips: uint8 (N, T, H, W, 3) RGB, (T, H, W) one of the detector's ``clip_shapes``; N at
+                most the server's ``max_clips``, and the clips under its message limit (one call).
+            signature: the key, (T or 1, H, W, 3) in [-1, 1], for a detector that takes one (its
+                ``null_model`` is true); None for a keyless detector.
+
+        Returns:
+            :class:`ClipScores`: per clip the score and, for a keyed detector, its z and p-value in
+            the empirical null (the key moved to 16 lattice shifts, docs/statistics.md).
+        """
+        req = pb.ScoreClipsRequest(detector=detector, clips=to_tensor(np.asarray(clips), "uint8"))
+        if signature is not None:
+            req.signature.CopyFrom(to_tensor(as_batch([signature])[0], "float32"))
+        resp = self._call(self._stub.ScoreClips, req, timeout, priority)
+        z = np.array(resp.z, np.float64) if resp.z else None
+        return ClipScores(np.array(resp.scores, np.float64), z, np.array(resp.p_values, np.float64) if resp.z else None, resp.null_model)
 
     def _chunks(self, template: pb.EvaluateRequest, tensors: list[pb.Tensor]) -> list[list[pb.Tensor]]:
         """Split candidates so every request stays under the message limit (with 1 MiB headroom),

@@ -26,14 +26,19 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from codecloop_wire import deploy
 from codecloop_wire.errors import CodecLoopValueError
 from codecloop_wire.null import shift_null
+
+if TYPE_CHECKING:
+    from codecloop.client import Client
 
 DEFAULT_FPR = 1e-3
 DEFAULT_KERNEL = 3
@@ -51,6 +56,8 @@ class Detection:
         marked: p_value < fpr.
         fpr: the decision's false-positive rate.
         frames: decoded frames used; width, height: the frame size folded (after ``size``).
+        detector: the served detector that scored it (None: the blind scorer, here).
+        clips: with a detector, the clips scored (their z combined by Stouffer's method; None without).
     """
 
     path: str
@@ -62,6 +69,51 @@ class Detection:
     frames: int
     width: int
     height: int
+    detector: str | None = None
+    clips: int | None = None
+
+
+def check_options(fpr: float, size: tuple[int, int] | None, max_frames: int | None, fps: float | None) -> None:
+    """The options both detection paths take, checked (CodecLoopValueError naming the one that is wrong)."""
+    if not 1e-12 <= fpr <= 0.5:
+        raise CodecLoopValueError(f"fpr: {fpr} is outside the allowed range [1e-12, 0.5]")
+    if size is not None and (min(size) < 1 or max(size) > 16384):
+        raise CodecLoopValueError(f"size: {size[0]}x{size[1]} is outside the allowed range 1..16384 per side")
+    if max_frames is not None and max_frames < 1:
+        raise CodecLoopValueError(f"max_frames: {max_frames} must be >= 1")
+    if fps is not None and not (0 < fps <= 1000 and math.isfinite(fps)):
+        raise CodecLoopValueError(f"fps: {fps} is outside the allowed range (0, 1000]")
+
+
+def decoded_frames(src: Path, size: tuple[int, int] | None, max_frames: int | None, fps: float | None) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, frame) of each decoded frame, one at a time: uint8 (H, W, 3) RGB (bicubic to ``size`` =
+    (W, H) when given), and its frame index in the marked video (the count, or ⌊time · fps⌋ with ``fps``).
+    CodecLoopValueError naming the file when it cannot be opened or decoded, or decodes to no frame."""
+    import av
+    from av.video.reformatter import Interpolation
+
+    from codecloop.mark import open_video
+
+    frames = 0
+    try:
+        with open_video(src) as inp:
+            stream = inp.streams.video[0]
+            stream.thread_type = "AUTO"
+            to_rgb = av.video.reformatter.VideoReformatter()
+            for frame in inp.decode(stream):
+                if size is not None:
+                    rgb = to_rgb.reformat(frame, width=size[0], height=size[1], format="rgb24", interpolation=Interpolation.BICUBIC)
+                else:
+                    rgb = to_rgb.reformat(frame, format="rgb24", interpolation=Interpolation.BICUBIC)
+                index = frames if fps is None or frame.time is None else int(math.floor(frame.time * fps + 1e-6))
+                yield index, rgb.to_ndarray()
+                frames += 1
+                if max_frames is not None and frames >= max_frames:
+                    break
+    except av.FFmpegError as err:
+        raise CodecLoopValueError(f"{str(src)!r}: cannot be decoded ({type(err).__name__}: {err})") from None
+    if frames == 0:
+        raise CodecLoopValueError(f"{str(src)!r}: decodes to no video frame")
 
 
 def _template(signature: np.ndarray, kernel: int) -> np.ndarray:
@@ -83,8 +135,14 @@ def detect_video(
     size: tuple[int, int] | None = None,
     max_frames: int | None = None,
     fps: float | None = None,
+    detector: str | None = None,
+    client: Client | None = None,
 ) -> Detection:
     """Score one video against ``signature`` by the deployment rule, with its null-model p-value.
+
+    With ``detector`` (the name of a keyed detector ``client``'s server serves) the video is cut into
+    the detector's clips by the same rule and scored there (codecloop.detect_served); ``kernel`` is
+    then unused. Without it, the blind scorer runs here and no server is needed.
 
     Args:
         path: a video file PyAV (FFmpeg) reads; its first video stream.
@@ -96,59 +154,41 @@ def detect_video(
         max_frames: stop after this many frames (None: all).
         fps: the frame rate the video was marked at, when a platform changed it: a decoded frame at
             time τ s is marked frame ⌊τ · fps⌋ (None: the decoded frames are counted).
+        detector: a detector served by ``client``'s server (None: the blind scorer, here).
+        client: a :class:`codecloop.Client` of that server (only with ``detector``).
 
     Raises:
         CodecLoopValueError: naming the file or argument (no such file, no video stream, not
-            decodable, no frame, a frame smaller than the tile, bad fpr / kernel / size / signature).
+            decodable, no frame, a frame smaller than the tile, bad fpr / kernel / size / signature;
+            with ``detector``: one the server does not serve, or whose clip shapes the signature does not fit).
     """
-    import av
-    from av.video.reformatter import Interpolation
-
-    from codecloop.mark import load_signature, open_video
+    from codecloop.mark import load_signature
     from codecloop_server.scorers import box_residual  # the server's blind features, exactly
 
     sig = load_signature(signature) if isinstance(signature, (str, Path)) else deploy.check_signature(signature)
-    if not 1e-12 <= fpr <= 0.5:
-        raise CodecLoopValueError(f"fpr: {fpr} is outside the allowed range [1e-12, 0.5]")
+    check_options(fpr, size, max_frames, fps)
+    if detector is not None:
+        from codecloop import detect_served
+
+        if client is None:
+            raise CodecLoopValueError(f"client: detector {detector!r} is served by a server; pass client=codecloop.Client(...) of that server")
+        return detect_served.detect(path, detect_served.plan(client, detector, sig), fpr=fpr, size=size, max_frames=max_frames, fps=fps)
     if kernel % 2 == 0 or not 3 <= kernel <= 15:
         raise CodecLoopValueError(f"kernel: {kernel} must be an odd integer in [3, 15]")
-    if size is not None and (min(size) < 1 or max(size) > 16384):
-        raise CodecLoopValueError(f"size: {size[0]}x{size[1]} is outside the allowed range 1..16384 per side")
-    if max_frames is not None and max_frames < 1:
-        raise CodecLoopValueError(f"max_frames: {max_frames} must be >= 1")
-    if fps is not None and not (0 < fps <= 1000 and math.isfinite(fps)):
-        raise CodecLoopValueError(f"fps: {fps} is outside the allowed range (0, 1000]")
     t, h, w, _ = sig.shape
     fold = deploy.Fold(t, h, w, 3)
     total = squares = 0  # exact integer sums of the residual, for the normalization
     frames, width, height = 0, 0, 0
     src = Path(path)
-    try:
-        with open_video(src) as inp:
-            stream = inp.streams.video[0]
-            stream.thread_type = "AUTO"
-            to_rgb = av.video.reformatter.VideoReformatter()
-            for frame in inp.decode(stream):
-                if size is not None:
-                    rgb = to_rgb.reformat(frame, width=size[0], height=size[1], format="rgb24", interpolation=Interpolation.BICUBIC)
-                else:
-                    rgb = to_rgb.reformat(frame, format="rgb24", interpolation=Interpolation.BICUBIC)
-                x = rgb.to_ndarray()
-                height, width = x.shape[:2]
-                if height < h or width < w:
-                    raise CodecLoopValueError(f"{str(src)!r}: frames of {width}x{height} are smaller than the {w}x{h} signature tile")
-                res = box_residual(x, kernel)
-                index = frames if fps is None or frame.time is None else int(math.floor(frame.time * fps + 1e-6))
-                fold.add(res[None], index)
-                total += int(res.sum(dtype=np.int64))
-                squares += int(np.square(res, dtype=np.int64).sum())
-                frames += 1
-                if max_frames is not None and frames >= max_frames:
-                    break
-    except av.FFmpegError as err:
-        raise CodecLoopValueError(f"{str(src)!r}: cannot be decoded ({type(err).__name__}: {err})") from None
-    if frames == 0:
-        raise CodecLoopValueError(f"{str(src)!r}: decodes to no video frame")
+    for index, x in decoded_frames(src, size, max_frames, fps):
+        height, width = x.shape[:2]
+        if height < h or width < w:
+            raise CodecLoopValueError(f"{str(src)!r}: frames of {width}x{height} are smaller than the {w}x{h} signature tile")
+        res = box_residual(x, kernel)
+        fold.add(res[None], index)
+        total += int(res.sum(dtype=np.int64))
+        squares += int(np.square(res, dtype=np.int64).sum())
+        frames += 1
     template = _template(sig, kernel)
     # over the video: <x - mean x, w_tiled> = <x, w_tiled> - mean x * sum(w_tiled); sum(w_tiled) and
     # ||w_tiled||² from how many video pixels fall on each tile position (fold.counts)
@@ -175,6 +215,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-frames", type=int, default=None, help="use at most this many frames per video")
     parser.add_argument("--fps", type=float, default=None, help="the frame rate the video was marked at, when a platform changed it (frames placed by timestamp)")
     parser.add_argument("--json", action="store_true", help="one JSON object per video per line instead of the table")
+    parser.add_argument(
+        "--detector", default=None, metavar="NAME[=FILE]",
+        help="score with a keyed detector the server serves (clips cut by the deployment rule, their null z combined); "
+        "a private server (--local) serves NAME=FILE, or the shipped example for 'example'; without it the blind scorer runs here, no server",
+    )  # fmt: skip
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--target", default=None, help="with --detector: the server (host:port) that serves it; default as for evaluate")
+    group.add_argument("--local", action="store_true", help="with --detector: a private local server for this command")
 
 
 def _size(text: str | None) -> tuple[int, int] | None:
@@ -189,23 +237,44 @@ def _size(text: str | None) -> tuple[int, int] | None:
 
 def run(args: argparse.Namespace) -> int:
     """``codecloop detect``: one line (or JSON object) per video; a video that cannot be tested gets
-    one line on stderr naming it and the reason, the others are still tested, and the exit code is 2."""
+    one line on stderr naming it and the reason, the others are still tested, and the exit code is 2.
+    With ``--detector`` the server is picked as for ``evaluate`` (``--target``, ``--local``, else the
+    default server or a private one) and the detector checked once, before any video."""
     from codecloop.mark import load_signature
 
     sig = load_signature(args.signature)
     size = _size(args.size)
+    if args.detector is None:
+        if args.target is not None or args.local:
+            raise CodecLoopValueError("--target, --local: only with --detector (the blind scorer runs here, without a server)")
+        return _videos(args, lambda video: detect_video(video, sig, fpr=args.fpr, kernel=args.kernel, size=size, max_frames=args.max_frames, fps=args.fps))
+    from codecloop import detect_served, serverpick
+
+    check_options(args.fpr, size, args.max_frames, args.fps)  # before a server is picked or started
+    name, _, file = args.detector.partition("=")
+    if file and args.target is not None:
+        raise CodecLoopValueError(f"--detector {args.detector}: a server at --target serves its own detectors; give the NAME only")
+    served = file or ("example" if name == "example" else "")
+    with serverpick.pick(args.target, args.local, server_args=["--detector", f"{name}={served}"] if served else []) as client:
+        how = detect_served.plan(client, name, sig)
+        return _videos(args, lambda video: detect_served.detect(video, how, fpr=args.fpr, size=size, max_frames=args.max_frames, fps=args.fps))
+
+
+def _videos(args: argparse.Namespace, detect: Callable[[str], Detection]) -> int:
+    """Each video's line (or JSON object); a video that cannot be tested gets one line on stderr."""
     failed = False
     if not args.json:
-        print(f"{'marked':<7} {'p':>9} {'z':>7} {'score':>8} {'frames':>7} {'size':>10}  video (decision: p < {args.fpr:g})")
+        by = f", detector {args.detector.partition('=')[0]}" if args.detector else ""
+        print(f"{'marked':<7} {'p':>9} {'z':>7} {'score':>8} {'frames':>7} {'size':>10}  video (decision: p < {args.fpr:g}{by})")
     for video in args.videos:
         try:
-            d = detect_video(video, sig, fpr=args.fpr, kernel=args.kernel, size=size, max_frames=args.max_frames, fps=args.fps)
+            d = detect(video)
         except CodecLoopValueError as err:
             print(f"codecloop detect: {err}", file=sys.stderr)
             failed = True
             continue
         if args.json:
-            row = asdict(d)
+            row = {k: v for k, v in asdict(d).items() if v is not None or k not in ("detector", "clips")}
             row["z"] = d.z if math.isfinite(d.z) else None
             print(json.dumps(row), flush=True)
         else:

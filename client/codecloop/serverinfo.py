@@ -65,13 +65,15 @@ class DatasetInfo:
 
 @dataclass(frozen=True)
 class ScorerInfo:
-    """A scorer (built-in or a served detector), its default parameters, and whether it offers the
-    null model (``EvaluateRequest.null_model``)."""
+    """A scorer (built-in or a served detector), its default parameters, whether it offers the
+    null model (``EvaluateRequest.null_model``), and for a detector the clip shapes (T, H, W) that
+    ``Client.score_clips`` takes (empty for a built-in scorer)."""
 
     name: str
     description: str
     default_params: dict[str, float]
     null_model: bool
+    clip_shapes: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,10 @@ class ServerInfo:
             codecs=tuple(msg.codecs),
             presets=tuple(msg.presets),
             pix_fmts=tuple(msg.pix_fmts),
-            scorers=tuple(ScorerInfo(s.name, s.description, dict(s.default_params), s.null_model) for s in msg.scorers),
+            scorers=tuple(
+                ScorerInfo(s.name, s.description, dict(s.default_params), s.null_model, tuple((c.frames, c.height, c.width) for c in s.clip_shapes))
+                for s in msg.scorers
+            ),
             limits=Limits.from_proto(msg.limits),
             workers=msg.workers,
             load=dict(msg.load),

@@ -437,6 +437,17 @@ class TranscodeResult:
 
 
 @dataclass(frozen=True)
+class ClipScores:
+    """``Client.score_clips``: a served detector's scores of N clips, and for a keyed detector each
+    score in units of its empirical null (``z``, ``p_values`` = P(N(0, 1) >= z), ``null_model`` in words)."""
+
+    scores: np.ndarray  # (N,) float64, larger = marked
+    z: np.ndarray | None  # (N,) float64; None for a keyless detector
+    p_values: np.ndarray | None  # (N,) float64; None for a keyless detector
+    null_model: str = ""
+
+
+@dataclass(frozen=True)
 class Progress:
     """Streaming: ``done`` of ``total`` clip tasks (candidates x codecs x clips) are finished."""
 

@@ -321,6 +321,8 @@ class DetectorScorer(scorers.Registered):
         self.name = name  # per instance: each configured detector has its own name
         self.batcher = batcher
         self.uses_key = batcher.detector.uses_key
+        # (T, H, W) the warm-up ran it on (every dataset's): the shapes ScoreClips takes
+        self.clip_shapes: tuple[tuple[int, int, int], ...] = ()
         self.description = (
             f"{batcher.detector.format} detector {batcher.config.file.name} on {batcher.detector.device}"
             f"{' (clip, signature)' if self.uses_key else ' (clip only)'}, dynamic batches of <= {batcher.config.max_batch_size}"

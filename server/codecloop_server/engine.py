@@ -24,11 +24,22 @@ from typing import Any
 
 import numpy as np
 
-from codecloop_server import tasks
+from codecloop_server import scoring, tasks
 from codecloop_server.caches import CleanCache, ResultCache
 from codecloop_server.corpus import Dataset
 from codecloop_server.evaluation import Evaluation
-from codecloop_server.jobs import CandidateFn, CandidateOutcome, CarrierSet, EngineStats, EvaluateJob, ProgressFn, TranscodeJob, TranscodeOutcome
+from codecloop_server.jobs import (
+    CandidateFn,
+    CandidateOutcome,
+    CarrierSet,
+    ClipScores,
+    EngineStats,
+    EvaluateJob,
+    ProgressFn,
+    ScoreClipsJob,
+    TranscodeJob,
+    TranscodeOutcome,
+)
 from codecloop_server.scheduler import FairScheduler
 from codecloop_server.scorers import ScorerRegistry
 from codecloop_server.scoring import Who
@@ -153,6 +164,12 @@ class Engine:
         encodes), but small enough that every worker gets at least 8 tasks (no worker idles long
         at the end of a round while another finishes a big task)."""
         return max(1, min(MAX_CLIPS_PER_TASK, clips // (8 * self.workers)))
+
+    async def score_clips(self, job: ScoreClipsJob) -> ClipScores:
+        """The clips of ``job`` scored by its detector (scoring.score_clips): no codec worker runs;
+        the detector's dynamic batches are shared with every evaluation and client."""
+        scores, z = await scoring.score_clips(self.scorers, job.detector, job.clips, job.signature)
+        return ClipScores(scores, z)
 
     async def transcode(self, job: TranscodeJob, client: str = "anonymous", priority: int = 0) -> TranscodeOutcome:
         """The carriers through the channel (poisoned with ``job.signature`` when given). Outputs are

@@ -211,3 +211,22 @@ def null_outcome(job: EvaluateJob, per_clip: list[PoisonedScore]) -> NullOutcome
         tpr_at_fpr=stats.operating_points(p_values(clean_z), p_values(poisoned_z), job.null_fprs),
         video_tpr_at_fpr=stats.operating_points(p_values(clean_video), p_values(poisoned_video), job.null_fprs),
     )
+
+
+@dataclass(frozen=True)
+class ScoreClipsJob:
+    """Clips to score with a served detector (ScoreClips): uint8 ``clips`` (N, T, H, W, 3), one of the
+    detector's clip shapes; ``signature`` float32 (T or 1, H, W, 3), the key, for a keyed detector only."""
+
+    detector: str
+    clips: np.ndarray
+    signature: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class ClipScores:
+    """A ScoreClips answer: ``scores`` float64 (N,), and for a keyed detector ``z`` float64 (N,), each
+    score's z in its empirical null (codecloop_wire.null.empirical_z over the key's moved copies)."""
+
+    scores: np.ndarray
+    z: np.ndarray | None

@@ -9,6 +9,8 @@ every one of them:
 * :func:`job_rpc` / :func:`job_stream` (the RPCs that run clip tasks): also a call slot of the
   client and of the server (:class:`CallSlots`), the request's memory charge before it is parsed,
   the job's codec-worker charge once it is (memory.py), and a bound on each reply's size.
+* :func:`slot_rpc` (ScoreClips: no clip task, a detector's forward passes): the call slot, the
+  request's whole memory charge before it is parsed, and the bound on the reply's size.
 """
 
 from __future__ import annotations
@@ -203,7 +205,7 @@ class Job(Protocol):
 
 
 class CallSlots:
-    """The calls in progress (Evaluate / Transcode): at most ``max_calls`` over all clients and
+    """The calls in progress (Evaluate / Transcode / ScoreClips): at most ``max_calls`` over all clients and
     ``limits.max_client_calls`` per client, and their memory, at most ``max_request_memory_bytes``
     charged in all (memory.py). A call past any of them gets RESOURCE_EXHAUSTED at once."""
 
@@ -263,6 +265,7 @@ class Servicer(Protocol):
 
 S = TypeVar("S", bound=Servicer)
 JobT = TypeVar("JobT", bound=Job)
+T = TypeVar("T")
 ReplyT = TypeVar("ReplyT", bound=Message)
 
 
@@ -295,6 +298,28 @@ def job_rpc(
                     job = parse(self, decoded)
                     with self.slots.memory.reserve(self.slots.worker_charge(job), own):
                         reply = await fn(self, job, call)
+                    return self.slots.sized(reply)
+            raise AssertionError("unreachable: _errors aborts the call")
+
+        return handler
+
+    return wrap
+
+
+def slot_rpc(
+    charge: Callable[[S, RequestT], memory.Charge], parse: Callable[[S, RequestT], T]
+) -> Callable[[Callable[[S, T, Call], Awaitable[ReplyT]]], Callable[[S, RequestT | Undecodable, Context], Awaitable[ReplyT]]]:
+    """A unary RPC that runs no clip task but holds server memory (ScoreClips: a detector's forward
+    passes): :func:`job_rpc` without the codec-worker charge. The request is charged (``charge``, all
+    that it will make) and given a call slot, then parsed (``parse``) and run (``fn``)."""
+
+    def wrap(fn: Callable[[S, T, Call], Awaitable[ReplyT]]) -> Callable[[S, RequestT | Undecodable, Context], Awaitable[ReplyT]]:
+        @functools.wraps(fn)
+        async def handler(self: S, request: RequestT | Undecodable, context: Context) -> ReplyT:
+            async with _errors(context, fn.__name__, self.metrics):
+                decoded: RequestT = _decoded(request)
+                async with self.slots.hold(context, self.auth, charge(self, decoded)) as call:
+                    reply = await fn(self, parse(self, decoded), call)
                     return self.slots.sized(reply)
             raise AssertionError("unreachable: _errors aborts the call")
 

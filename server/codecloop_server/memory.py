@@ -10,7 +10,14 @@ in the message alone:
                + MESSAGE_FACTOR x (bytes of all tensors in the message)
                + REPLY_FACTOR x (bytes of the reply's clips: N x T x H x W x 3, twice with include_input)
 
-Why these factors (per float value of a signature: the float32 job copy 4 + its shared-memory copy
+    ScoreClips: MESSAGE_FACTOR x (bytes of all tensors in the message)
+               + SIGNATURE_BYTES_PER_VALUE x (values of the key) + 4 x (1 + EMPIRICAL_SHIFTS) x (values of the key)
+               + FORWARD_BYTES_PER_VALUE x (values of the clips one forward pass of the detector takes)
+               + REPLY_BYTES_PER_CLIP x (clips)
+
+Why these factors (per key value of ScoreClips: the float32 key and its moved copies for the empirical null; per
+clip value of a forward pass: the batch's uint8 stack, its float32 copy and the keys' float32 stack,
+the model's own activations being the operator's to size with ``--max-batch-size``; per float value of a signature: the float32 job copy 4 + its shared-memory copy
 4 + the float64 template in shared memory 8, plus the transient float64 copies made while one
 template is built; per message byte: the message, the copy that decoding a tensor makes, the shared
 copy of inline clips; per reply byte: the decoded clips, their bytes, the reply message, its
@@ -28,6 +35,7 @@ hold in the workers at once (:func:`worker_charge`), against the same budget.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -36,11 +44,14 @@ from codecloop_server.codecs import CodecSettings
 from codecloop_server.corpus import Dataset
 from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopLimitError
+from codecloop_wire.null import EMPIRICAL_SHIFTS
 from codecloop_wire.v1 import codecloop_pb2 as pb
 
 SIGNATURE_BYTES_PER_VALUE = 24
 MESSAGE_FACTOR = 6
 REPLY_FACTOR = 6
+FORWARD_BYTES_PER_VALUE = 9
+REPLY_BYTES_PER_CLIP = 32  # a score, a z and a p-value (doubles) and their tags
 _ITEMSIZE = {pb.FLOAT32: 4, pb.FLOAT16: 2, pb.INT8: 1, pb.UINT8: 1}
 
 # What one clip task costs a codec worker beyond its own base (docs/limits.md): per pixel (one
@@ -126,6 +137,22 @@ def transcode_charge(req: pb.TranscodeRequest, datasets: dict[str, Dataset]) -> 
     reply *= 2 if req.include_input else 1
     nbytes = SIGNATURE_BYTES_PER_VALUE * values + MESSAGE_FACTOR * tensor_bytes + REPLY_FACTOR * reply
     return Charge(nbytes, f"carriers: a reply of {reply} clip bytes, {tensor_bytes} tensor bytes in the request")
+
+
+def score_clips_charge(req: pb.ScoreClipsRequest, max_batch_size: int) -> Charge:
+    """ScoreClips's charge (module docstring), from the message's sizes; ``max_batch_size``: the clips
+    of one forward pass of the named detector (a name it does not serve is refused after admission)."""
+    clip_bytes = len(req.clips.data)
+    key_values = _values(req.signature) if req.HasField("signature") else 0
+    tensor_bytes = clip_bytes + len(req.signature.data)
+    shape = list(req.clips.shape)
+    # a shape that does not match the bytes is refused when the tensor is decoded: bound by the bytes
+    per_clip = min(clip_bytes, math.prod(shape[1:])) if len(shape) == 5 and min(shape) > 0 else clip_bytes
+    clips = clip_bytes // max(per_clip, 1)
+    forward = min(clip_bytes, max_batch_size * per_clip)
+    keys = SIGNATURE_BYTES_PER_VALUE * key_values + 4 * (1 + EMPIRICAL_SHIFTS) * key_values
+    nbytes = MESSAGE_FACTOR * tensor_bytes + keys + FORWARD_BYTES_PER_VALUE * forward + REPLY_BYTES_PER_CLIP * clips
+    return Charge(nbytes, f"clips: {clip_bytes} clip bytes, a key of {key_values} values, forward passes of {forward} clip values")
 
 
 def check_worker_memory(fp: Footprint, limit_bytes: int) -> None:

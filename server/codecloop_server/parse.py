@@ -19,12 +19,13 @@ from google.protobuf.message import Message
 from codecloop_server import channels, memory, x264_asm
 from codecloop_server.codecs import CodecSettings
 from codecloop_server.corpus import Dataset
-from codecloop_server.jobs import CarrierSet, EvaluateJob, Racing, TranscodeJob
+from codecloop_server.jobs import CarrierSet, EvaluateJob, Racing, ScoreClipsJob, TranscodeJob
 from codecloop_server.registry import shown
 from codecloop_server.scorers import ScorerRegistry, offers_null
+from codecloop_server.scoring import served_detector
 from codecloop_server.tasks import ScorerKey
 from codecloop_server.versions import x264_build
-from codecloop_wire import defaults, deploy, stats
+from codecloop_wire import defaults, deploy, null, stats
 from codecloop_wire.errors import CodecLoopLimitError, CodecLoopValueError
 from codecloop_wire.tensors import from_tensor
 from codecloop_wire.v1 import codecloop_pb2 as pb
@@ -221,12 +222,13 @@ def carriers(msg: pb.Carriers, datasets: dict[str, Dataset], limits: Limits) -> 
     return CarrierSet(keys=keys, clip_shape=ds.clip_shape, dataset=ds.name, clip_ids=ids, sources=sources, source_names=names)
 
 
-def _check_clips(n: int, clip_pixels: int, limits: Limits) -> None:
+def _check_clips(n: int, clip_pixels: int, limits: Limits, field: str = "carriers") -> None:
     if n > limits.max_clips:
-        raise CodecLoopLimitError(f"carriers.num_clips: {n} exceeds the server limit max_clips = {limits.max_clips}")
+        count = "carriers.num_clips" if field == "carriers" else f"{field}.shape"
+        raise CodecLoopLimitError(f"{count}: {n} exceeds the server limit max_clips = {limits.max_clips}")
     if clip_pixels > limits.max_clip_pixels:
         raise CodecLoopLimitError(
-            f"carriers: T*H*W = {clip_pixels} per clip exceeds the server limit max_clip_pixels = {limits.max_clip_pixels}"
+            f"{field}: T*H*W = {clip_pixels} per clip exceeds the server limit max_clip_pixels = {limits.max_clip_pixels}"
         )
 
 
@@ -329,3 +331,31 @@ def transcode_job(req: pb.TranscodeRequest, datasets: dict[str, Dataset], limits
         carriers=carrier_set, channel=channel, epsilon=eps, signature=sig, include_input=req.include_input,
         report_channel=req.HasField("channel"),
     )  # fmt: skip
+
+
+def score_clips_job(req: pb.ScoreClipsRequest, limits: Limits, registry: ScorerRegistry) -> ScoreClipsJob:
+    """A ScoreClipsRequest -> a validated job: a served detector, clips of one of its clip shapes
+    (at most max_clips of at most max_clip_pixels; every forward's pixels within max_work_pixels), and
+    the key exactly when the detector takes one."""
+    det = served_detector(registry, req.detector)
+    clips = from_tensor(req.clips, "clips", allowed=(pb.UINT8,))
+    shapes = [list(s) for s in det.clip_shapes]
+    if clips.ndim != 5 or clips.shape[-1] != 3 or tuple(clips.shape[1:4]) not in det.clip_shapes:
+        raise CodecLoopValueError(
+            f"clips.shape: {list(clips.shape)} must be (N, T, H, W, 3) with (T, H, W) one of the clip shapes of detector {det.name!r}: {shapes}"
+        )
+    n, t, h, w, _ = clips.shape
+    _check_clips(n, t * h * w, limits, "clips")
+    forwards = n * (1 + (null.EMPIRICAL_SHIFTS if det.uses_key else 0))
+    if forwards * t * h * w > limits.max_work_pixels:
+        raise CodecLoopLimitError(
+            f"clips: {n} clips x {forwards // n} forwards x T*H*W {t * h * w} = {forwards * t * h * w} pixels exceeds the server limit "
+            f"max_work_pixels = {limits.max_work_pixels}; send at most {limits.max_work_pixels // (forwards // n * t * h * w)} clips per call"
+        )
+    if not det.uses_key:
+        if req.HasField("signature"):
+            raise CodecLoopValueError(f"signature: detector {det.name!r} takes clips only, no key; leave signature unset")
+        return ScoreClipsJob(det.name, clips, None)
+    if not req.HasField("signature"):
+        raise CodecLoopValueError(f"signature: detector {det.name!r} takes the key; send the signature, ({t} or 1, {h}, {w}, 3) in [-1, 1]")
+    return ScoreClipsJob(det.name, clips, signature(req.signature, "signature", (t, h, w)))

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from codecloop_server import channels, scorers
+from codecloop_server import channels, scorers, scoring
 from codecloop_server.codecs import CODECS, MIN_SIZE, PIX_FMTS, PRESETS, CodecSettings
 from codecloop_server.corpus import Dataset
-from codecloop_server.jobs import CandidateOutcome, CodecOutcome, EngineStats, EvaluateJob, TranscodeJob, TranscodeOutcome
+from codecloop_server.jobs import CandidateOutcome, ClipScores, CodecOutcome, EngineStats, EvaluateJob, TranscodeJob, TranscodeOutcome
 from codecloop_server.parse import Limits
 from codecloop_server.versions import encoder_version, x264_build
 from codecloop_wire import stats
@@ -224,6 +224,7 @@ def server_info(
             pb.ScorerInfo(
                 name=s.name, description=s.description, default_params={k: v[0] for k, v in s.param_ranges.items()},
                 null_model=scorers.offers_null(s),
+                clip_shapes=[pb.ClipShape(frames=t, height=h, width=w) for t, h, w in scoring.clip_shapes(s)],
             )
             for s in registry.values()
         ],
@@ -231,3 +232,10 @@ def server_info(
         workers=workers,
         load=load,
     )  # fmt: skip
+
+
+def score_clips_response(out: ClipScores) -> pb.ScoreClipsResponse:
+    """ScoreClips's reply: the scores, and a keyed detector's null z, p-values and null model in words."""
+    if out.z is None:
+        return pb.ScoreClipsResponse(scores=out.scores.tolist())
+    return pb.ScoreClipsResponse(scores=out.scores.tolist(), z=out.z.tolist(), p_values=p_values(out.z).tolist(), null_model=EMPIRICAL_NULL_MODEL)

@@ -6,13 +6,15 @@
   process keeps the decoded clip and scores it in the detector's dynamic batches.
 
 The engine calls :func:`scoring_for` once per job and then only the :class:`Scoring` methods.
+ScoreClips (clips a client sends, no codec) goes straight to a detector's batches: :func:`score_clips`,
+with the same empirical null (:func:`null_keys`) as an evaluation's.
 """
 
 from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,7 +23,8 @@ import numpy as np
 from codecloop_server import scorers, tasks
 from codecloop_server.caches import CleanEntry, signature_digest
 from codecloop_server.channels import Channel
-from codecloop_server.detector import DetectorScorer
+from codecloop_server.detector import DetectorScorer, DynamicBatcher
+from codecloop_server.registry import shown
 from codecloop_server.shm import SharedArray
 from codecloop_server.tasks import CleanRef, ClipRef, PoisonedScore, ScorerKey
 from codecloop_wire.errors import CodecLoopValueError
@@ -139,12 +142,7 @@ class DetectorScoring(Scoring):
         return CleanEntry((), None, nbytes, decoded=decoded, score=score)
 
     def prepare(self, signature: np.ndarray) -> Candidate:
-        keys: tuple[np.ndarray, ...] = ()
-        if self.null:
-            try:
-                keys = tuple(np.roll(signature, s, axis=(0, 1, 2)) for s in key_shifts(signature))
-            except ValueError as err:
-                raise CodecLoopValueError(f"null_model: {err} (a signature that repeats itself within 16 pixels or frames)") from None
+        keys = null_keys(signature, "null_model") if self.null else ()
         return Candidate(signature, (SharedArray(signature),), null_keys=keys)
 
     def score(
@@ -182,12 +180,63 @@ class DetectorScoring(Scoring):
             return PoisonedScore(poisoned, clean, nbytes, squared_error)
         clean_clip = entry.decoded
         assert clean_clip is not None, "a keyed detector's clean entry keeps the decoded clip"
-        nulls = await asyncio.gather(*(batcher.score(clip, k) for clip in (decoded, clean_clip) for k in candidate.null_keys))
-        k = len(candidate.null_keys)
-        return PoisonedScore(
-            poisoned, clean, nbytes, squared_error,
-            poisoned_z=empirical_z(poisoned, np.array(nulls[:k])), clean_z=empirical_z(clean, np.array(nulls[k:])),
-        )  # fmt: skip
+        poisoned_z, clean_z = await _null_z(batcher, (decoded, clean_clip), (poisoned, clean), candidate.null_keys)
+        return PoisonedScore(poisoned, clean, nbytes, squared_error, poisoned_z=poisoned_z, clean_z=clean_z)
+
+
+def null_keys(signature: np.ndarray, field: str) -> tuple[np.ndarray, ...]:
+    """The key moved to the empirical null's lattice shifts (codecloop_wire.null.key_shifts), or
+    CodecLoopValueError naming ``field`` when the signature has too few shifts unrelated to itself."""
+    try:
+        return tuple(np.roll(signature, s, axis=(0, 1, 2)) for s in key_shifts(signature))
+    except ValueError as err:
+        raise CodecLoopValueError(f"{field}: {err} (a signature that repeats itself within 16 pixels or frames)") from None
+
+
+async def _null_z(batcher: DynamicBatcher, clips: Iterable[np.ndarray], scores: Sequence[float], keys: tuple[np.ndarray, ...]) -> list[float]:
+    """Each clip's score in units of its empirical null: the detector's scores of the same clip
+    against every moved key (one batcher call each), then codecloop_wire.null.empirical_z."""
+    nulls = await asyncio.gather(*(batcher.score(clip, k) for clip in clips for k in keys))
+    n = len(keys)
+    return [empirical_z(score, np.array(nulls[i * n : (i + 1) * n])) for i, score in enumerate(scores)]
+
+
+def served_detector(registry: scorers.ScorerRegistry, name: str, field: str = "detector") -> DetectorScorer:
+    """The detector of ``registry`` called ``name``; anything else (a built-in scorer, an unknown
+    name) is CodecLoopValueError naming ``field`` and the detectors served."""
+    served = {s.name: s for s in registry.values() if isinstance(s, DetectorScorer)}
+    if name not in served:
+        allowed = sorted(served) or "none (this server serves no detector: codecloop serve --detector NAME=FILE)"
+        raise CodecLoopValueError(f"{field}: {shown(name)} is not a detector this server serves; allowed: {allowed}")
+    return served[name]
+
+
+def clip_shapes(impl: scorers.Registered) -> tuple[tuple[int, int, int], ...]:
+    """The clip shapes (T, H, W) ScoreClips takes for a served detector; none for a built-in scorer."""
+    return impl.clip_shapes if isinstance(impl, DetectorScorer) else ()
+
+
+def forward_clips(registry: scorers.ScorerRegistry, name: str) -> int:
+    """The clips one forward pass of detector ``name`` takes at most (1 for a name that is no detector:
+    its request is refused once parsed)."""
+    impl = next((s for s in registry.values() if s.name == name), None)
+    return impl.batcher.config.max_batch_size if isinstance(impl, DetectorScorer) else 1
+
+
+async def score_clips(
+    registry: scorers.ScorerRegistry, name: str, clips: np.ndarray, signature: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Detector ``name``'s scores of uint8 ``clips`` (N, T, H, W, 3) as they are (no codec), in its
+    dynamic batches, and for a keyed detector (``signature``: the key, float32 (T or 1, H, W, 3)) each
+    score's z in the empirical null, exactly as an evaluation's null model makes it for a decoded clip.
+    Returns float64 scores (N,) and z (N,) or None."""
+    batcher = served_detector(registry, name).batcher
+    keys = null_keys(signature, "signature") if signature is not None else ()
+    scores = await asyncio.gather(*(batcher.score(clip, signature) for clip in clips))
+    if signature is None:
+        return np.array(scores, np.float64), None
+    z = await _null_z(batcher, clips, scores, keys)
+    return np.array(scores, np.float64), np.array(z, np.float64)
 
 
 def scoring_for(registry: scorers.ScorerRegistry, scorer: ScorerKey, submit: Submit, null: bool = False) -> Scoring:

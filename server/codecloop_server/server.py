@@ -140,6 +140,7 @@ def load_detectors(
         det = detector.load(cfg, on_batch=metrics.detector_batch.observe)
         for shape in sorted(clip_shapes):
             det.batcher.warm_up(shape)
+        det.clip_shapes = tuple(sorted(clip_shapes))
         registry.register(det)
         loaded.append(det)
         log.info("detector %s: %s", det.name, det.description)

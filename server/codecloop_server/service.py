@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from codecloop_server import memory, parse, render
+from codecloop_server import memory, parse, render, scoring
 from codecloop_server.corpus import Dataset
 from codecloop_server.engine import Engine
-from codecloop_server.jobs import CandidateOutcome, EvaluateJob, TranscodeJob
-from codecloop_server.lifecycle import Call, CallSlots, job_rpc, job_stream, rpc
+from codecloop_server.jobs import CandidateOutcome, EvaluateJob, ScoreClipsJob, TranscodeJob
+from codecloop_server.lifecycle import Call, CallSlots, job_rpc, job_stream, rpc, slot_rpc
 from codecloop_server.metrics import Metrics
 from codecloop_server.security import Authenticator
 from codecloop_wire import __version__
@@ -37,6 +37,14 @@ def _transcode_job(servicer: CodecLoopServicer, request: pb.TranscodeRequest) ->
     return parse.transcode_job(request, servicer.datasets, servicer.limits)
 
 
+def _score_clips_charge(servicer: CodecLoopServicer, request: pb.ScoreClipsRequest) -> memory.Charge:
+    return memory.score_clips_charge(request, scoring.forward_clips(servicer.engine.scorers, request.detector))
+
+
+def _score_clips_job(servicer: CodecLoopServicer, request: pb.ScoreClipsRequest) -> ScoreClipsJob:
+    return parse.score_clips_job(request, servicer.limits, servicer.engine.scorers)
+
+
 class CodecLoopServicer(pb_grpc.CodecLoopServicer):
     def __init__(
         self,
@@ -49,7 +57,7 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
         max_request_memory_bytes: int = 4 << 30,
         auth: Authenticator | None = None,
     ) -> None:
-        """``max_calls``: Evaluate/Transcode calls in progress, all clients together;
+        """``max_calls``: Evaluate/Transcode/ScoreClips calls in progress, all clients together;
         ``max_request_memory_bytes``: the memory charged to the calls in progress (memory.py)."""
         self.engine = engine
         self.metrics = metrics
@@ -91,6 +99,10 @@ class CodecLoopServicer(pb_grpc.CodecLoopServicer):
     async def Transcode(self, job: TranscodeJob, call: Call) -> pb.TranscodeResponse:
         out = await self.engine.transcode(job, call.client, call.priority)
         return render.transcode_response(out, job)
+
+    @slot_rpc(_score_clips_charge, _score_clips_job)
+    async def ScoreClips(self, job: ScoreClipsJob, call: Call) -> pb.ScoreClipsResponse:
+        return render.score_clips_response(await self.engine.score_clips(job))
 
     @rpc
     async def GetServerInfo(self, request: pb.GetServerInfoRequest) -> pb.ServerInfo:

@@ -478,7 +478,7 @@ class SourceNames(_message.Message):
     def __init__(self, names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScorerInfo(_message.Message):
-    __slots__ = ("name", "description", "default_params", "null_model")
+    __slots__ = ("name", "description", "default_params", "null_model", "clip_shapes")
     class DefaultParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -490,11 +490,23 @@ class ScorerInfo(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_PARAMS_FIELD_NUMBER: _ClassVar[int]
     NULL_MODEL_FIELD_NUMBER: _ClassVar[int]
+    CLIP_SHAPES_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     default_params: _containers.ScalarMap[str, float]
     null_model: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., default_params: _Optional[_Mapping[str, float]] = ..., null_model: _Optional[bool] = ...) -> None: ...
+    clip_shapes: _containers.RepeatedCompositeFieldContainer[ClipShape]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., default_params: _Optional[_Mapping[str, float]] = ..., null_model: _Optional[bool] = ..., clip_shapes: _Optional[_Iterable[_Union[ClipShape, _Mapping]]] = ...) -> None: ...
+
+class ClipShape(_message.Message):
+    __slots__ = ("frames", "height", "width")
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    frames: int
+    height: int
+    width: int
+    def __init__(self, frames: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_candidates", "max_clips", "max_clip_pixels", "max_work_pixels", "max_codecs", "max_message_bytes", "max_client_calls")
@@ -587,3 +599,25 @@ class ChannelPreset(_message.Message):
     description: str
     channels: _containers.RepeatedCompositeFieldContainer[Channel]
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., channels: _Optional[_Iterable[_Union[Channel, _Mapping]]] = ...) -> None: ...
+
+class ScoreClipsRequest(_message.Message):
+    __slots__ = ("detector", "clips", "signature")
+    DETECTOR_FIELD_NUMBER: _ClassVar[int]
+    CLIPS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    detector: str
+    clips: Tensor
+    signature: Tensor
+    def __init__(self, detector: _Optional[str] = ..., clips: _Optional[_Union[Tensor, _Mapping]] = ..., signature: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class ScoreClipsResponse(_message.Message):
+    __slots__ = ("scores", "z", "p_values", "null_model")
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    Z_FIELD_NUMBER: _ClassVar[int]
+    P_VALUES_FIELD_NUMBER: _ClassVar[int]
+    NULL_MODEL_FIELD_NUMBER: _ClassVar[int]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    z: _containers.RepeatedScalarFieldContainer[float]
+    p_values: _containers.RepeatedScalarFieldContainer[float]
+    null_model: str
+    def __init__(self, scores: _Optional[_Iterable[float]] = ..., z: _Optional[_Iterable[float]] = ..., p_values: _Optional[_Iterable[float]] = ..., null_model: _Optional[str] = ...) -> None: ...

@@ -54,6 +54,11 @@ class CodecLoopStub:
                 request_serializer=codecloop_dot_v1_dot_codecloop__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=codecloop_dot_v1_dot_codecloop__pb2.ServerInfo.FromString,
                 _registered_method=True)
+        self.ScoreClips = channel.unary_unary(
+                '/codecloop.v1.CodecLoop/ScoreClips',
+                request_serializer=codecloop_dot_v1_dot_codecloop__pb2.ScoreClipsRequest.SerializeToString,
+                response_deserializer=codecloop_dot_v1_dot_codecloop__pb2.ScoreClipsResponse.FromString,
+                _registered_method=True)
 
 
 class CodecLoopServicer:
@@ -89,6 +94,16 @@ class CodecLoopServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScoreClips(self, request, context):
+        """Score clips the client sends with a detector the server serves, in its dynamic batches: one
+        score per clip and, for a detector that takes the key, each score's z in the empirical null
+        (the same key moved to 16 lattice shifts, as EvaluateRequest.null_model does for detectors).
+        No codec runs: the clips are scored as sent (`codecloop detect --detector` cuts them from a video).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CodecLoopServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +126,11 @@ def add_CodecLoopServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=codecloop_dot_v1_dot_codecloop__pb2.GetServerInfoRequest.FromString,
                     response_serializer=codecloop_dot_v1_dot_codecloop__pb2.ServerInfo.SerializeToString,
+            ),
+            'ScoreClips': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScoreClips,
+                    request_deserializer=codecloop_dot_v1_dot_codecloop__pb2.ScoreClipsRequest.FromString,
+                    response_serializer=codecloop_dot_v1_dot_codecloop__pb2.ScoreClipsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +241,33 @@ class CodecLoop:
             '/codecloop.v1.CodecLoop/GetServerInfo',
             codecloop_dot_v1_dot_codecloop__pb2.GetServerInfoRequest.SerializeToString,
             codecloop_dot_v1_dot_codecloop__pb2.ServerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScoreClips(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/codecloop.v1.CodecLoop/ScoreClips',
+            codecloop_dot_v1_dot_codecloop__pb2.ScoreClipsRequest.SerializeToString,
+            codecloop_dot_v1_dot_codecloop__pb2.ScoreClipsResponse.FromString,
             options,
             channel_credentials,
             insecure,
