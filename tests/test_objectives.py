@@ -11,7 +11,7 @@ import pytest
 from codecloop import Codec, jsonutil
 from codecloop.cli import build_parser
 from codecloop.objectives import Objective
-from codecloop.types import CandidateResult, CodecStats, EvaluateResult
+from codecloop.results import CandidateResult, CodecStats, EvaluateResult
 from codecloop_wire.errors import CodecLoopValueError
 from codecloop_wire.stats import Decision, detection_stats
 

@@ -451,7 +451,7 @@ def test_channel_parse_refuses_a_repeated_codec_option():
 def test_labels_show_an_encode_fps_that_differs_from_the_default(stub):
     """Two channels that differ only in the encode's fps get different labels (server round trip)."""
     from codecloop import Codec
-    from codecloop.types import CodecStats
+    from codecloop.results import CodecStats
 
     req = _evaluate([_channel(_encode(preset="ultrafast", fps=15)), _channel(_encode(preset="ultrafast"))])
     reply = stub.EvaluateSignature(req, timeout=120)

@@ -9,23 +9,9 @@ from codecloop.client import Client
 from codecloop.detect import Detection, detect_video
 from codecloop.mark import MarkResult, mark_video
 from codecloop.options import EvaluateOptions
+from codecloop.results import CandidateDone, CandidateResult, ClipScores, CodecStats, EvaluateResult, Progress, TranscodeResult
 from codecloop.serverinfo import DatasetInfo, ServerInfo
-from codecloop.types import (
-    CandidateDone,
-    CandidateResult,
-    Channel,
-    ClipScores,
-    Codec,
-    CodecStats,
-    Crop,
-    DatasetCarriers,
-    EvaluateResult,
-    FrameRate,
-    Progress,
-    Racing,
-    Resize,
-    TranscodeResult,
-)
+from codecloop.types import Channel, Codec, Crop, DatasetCarriers, FrameRate, Racing, Resize
 from codecloop_wire import __version__
 from codecloop_wire.errors import (
     CodecLoopAuthError,

@@ -11,19 +11,9 @@ import numpy as np
 
 from codecloop.channel import DEFAULT_MAX_MESSAGE_BYTES, channel_target, error_from, open_channel
 from codecloop.options import Carriers, EvaluateOptions, as_batch, carriers_proto
+from codecloop.results import CandidateDone, CandidateResult, ClipScores, CodecStats, EvaluateResult, Progress, StreamEvent, TranscodeResult
 from codecloop.serverinfo import ServerInfo
-from codecloop.types import (
-    CandidateDone,
-    CandidateResult,
-    Channel,
-    ClipScores,
-    Codec,
-    CodecStats,
-    EvaluateResult,
-    Progress,
-    StreamEvent,
-    TranscodeResult,
-)
+from codecloop.types import Channel, Codec
 from codecloop_wire.errors import CodecLoopLimitError, CodecLoopServerError, CodecLoopUnavailableError, CodecLoopValueError
 from codecloop_wire.tensors import from_tensor, to_tensor
 from codecloop_wire.v1 import codecloop_pb2 as pb

@@ -33,7 +33,7 @@ import numpy as np
 
 from codecloop.client import Client
 from codecloop.detect import Detection, decoded_frames
-from codecloop.types import ClipScores
+from codecloop.results import ClipScores
 from codecloop_wire.errors import CodecLoopValueError
 from codecloop_wire.null import EMPIRICAL_SHIFTS, p_of_z, stouffer
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from codecloop.objectives import Objective
-from codecloop.types import CandidateResult, Channel, Codec, CodecStats, EvaluateResult
+from codecloop.results import CandidateResult, CodecStats, EvaluateResult
+from codecloop.types import Channel, Codec
 
 Lead = tuple[Codec | None, Channel | None]  # a codec setting given alone, or a (resolved) channel
 # evaluate(candidate indices, lead or None for every channel) -> result

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
-from codecloop.types import CandidateResult, CodecStats, EvaluateResult
+from codecloop.results import CandidateResult, CodecStats, EvaluateResult
 from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopValueError
 from codecloop_wire.null import z_of_p

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from codecloop.types import CodecStats
+from codecloop.results import CodecStats
 from codecloop.units import fraction_label
 from codecloop_wire import stats
 

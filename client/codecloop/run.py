@@ -26,10 +26,11 @@ from codecloop import backends, datasetview, leadchannel, runcheck, runreport
 from codecloop.client import Client
 from codecloop.objectives import Objective
 from codecloop.params import Parameterization
+from codecloop.results import CandidateResult, EvaluateResult
 from codecloop.runconfig import GradientConfig, RunConfig
 from codecloop.rundir import RunFolder
 from codecloop.serverinfo import DatasetInfo
-from codecloop.types import CandidateResult, DatasetCarriers, EvaluateResult, Racing
+from codecloop.types import DatasetCarriers, Racing
 from codecloop_wire.errors import CodecLoopValueError
 
 # seconds added to the final-report estimate for best.npy, summary.json and the plots (matplotlib import)

@@ -13,8 +13,9 @@ from codecloop import fidelity as fidelity_metrics
 from codecloop import leadchannel
 from codecloop.client import Client
 from codecloop.objectives import Objective
+from codecloop.results import CodecStats, EvaluateResult
 from codecloop.runconfig import RunConfig
-from codecloop.types import CodecStats, DatasetCarriers, EvaluateResult
+from codecloop.types import DatasetCarriers
 from codecloop_wire.errors import CodecLoopValueError
 
 FIDELITY_CLIPS = 4  # held-out clips the report's PSNR / SSIM and frames.png are measured on
