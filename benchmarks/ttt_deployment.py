@@ -160,7 +160,8 @@ def run_layer(bench: Bench, name: str, seed: int, mix: tuple[str, ...], marks: C
 
         while marks.pending:
             if (stopped := run.stop_reason()) is not None:
-                checkpoint()  # stopped by itself before the budget: its kept signature stands
+                if not marks.rows or marks.rows[-1]["generations"] != run.state.generation:
+                    checkpoint()  # stopped by itself before the last checkpoint: its kept signature stands
                 break
             t0 = time.perf_counter()
             run.step()
