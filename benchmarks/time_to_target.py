@@ -27,6 +27,10 @@ another x264 build (the system ffmpeg) and follows its own.
 
 Prints per-seed rows and medians over seeds: seconds and encodes to the target, and the ratios
 seed-cli / server, local-pool / server and server / server-racing measured in this run.
+
+``--target deployment`` measures time to the end-to-end deployment target instead (per-video TPR at
+p < 1e-3 on held-out videos after real channels; optimizer back-ends through the run layer):
+benchmarks/ttt_deployment.py, ``python benchmarks/time_to_target.py --target deployment --help``.
 """
 
 from __future__ import annotations
@@ -266,7 +270,17 @@ def _median(rows: list[dict], key: str) -> float:
 
 
 def main() -> None:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--target", choices=("clip", "deployment"), default="clip")
+    known, rest = pre.parse_known_args()
+    if known.target == "deployment":  # the end-to-end target: benchmarks/ttt_deployment.py
+        import ttt_deployment
+
+        ttt_deployment.main(rest)
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--target", choices=("clip", "deployment"), default="clip",
+                    help="clip: held-out clip-level TPR (this page); deployment: --target deployment --help")  # fmt: skip
     ap.add_argument("--dataset", default="embedded")
     ap.add_argument("--train-clips", type=int, default=32)
     ap.add_argument("--holdout-clips", type=int, default=0, help="0: the whole holdout split")
