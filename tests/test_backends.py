@@ -105,3 +105,17 @@ def test_a_registered_backend_runs_in_the_run_layer(client, tmp_path):
     assert summary["generations"] == 2 and summary["evaluations"] == 6 and summary["stopped"] == {"by": "budget"}
     assert summary["selected"]["by"] == "validation" and summary["optimizer"] == name
     assert {"train", "validation", "holdout", "gap"} <= set(summary) and (tmp_path / "fitness.png").stat().st_size > 0
+
+
+def test_a_nevergrad_meta_optimizer_without_a_budget_is_refused_naming_the_budget(client, tmp_path):
+    """NGOpt chooses its algorithm by the budget and asserts without one: the run says so, no traceback."""
+    from codecloop import Codec, DatasetCarriers
+    from codecloop.optimize import Run
+    from codecloop.params import make
+
+    config = RunConfig(
+        optimizer="nevergrad:NGOpt", budget=None, max_seconds=120, codecs=(Codec(preset="ultrafast"),), popsize=4,
+        train=DatasetCarriers(num_clips=2), validation=None, holdout=DatasetCarriers(split="holdout", num_clips=2),
+    )  # fmt: skip
+    with pytest.raises(CodecLoopValueError, match=r"budget: nevergrad:NGOpt needs a budget \(evaluations\) to choose its algorithm; give --budget N"):
+        Run(client, make("dct:8:2", (16, 112, 112)), config, tmp_path).run(progress=False)

@@ -206,7 +206,16 @@ class NevergradBackend(Backend):
         self._pending: list[Any] = []
 
     def ask(self) -> list[np.ndarray]:
-        self._pending = [self.opt.ask() for _ in range(self.popsize)]
+        try:
+            self._pending = [self.opt.ask() for _ in range(self.popsize)]
+        except AssertionError as err:
+            # a meta-optimizer (NGOpt, Shiwa, ...) chooses its algorithm by the budget and asserts without one
+            if self.opt.budget is None:
+                raise CodecLoopValueError(
+                    f"budget: nevergrad:{self.opt.name} needs a budget (evaluations) to choose its algorithm; give --budget N "
+                    "(--max-minutes still stops the run first if it comes first)"
+                ) from None
+            raise CodecLoopValueError(f"optimizer: nevergrad:{self.opt.name} refused to ask: {err}") from None
         return [np.asarray(c.value) for c in self._pending]
 
     def tell(self, thetas: list[np.ndarray], losses: list[float]) -> None:
