@@ -56,6 +56,7 @@ def test_cli_syntax_parses_every_step():
         ([Resize(scale=0.5, filter="gauss"), Codec()], r"channels\[0\]\.steps\[0\]\.resize\.filter: unknown filter 'gauss'"),
         ([FrameRate(300), Codec()], r"channels\[0\]\.steps\[0\]\.frame_rate\.fps: 300 is outside the allowed range \[1, 240\]"),
         ([Resize(scale=0.5)], r"channels\[0\]\.steps: no encode step"),
+        ([Resize(width=64, height=112), Codec(codec="libx265")], r"channels\[0\]\.steps\[1\]\.encode: libx265 needs a width of at least 66 px"),
     ],
 )
 def test_bad_channel_is_refused_naming_the_step(client, steps, message):
@@ -126,6 +127,14 @@ def test_server_info_lists_codecs_presets_and_filters(client):
     social = next(p for p in info.channel_presets if p.name == "social")
     assert [c.steps[1].crf for c in social.channels] == [23, 28] and social.channels[0].steps[0].max_short_side == 720
     assert "lanczos" in info.resize_filters
+
+
+@pytest.mark.parametrize("width", [66, 72, 80, 96])
+def test_libx265_repeats_at_the_narrow_widths_it_accepts(width):
+    """Just above X265_MIN_WIDTH, with a scene cut (at 64 px the same frames gave several bitstreams)."""
+    clip = realistic_clip(2, 8, 64, width, cut=True)
+    settings = CodecSettings("libx265", crf=30)
+    assert len({(nbytes, decoded.tobytes()) for decoded, nbytes in (transcode_rgb(clip, settings) for _ in range(6))}) == 1
 
 
 @pytest.mark.parametrize("codec", sorted(CODECS))

@@ -45,6 +45,11 @@ MAX_NAME = 256  # characters of a channel's name: it is copied into every result
 MAX_SIDE = 8192
 SCALE_RANGE = (0.0, 4.0)  # (low open]
 SVTAV1_BITRATE_MIN_SIZE = 64  # smallest width and height of a libsvtav1 encode in bitrate mode
+# smallest width of a libx265 encode: at 64 px and under (one 64-px CTU column) the x265 build in the
+# PyAV wheel (4.2) gave different bitstreams for the same frames in one process, and at 40-48 px
+# corrupted its heap (glibc "free(): invalid next size"); 56-62 and 66-96 px repeated exactly in the
+# measurement (docs/codecs-and-channels.md), so everything up to 64 is refused, not only the widths seen
+X265_MIN_WIDTH = 66
 
 
 def _check_filter(name: str, field_name: str) -> None:
@@ -205,14 +210,8 @@ class Channel:
                         f"{where}: the rectangle x={step.x} y={step.y} {step.width}x{step.height} does not fit a {w}x{h} frame"
                     )
             elif isinstance(step, CodecSettings):
-                if h % 2 or w % 2 or h < MIN_SIZE or w < MIN_SIZE:
-                    raise CodecLoopValueError(f"{where}: a {w}x{h} frame; an encode needs even width and height of at least {MIN_SIZE}")
-                if step.codec == "libsvtav1" and step.bitrate_kbps is not None and min(h, w) < SVTAV1_BITRATE_MIN_SIZE:
-                    # SVT-AV1 turns adaptive quantization off under 64 px and then refuses rate control
-                    raise CodecLoopValueError(
-                        f"{where}.bitrate_kbps: libsvtav1 in bitrate mode needs width and height of at least "
-                        f"{SVTAV1_BITRATE_MIN_SIZE}, the frame here is {w}x{h}; use crf or qp at this size"
-                    )
+                check_encode_size(step, h, w, where)
+
 
     def apply(self, clip: np.ndarray, source_side: int | None = None) -> tuple[np.ndarray, int]:
         """uint8 (T, H, W, 3) RGB through every step and back to (T, H, W, 3): (output, encoded bytes of
@@ -243,6 +242,24 @@ class Channel:
         if rate != self.input_fps or len(x) != t:
             x = x[_latest_frames(t, len(x), rate, self.input_fps)]
         return np.ascontiguousarray(x), total
+
+
+def check_encode_size(step: CodecSettings, h: int, w: int, where: str) -> None:
+    """Refuse (naming ``where``) an encode of ``step`` on h x w frames that the encoder cannot run
+    exactly: odd or tiny sizes, SVT-AV1's rate control under 64 px, libx265 at X265_MIN_WIDTH and under."""
+    if h % 2 or w % 2 or h < MIN_SIZE or w < MIN_SIZE:
+        raise CodecLoopValueError(f"{where}: a {w}x{h} frame; an encode needs even width and height of at least {MIN_SIZE}")
+    if step.codec == "libsvtav1" and step.bitrate_kbps is not None and min(h, w) < SVTAV1_BITRATE_MIN_SIZE:
+        # SVT-AV1 turns adaptive quantization off under 64 px and then refuses rate control
+        raise CodecLoopValueError(
+            f"{where}.bitrate_kbps: libsvtav1 in bitrate mode needs width and height of at least "
+            f"{SVTAV1_BITRATE_MIN_SIZE}, the frame here is {w}x{h}; use crf or qp at this size"
+        )
+    if step.codec == "libx265" and w < X265_MIN_WIDTH:
+        raise CodecLoopValueError(
+            f"{where}: libx265 needs a width of at least {X265_MIN_WIDTH} px, the frame here is {w}x{h}: at 64 px and under this "
+            "x265 build is not repeatable (and corrupted its memory at 40-48 px); resize first or use another codec"
+        )
 
 
 def _frames_at(t: int, rate: int, fps: int) -> int:

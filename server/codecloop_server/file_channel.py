@@ -83,8 +83,8 @@ def plan(steps: tuple, height: int, width: int, rate: Fraction) -> tuple[int, in
             height, width = step.height, step.width
         elif isinstance(step, channels.FrameRate):
             rate = Fraction(step.fps)
-        elif height % 2 or width % 2:
-            raise CodecLoopValueError(f"channel.steps[{i}].encode: a {width}x{height} frame; an encode needs even width and height")
+        else:
+            channels.check_encode_size(step, height, width, f"channel.steps[{i}].encode")
     return height, width, rate
 
 
