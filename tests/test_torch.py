@@ -142,9 +142,9 @@ def test_torch_training_through_a_channel(client, tmp_path):
     validation and the held-out report go through the same channel."""
     from codecloop import Channel
 
-    channel = Channel.parse("resize:0.5,libx265:crf=30:preset=ultrafast")
+    channel = Channel.parse("resize:0.75,libx265:crf=30:preset=ultrafast")
     summary = _gradient_run(client, tmp_path, "torch-ste", 2, frames=1, codecs=(), channels=(channel,)).run(progress=False)
-    assert summary["holdout"]["codec"] == "resize:0.5,libx265:crf=30:preset=ultrafast"
+    assert summary["holdout"]["codec"] == "resize:0.75,libx265:crf=30:preset=ultrafast"
     sig = torch.from_numpy(np.load(tmp_path / "best.npy")).requires_grad_(True)
     clean = torch.from_numpy(client.transcode(None, carriers=SMALL, include_input=True).inputs.astype(np.float32) / 255)
     out = RealCodec.apply(sig, clean, client, {"epsilon": 4 / 255, "carriers": SMALL, "channel": channel}, None)
