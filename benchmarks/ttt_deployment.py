@@ -188,11 +188,14 @@ def seed_cli(bench: Bench, seed: int, mix: tuple[str, ...], marks: Checkpoints) 
         info = {d.name: d for d in client.info().datasets}[name]
     shape = (int(info.clip_shape[0]), int(info.clip_shape[1]), int(info.clip_shape[2]))
     if folder is not None:
-        ds = corpus.folder_dataset(name, folder, shape)
+        from codecloop_server.folder_dataset import folder_dataset as load_folder
+
+        ds = load_folder(name, folder, shape)
     else:
         ds = corpus.embedded_corpus(shape) if name == corpus.EMBEDDED_NAME else corpus.real_corpus(shape)
     assert ds.digest == info.digest, "seed-cli's copy of the dataset is the servers'"
-    setup = Setup(name, bench.train_clips, 0, bench.epsilon, bench.crf, bench.preset, bench.popsize, bench.sigma0, bench.target_tpr, 0)
+    # as the run layer does: a train split smaller than --train-clips is taken whole
+    setup = Setup(name, min(bench.train_clips, len(ds.splits["train"])), 0, bench.epsilon, bench.crf, bench.preset, bench.popsize, bench.sigma0, bench.target_tpr, 0)
     backend = SeedCliBackend(ds, setup)
     param = make(bench.param, shape)
     np.random.seed(seed)
