@@ -49,15 +49,65 @@ def make_test_videos(out: Path, videos: list[Path], segments: int, frames: int, 
                    "-crf", "12", "-pix_fmt", "yuv420p", "-r", "25", str(path))  # fmt: skip
             found.append(path)
     for seed in range(generated):
-        # the photographs are small (300 lines and up): a 120 x 128 camera, upsampled, fresh sensor noise
-        small = realistic_clip(seed=1000 + seed, t=frames, h=120, w=128).astype(np.float32)
-        big = ndimage.zoom(small, (1, zoom, zoom, 1), order=1) + np.random.default_rng(seed).normal(0, 2.0, (frames, 120 * zoom, 128 * zoom, 3))
-        clip = np.clip(np.rint(big), 0, 255).astype(np.uint8)
-        path = out / f"generated-{seed}.mp4"
-        subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{128 * zoom}x{120 * zoom}", "-r", "25", "-i", "-",
-                        "-c:v", "libx264", "-crf", "12", "-pix_fmt", "yuv420p", str(path)], input=clip.tobytes(), check=True)  # fmt: skip
-        found.append(path)
+        found.append(generated_pan(out / f"generated-{seed}.mp4", seed, frames, zoom))
     return found
+
+
+def generated_pan(path: Path, seed: int, frames: int, zoom: int) -> Path:
+    """A camera pan over a photograph (codecloop.testing.realistic_clip(seed=1000 + seed), a 128 x 120
+    camera upsampled ``zoom`` times, fresh sensor noise of sd 2), 25 fps, libx264 CRF 12, at ``path``."""
+    # the photographs are small (300 lines and up): a 120 x 128 camera, upsampled, fresh sensor noise
+    small = realistic_clip(seed=1000 + seed, t=frames, h=120, w=128).astype(np.float32)
+    big = ndimage.zoom(small, (1, zoom, zoom, 1), order=1) + np.random.default_rng(seed).normal(0, 2.0, (frames, 120 * zoom, 128 * zoom, 3))
+    clip = np.clip(np.rint(big), 0, 255).astype(np.uint8)
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{128 * zoom}x{120 * zoom}", "-r", "25", "-i", "-",
+                    "-c:v", "libx264", "-crf", "12", "-pix_fmt", "yuv420p", str(path)], input=clip.tobytes(), check=True)  # fmt: skip
+    return path
+
+
+NULL_SEED = 1000  # the null check's generated pans: seeds from here on, none shared with the test videos (0 ...)
+
+
+def null_check(out: Path, count: int, frames: int, zoom: int, channels: tuple[str, ...], signature: np.ndarray, fpr: float,
+               log: bool = False) -> dict[str, Any]:
+    """The false-alarm side alone, on more videos than the outcome's: ``count`` unmarked generated pans
+    (seeds NULL_SEED ...), each through every channel, detected (their own size, 25 fps). Returns per
+    channel and over all: n, false alarms k/n with the 95 % Clopper-Pearson interval, and the z
+    values' mean, sd, max and the Kolmogorov-Smirnov p-value against N(0, 1) (calibrated: mean 0, sd 1)."""
+    from scipy import stats
+
+    zs: dict[str, list[float]] = {c: [] for c in channels}
+    fa: dict[str, int] = {c: 0 for c in channels}
+    for k in range(count):
+        src = generated_pan(out / f"null-{k}.mp4", NULL_SEED + k, frames, zoom)
+        for channel in channels:
+            sent = send(src, channel, out / f"null-{k}.{channel}.mp4")
+            d = detect_video(sent, signature, fpr=fpr, size=(128 * zoom, 120 * zoom), fps=25.0)
+            zs[channel].append(d.z)
+            fa[channel] += d.marked
+            sent.unlink()
+            if log:
+                print(f"null-{k:<9} {channel:<13} clean   z {d.z:7.2f} p {d.p_value:9.2e} {'MARKED' if d.marked else ''}", flush=True)
+        src.unlink()
+
+    def describe(z: list[float], alarms: int) -> dict[str, Any]:
+        a = np.asarray(z)
+        return {"n": len(z), "false_alarms": alarms, "fpr_ci": clopper_pearson(alarms, len(z)), "z_mean": float(a.mean()),
+                "z_sd": float(a.std(ddof=1)), "z_max": float(a.max()), "ks_p": float(stats.kstest(a, "norm").pvalue)}  # fmt: skip
+
+    result = {c: describe(zs[c], fa[c]) for c in channels}
+    result["all"] = describe([z for c in channels for z in zs[c]], sum(fa.values()))
+    return result
+
+
+def null_table(result: dict[str, Any], fpr: float) -> list[str]:
+    """A markdown table of :func:`null_check`'s result."""
+    lines = [f"| channel | unmarked videos called marked (p < {fpr:g}) | 95 % CI | z mean | z sd | z max | KS p vs N(0, 1) |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for channel, r in result.items():
+        lines.append(f"| {channel} | {r['false_alarms']}/{r['n']} | [{r['fpr_ci'][0]:.1%}, {r['fpr_ci'][1]:.1%}] | {r['z_mean']:+.2f} | "
+                     f"{r['z_sd']:.2f} | {r['z_max']:.2f} | {r['ks_p']:.2f} |")  # fmt: skip
+    return lines
 
 
 def send(src: Path, channel: str, dst: Path) -> Path:

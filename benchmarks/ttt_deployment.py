@@ -41,8 +41,10 @@ from codecloop.run import Run
 from codecloop.runconfig import GradientConfig, RunConfig
 
 MIXES = {"default": DEFAULT_CHANNEL, "platform": PLATFORM_MIX}
-ALIASES = {"defaults": ("cma", False), "racing": ("cma", True)}  # back-end name -> (optimizer, racing)
-ALL_BACKENDS = ("defaults", "racing", "cma:diagonal", "nevergrad:NGOpt", "torch-hybrid", "seed-cli")
+# back-end name -> (optimizer, racing); any other name is an optimizer of codecloop.backends, raced as
+# `codecloop optimize` races it by default (population back-ends yes, gradient back-ends no)
+ALIASES = {"defaults": ("cma", True), "no-racing": ("cma", False)}
+ALL_BACKENDS = ("defaults", "no-racing", "cma:diagonal", "nevergrad:NGOpt", "torch-hybrid", "seed-cli")
 GRADIENT_PREFIXES = ("torch-", "proxy:")
 # the test channels as the server runs them in training (social-crf28 is one channel of the "social" preset)
 TRAIN_CHANNELS = {"social-crf28": "resize:720p,libx264:crf=28", "messaging": "messaging"}
@@ -130,7 +132,7 @@ def kept_theta(run: Run) -> np.ndarray | None:
 
 def run_layer(bench: Bench, name: str, seed: int, mix: tuple[str, ...], marks: Checkpoints) -> dict[str, Any]:
     """One ``codecloop optimize`` run of back-end ``name`` until the last checkpoint (or its own stop)."""
-    optimizer, race = ALIASES.get(name, (name, False))
+    optimizer, race = ALIASES.get(name, (name, not name.startswith(GRADIENT_PREFIXES)))
     gradient = optimizer.startswith(GRADIENT_PREFIXES)
     folder = Path(tempfile.mkdtemp(prefix="ttt-run-"))
     client, dataset = server_client(bench.dataset)
@@ -225,8 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     import ttt_report
 
     ap = argparse.ArgumentParser(prog="time_to_target.py --target deployment", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--backends", default=",".join(ALL_BACKENDS), help="comma-separated: defaults (cma), racing (cma + Racing()), any "
-                    "optimizer name of codecloop.backends (cma:diagonal, nevergrad:NGOpt, torch-hybrid, ...), seed-cli")  # fmt: skip
+    ap.add_argument("--backends", default=",".join(ALL_BACKENDS), help="comma-separated: defaults (cma, raced: the CLI's defaults), no-racing "
+                    "(cma, every candidate on every clip), any optimizer name of codecloop.backends (cma:diagonal, nevergrad:NGOpt: raced "
+                    "as the CLI races them; torch-hybrid), seed-cli")  # fmt: skip
     ap.add_argument("--dataset", default="real", help="a dataset name, or a folder of videos (served by the private servers)")
     ap.add_argument("--channel", action="append", choices=sorted(MIXES), help="default: libx264 CRF 28; platform: social-crf28 + messaging (repeatable)")
     ap.add_argument("--minutes", type=float, default=4.0, help="wall budget per run (the last checkpoint)")

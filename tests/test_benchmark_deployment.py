@@ -36,3 +36,16 @@ def test_marked_video_reaches_the_target_and_its_unmarked_copy_is_no_false_alarm
     alarm = {"crf28": ChannelOutcome(1, 1, (0.025, 1.0), 1, (0.025, 1.0), 9.0)}
     short = outcome | {"messaging": ChannelOutcome(2, 1, (0.01, 0.99), 0, (0.0, 0.84), 3.0)}
     assert not reached(alarm, 0.95) and not reached(short, 0.95) and worst_tpr(short) == 0.5
+
+
+def test_null_check_counts_unmarked_videos_and_describes_their_z(tmp_path):
+    ffmpeg_or_skip()
+    from benchmarks.deployment import null_check, null_table
+
+    result = null_check(tmp_path, 3, frames=20, zoom=2, channels=DEFAULT_CHANNEL, signature=_signature(2), fpr=1e-3)
+    assert set(result) == {"crf28", "all"}
+    r = result["crf28"]
+    assert r["n"] == 3 and r["false_alarms"] == 0 and r["fpr_ci"][0] == 0.0 and r["fpr_ci"][1] > 0.6
+    assert abs(r["z_mean"]) < 3 and r["z_sd"] > 0 and r["z_max"] < 3.09 and 0 <= r["ks_p"] <= 1
+    assert result["all"]["n"] == 3 and list(tmp_path.iterdir()) == []  # every video it wrote is removed
+    assert null_table(result, 1e-3)[2].startswith("| crf28 | 0/3 | [0.0%, 70.8%] |")

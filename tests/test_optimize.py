@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from codecloop import Codec, DatasetCarriers
+from codecloop import Codec, DatasetCarriers, Racing
 from codecloop.optimize import Run, RunConfig
 from codecloop.params import DCT, Identity, LowRes, Tiled, make
 from codecloop_wire.errors import CodecLoopValueError
@@ -169,7 +169,7 @@ def test_cli_optimize_end_to_end(server_target, tmp_path):
     """Only a time limit (no --budget): the run stops by the clock and reports all three splits."""
     out = subprocess.run(
         [sys.executable, "-m", "codecloop.cli", "optimize", "--target", server_target, "--dataset", "embedded", "--epsilon", "4/255",
-         "--max-minutes", "0.15", "--train-clips", "4", "--popsize", "4", "--holdout-clips", "8", "--validation-clips", "4",
+         "--max-minutes", "0.15", "--train-clips", "8", "--popsize", "4", "--holdout-clips", "8", "--validation-clips", "4",
          "--validate-every", "2", "--preset", "ultrafast", "--param", "dct:8:3", "--out", str(tmp_path), "--no-progress"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -178,10 +178,38 @@ def test_cli_optimize_end_to_end(server_target, tmp_path):
     assert summary["config"]["budget"] is None and summary["generations"] >= 1 and summary["stopped"] == {"by": "max_seconds"}
     assert "stopped by max_seconds" in out.stdout
     assert summary["target_fpr"] == 1 / 64 and summary["selected"]["by"] == "validation"
-    assert [summary[s]["clips"] for s in ("train", "validation", "holdout")] == [4, 4, 8]
+    assert [summary[s]["clips"] for s in ("train", "validation", "holdout")] == [8, 4, 8]
+    # racing is the default: said on stderr, recorded in the config, and fewer clips than P x N scored
+    assert "codecloop: racing on (the default" in out.stderr
+    assert summary["config"]["racing"] == {"first_clips": None, "eta": None, "finalists": None, "centre_weight": 1.0}
+    assert summary["candidate_clips"] < summary["evaluations"] * 8  # P 4, N 8: 4 + 4 + 8 + 8 clips a generation, not 32
     assert f"holdout (8 clips, libx264 crf=28 ultrafast): objective {summary['holdout']['objective']:.4f} TPR" in out.stdout
     for name in ("fitness.png", "holdout_hist.png", "holdout_roc.png", "best.npy"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_racing_default_and_where_it_is_off_or_refused():
+    from codecloop.cli import build_parser
+    from codecloop.cli_optimize import racing_choice
+
+    def choice(*flags: str, gradient: bool = False, shape: tuple[int, int, int] = (16, 112, 112)) -> tuple[Racing | None, str]:
+        return racing_choice(build_parser().parse_args(["optimize", "--out", "x", *flags]), gradient, shape, 64 << 20)
+
+    assert choice()[0] == Racing() and "racing on (the default" in choice()[1]
+    assert choice("--racing", "eta=3")[0] == Racing(eta=3)
+    assert choice("--no-racing") == (None, "racing off (--no-racing): every candidate on every training clip")
+    assert choice(gradient=True) == (None, "")  # one candidate per step
+    off, line = choice("--objective", "tpr")
+    assert off is None and "racing off: --objective tpr" in line
+    off, line = choice(shape=(16, 256, 256))  # 16 x 12.6 MB: more than one 64 MiB request
+    assert off is None and "need more than one request (limit 64 MiB)" in line
+    assert choice("--popsize", "4", shape=(16, 256, 256))[0] == Racing()
+    with pytest.raises(CodecLoopValueError, match="--racing: the gradient back-end 'cma' evaluates one candidate per step"):
+        choice("--racing", gradient=True)
+    with pytest.raises(CodecLoopValueError, match="--racing: a race ranks by separation or centred-separation; --objective 'tpr'"):
+        choice("--racing", "--objective", "tpr")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["optimize", "--out", "x", "--racing", "--no-racing"])
 
 
 def test_patience_stops_early(client, tmp_path):
@@ -229,6 +257,14 @@ def test_a_racing_run_scores_fewer_clips_and_keeps_the_race_winner(client, tmp_p
     assert summary["candidate_clips"] == 32 < summary["evaluations"] * 8
     Run(client, make("lowres:7x7", SHAPE), config, tmp_path / "b").run(progress=False)
     assert _log(tmp_path / "b") == log
+
+
+def test_a_ranked_run_is_not_stopped_by_its_constant_best_rank(client, tmp_path):
+    """Told ranks, CMA-ES sees the same best value every generation; pycma's tolfunhist stopped such
+    runs after 10 generations. A raced run now runs to its budget."""
+    config = _config("cma", 4 * 13, train=DatasetCarriers(num_clips=4), racing=Racing(first_clips=2), validation=None)
+    summary = Run(client, make("dct:8:2", SHAPE), config, tmp_path).run(progress=False)
+    assert summary["generations"] == 13 and summary["stopped"] == {"by": "budget"}
 
 
 def test_racing_needs_a_mean_objective():

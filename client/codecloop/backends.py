@@ -160,6 +160,11 @@ class CMABackend(Backend):
         opts: dict[str, Any] = {"popsize": config.popsize, "seed": config.seed + 1, "verbose": -9}
         if covariance == "diagonal":
             opts["CMA_diagonal"] = True
+        if config.racing is not None or config.lead_channel is not None:
+            # told ranks (a race's order, the lead-channel ranking), the best value is the same every
+            # generation: pycma's 'tolfunhist' (range of the best values < 1e-12) would stop the run
+            # after 10 generations for no reason. Its other criteria stay (ranks keep tolfun's range >= 1).
+            opts["tolfunhist"] = 0
         np.random.seed(config.seed)  # pycma samples from numpy's global generator
         self.es: Any = cma.CMAEvolutionStrategy(np.zeros(dim), config.sigma0, opts)
 

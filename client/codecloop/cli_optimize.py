@@ -51,9 +51,12 @@ def add_arguments(sub: Any) -> None:
                    help="validation period in generations (default 4; gradient back-ends: steps, default 10)")  # fmt: skip
     o.add_argument("--holdout-clips", type=int, default=0, help="0 = the whole holdout split; at most its size")
     o.add_argument("--popsize", type=int, default=16)
-    o.add_argument("--racing", nargs="?", const="", default=None, metavar="SPEC",
-                   help="race each generation (successive halving): SPEC = first_clips=N,eta=N,finalists=N, any subset; "
-                   "bare --racing: the server's defaults (4, 2, 1)")  # fmt: skip
+    race = o.add_mutually_exclusive_group()
+    race.add_argument("--racing", nargs="?", const="", default=None, metavar="SPEC",
+                      help="race each generation (successive halving): SPEC = first_clips=N,eta=N,finalists=N, any subset; "
+                      "bare --racing: the server's defaults (4, 2, 1). Default: on with those defaults wherever a race can run "
+                      "(population back-ends, objective separation / centred-separation, the population in one request)")  # fmt: skip
+    race.add_argument("--no-racing", action="store_true", help="every candidate on every training clip (no race)")
     o.add_argument("--lead-channel", type=int, default=None, metavar="K",
                    help="with several --crf / --channel: every candidate through the hardest one only, the best K through all "
                    "(the worst decides for them); default: every candidate through all")  # fmt: skip
@@ -81,6 +84,32 @@ def racing(spec: str) -> Racing:
             raise CodecLoopValueError(f"--racing: {part!r}; use first_clips=N, eta=N, finalists=N separated by commas")
         fields[name] = int(value)
     return Racing(**fields)
+
+
+def racing_choice(args: argparse.Namespace, gradient: bool, shape: tuple[int, int, int], max_message_bytes: int) -> tuple[Racing | None, str]:
+    """The run's race and the line that says so. ``--racing [SPEC]`` asks for one (refused where it
+    cannot run), ``--no-racing`` for none; by default a race with the server's defaults wherever one
+    can run, because it reached the same held-out targets in less time (docs/optimize.md, "Racing").
+    ``shape``: the clips' (T, H, W); ``max_message_bytes``: the client's request limit."""
+    if args.no_racing:
+        return None, "racing off (--no-racing): every candidate on every training clip"
+    objective_ok = args.objective in ("separation", "centred-separation")
+    if args.racing is not None:
+        if gradient:
+            raise CodecLoopValueError(f"--racing: the gradient back-end {args.optimizer!r} evaluates one candidate per step; there is nothing to race")
+        if not objective_ok:
+            raise CodecLoopValueError(f"--racing: a race ranks by separation or centred-separation; --objective {args.objective!r} is neither")
+        return racing(args.racing), f"racing on (--racing {args.racing or 'with the server defaults'})"
+    if gradient:
+        return None, ""  # one candidate per step: nothing to race, nothing to say
+    if not objective_ok:
+        return None, f"racing off: --objective {args.objective} ranks by more than a mean (a race needs separation or centred-separation)"
+    t, h, w = shape
+    population_bytes = args.popsize * (t * h * w * 3 * 4 + 64)  # float32 candidates, as the run sends them
+    if population_bytes > max_message_bytes - (2 << 20):
+        return None, (f"racing off: {args.popsize} candidates of {t}x{h}x{w} ({population_bytes >> 20} MiB) need more than one request "
+                      f"(limit {max_message_bytes >> 20} MiB) and a race needs the whole population in one; --popsize smaller to race")
+    return Racing(), "racing on (the default: successive halving, 4 clips first, eta 2, 1 finalist); --no-racing to score every candidate on every clip"
 
 
 def _gradient_param(args: argparse.Namespace, shape: tuple[int, int, int]) -> Any:
@@ -125,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
                 f"start-up, no time for one generation and the final report (about {REPORT_OVERHEAD_S:.0f} s); give more"
             )
         param = _gradient_param(args, shape) if gradient else make(args.param, shape)
+        race, race_line = racing_choice(args, gradient, shape, client.max_message_bytes)
         config = RunConfig(
             optimizer=args.optimizer,
             epsilon=args.epsilon,
@@ -143,11 +173,13 @@ def run(args: argparse.Namespace) -> int:
             patience=args.patience,
             sigma0=args.sigma0,
             seed=args.seed,
-            racing=None if args.racing is None else racing(args.racing),
+            racing=race,
             lead_channel=args.lead_channel,
             gradient=GradientConfig(lr=args.lr) if gradient else None,
         )
-        run = Run(client, param, config, args.out, overwrite=args.overwrite)
+        run = Run(client, param, config, args.out, overwrite=args.overwrite)  # refuses other settings in --out, before anything is said
+        if race_line:
+            print(f"codecloop: {race_line}", file=sys.stderr, flush=True)
         if run.resumed:
             limits = "--steps and --max-minutes" if gradient else "--max-minutes and --budget"
             print(f"codecloop: {run.resume_note()}; {limits} count the whole run, over every resume", file=sys.stderr, flush=True)

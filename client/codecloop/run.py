@@ -35,6 +35,10 @@ from codecloop_wire.errors import CodecLoopValueError
 
 # seconds added to the final-report estimate for best.npy, summary.json and the plots (matplotlib import)
 REPORT_OVERHEAD_S = 5.0
+# at most one checkpoint per this many seconds of generations (and after every validation, and at the
+# end): pycma's state at the default dimension is ~90 MB, ~0.2 s to write, which after every
+# generation of a raced run cost 12 % of the budget; a kill loses at most this much, never correctness
+CHECKPOINT_EVERY_S = 10.0
 
 
 @dataclass
@@ -88,6 +92,7 @@ class Run:
             runcheck.clear(self.folder.path)
         self.resumed = self.folder.has_checkpoint()
         self._started = False
+        self._checkpointed_at, self._checkpointed_generation = -math.inf, -1  # when, and at which generation, the last checkpoint was written
         self.state = RunState()
         if self.resumed:
             self._resume()
@@ -164,13 +169,19 @@ class Run:
             if not hasattr(self.state, f.name):
                 setattr(self.state, f.name, f.default_factory() if f.default_factory is not MISSING else f.default)
         self.backend.load_state(blob["backend"])
+        self._checkpointed_at, self._checkpointed_generation = time.monotonic(), self.state.generation
         # drop log lines of generations that were evaluated but never told (killed mid-generation)
         for log in (self.folder.log, self.folder.validation_log):
             log.keep(lambda entry: bool(entry["generation"] < self.state.generation))
 
     def _checkpoint(self) -> None:
+        """Write the state; its seconds count in the run's time (``elapsed``), as the budget's."""
+        t0 = time.monotonic()
         blob = {"state": self.state, "backend": self.backend.state(), "config": self.config, "settings": self.settings}
         self.folder.write_checkpoint(pickle.dumps(blob))
+        self._checkpointed_at = time.monotonic()
+        self._checkpointed_generation = self.state.generation
+        self.state.elapsed += self._checkpointed_at - t0
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -278,10 +289,12 @@ class Run:
         s.last_generation_clips = clips
         s.candidate_clips += clips
         s.last_generation_s = time.monotonic() - t0  # the pace estimate: population only
-        if self.validation is not None and s.generation % self.config.validate_every == 0:
+        validated = self.validation is not None and s.generation % self.config.validate_every == 0
+        if validated:
             self.validate()
         s.elapsed += time.monotonic() - t0
-        self._checkpoint()
+        if validated or s.generation == 1 or time.monotonic() - self._checkpointed_at >= CHECKPOINT_EVERY_S:
+            self._checkpoint()
         return s.history[-1]
 
     def _generation(self, thetas: list[np.ndarray], carriers: DatasetCarriers) -> leadchannel.Generation:
@@ -370,6 +383,8 @@ class Run:
         if self.validation is not None and s.validated_generation < s.generation - 1:
             self.validate()
             self._checkpoint()
+        elif self._checkpointed_generation != s.generation:
+            self._checkpoint()  # the generations since the last one (a resume goes on from here)
         assert s.best_theta is not None
         best = self.param(s.best_theta)  # (1, T', H, W, 3)
         self.folder.save_best(best[0])
