@@ -155,7 +155,12 @@ SLOW_TESTS: dict[str, tuple[str, ...]] = {
         "test_a_long_1080p_video_is_marked_in_bounded_memory", "test_bad_input_is_refused_with_exit_2_and_one_line_naming_the_problem",
         "test_mark_round_trip_keeps_size_rate_length_audio_and_the_mark",
     ),
-    "test_optimize.py": ("test_cli_optimize_end_to_end", "test_run_resumes_without_losing_or_repeating"),
+    "test_optimize.py": (
+        "test_cli_optimize_end_to_end",
+        "test_run_resumes_without_losing_or_repeating",
+        "test_a_ranked_run_is_not_stopped_by_its_constant_best_rank",
+        "test_checkpoints_at_most_every_interval_and_a_resume_reruns_the_rest_exactly",
+    ),
     "test_readme_outputs.py": ("test_readme_example_outputs_are_current",),
     "test_replicas.py": ("test_run_survives_a_killed_replica",),
     "test_resume.py": (

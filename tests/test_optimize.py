@@ -267,6 +267,30 @@ def test_a_ranked_run_is_not_stopped_by_its_constant_best_rank(client, tmp_path)
     assert summary["generations"] == 13 and summary["stopped"] == {"by": "budget"}
 
 
+def test_checkpoints_at_most_every_interval_and_a_resume_reruns_the_rest_exactly(client, tmp_path, monkeypatch):
+    """Checkpoints after the first generation, after validations, at the end, else at most every
+    CHECKPOINT_EVERY_S: a run killed in between goes back to the last one and repeats the same
+    generations, so its log equals an uninterrupted run's."""
+    import pickle
+
+    from codecloop import run as run_module
+
+    monkeypatch.setattr(run_module, "CHECKPOINT_EVERY_S", 1e9)  # only the first, validations and the end
+    config = _config("cma", 4 * 5, validation=None)
+    param = make("dct:8:2", SHAPE)
+    straight = Run(client, param, config, tmp_path / "a")
+    straight.run(progress=False)
+    cut = Run(client, param, config, tmp_path / "b")
+    for _ in range(3):
+        cut.step()
+    assert pickle.loads((tmp_path / "b" / "checkpoint.pkl").read_bytes())["state"].generation == 1  # not 3
+    resumed = Run(client, param, config, tmp_path / "b")  # "killed" after 3 generations
+    assert resumed.state.generation == 1 and {e["generation"] for e in _log(tmp_path / "b")} == {0}
+    resumed.run(progress=False)
+    assert _log(tmp_path / "b") == _log(tmp_path / "a")
+    assert pickle.loads((tmp_path / "b" / "checkpoint.pkl").read_bytes())["state"].generation == 5  # written at the end
+
+
 def test_racing_needs_a_mean_objective():
     from codecloop import Racing
 

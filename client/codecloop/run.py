@@ -174,14 +174,15 @@ class Run:
         for log in (self.folder.log, self.folder.validation_log):
             log.keep(lambda entry: bool(entry["generation"] < self.state.generation))
 
-    def _checkpoint(self) -> None:
-        """Write the state; its seconds count in the run's time (``elapsed``), as the budget's."""
+    def _checkpoint(self) -> float:
+        """Write the state; its seconds (returned) are added to the run's time (``elapsed``), as the budget's."""
         t0 = time.monotonic()
         blob = {"state": self.state, "backend": self.backend.state(), "config": self.config, "settings": self.settings}
         self.folder.write_checkpoint(pickle.dumps(blob))
         self._checkpointed_at = time.monotonic()
         self._checkpointed_generation = self.state.generation
         self.state.elapsed += self._checkpointed_at - t0
+        return self._checkpointed_at - t0
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -380,11 +381,12 @@ class Run:
         if s.generation == 0:
             raise self._no_generation()
         self._start()
+        counted = 0.0  # checkpoint seconds, already in elapsed
         if self.validation is not None and s.validated_generation < s.generation - 1:
             self.validate()
-            self._checkpoint()
+            counted = self._checkpoint()
         elif self._checkpointed_generation != s.generation:
-            self._checkpoint()  # the generations since the last one (a resume goes on from here)
+            counted = self._checkpoint()  # the generations since the last one (a resume goes on from here)
         assert s.best_theta is not None
         best = self.param(s.best_theta)  # (1, T', H, W, 3)
         self.folder.save_best(best[0])
@@ -394,7 +396,7 @@ class Run:
         train_section |= {"clips_per_generation": self.train.num_clips, "fresh_clips": c.fresh_clips}
         sections = {"train": train_section, "validation": s.best_validation, "holdout": runreport.report(held, 0, self.objective, self.holdout)}
         fidelity, clips = runreport.fidelity(self.client, c, self.holdout, best[0], leadchannel.hardest(held.candidates[0], self.objective))
-        s.elapsed += time.monotonic() - t0
+        s.elapsed += time.monotonic() - t0 - counted
         summary = {
             "target_fpr": self.objective.target_fpr,
             "objective": self.objective.name,
