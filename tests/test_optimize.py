@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,6 +211,28 @@ def test_racing_default_and_where_it_is_off_or_refused():
         choice("--racing", "--objective", "tpr")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["optimize", "--out", "x", "--racing", "--no-racing"])
+    with pytest.raises(CodecLoopValueError, match=r"--racing: eta=1 is outside the allowed range \[2, 16\]"):
+        choice("--racing", "eta=1")
+    with pytest.raises(CodecLoopValueError, match="--racing: 16 candidates of 16x256x256 .* give a smaller --popsize or --no-racing"):
+        choice("--racing", shape=(16, 256, 256))
+    args = build_parser().parse_args(["optimize", "--out", "x", "--racing", "first_clips=8"])
+    with pytest.raises(CodecLoopValueError, match="--racing: first_clips=8 is more than the 6 training clips a generation gets"):
+        racing_choice(args, False, (16, 112, 112), 64 << 20, train_clips=6)
+
+
+def test_a_race_is_one_setting_of_a_run_folder():
+    """The default race and the same race spelled out are the same run; off against on is one line."""
+    from codecloop.runcheck import check, differences, settings
+
+    base = _config("cma", 8, train=DatasetCarriers(num_clips=8))
+    default, spelled, off = (settings(replace(base, racing=r)) for r in (Racing(), Racing(first_clips=4, eta=2, finalists=1), None))
+    assert default == spelled and default["racing"] == "on (first_clips 4, eta 2, finalists 1)"
+    assert differences(default, off) == ["racing (--racing / --no-racing): on (first_clips 4, eta 2, finalists 1) in the run folder, off now"]
+    assert settings(replace(base, train=DatasetCarriers(num_clips=3), racing=Racing()))["racing"] == "on (first_clips 3, eta 2, finalists 1)"
+    # settings saved before the race was one setting compare as now
+    old = {k: v for k, v in default.items() if k != "racing"} | {"racing.first_clips": None, "racing.eta": None, "racing.finalists": None, "racing.centre_weight": 1.0}
+    check(Path("x"), old, default)
+    check(Path("x"), {k: v for k, v in off.items() if k != "racing"} | {"racing": None}, off)
 
 
 def test_patience_stops_early(client, tmp_path):

@@ -76,39 +76,61 @@ def add_arguments(sub: Any) -> None:
 
 
 def racing(spec: str) -> Racing:
-    """``first_clips=4,eta=2,finalists=2`` (any subset; empty: the server's defaults) -> Racing."""
+    """``first_clips=4,eta=2,finalists=2`` (any subset; empty: the server's defaults) -> Racing, the
+    ranges checked as the server checks them (first_clips at most the clips is checked there)."""
     fields: dict[str, int] = {}
     for part in filter(None, spec.split(",")):
         name, _, value = part.partition("=")
         if name not in ("first_clips", "eta", "finalists") or not value.isdigit():
             raise CodecLoopValueError(f"--racing: {part!r}; use first_clips=N, eta=N, finalists=N separated by commas")
         fields[name] = int(value)
+    if not 2 <= fields.get("eta", 2) <= 16:
+        raise CodecLoopValueError(f"--racing: eta={fields['eta']} is outside the allowed range [2, 16]")
+    for name in ("first_clips", "finalists"):
+        if fields.get(name, 1) < 1:
+            raise CodecLoopValueError(f"--racing: {name}={fields[name]} must be >= 1")
     return Racing(**fields)
 
 
-def racing_choice(args: argparse.Namespace, gradient: bool, shape: tuple[int, int, int], max_message_bytes: int) -> tuple[Racing | None, str]:
+def check_racing_flags(args: argparse.Namespace, gradient: bool) -> None:
+    """What ``--racing`` cannot be combined with, refused before a server starts or a folder is written."""
+    if args.racing is None:
+        return
+    racing(args.racing)
+    if gradient:
+        raise CodecLoopValueError(f"--racing: the gradient back-end {args.optimizer!r} evaluates one candidate per step; there is nothing to race")
+    if args.objective not in ("separation", "centred-separation"):
+        raise CodecLoopValueError(f"--racing: a race ranks by separation or centred-separation; --objective {args.objective!r} is neither")
+
+
+def racing_choice(
+    args: argparse.Namespace, gradient: bool, shape: tuple[int, int, int], max_message_bytes: int, train_clips: int | None = None,
+) -> tuple[Racing | None, str]:
     """The run's race and the line that says so. ``--racing [SPEC]`` asks for one (refused where it
     cannot run), ``--no-racing`` for none; by default a race with the server's defaults wherever one
     can run, because it reached the same held-out targets in less time (docs/optimize.md, "Racing").
-    ``shape``: the clips' (T, H, W); ``max_message_bytes``: the client's request limit."""
+    ``shape``: the clips' (T, H, W); ``max_message_bytes``: the client's request limit;
+    ``train_clips``: the training clips a generation gets (None: unknown, the server checks)."""
     if args.no_racing:
         return None, "racing off (--no-racing): every candidate on every training clip"
-    objective_ok = args.objective in ("separation", "centred-separation")
-    if args.racing is not None:
-        if gradient:
-            raise CodecLoopValueError(f"--racing: the gradient back-end {args.optimizer!r} evaluates one candidate per step; there is nothing to race")
-        if not objective_ok:
-            raise CodecLoopValueError(f"--racing: a race ranks by separation or centred-separation; --objective {args.objective!r} is neither")
-        return racing(args.racing), f"racing on (--racing {args.racing or 'with the server defaults'})"
-    if gradient:
+    check_racing_flags(args, gradient)
+    if args.racing is None and gradient:
         return None, ""  # one candidate per step: nothing to race, nothing to say
-    if not objective_ok:
+    if args.racing is None and args.objective not in ("separation", "centred-separation"):
         return None, f"racing off: --objective {args.objective} ranks by more than a mean (a race needs separation or centred-separation)"
     t, h, w = shape
     population_bytes = args.popsize * (t * h * w * 3 * 4 + 64)  # float32 candidates, as the run sends them
-    if population_bytes > max_message_bytes - (2 << 20):
-        return None, (f"racing off: {args.popsize} candidates of {t}x{h}x{w} ({population_bytes >> 20} MiB) need more than one request "
-                      f"(limit {max_message_bytes >> 20} MiB) and a race needs the whole population in one; --popsize smaller to race")
+    too_big = population_bytes > max_message_bytes - (2 << 20)
+    size = f"{args.popsize} candidates of {t}x{h}x{w} ({population_bytes >> 20} MiB) need more than one request (limit {max_message_bytes >> 20} MiB)"
+    if args.racing is not None:
+        if too_big:
+            raise CodecLoopValueError(f"--racing: {size}, and a race needs the whole population in one; give a smaller --popsize or --no-racing")
+        race = racing(args.racing)
+        if train_clips is not None and race.first_clips is not None and race.first_clips > train_clips:
+            raise CodecLoopValueError(f"--racing: first_clips={race.first_clips} is more than the {train_clips} training clips a generation gets")
+        return race, f"racing on (--racing {args.racing or 'with the server defaults'})"
+    if too_big:
+        return None, f"racing off: {size}, and a race needs the whole population in one; --popsize smaller to race"
     return Racing(), "racing on (the default: successive halving, 4 clips first, eta 2, 1 finalist); --no-racing to score every candidate on every clip"
 
 
@@ -135,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.monotonic()  # --max-minutes counts from here: a local server's start-up is in it
     backends.require(args.optimizer)  # before a server starts
+    check_racing_flags(args, args.optimizer.startswith(GRADIENT_PREFIXES))
     if args.target_tpr is not None:
         cli_epsilon.check_range(args)
     gradient = args.optimizer.startswith(GRADIENT_PREFIXES)
@@ -154,7 +177,9 @@ def run(args: argparse.Namespace) -> int:
                 f"start-up, no time for one generation and the final report (about {REPORT_OVERHEAD_S:.0f} s); give more"
             )
         param = _gradient_param(args, shape) if gradient else make(args.param, shape)
-        race, race_line = racing_choice(args, gradient, shape, client.max_message_bytes)
+        split = dataset.split_clips.get("train", 0)
+        per_generation = split if args.train_clips <= 0 else min(args.train_clips, split)
+        race, race_line = racing_choice(args, gradient, shape, client.max_message_bytes, per_generation)
         config = RunConfig(
             optimizer=args.optimizer,
             epsilon=args.epsilon,

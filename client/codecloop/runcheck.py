@@ -20,6 +20,7 @@ from typing import Any
 
 from codecloop import jsonutil
 from codecloop.units import fraction_label
+from codecloop_wire import defaults
 from codecloop_wire.errors import CodecLoopValueError
 
 # how far a run goes, not what it searches: a resume may change these (RunConfig)
@@ -37,7 +38,7 @@ FLAGS = {
     "train.dataset": "--dataset", "train.num_clips": "--train-clips", "fresh_clips": "--fresh-clips",
     "validation.split": "--validation-split", "validation.num_clips": "--validation-clips", "validation": "--validation-split",
     "validate_every": "--validate-every", "holdout.num_clips": "--holdout-clips", "popsize": "--popsize",
-    "sigma0": "--sigma0", "seed": "--seed", "racing": "--racing", "parameterization": "--param",
+    "sigma0": "--sigma0", "seed": "--seed", "racing": "--racing / --no-racing", "parameterization": "--param",
     "gradient.lr": "--lr", "gradient": "--optimizer",
 }  # fmt: skip
 
@@ -58,7 +59,24 @@ def settings(config: Any, **extra: Any) -> dict[str, Any]:
     """``config`` (a dataclass) without its limits, plus ``extra``, flattened to dotted names with
     strict-JSON values (tuples become lists, dataclasses dicts)."""
     fields = {k: v for k, v in asdict(config).items() if k not in LIMITS and not (k in OPTIONAL and v is None)}
+    if "racing" in fields:
+        fields["racing"] = race_label(fields["racing"], fields["train"]["num_clips"])
     return _flatten(jsonutil.finite({**fields, **extra}))
+
+
+def race_label(racing: Mapping[str, Any] | None, train_clips: int) -> str:
+    """A run's race as one setting, every field at its effective value (a field left None is the
+    server's default), so that a default race and the same race spelled out compare equal:
+    'off' or 'on (first_clips 4, eta 2, finalists 1)'. ``train_clips``: 0 = the whole split (taken
+    to hold at least the first round's clips). The centre weight follows the objective: not shown."""
+    if racing is None:
+        return "off"
+    first = racing["first_clips"]
+    if first is None:
+        first = defaults.RACE_FIRST_CLIPS if train_clips == 0 else min(defaults.RACE_FIRST_CLIPS, train_clips)
+    eta = defaults.RACE_ETA if racing["eta"] is None else racing["eta"]
+    finalists = defaults.RACE_FINALISTS if racing["finalists"] is None else racing["finalists"]
+    return f"on (first_clips {first}, eta {eta}, finalists {finalists})"
 
 
 def _flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -101,9 +119,20 @@ def check(folder: Path, saved: Mapping[str, Any] | None, now: Mapping[str, Any])
     were stored, accepted) equals ``now``."""
     if saved is None:
         return
-    diff = differences(saved, now)
+    diff = differences(_race_as_one(saved), now)
     if diff:
         raise RunSettingsError(folder, diff)
+
+
+def _race_as_one(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings saved before the race was one setting (``racing`` None, or ``racing.eta`` ...), as now."""
+    out = dict(saved)
+    if "racing" in out and not isinstance(out["racing"], str):
+        out["racing"] = race_label(None, 0)
+    fields = {k.split(".", 1)[1]: out.pop(k) for k in list(out) if k.startswith("racing.")}
+    if fields:
+        out["racing"] = race_label({"first_clips": None, "eta": None, "finalists": None} | fields, int(out.get("train.num_clips") or 0))
+    return out
 
 
 # every file a run folder may hold: what --overwrite removes (nothing else in the folder is touched)
