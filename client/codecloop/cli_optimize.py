@@ -11,7 +11,7 @@ from typing import Any
 
 from codecloop import backends, cli_epsilon, userinput
 from codecloop.cliflags import CHANNEL_HELP, connect, crfs, epsilon, quantile, server_flags, target_fpr
-from codecloop.objectives import NAMES
+from codecloop.objectives import FROM_MEANS, NAMES
 from codecloop.options import EvaluateOptions
 from codecloop.types import Racing
 from codecloop.units import fraction_label
@@ -99,7 +99,7 @@ def check_racing_flags(args: argparse.Namespace, gradient: bool) -> None:
     racing(args.racing)
     if gradient:
         raise CodecLoopValueError(f"--racing: the gradient back-end {args.optimizer!r} evaluates one candidate per step; there is nothing to race")
-    if args.objective not in ("separation", "centred-separation"):
+    if args.objective not in FROM_MEANS:
         raise CodecLoopValueError(f"--racing: a race ranks by separation or centred-separation; --objective {args.objective!r} is neither")
 
 
@@ -116,7 +116,7 @@ def racing_choice(
     check_racing_flags(args, gradient)
     if args.racing is None and gradient:
         return None, ""  # one candidate per step: nothing to race, nothing to say
-    if args.racing is None and args.objective not in ("separation", "centred-separation"):
+    if args.racing is None and args.objective not in FROM_MEANS:
         return None, f"racing off: --objective {args.objective} ranks by more than a mean (a race needs separation or centred-separation)"
     t, h, w = shape
     population_bytes = args.popsize * (t * h * w * 3 * 4 + 64)  # float32 candidates, as the run sends them

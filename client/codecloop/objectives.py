@@ -38,7 +38,8 @@ from codecloop_wire.null import z_of_p
 from codecloop_wire.stats import calibrate_threshold
 
 NAMES = ("separation", "centred-separation", "dprime", "tpr", "auc", "margin", "centred-margin", "null-tpr")
-_FROM_MEANS = ("separation", "centred-separation")
+# objectives computed from the mean scores alone: the only ones a race (which ranks by means) can order by
+FROM_MEANS = ("separation", "centred-separation")
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class Objective:
     @property
     def needs_per_clip(self) -> bool:
         """Whether the request must ask for per-clip scores (the two separations need only means)."""
-        return self.name not in _FROM_MEANS
+        return self.name not in FROM_MEANS
 
     def scores(self, clean: np.ndarray, poisoned: np.ndarray) -> float:
         """The objective of (N,) clean and (N,) poisoned scores of the same clips."""
@@ -119,7 +120,7 @@ class Objective:
             if stats.poisoned_z is None or stats.clean_z is None:
                 raise CodecLoopValueError("objective 'null-tpr' needs the null model: evaluate with null_model=True, per_clip_scores=True")
             return self.null_tpr(stats.clean_z, stats.poisoned_z)
-        if self.name in _FROM_MEANS:  # the server's means are those of the per-clip scores, bit for bit
+        if self.name in FROM_MEANS:  # the server's means are those of the per-clip scores, bit for bit
             return float(stats.separation) - (self.centre_weight * abs(stats.clean_mean) if self.name != "separation" else 0.0)
         if stats.clean_scores is None or stats.poisoned_scores is None:
             raise CodecLoopValueError(f"objective {self.name!r} needs per-clip scores: evaluate with per_clip_scores=True")

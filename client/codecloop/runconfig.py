@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from codecloop.objectives import Objective
+from codecloop.objectives import FROM_MEANS, Objective
 from codecloop.types import Channel, Codec, DatasetCarriers, Racing
 from codecloop_wire.defaults import EPSILON, SCORER
 from codecloop_wire.errors import CodecLoopValueError
@@ -64,7 +64,7 @@ class RunConfig:
         if isinstance(self.objective, str):
             self.objective = Objective(self.objective)
         if self.racing is not None:
-            if self.objective.name not in ("separation", "centred-separation"):
+            if self.objective.name not in FROM_MEANS:
                 raise CodecLoopValueError(f"racing: a race ranks by separation or centred-separation; objective {self.objective.name!r} is neither")
             weight = self.objective.centre_weight if self.objective.name == "centred-separation" else 0.0
             if self.racing.centre_weight is not None and self.racing.centre_weight != weight:
