@@ -48,6 +48,21 @@ def test_parameterization_structure():
         LowRes(SHAPE, (1, 15, 14))
 
 
+@pytest.mark.parametrize("grid,channels", [((1, 14, 14), "luma"), ((4, 7, 7), "rgb"), ((16, 7, 7), "rgb"), ((16, 112, 112), "luma"), ((2, 8, 4), "rgb")])
+def test_lowres_is_its_definition_bit_for_bit(grid, channels):
+    """LowRes squashes its grid and copies it out (cheap); the definition upsamples theta first and
+    squashes every pixel. Nearest upsampling only copies, so the two are equal to the last bit."""
+    p = LowRes(SHAPE, grid, channels)
+    theta = np.random.default_rng(4).standard_normal((5, p.dim)) * 3
+    t, h, w = grid
+    x = theta.reshape(5, t, h, w, -1)
+    x = np.repeat(np.repeat(np.repeat(x, SHAPE[0] // t, axis=1), SHAPE[1] // h, axis=2), SHAPE[2] // w, axis=3)
+    x = np.repeat(x, 3 // x.shape[-1], axis=-1)[:, : 1 if t == 1 else None]
+    got = p(theta)
+    assert got.flags.c_contiguous and got.dtype == np.float32
+    np.testing.assert_array_equal(got, np.tanh(x).astype(np.float32))
+
+
 # 4 clips of the embedded corpus's validation split (photographs that neither train nor holdout uses)
 VALIDATION = DatasetCarriers(split="validation", num_clips=4, seed=1)
 
