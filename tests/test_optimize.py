@@ -166,6 +166,22 @@ def test_without_validation_the_best_training_objective_is_kept(client, tmp_path
     assert summary["holdout"]["clips"] == 72 and summary["gap"]["tpr"]["validation_minus_holdout"] is None
 
 
+def test_a_tied_generation_stops_the_run_and_the_report_says_why(client, tmp_path, capsys):
+    # tpr on 4 clips at 8/255: every candidate finds all 4, so pycma ends the run on the tie (tolfun
+    # here, tolflatfitness on the real corpus); the report says what that means, not a bare condition name
+    from codecloop.cli_optimize import print_summary
+    from codecloop.objectives import Objective
+
+    config = replace(_config("cma", 64), epsilon=8 / 255, objective=Objective("tpr"), holdout=DatasetCarriers(split="holdout", num_clips=4))
+    summary = Run(client, make("lowres:7x7", SHAPE), config, tmp_path).run(progress=False)
+    assert summary["stopped"] == {"by": "optimizer", "conditions": ["tolfun"]} and summary["generations"] < 64 // 4
+    assert {e["fitness"] for e in _log(tmp_path)} == {1.0}
+    print_summary(summary, str(tmp_path))
+    out = capsys.readouterr().out
+    assert "stopped by optimizer (tolfun)" in out
+    assert "(tolfun: the candidates' objective values tied; tpr counts clips, and on 4 training clips every candidate had the same count." in out
+
+
 def test_summary_is_strict_json_with_train_validation_holdout(client, tmp_path):
     # epsilon below half a uint8 level changes no pixel: PSNR is infinite, which strict JSON cannot hold
     config = replace(_config("cma", 8), epsilon=1e-4)

@@ -11,7 +11,7 @@ from typing import Any
 
 from codecloop import backends, cli_epsilon, userinput
 from codecloop.cliflags import CHANNEL_HELP, connect, crfs, epsilon, quantile, server_flags, target_fpr
-from codecloop.objectives import FROM_MEANS, NAMES
+from codecloop.objectives import COUNTS, FROM_MEANS, NAMES
 from codecloop.options import EvaluateOptions
 from codecloop.types import Racing
 from codecloop.units import fraction_label
@@ -228,6 +228,15 @@ def print_summary(summary: dict[str, Any], folder: str) -> None:
     why = stopped.get("by", "-") + (f" ({', '.join(stopped['conditions'])})" if stopped.get("conditions") else "")
     print(f"{summary['generations']} generations, {summary['evaluations']} evaluations, {summary['elapsed_s']} s, stopped by {why}; "
           f"kept: generation {sel['generation']} {sel['candidate']} by {sel['by']}")  # fmt: skip
+    tied = [c for c in stopped.get("conditions", ()) if c in ("tolflatfitness", "tolfun")]
+    if tied and summary["objective"] in COUNTS:
+        # pycma stops when the values tie (a whole generation, or the recent ones' range under 1e-11): a
+        # count objective on few clips does that as soon as every candidate scores the same count, which
+        # reads like a bug without this line
+        clips = summary["train"]["clips"] if summary["train"] else "the"
+        print(f"  ({' / '.join(tied)}: the candidates' objective values tied; {summary['objective']} counts clips, and on {clips} training "
+              "clips every candidate had the same count. A continuous objective (centred-separation, the default) or more "
+              "--train-clips ranks them.)")  # fmt: skip
     print(f"objective {summary['objective']}, statistics at FPR <= {fraction_label(summary['target_fpr'])}:")
     for split in ("train", "validation", "holdout"):
         h = summary[split]

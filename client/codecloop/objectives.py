@@ -40,6 +40,8 @@ from codecloop_wire.stats import calibrate_threshold
 NAMES = ("separation", "centred-separation", "dprime", "tpr", "auc", "margin", "centred-margin", "null-tpr")
 # objectives computed from the mean scores alone: the only ones a race (which ranks by means) can order by
 FROM_MEANS = ("separation", "centred-separation")
+# objectives that count clips (or clip pairs): on few clips a whole population often ties
+COUNTS = ("tpr", "auc")
 
 
 @dataclass(frozen=True)
