@@ -114,6 +114,7 @@ def test_bad_input_is_refused_with_exit_2_and_one_line_naming_it(sources, tmp_pa
     _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x64:rate=5:duration=1", "-pix_fmt", "yuv420p", str(tiny))
     np.save(tmp_path / "sig.npy", _signature(0))
     np.save(tmp_path / "flat.npy", np.zeros((112, 112, 3), np.float32))
+    np.save(tmp_path / "static.npy", _signature(0, t=1))
     sig = str(tmp_path / "sig.npy")
     cases = [
         ((str(audio_only), "--signature", sig), "has no video stream"),
@@ -123,6 +124,9 @@ def test_bad_input_is_refused_with_exit_2_and_one_line_naming_it(sources, tmp_pa
         ((str(sources["odd"]), "--signature", str(tmp_path / "flat.npy")), "signature"),
         ((str(sources["odd"]), "--signature", sig, "--fpr", "0.9"), "fpr"),
         ((str(sources["odd"]), "--signature", sig, "--size", "big"), "--size"),
+        ((str(sources["odd"]), "--signature", sig, "--time-offsets", "8"), "--time-offsets: 8 is outside the allowed range [0, 7]"),
+        ((str(sources["odd"]), "--signature", str(tmp_path / "static.npy"), "--time-offsets", "1"), "a static one has no frame offsets"),
+        ((str(sources["odd"]), "--signature", sig, "--time-offsets", "1", "--detector", "example", "--local"), "only the blind scorer"),
     ]
     for args, needle in cases:
         run = subprocess.run([sys.executable, "-m", "codecloop.cli", "detect", *args], capture_output=True, text=True, timeout=120)
@@ -143,3 +147,42 @@ def test_a_changed_frame_rate_is_undone_by_timestamps(sources, tmp_path):
     by_time = detect_video(tmp_path / "m15.mp4", sig, fps=25)
     by_count = detect_video(tmp_path / "m15.mp4", sig)
     assert by_time.marked and by_time.z > by_count.z + 2, (by_time, by_count)
+
+
+def test_a_retimed_video_is_found_at_its_frame_offset(sources, tmp_path):
+    """The ffmpeg CLI's output option -r 15 keeps a few leading frames and then shows each frame two
+    frames (80 ms) after its timestamp: by timestamp alone the mark is lost; --time-offsets 2 finds it
+    at +2 (frame i carries signature frame i - 2), corrected for the 5 offsets tried. The unmarked
+    copy, re-timed the same way, stays unmarked."""
+    sig = _signature(6)
+    mark_video(sources["landscape"], tmp_path / "m.mp4", sig, "2/255", threads=1)
+    retimed = {}
+    for kind, src in (("marked", tmp_path / "m.mp4"), ("clean", sources["landscape"])):
+        retimed[kind] = tmp_path / f"{kind}-r15.mp4"
+        _ffmpeg("-i", str(src), "-r", "15", "-an", "-c:v", "libx264", "-crf", "28", "-pix_fmt", "yuv420p", str(retimed[kind]))
+    plain = detect_video(retimed["marked"], sig, fps=25)
+    found = detect_video(retimed["marked"], sig, fps=25, time_offsets=2)
+    clean = detect_video(retimed["clean"], sig, fps=25, time_offsets=2)
+    assert not plain.marked and (plain.offset, plain.offsets) == (0, 1), plain
+    assert found.marked and found.offset == 2 and found.offsets == 5 and found.z > plain.z + 5, found
+    assert found.score > plain.score
+    assert not clean.marked and clean.offsets == 5, clean
+
+
+def test_the_offset_search_is_the_plain_null_at_zero_and_calibrated_under_the_null():
+    """offset_null(search 0) is shift_null exactly; with 5 offsets tried, unmarked features against
+    random keys give corrected p-values no smaller than uniform ones (Šidák over the offsets)."""
+    from codecloop_wire.null import offset_null, shift_null
+
+    rng = np.random.default_rng(7)
+    features = rng.integers(-40, 41, size=(16, 112, 112, 3))
+    key = _signature(8) - _signature(8).mean()
+    zero, plain = offset_null(features, key, 0), shift_null(features, key)
+    assert (zero.z, zero.p, zero.offset, zero.offsets) == (plain.z, plain.p, 0, 1)
+    p = np.array([offset_null(features, (k := _signature(100 + s)) - k.mean(), 2).p for s in range(120)])
+    # uniform p: 6 of 120 below 0.05 expected; anti-conservative would show many more
+    assert (p < 0.05).sum() <= 12 and 40 <= (p < 0.5).sum() <= 80 and p.min() > 1e-4, np.sort(p)[:10]
+    with pytest.raises(ValueError, match="static key"):
+        offset_null(features[:1], key[:1], 1)
+    with pytest.raises(ValueError, match="outside"):
+        offset_null(features, key, 8)

@@ -12,6 +12,10 @@ signature's (T, h, w) tile by the deployment rule (codecloop_wire.deploy.Fold: t
   tile, which on the tiled video is the key moved by those offsets; p = P(N(0, 1) >= z). One
   statistic per video, so no combination of clips is needed.
 * ``marked``: p < ``fpr`` (default 10⁻³).
+* ``time_offsets=K`` (default 0): the statistic at each frame offset -K .. K, the best kept, its p
+  corrected for the 2K + 1 tried (codecloop_wire.null.offset_null). For videos a platform re-timed:
+  the ffmpeg CLI's ``-r 15`` puts the mark 2 frames late, its ``fps`` filter splits it over two
+  offsets (docs/deployment.md, "Re-timed videos").
 
 Memory: one decoded frame, its residual, and the (T, h, w, 3) accumulators, whatever the length.
 A video re-scaled by a platform no longer lines up with the tile: ``size=(W, H)`` resizes each
@@ -35,7 +39,7 @@ import numpy as np
 
 from codecloop_wire import deploy
 from codecloop_wire.errors import CodecLoopValueError
-from codecloop_wire.null import shift_null
+from codecloop_wire.null import offset_null, shift_null
 
 if TYPE_CHECKING:
     from codecloop.client import Client
@@ -50,7 +54,8 @@ class Detection:
 
     Attributes:
         path: the video file.
-        score: normalized correlation of the video's residual with the tiled, cycled template.
+        score: normalized correlation of the video's residual with the tiled, cycled template (at
+            ``offset``).
         z: the score in units of its null (module docstring); p_value = P(N(0, 1) >= z).
         p_value: the probability that a video not carrying the signature scores this high.
         marked: p_value < fpr.
@@ -58,6 +63,9 @@ class Detection:
         frames: decoded frames used; width, height: the frame size folded (after ``size``).
         detector: the served detector that scored it (None: the blind scorer, here).
         clips: with a detector, the clips scored (their z combined by Stouffer's method; None without).
+        offset: with ``time_offsets``, the frame offset where the mark was found (decoded frame i
+            carried signature frame i - offset); 0 otherwise.
+        offsets: the frame offsets tried (1 without ``time_offsets``); z and p are corrected for them.
     """
 
     path: str
@@ -71,6 +79,8 @@ class Detection:
     height: int
     detector: str | None = None
     clips: int | None = None
+    offset: int = 0
+    offsets: int = 1
 
 
 def check_options(fpr: float, size: tuple[int, int] | None, max_frames: int | None, fps: float | None) -> None:
@@ -137,6 +147,7 @@ def detect_video(
     fps: float | None = None,
     detector: str | None = None,
     client: Client | None = None,
+    time_offsets: int = 0,
 ) -> Detection:
     """Score one video against ``signature`` by the deployment rule, with its null-model p-value.
 
@@ -156,6 +167,8 @@ def detect_video(
             time τ s is marked frame ⌊τ · fps⌋ (None: the decoded frames are counted).
         detector: a detector served by ``client``'s server (None: the blind scorer, here).
         client: a :class:`codecloop.Client` of that server (only with ``detector``).
+        time_offsets: K >= 0: also try the signature K frames early and late (module docstring);
+            at most (T - 1) // 2 of a signature of T frames; 0 for a static one (T = 1).
 
     Raises:
         CodecLoopValueError: naming the file or argument (no such file, no video stream, not
@@ -167,8 +180,14 @@ def detect_video(
 
     sig = load_signature(signature) if isinstance(signature, (str, Path)) else deploy.check_signature(signature)
     check_options(fpr, size, max_frames, fps)
+    if not 0 <= time_offsets <= (sig.shape[0] - 1) // 2:
+        raise CodecLoopValueError(f"time_offsets: {time_offsets} is outside the allowed range [0, {(sig.shape[0] - 1) // 2}] "
+                                  f"for a signature of {sig.shape[0]} frames (a static one has no frame offsets)")  # fmt: skip
     if detector is not None:
         from codecloop import detect_served
+
+        if time_offsets:
+            raise CodecLoopValueError(f"time_offsets: {time_offsets}: only the blind scorer (no --detector) searches frame offsets")
 
         if client is None:
             raise CodecLoopValueError(f"client: detector {detector!r} is served by a server; pass client=codecloop.Client(...) of that server")
@@ -190,6 +209,14 @@ def detect_video(
         squares += int(np.square(res, dtype=np.int64).sum())
         frames += 1
     template = _template(sig, kernel)
+    if time_offsets:
+        found = offset_null(fold.sums, template, time_offsets)
+        z, p, offset, offsets = found.z, found.p, found.offset, found.offsets
+    else:
+        null = shift_null(fold.sums if t > 1 else fold.sums[0], template)
+        z, p, offset, offsets = null.z, null.p, 0, 1
+    # the score at the offset found: slot i of the fold holds signature frame i - offset
+    template = np.roll(template, offset, axis=0)
     # over the video: <x - mean x, w_tiled> = <x, w_tiled> - mean x * sum(w_tiled); sum(w_tiled) and
     # ||w_tiled||² from how many video pixels fall on each tile position (fold.counts)
     count = int(fold.counts.sum()) * 3
@@ -198,10 +225,9 @@ def detect_video(
     num = fold.correlate(template) - total / count * tiled_sum
     var = squares - total * total / count
     score = num / math.sqrt(var * tiled_sq) if var > 0 and tiled_sq > 0 else 0.0
-    null = shift_null(fold.sums if t > 1 else fold.sums[0], template)
     return Detection(
-        path=str(src), score=float(score), z=null.z, p_value=null.p, marked=bool(null.p < fpr), fpr=fpr, frames=frames,
-        width=width, height=height,
+        path=str(src), score=float(score), z=z, p_value=p, marked=bool(p < fpr), fpr=fpr, frames=frames, width=width, height=height,
+        offset=offset, offsets=offsets,
     )  # fmt: skip
 
 
@@ -214,6 +240,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default=None, help="WxH: resize frames to the size the video was marked at (after a platform re-scaled it)")
     parser.add_argument("--max-frames", type=int, default=None, help="use at most this many frames per video")
     parser.add_argument("--fps", type=float, default=None, help="the frame rate the video was marked at, when a platform changed it (frames placed by timestamp)")
+    parser.add_argument("--time-offsets", type=int, default=0, metavar="K",
+                        help="also try the signature up to K frames early or late (a re-timed video); p corrected for the 2K+1 tried")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="one JSON object per video per line instead of the table")
     parser.add_argument(
         "--detector", default=None, metavar="NAME[=FILE]",
@@ -247,10 +275,17 @@ def run(args: argparse.Namespace) -> int:
     if args.detector is None:
         if args.target is not None or args.local:
             raise CodecLoopValueError("--target, --local: only with --detector (the blind scorer runs here, without a server)")
-        return _videos(args, lambda video: detect_video(video, sig, fpr=args.fpr, kernel=args.kernel, size=size, max_frames=args.max_frames, fps=args.fps))
+        most = (sig.shape[0] - 1) // 2
+        if not 0 <= args.time_offsets <= most:  # once, not once per video
+            raise CodecLoopValueError(f"--time-offsets: {args.time_offsets} is outside the allowed range [0, {most}] for a signature of "
+                                      f"{sig.shape[0]} frames (a static one has no frame offsets)")  # fmt: skip
+        return _videos(args, lambda video: detect_video(video, sig, fpr=args.fpr, kernel=args.kernel, size=size, max_frames=args.max_frames, fps=args.fps,
+                                                        time_offsets=args.time_offsets))  # fmt: skip
     from codecloop import detect_served, serverpick
 
     check_options(args.fpr, size, args.max_frames, args.fps)  # before a server is picked or started
+    if args.time_offsets:
+        raise CodecLoopValueError(f"--time-offsets {args.time_offsets}: only the blind scorer (no --detector) searches frame offsets")
     name, _, file = args.detector.partition("=")
     if file and args.target is not None:
         raise CodecLoopValueError(f"--detector {args.detector}: a server at --target serves its own detectors; give the NAME only")
@@ -265,7 +300,9 @@ def _videos(args: argparse.Namespace, detect: Callable[[str], Detection]) -> int
     failed = False
     if not args.json:
         by = f", detector {args.detector.partition('=')[0]}" if args.detector else ""
-        print(f"{'marked':<7} {'p':>9} {'z':>7} {'score':>8} {'frames':>7} {'size':>10}  video (decision: p < {args.fpr:g}{by})")
+        offsets = f", frame offsets -{args.time_offsets}..{args.time_offsets} tried: z and p corrected" if args.time_offsets else ""
+        print(f"{'marked':<7} {'p':>9} {'z':>7} {'score':>8} {'frames':>7} {'size':>10}{' offset' if args.time_offsets else ''}  video "
+              f"(decision: p < {args.fpr:g}{by}{offsets})")  # fmt: skip
     for video in args.videos:
         try:
             d = detect(video)
@@ -278,7 +315,8 @@ def _videos(args: argparse.Namespace, detect: Callable[[str], Detection]) -> int
             row["z"] = d.z if math.isfinite(d.z) else None
             print(json.dumps(row), flush=True)
         else:
-            print(f"{'yes' if d.marked else 'no':<7} {d.p_value:>9.2e} {d.z:>7.2f} {d.score:>8.4f} {d.frames:>7} {d.width:>4}x{d.height:<5}  {d.path}",
+            offset = f" {d.offset:>+6d}" if args.time_offsets else ""
+            print(f"{'yes' if d.marked else 'no':<7} {d.p_value:>9.2e} {d.z:>7.2f} {d.score:>8.4f} {d.frames:>7} {d.width:>4}x{d.height:<5}{offset}  {d.path}",
                   flush=True)  # fmt: skip
     return 2 if failed else 0
 

@@ -122,22 +122,75 @@ def shift_null(features: np.ndarray, key: np.ndarray | KeySpectrum) -> NullScore
     :func:`key_spectrum` (computed once, for many clips).
     """
     spec = key if isinstance(key, KeySpectrum) else key_spectrum(key)
+    lattice = _correlations(features, spec)  # C(δ) on the lattice; C(0) first
+    return _z_against(float(lattice.flat[0]), lattice[spec.keep])
+
+
+def _correlations(features: np.ndarray, spec: KeySpectrum) -> np.ndarray:
+    """The features' correlation with the key at every lattice shift (frames, rows, columns)."""
     x = features
     if len(spec.shape) == 2 and features.ndim == 4:
         x = features.sum(axis=0, dtype=np.int64)
     if x.shape[:-1] != spec.shape or x.shape[-1] != spec.conj.shape[0]:
         raise ValueError(f"features {features.shape} do not match the key's {spec.shape} x {spec.conj.shape[0]} channels")
     xf = scipy.fft.rfftn(_channels_first(x), axes=tuple(range(1, x.ndim)), workers=1)
-    lattice = _lattice((xf * spec.conj).sum(axis=0), spec.shape)  # C(δ) on the lattice; C(0) first
-    c0 = float(lattice.flat[0])
-    null = lattice[spec.keep]
+    return _lattice((xf * spec.conj).sum(axis=0), spec.shape)
+
+
+def _z_against(c: float, null: np.ndarray) -> NullScore:
+    """The correlation ``c`` in units of the ``null`` correlations' mean and sd."""
     mean, sd = float(null.mean()), float(null.std())
     if not sd > 1e-6 * max(abs(mean), float(np.abs(null).max()), 1e-300):
         # no variation over shifts (e.g. all-zero features): the score carries no evidence (z = -inf,
         # p = 1), unless it stands above a constant null
-        return NullScore(-math.inf, 1.0) if c0 <= mean else NullScore(math.inf, 0.0)
-    z = (c0 - mean) / sd
+        return NullScore(-math.inf, 1.0) if c <= mean else NullScore(math.inf, 0.0)
+    z = (c - mean) / sd
     return NullScore(z, p_of_z(z))
+
+
+@dataclass(frozen=True)
+class OffsetScore:
+    """The best of several frame offsets: ``offset`` (frames: the video's frame i carried the
+    signature's frame i - offset), its ``best_z``, and ``z`` / ``p`` corrected for the
+    ``offsets`` tried (Šidák: p = 1 - (1 - p_best)^offsets, z = Φ̄⁻¹(p))."""
+
+    z: float
+    p: float
+    offset: int
+    best_z: float
+    offsets: int
+
+
+def offset_null(features: np.ndarray, key: np.ndarray, search: int) -> OffsetScore:
+    """:func:`shift_null` at each frame offset -search .. search of a key that varies in time, the
+    best one kept and its p corrected for the 2 search + 1 tried.
+
+    A platform that re-times a video (a frame-rate change, dropped or repeated frames, a shifted
+    start) moves the signature's frames against their timestamps by a frame or two; the folded
+    features then correlate with the key at that offset, not at 0. The offsets tried are left out of
+    the null (a mark split over two of them stays out of it). ``features`` (T, H, W, C), ``key``
+    (T, H, W, C) zero-mean, 2 search + 1 <= T; search 0 is :func:`shift_null` exactly.
+    """
+    t = key.shape[0]
+    if key.ndim != 4 or t == 1:
+        raise ValueError("offset_null: the key must vary in time (T > 1): a static key has no frame offsets")
+    if not 0 <= search <= (t - 1) // 2:
+        raise ValueError(f"offset_null: search {search} is outside [0, {(t - 1) // 2}] for a key of {t} frames")
+    spec = key_spectrum(key)
+    lattice = _correlations(features, spec)
+    offsets = list(range(-search, search + 1))
+    tried = np.zeros_like(spec.keep)
+    for d in offsets:
+        tried[d % t, 0, 0] = True
+    null = lattice[spec.keep & ~tried]
+    scores = [_z_against(float(lattice[d % t, 0, 0]), null) for d in offsets]
+    best = max(range(len(offsets)), key=lambda i: (scores[i].z, -abs(offsets[i])))
+    n, p_best = len(offsets), scores[best].p
+    if n == 1:
+        return OffsetScore(z=scores[0].z, p=p_best, offset=0, best_z=scores[0].z, offsets=1)
+    p = float(-np.expm1(n * np.log1p(-p_best))) if p_best < 1 else 1.0  # Šidák, stable for tiny p
+    z = z_of_p(p) if 0 < p < 1 else scores[best].z
+    return OffsetScore(z=z, p=p, offset=offsets[best], best_z=scores[best].z, offsets=n)
 
 
 EMPIRICAL_SHIFTS = 16  # keys a detector scores per clip for its empirical null
