@@ -233,10 +233,10 @@ def print_summary(summary: dict[str, Any], folder: str) -> None:
         # pycma stops when the values tie (a whole generation, or the recent ones' range under 1e-11): a
         # count objective on few clips does that as soon as every candidate scores the same count, which
         # reads like a bug without this line
-        clips = summary["train"]["clips"] if summary["train"] else "the"
-        print(f"  ({' / '.join(tied)}: the candidates' objective values tied; {summary['objective']} counts clips, and on {clips} training "
-              "clips every candidate had the same count. A continuous objective (centred-separation, the default) or more "
-              "--train-clips ranks them.)")  # fmt: skip
+        counts = "clips" if summary["objective"] == "tpr" else "clean-poisoned clip pairs"
+        print(f"  ({' / '.join(tied)}: the candidates' objective values tied; {summary['objective']} counts {counts}, and on "
+              f"{summary['train']['clips_per_generation']} training clips every candidate had the same count. A continuous objective "
+              "(centred-separation, the default) or more --train-clips would rank them.)")  # fmt: skip
     print(f"objective {summary['objective']}, statistics at FPR <= {fraction_label(summary['target_fpr'])}:")
     for split in ("train", "validation", "holdout"):
         h = summary[split]
