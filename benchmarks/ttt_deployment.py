@@ -35,6 +35,7 @@ from deployment import DEFAULT_CHANNEL, PLATFORM_MIX, DeploymentCheck, make_test
 
 import codecloop
 from codecloop import Channel, Codec, DatasetCarriers, Racing, backends
+from codecloop.cli_optimize import GRADIENT_PREFIXES
 from codecloop.local import folder_dataset
 from codecloop.params import LowRes, make
 from codecloop.run import Run
@@ -45,7 +46,6 @@ MIXES = {"default": DEFAULT_CHANNEL, "platform": PLATFORM_MIX}
 # `codecloop optimize` races it by default (population back-ends yes, gradient back-ends no)
 ALIASES = {"defaults": ("cma", True), "no-racing": ("cma", False)}
 ALL_BACKENDS = ("defaults", "no-racing", "cma:diagonal", "nevergrad:NGOpt", "torch-hybrid", "seed-cli")
-GRADIENT_PREFIXES = ("torch-", "proxy:")
 # the test channels as the server runs them in training (social-crf28 is one channel of the "social" preset)
 TRAIN_CHANNELS = {"social-crf28": "resize:720p,libx264:crf=28", "messaging": "messaging"}
 

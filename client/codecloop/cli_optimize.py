@@ -54,7 +54,8 @@ def add_arguments(sub: Any) -> None:
     race = o.add_mutually_exclusive_group()
     race.add_argument("--racing", nargs="?", const="", default=None, metavar="SPEC",
                       help="race each generation (successive halving): SPEC = first_clips=N,eta=N,finalists=N, any subset; "
-                      "bare --racing: the server's defaults (4, 2, 1). Default: on with those defaults wherever a race can run "
+                      f"bare --racing: the server's defaults ({defaults.RACE_FIRST_CLIPS}, {defaults.RACE_ETA}, {defaults.RACE_FINALISTS}). "
+                      "Default: on with those defaults wherever a race can run "
                       "(population back-ends, objective separation / centred-separation, the population in one request)")  # fmt: skip
     race.add_argument("--no-racing", action="store_true", help="every candidate on every training clip (no race)")
     o.add_argument("--lead-channel", type=int, default=None, metavar="K",
@@ -92,15 +93,17 @@ def racing(spec: str) -> Racing:
     return Racing(**fields)
 
 
-def check_racing_flags(args: argparse.Namespace, gradient: bool) -> None:
-    """What ``--racing`` cannot be combined with, refused before a server starts or a folder is written."""
+def check_racing_flags(args: argparse.Namespace, gradient: bool) -> Racing | None:
+    """``--racing`` parsed (None without it), and what it cannot be combined with refused, before a
+    server starts or a folder is written."""
     if args.racing is None:
-        return
-    racing(args.racing)
+        return None
+    race = racing(args.racing)
     if gradient:
         raise CodecLoopValueError(f"--racing: the gradient back-end {args.optimizer!r} evaluates one candidate per step; there is nothing to race")
     if args.objective not in FROM_MEANS:
         raise CodecLoopValueError(f"--racing: a race ranks by separation or centred-separation; --objective {args.objective!r} is neither")
+    return race
 
 
 def racing_choice(
@@ -113,7 +116,7 @@ def racing_choice(
     ``train_clips``: the training clips a generation gets (None: unknown, the server checks)."""
     if args.no_racing:
         return None, "racing off (--no-racing): every candidate on every training clip"
-    check_racing_flags(args, gradient)
+    asked = check_racing_flags(args, gradient)
     if args.racing is None and gradient:
         return None, ""  # one candidate per step: nothing to race, nothing to say
     if args.racing is None and args.objective not in FROM_MEANS:
@@ -122,16 +125,16 @@ def racing_choice(
     population_bytes = args.popsize * (t * h * w * 3 * 4 + 64)  # float32 candidates, as the run sends them
     too_big = population_bytes > max_message_bytes - (2 << 20)
     size = f"{args.popsize} candidates of {t}x{h}x{w} ({population_bytes >> 20} MiB) need more than one request (limit {max_message_bytes >> 20} MiB)"
-    if args.racing is not None:
+    if asked is not None:
         if too_big:
             raise CodecLoopValueError(f"--racing: {size}, and a race needs the whole population in one; give a smaller --popsize or --no-racing")
-        race = racing(args.racing)
-        if train_clips is not None and race.first_clips is not None and race.first_clips > train_clips:
-            raise CodecLoopValueError(f"--racing: first_clips={race.first_clips} is more than the {train_clips} training clips a generation gets")
-        return race, f"racing on (--racing {args.racing or 'with the server defaults'})"
+        if train_clips is not None and asked.first_clips is not None and asked.first_clips > train_clips:
+            raise CodecLoopValueError(f"--racing: first_clips={asked.first_clips} is more than the {train_clips} training clips a generation gets")
+        return asked, f"racing on (--racing {args.racing or 'with the server defaults'})"
     if too_big:
         return None, f"racing off: {size}, and a race needs the whole population in one; --popsize smaller to race"
-    return Racing(), "racing on (the default: successive halving, 4 clips first, eta 2, 1 finalist); --no-racing to score every candidate on every clip"
+    return Racing(), (f"racing on (the default: successive halving, {defaults.RACE_FIRST_CLIPS} clips first, eta {defaults.RACE_ETA}, "
+                      f"{defaults.RACE_FINALISTS} finalist); --no-racing to score every candidate on every clip")  # fmt: skip
 
 
 def _gradient_param(args: argparse.Namespace, shape: tuple[int, int, int]) -> Any:

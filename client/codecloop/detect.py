@@ -95,6 +95,17 @@ def check_options(fpr: float, size: tuple[int, int] | None, max_frames: int | No
         raise CodecLoopValueError(f"fps: {fps} is outside the allowed range (0, 1000]")
 
 
+def check_time_offsets(time_offsets: int, frames: int, detector: str | None, name: str = "time_offsets") -> None:
+    """``time_offsets`` for a signature of ``frames`` frames, checked (CodecLoopValueError naming ``name``):
+    0 .. (frames - 1) // 2 (distinct offsets; none for a static signature), and only for the blind scorer."""
+    most = (frames - 1) // 2
+    if not 0 <= time_offsets <= most:
+        raise CodecLoopValueError(f"{name}: {time_offsets} is outside the allowed range [0, {most}] for a signature of {frames} frames "
+                                  "(a static one has no frame offsets)")  # fmt: skip
+    if time_offsets and detector is not None:
+        raise CodecLoopValueError(f"{name}: {time_offsets}: only the blind scorer (no --detector) searches frame offsets")
+
+
 def decoded_frames(src: Path, size: tuple[int, int] | None, max_frames: int | None, fps: float | None) -> Iterator[tuple[int, np.ndarray]]:
     """(index, frame) of each decoded frame, one at a time: uint8 (H, W, 3) RGB (bicubic to ``size`` =
     (W, H) when given), and its frame index in the marked video (the count, or ⌊time · fps⌋ with ``fps``).
@@ -180,14 +191,9 @@ def detect_video(
 
     sig = load_signature(signature) if isinstance(signature, (str, Path)) else deploy.check_signature(signature)
     check_options(fpr, size, max_frames, fps)
-    if not 0 <= time_offsets <= (sig.shape[0] - 1) // 2:
-        raise CodecLoopValueError(f"time_offsets: {time_offsets} is outside the allowed range [0, {(sig.shape[0] - 1) // 2}] "
-                                  f"for a signature of {sig.shape[0]} frames (a static one has no frame offsets)")  # fmt: skip
+    check_time_offsets(time_offsets, sig.shape[0], detector)
     if detector is not None:
         from codecloop import detect_served
-
-        if time_offsets:
-            raise CodecLoopValueError(f"time_offsets: {time_offsets}: only the blind scorer (no --detector) searches frame offsets")
 
         if client is None:
             raise CodecLoopValueError(f"client: detector {detector!r} is served by a server; pass client=codecloop.Client(...) of that server")
@@ -272,20 +278,15 @@ def run(args: argparse.Namespace) -> int:
 
     sig = load_signature(args.signature)
     size = _size(args.size)
+    check_time_offsets(args.time_offsets, sig.shape[0], args.detector, "--time-offsets")  # once, not once per video
     if args.detector is None:
         if args.target is not None or args.local:
             raise CodecLoopValueError("--target, --local: only with --detector (the blind scorer runs here, without a server)")
-        most = (sig.shape[0] - 1) // 2
-        if not 0 <= args.time_offsets <= most:  # once, not once per video
-            raise CodecLoopValueError(f"--time-offsets: {args.time_offsets} is outside the allowed range [0, {most}] for a signature of "
-                                      f"{sig.shape[0]} frames (a static one has no frame offsets)")  # fmt: skip
         return _videos(args, lambda video: detect_video(video, sig, fpr=args.fpr, kernel=args.kernel, size=size, max_frames=args.max_frames, fps=args.fps,
                                                         time_offsets=args.time_offsets))  # fmt: skip
     from codecloop import detect_served, serverpick
 
     check_options(args.fpr, size, args.max_frames, args.fps)  # before a server is picked or started
-    if args.time_offsets:
-        raise CodecLoopValueError(f"--time-offsets {args.time_offsets}: only the blind scorer (no --detector) searches frame offsets")
     name, _, file = args.detector.partition("=")
     if file and args.target is not None:
         raise CodecLoopValueError(f"--detector {args.detector}: a server at --target serves its own detectors; give the NAME only")
